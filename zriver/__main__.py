@@ -1,0 +1,5 @@
+"""``python -m zriver`` is the same as the ``zriver`` executable."""
+
+from zriver.cli import main
+
+raise SystemExit(main())

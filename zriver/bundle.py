@@ -1,0 +1,43 @@
+"""Running from the single-file binary (PyInstaller ``--onefile``).
+
+The onefile bootloader unpacks the bundle into a temporary directory and prepends it to
+``LD_LIBRARY_PATH`` so the bundled shared libraries load. It keeps the caller's original value
+in ``LD_LIBRARY_PATH_ORIG`` (absent when there was none). Every child process zriver starts
+(tasks, docker, numactl, ssh, ...) would otherwise inherit the bundle's library directory and
+load the bundle's libraries instead of the system's, so each spawn takes its environment from
+:func:`child_environment`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+__all__ = ["child_environment", "is_frozen"]
+
+_LD = "LD_LIBRARY_PATH"
+_LD_ORIG = "LD_LIBRARY_PATH_ORIG"
+
+
+def is_frozen() -> bool:
+    """True when this interpreter runs inside a PyInstaller bundle."""
+    return bool(getattr(sys, "frozen", False))
+
+
+def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``base`` (default: ``os.environ``) fit for spawning child processes.
+
+    Inside a bundle, ``LD_LIBRARY_PATH`` gets back the value it had before the bootloader ran
+    (from ``LD_LIBRARY_PATH_ORIG``), or is removed when it had none, and
+    ``LD_LIBRARY_PATH_ORIG`` itself is dropped. Outside a bundle the copy is returned as is.
+    """
+    env = dict(os.environ if base is None else base)
+    if not is_frozen():
+        return env
+    original = env.pop(_LD_ORIG, None)
+    if original is None:
+        env.pop(_LD, None)
+    else:
+        env[_LD] = original
+    return env

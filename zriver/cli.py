@@ -1,0 +1,38 @@
+"""The ``zriver`` executable: parse the command line with the registry and run the verb.
+
+Exit status: the verb's own (``submit --wait`` passes the task's through), 1 for a zriver
+error (printed as ``zriver: <code>: <message>`` on stderr), 2 for a usage error, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from zriver import logsetup
+from zriver.client import verbs_cluster, verbs_tasks  # noqa: F401  (they register verbs)
+from zriver.client.registry import Context, build_parser
+from zriver.errors import ZriverError
+
+SERVER_VERBS = {"up", "host", "runner"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = getattr(args, "_command", None)
+    if command is None:
+        parser.print_help()
+        return 2
+    logsetup.configure(args.log_json, "info" if command.name in SERVER_VERBS else "warning")
+    ctx = Context(host=args.host, timeout=args.timeout, log_json=args.log_json)
+    try:
+        return command.run(ctx, args)
+    except ZriverError as exc:
+        print(f"zriver: {exc.code}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        ctx.close()

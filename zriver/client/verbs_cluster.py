@@ -1,0 +1,133 @@
+"""Cluster verbs: nodes, health, the long-lived roles (up, host, runner) and init config."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from zriver import config as cfg
+from zriver.client.registry import JSON, Context, arg, command
+from zriver.client.render import age, as_json, size, table
+from zriver.errors import Conflict, InvalidArgument
+from zriver.sizes import format_size
+
+
+@command("nodes", "list nodes with their capacity and what is in use", JSON)
+def nodes(ctx: Context, args) -> int:
+    rows = ctx.client.call("node.list")["nodes"]
+    if args.json:
+        ctx.print(as_json(rows))
+        return 0
+    ctx.print(table(
+        ["node", "state", "cores", "memory", "numa", "gpus", "last seen"],
+        [[n["name"], n["state"], f"{n['cores_used']}/{n['cores']}",
+          f"{size(n['memory_used'])}/{size(n['memory'])}", n["numa_zones"], len(n["gpus"]),
+          age(n["last_seen"]) + " ago" if n["last_seen"] else "-"] for n in rows]))
+    return 0
+
+
+@command("health", "live CPU, memory, load, temperatures and GPUs from the last heartbeat",
+         arg("node", nargs="?", help="one node (default: all)", complete="node"), JSON)
+def health(ctx: Context, args) -> int:
+    rows = ctx.client.call("node.health", {"name": args.node})["nodes"]
+    if args.json:
+        ctx.print(as_json(rows))
+        return 0
+    for n in rows:
+        if "cpu_percent" not in n:
+            ctx.print(f"{n['name']}: {n['state']}, no heartbeat yet")
+            continue
+        temps = ", ".join(f"{k} {v:.0f}°C" for k, v in sorted(n["temperatures"].items())[:4])
+        ctx.print(f"{n['name']} ({n['state']}, heartbeat {age(n['last_seen'])} ago)")
+        ctx.print(f"  cpu      {n['cpu_percent']:.0f}%   load {' '.join(map(str, n['load']))}"
+                  f"   tasks running {n.get('running', 0)}")
+        ctx.print(f"  memory   {format_size(n['memory_used'])} / {format_size(n['memory_total'])}"
+                  f"   task memory limits by {n.get('memory_limit') or '?'}")
+        ctx.print(f"  temps    {temps or 'no sensors'}")
+        for gpu in n["gpus"] or []:
+            ctx.print(f"  gpu {gpu['index']}    {gpu['utilization']}% busy, "
+                      f"{format_size(gpu['memory_used'])} used, {gpu.get('temperature', '?')}°C")
+        if not n["gpus"]:
+            ctx.print("  gpus     none")
+    return 0
+
+
+@command(
+    "up", "run a one-machine cluster (host + runner in this process, loopback only)",
+    arg("--port", type=int, default=cfg.DEFAULT_ROUTER_PORT,
+        help="router port; events use the next two (0: any free ports)"),
+    arg("--cores", type=int, default=0, help="cores to offer (default: all)"),
+    arg("--memory", default="", help="memory to offer, e.g. 8G (default: all)"),
+    needs_cluster=False,
+)
+def up(ctx: Context, args) -> int:
+    """Start a host and a runner in one process on 127.0.0.1, data under $ZRIVER_HOME."""
+    from zriver.roles import run, serve_both
+
+    host = cfg.load(None, cfg.HostSettings, "host.toml")
+    ports = (0, 0, 0) if args.port == 0 else (args.port, args.port + 1, args.port + 2)
+    host = replace(host, bind_address="127.0.0.1", router_port=ports[0], xsub_port=ports[1],
+                   xpub_port=ports[2])
+    runner = cfg.load(None, cfg.RunnerSettings, "runner.toml")
+    runner = replace(runner, cores=args.cores or runner.cores,
+                     memory=args.memory or runner.memory)
+
+    def announce(h, r) -> None:
+        ctx.print(f"zriver is up: host {h.endpoints['router']}, node {r.name} with "
+                  f"{len(r.info['cores'])} cores and {format_size(r.info['memory'])}, "
+                  f"data in {h.data_dir}. Ctrl-C stops it.")
+
+    run(serve_both(host, runner, announce))
+    return 0
+
+
+@command("host", "run the coordinator (scheduling, state, the ZeroMQ hub)",
+         arg("--config", help="host.toml (default: $ZRIVER_HOME/host.toml when present)"),
+         needs_cluster=False)
+def host(ctx: Context, args) -> int:
+    from zriver.roles import run, serve_host
+
+    run(serve_host(cfg.load(args.config, cfg.HostSettings, "host.toml")))
+    return 0
+
+
+@command("runner", "run the node agent (connects to the host, runs tasks)",
+         arg("--config", help="runner.toml (default: $ZRIVER_HOME/runner.toml when present)"),
+         arg("--name", help="node name (overrides the config)"),
+         arg("--connect", metavar="HOST", help="host address (overrides the config)"),
+         needs_cluster=False)
+def runner(ctx: Context, args) -> int:
+    from zriver.roles import run, serve_runner
+
+    settings = cfg.load(args.config, cfg.RunnerSettings, "runner.toml")
+    if args.name:
+        settings = replace(settings, name=args.name)
+    if args.connect:
+        settings = replace(settings, host=args.connect)
+    run(serve_runner(settings))
+    return 0
+
+
+@command(
+    "init config", "write a commented default config file",
+    arg("--host", dest="role", action="store_const", const="host", help="host.toml"),
+    arg("--runner", dest="role", action="store_const", const="runner", help="runner.toml"),
+    arg("--output", "-o", help="where to write (default: $ZRIVER_HOME/<role>.toml; - for stdout)"),
+    arg("--force", action="store_true", help="overwrite an existing file"),
+    needs_cluster=False,
+)
+def init_config(ctx: Context, args) -> int:
+    role = args.role or "host"
+    text = cfg.HOST_TEMPLATE if role == "host" else cfg.RUNNER_TEMPLATE
+    if args.output == "-":
+        ctx.print(text.rstrip())
+        return 0
+    path = Path(args.output) if args.output else cfg.zriver_home() / f"{role}.toml"
+    if path.exists() and not args.force:
+        raise Conflict(f"{path} exists; use --force to overwrite it")
+    if path.is_dir():
+        raise InvalidArgument(f"{path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    ctx.print(str(path))
+    return 0

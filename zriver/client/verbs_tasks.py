@@ -1,0 +1,179 @@
+"""Task verbs: submit, tasks, status, logs, kill, pause, resume, wait."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+
+from zriver.client.follow import follow
+from zriver.client.registry import JSON, Context, arg, command
+from zriver.client.render import age, as_json, shorten, size, table, when
+from zriver.errors import InvalidArgument
+from zriver.host import lifecycle as lc
+from zriver.sizes import parse_size
+
+TASK_ID = arg("id", type=int, help="task id", complete="task")
+TASK_IDS = arg("ids", type=int, nargs="+", metavar="ID", help="task ids", complete="task")
+
+
+def exit_status(summary: dict) -> int:
+    """The shell exit status that stands for a finished task."""
+    if summary["state"] == lc.COMPLETED:
+        return 0
+    code = summary.get("exit_code")
+    return code if isinstance(code, int) and 0 < code < 256 else 1
+
+
+def owner() -> str:
+    try:
+        return os.environ.get("ZRIVER_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"bad --env {pair!r}: use KEY=VALUE")
+        env[key] = value
+    return env
+
+
+@command(
+    "submit", "submit a command as a task (prints its id)",
+    arg("--name", default="", help="a name to recognise the task by"),
+    arg("--cores", type=int, default=1, help="cores to allocate and pin (default 1)"),
+    arg("--memory", help="memory limit, e.g. 512M or 4G (default: none)"),
+    arg("--env", action="append", default=[], metavar="KEY=VALUE",
+        help="environment variable for the task (repeatable)"),
+    arg("--workdir", help="working directory (default: the current one)"),
+    arg("--target", help="run on this node", complete="node"),
+    arg("--native", action="store_true", help="run without a container (the default now)"),
+    arg("--wait", action="store_true", help="wait for the end; exit with the task's status"),
+    arg("--follow", "-f", action="store_true", help="print its output live until it ends"),
+    JSON,
+    arg("command", nargs="...", help="the command, after --"),
+)
+def submit(ctx: Context, args) -> int:
+    """Submit a command. Everything after `--` is the command and its arguments."""
+    command_line = list(args.command)
+    if command_line and command_line[0] == "--":
+        command_line = command_line[1:]
+    if not command_line:
+        raise InvalidArgument("nothing to run: put the command after --, "
+                              "e.g. zriver submit -- python train.py")
+    spec = {"command": command_line, "name": args.name, "cores": args.cores,
+            "memory": parse_size(args.memory) if args.memory else None,
+            "env": parse_env(args.env), "workdir": args.workdir or os.getcwd(),
+            "target": args.target, "backend": "native", "owner": owner()}
+    reply = ctx.client.call("task.submit", {"tasks": [spec]})
+    ids = reply["ids"]
+    if args.json and not (args.wait or args.follow):
+        ctx.print(as_json({"ids": ids, "batch_id": reply["batch_id"]}))
+        return 0
+    for task_id in ids:
+        ctx.print(str(task_id))
+    if args.follow:
+        follow(ctx.client, ids[0], {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer})
+    if args.wait or args.follow:
+        summaries = ctx.client.wait(ids)
+        if args.json:
+            ctx.print(as_json(summaries))
+        return max(exit_status(s) for s in summaries)
+    return 0
+
+
+@command(
+    "tasks", "list tasks, newest first (pending ones say why they wait)",
+    arg("--state", action="append", choices=lc.ALL_STATES, help="only this state (repeatable)"),
+    arg("--limit", type=int, default=50, help="at most this many (default 50)"),
+    arg("--all", action="store_true", help="no limit"),
+    JSON,
+)
+def tasks(ctx: Context, args) -> int:
+    limit = 100_000 if args.all else args.limit
+    rows = ctx.client.call("task.list", {"states": args.state, "limit": limit})["tasks"]
+    if args.json:
+        ctx.print(as_json(rows))
+        return 0
+    ctx.print(table(
+        ["id", "name", "state", "node", "cores", "mem", "age", "exit", "detail"],
+        [[t["id"], t["name"] or "-", t["state"], t["node"], t["cores"], size(t["memory"]),
+          age(t["submitted_at"]), t["exit_code"], shorten(t["detail"] or "", 60)]
+         for t in rows]))
+    return 0
+
+
+@command("status", "every field of one task, with its state history", TASK_ID, JSON)
+def status(ctx: Context, args) -> int:
+    reply = ctx.client.call("task.get", {"id": args.id})
+    if args.json:
+        ctx.print(as_json({**reply["task"], "events": reply["events"]}))
+        return 0
+    task = reply["task"]
+    for key, value in task.items():
+        if key.endswith("_at"):
+            value = when(value)
+        elif key == "memory":
+            value = size(value)
+        elif key == "command":
+            value = " ".join(value)
+        ctx.print(f"{key + ':':16}{'-' if value in (None, '', [], {}) else value}")
+    ctx.print("history:")
+    for event in reply["events"]:
+        ctx.print(f"  {when(event['at'])}  {event['state']:<10} {event['detail']}")
+    return 0
+
+
+@command(
+    "logs", "print a task's output (-f: follow it live until it ends)",
+    TASK_ID,
+    arg("--stderr", action="store_true", help="the standard error instead of the output"),
+    arg("--follow", "-f", action="store_true", help="keep printing until the task ends"),
+)
+def logs(ctx: Context, args) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    out = sys.stdout.buffer
+    if args.follow:
+        follow(ctx.client, args.id, {stream: out})
+        return 0
+    offset = 0
+    while True:
+        reply = ctx.client.call("task.logs", {"id": args.id, "stream": stream, "offset": offset})
+        if not reply["data"]:
+            break
+        out.write(reply["data"])
+        offset += len(reply["data"])
+    out.flush()
+    return 0
+
+
+def _signal_verb(op: str):
+    def run(ctx: Context, args) -> int:
+        for task_id in args.ids:
+            reply = ctx.client.call(op, {"id": task_id})
+            ctx.print(f"{task_id}: {op.split('.')[1]} requested ({reply['state']})")
+        return 0
+
+    return run
+
+
+command("kill", "kill tasks (TERM, then KILL after the grace period)", TASK_IDS)(
+    _signal_verb("task.kill"))
+command("pause", "pause running tasks", TASK_IDS)(_signal_verb("task.pause"))
+command("resume", "resume paused tasks", TASK_IDS)(_signal_verb("task.resume"))
+
+
+@command("wait", "wait until tasks end; exit with the first failure's status", TASK_IDS, JSON)
+def wait(ctx: Context, args) -> int:
+    summaries = ctx.client.wait(args.ids)
+    if args.json:
+        ctx.print(as_json(summaries))
+    else:
+        for s in summaries:
+            ctx.print(f"{s['id']}: {s['state']} (exit {s['exit_code']})")
+    failures = [exit_status(s) for s in summaries if exit_status(s)]
+    return failures[0] if failures else 0

@@ -1,0 +1,176 @@
+"""Typed settings for each role, parsed once at the CLI edge and passed down whole.
+
+A config file is TOML with the role's keys at the top level (``zriver init config`` writes a
+commented one). Unknown keys and wrong types are refused with the file and key named, so a typo
+never silently falls back to a default. ``ZRIVER_HOME`` moves the data dir and the default
+config files (``host.toml``, ``runner.toml``) of every role.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from zriver.errors import InvalidArgument
+from zriver.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_ROUTER_PORT = 8620
+DEFAULT_XSUB_PORT = 8621
+DEFAULT_XPUB_PORT = 8622
+
+
+def zriver_home() -> Path:
+    """The data and config directory: ``$ZRIVER_HOME`` or ``~/.zriver``."""
+    return Path(os.environ.get("ZRIVER_HOME") or Path.home() / ".zriver").expanduser()
+
+
+@dataclass(slots=True)
+class HostSettings:
+    """What ``zriver host`` needs. Ports of 0 bind ephemeral ports (tests)."""
+
+    data_dir: str = ""
+    bind_address: str = "127.0.0.1"
+    router_port: int = DEFAULT_ROUTER_PORT
+    xsub_port: int = DEFAULT_XSUB_PORT
+    xpub_port: int = DEFAULT_XPUB_PORT
+    heartbeat_interval: float = 2.0
+    heartbeat_misses: int = 3
+    shared_dir: str = ""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def resolved(self) -> "HostSettings":
+        return replace(self, data_dir=self.data_dir or str(zriver_home()))
+
+
+@dataclass(slots=True)
+class RunnerSettings:
+    """What ``zriver runner`` needs. ``cores``/``memory`` of 0 mean "detect"."""
+
+    host: str = "127.0.0.1"
+    router_port: int = DEFAULT_ROUTER_PORT
+    xsub_port: int = DEFAULT_XSUB_PORT
+    name: str = ""
+    data_dir: str = ""
+    shared_dir: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    cores: int = 0
+    memory: str = ""
+    kill_grace: float = 10.0
+    log_poll_interval: float = 0.2
+    request_timeout: float = 5.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def resolved(self) -> "RunnerSettings":
+        return replace(
+            self,
+            name=self.name or socket.gethostname(),
+            data_dir=self.data_dir or str(zriver_home() / "runner"),
+        )
+
+
+def load(path: str | Path | None, cls: type, default_name: str) -> Any:
+    """Settings of ``cls`` from ``path`` (or ``$ZRIVER_HOME/<default_name>`` when it exists)."""
+    if path is None:
+        candidate = zriver_home() / default_name
+        if not candidate.exists():
+            return cls()
+        path = candidate
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidArgument(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
+    return from_mapping(data, cls, str(path))
+
+
+def from_mapping(data: dict[str, Any], cls: type, origin: str = "config") -> Any:
+    """Build ``cls`` from a mapping, refusing unknown keys and wrong types."""
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            raise InvalidArgument(
+                f"{origin}: unknown setting {key!r} (known: {', '.join(sorted(known))})"
+            )
+        values[key] = _coerce(value, known[key].type, f"{origin}: {key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    text = str(annotation)
+    if text.startswith("dict"):
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"{where} must be a table")
+        return {str(k): str(v) for k, v in value.items()}
+    if text == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    expected = {"int": int, "str": str, "bool": bool}.get(text)
+    if expected is None or not isinstance(value, expected) or (
+        expected is int and isinstance(value, bool)
+    ):
+        raise InvalidArgument(f"{where} must be of type {text}, got {value!r}")
+    return value
+
+
+HOST_TEMPLATE = f"""\
+# zriver host configuration (TOML). Every key is optional; shown values are the defaults.
+
+# Where the host keeps its database and the endpoints file clients read. Default: $ZRIVER_HOME or ~/.zriver
+# data_dir = "/var/lib/zriver"
+
+# Address to bind. 127.0.0.1 keeps the cluster on this machine; use this machine's LAN address
+# (or 0.0.0.0) so runners on other machines can reach it.
+bind_address = "127.0.0.1"
+router_port = {DEFAULT_ROUTER_PORT}   # requests, replies and host->runner commands (ROUTER)
+xsub_port = {DEFAULT_XSUB_PORT}     # runners publish heartbeats and log chunks here
+xpub_port = {DEFAULT_XPUB_PORT}     # clients subscribe to events and live logs here
+
+# A runner is marked offline after this many heartbeat intervals without a heartbeat.
+heartbeat_interval = 2.0
+heartbeat_misses = 3
+
+# A directory every node mounts at the same path (NFS, ...). Task logs are written there when set.
+# shared_dir = "/mnt/cluster"
+
+# Messages larger than this get a "too_large" error.
+max_message_bytes = {DEFAULT_MAX_MESSAGE_BYTES}
+"""
+
+RUNNER_TEMPLATE = f"""\
+# zriver runner configuration (TOML). Every key is optional; shown values are the defaults.
+
+# The host's address and ports (router_port and xsub_port of the host's config).
+host = "127.0.0.1"
+router_port = {DEFAULT_ROUTER_PORT}
+xsub_port = {DEFAULT_XSUB_PORT}
+
+# This node's name in the cluster. Default: the hostname.
+# name = "node1"
+
+# Local data: task logs, the update outbox. Default: $ZRIVER_HOME/runner or ~/.zriver/runner
+# data_dir = "/var/lib/zriver-runner"
+
+# The same shared directory as the host's, when there is one.
+# shared_dir = "/mnt/cluster"
+
+# Free-form labels shown in `zriver nodes`.
+# labels = {{ rack = "a", room = "lab2" }}
+
+# Override detected resources (0 / "" = detect). Useful on shared or oversubscribed machines.
+cores = 0
+memory = ""
+
+# Seconds between SIGTERM and SIGKILL when a task is killed.
+kill_grace = 10.0
+"""

@@ -1,0 +1,274 @@
+"""The host's handler table: one small function per op, keyed by op name.
+
+A handler gets ``(host, caller, body)``, validates ``body`` with ``protocol.arg``, and returns
+the reply body, ``DEFERRED`` (it answers later), or a coroutine (awaited, then answered). It
+raises a ``ZriverError`` for a clear error reply; the service rolls its writes back then.
+Handlers of ``runner.*``/``task.update`` only accept runner identities.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from zriver.errors import BadRequest, Conflict, InvalidArgument, NotFound, Unavailable
+from zriver.host import lifecycle as lc
+from zriver.host import waiting
+from zriver.host.dispatch import apply_update, move, signal, start_body
+from zriver.host.scheduler import ONLINE
+from zriver.host.service import DEFERRED, Caller, Host, LiveTask, NodeRecord, node_spec
+from zriver.logfiles import SUFFIX as STREAMS, log_path, read_slice
+from zriver.protocol import arg
+from zriver.spec import TaskSpec
+
+MAX_SUBMIT = 100_000
+MAX_LOG_READ = 1024 * 1024
+
+
+# ---- clients: tasks ------------------------------------------------------------------------
+def hello(host: Host, caller: Caller, body: dict) -> dict:
+    return host.hello()
+
+
+def submit(host: Host, caller: Caller, body: dict) -> dict:
+    """Validate every spec first, then insert them all (one batch id when several)."""
+    raw = arg(body, "tasks", list)
+    if not raw:
+        raise InvalidArgument("submit needs at least one task")
+    if len(raw) > MAX_SUBMIT:
+        raise InvalidArgument(f"at most {MAX_SUBMIT} tasks in one submit")
+    specs = [TaskSpec.from_wire(item) for item in raw]
+    for spec in specs:
+        task = LiveTask(0, spec, lc.PENDING)
+        host.scheduler.check_possible(task.request())
+    now = time.time()
+    ids: list[int] = []
+    batch_id = None
+    for spec in specs:
+        task_id = host.store.insert_task({"name": spec.name, "owner": spec.owner,
+                                          "state": lc.PENDING, "spec": spec.to_wire(),
+                                          "submitted_at": now, "batch_id": batch_id})
+        if len(specs) > 1 and batch_id is None:
+            batch_id = task_id
+            host.store.update_task(task_id, batch_id=batch_id)
+        host.store.add_event(task_id, lc.PENDING, now, "submitted")
+        task = LiveTask(task_id, spec, lc.PENDING)
+        host.tasks[task_id] = task
+        host.scheduler.submit(task.request())
+        ids.append(task_id)
+    host.request_schedule()
+    return {"ids": ids, "batch_id": batch_id}
+
+
+def list_tasks(host: Host, caller: Caller, body: dict) -> dict:
+    states = arg(body, "states", list, None)
+    if states and not set(states) <= set(lc.ALL_STATES):
+        raise InvalidArgument(f"unknown state in {states}; states are {', '.join(lc.ALL_STATES)}")
+    limit = arg(body, "limit", int, 200)
+    rows = host.store.list_tasks(states, max(1, min(limit, 100_000)))
+    return {"tasks": [public_task(host, row) for row in rows]}
+
+
+def get_task(host: Host, caller: Caller, body: dict) -> dict:
+    row = _row(host, arg(body, "id", int))
+    return {"task": public_task(host, row), "events": host.store.task_events(row["id"])}
+
+
+def kill(host: Host, caller: Caller, body: dict) -> dict:
+    task = _live(host, arg(body, "id", int), "killed")
+    if task.state == lc.PENDING:
+        move(host, task, lc.KILLED, detail="killed while pending")
+    elif host.nodes.get(task.node) is None or host.nodes[task.node].state != ONLINE:
+        move(host, task, lc.KILLED, detail=f"killed; node {task.node} is offline")
+    else:
+        signal(host, task, "kill")
+    return {"id": task.id, "state": task.state}
+
+
+def pause(host: Host, caller: Caller, body: dict) -> dict:
+    return _pause_or_resume(host, arg(body, "id", int), "pause", (lc.RUNNING,))
+
+
+def resume(host: Host, caller: Caller, body: dict) -> dict:
+    return _pause_or_resume(host, arg(body, "id", int), "resume", (lc.PAUSED,))
+
+
+def _pause_or_resume(host: Host, task_id: int, action: str, allowed: tuple[str, ...]) -> dict:
+    task = _live(host, task_id, f"{action}d")
+    if task.state not in allowed:
+        raise Conflict(f"task {task_id} is {task.state}; only a {' or '.join(allowed)} task "
+                       f"can be {action}d")
+    signal(host, task, action)
+    return {"id": task.id, "state": task.state}
+
+
+def wait(host: Host, caller: Caller, body: dict) -> Any:
+    ids = arg(body, "ids", list)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InvalidArgument("ids must be a non-empty list of task ids")
+    for task_id in ids:
+        _row(host, task_id)
+    timeout = float(arg(body, "timeout", (int, float), 30.0))
+    if waiting.all_final(host, ids):
+        return {"done": True, "tasks": waiting.summaries(host, ids)}
+    waiting.add(host, caller, ids, max(0.01, min(timeout, 300.0)))
+    return DEFERRED
+
+
+async def logs(host: Host, caller: Caller, body: dict) -> dict:
+    """A slice of a task's stdout/stderr from the shared dir or from its runner."""
+    row = _row(host, arg(body, "id", int))
+    stream = arg(body, "stream", str, "stdout")
+    if stream not in STREAMS:
+        raise InvalidArgument("stream must be stdout or stderr")
+    offset = arg(body, "offset", int, 0)
+    limit = min(arg(body, "limit", int, MAX_LOG_READ), MAX_LOG_READ)
+    if offset < 0 or limit < 0:
+        raise InvalidArgument("offset and limit must not be negative")
+    final = lc.is_final(row["state"])
+    if host.settings.shared_dir:
+        path = log_path(Path(host.settings.shared_dir) / "logs", row["id"], stream)
+        if path.exists():
+            return read_slice(path, offset, limit) | {"final": final}
+    if not row["node"] or row["state"] == lc.PENDING:
+        return {"data": b"", "offset": offset, "size": 0, "final": final}
+    node = host.nodes.get(row["node"])
+    if node is None or node.state != ONLINE:
+        raise Unavailable(f"the logs of task {row['id']} are on node {row['node']}, which is offline")
+    reply = await host.call_runner(row["node"], "log.read",
+                                   {"id": row["id"], "stream": stream, "offset": offset,
+                                    "limit": limit})
+    return reply | {"final": final}
+
+
+# ---- clients: nodes ------------------------------------------------------------------------
+def list_nodes(host: Host, caller: Caller, body: dict) -> dict:
+    return {"nodes": [public_node(host, node) for node in sorted(host.nodes.values(),
+                                                                 key=lambda n: n.name)]}
+
+
+def health(host: Host, caller: Caller, body: dict) -> dict:
+    name = arg(body, "name", str, None)
+    nodes = [_node(host, name)] if name else sorted(host.nodes.values(), key=lambda n: n.name)
+    return {"nodes": [{"name": n.name, "state": n.state, "last_seen": n.last_seen,
+                       **n.heartbeat} for n in nodes]}
+
+
+# ---- runners -------------------------------------------------------------------------------
+def register(host: Host, caller: Caller, body: dict) -> dict:
+    """A runner (re)joins: record it, reconcile what it runs with what the host believes."""
+    name = _runner_name(caller, body)
+    info = arg(body, "info", dict)
+    for key in ("cores", "memory"):
+        arg(info, key, (list, int))
+    known = {int(t["id"]): t for t in arg(body, "tasks", list, []) if isinstance(t, dict)}
+    now = time.time()
+    node = host.nodes.get(name) or NodeRecord(name, info)
+    node.info, node.registered, node.registered_at, node.last_seen = info, True, now, now
+    host.nodes[name] = node
+    host.scheduler.set_node(name, node_spec(info))
+    host.store.save_node(name, info, node.state, now, now)
+    stop = [tid for tid in known if tid not in host.tasks or host.tasks[tid].node != name]
+    for task in [t for t in host.tasks.values() if t.node == name]:
+        if task.id in known:
+            continue
+        if task.state == lc.ASSIGNED:
+            host.command(name, "task.start", start_body(task))  # the start never arrived
+        elif task.state in lc.ACTIVE:
+            move(host, task, lc.LOST, detail=f"runner {name} restarted and no longer has it")
+    host.set_node_state(node, ONLINE, "registered")
+    return {"heartbeat_interval": host.settings.heartbeat_interval, "stop": stop,
+            "incarnation": host.incarnation, "shared_dir": host.settings.shared_dir}
+
+
+def task_update(host: Host, caller: Caller, body: dict) -> dict:
+    name = _runner_name(caller, body)
+    updates = arg(body, "updates", list)
+    for update in updates:
+        if not isinstance(update, dict) or not isinstance(update.get("id"), int):
+            raise BadRequest("each update must be a map with an integer 'id'")
+        if update.get("state") not in lc.ALL_STATES:
+            raise BadRequest(f"unknown state {update.get('state')!r} in update")
+    for update in updates:
+        apply_update(host, name, update)
+    return {"count": len(updates)}
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _runner_name(caller: Caller, body: dict) -> str:
+    name = caller.node
+    if name is None:
+        raise BadRequest("only runners may send this op")
+    claimed = arg(body, "name", str, name)
+    if claimed != name:
+        raise BadRequest(f"runner identity {name!r} does not match name {claimed!r}")
+    return name
+
+
+def _row(host: Host, task_id: int) -> dict:
+    row = host.store.get_task(task_id)
+    if row is None:
+        raise NotFound(f"no task {task_id}")
+    return row
+
+
+def _live(host: Host, task_id: int, verb: str) -> LiveTask:
+    task = host.tasks.get(task_id)
+    if task is None:
+        row = _row(host, task_id)
+        raise Conflict(f"task {task_id} is already {row['state']}; it cannot be {verb}")
+    return task
+
+
+def _node(host: Host, name: str) -> NodeRecord:
+    node = host.nodes.get(name)
+    if node is None:
+        raise NotFound(f"unknown node {name!r}; known: {', '.join(sorted(host.nodes)) or 'none'}")
+    return node
+
+
+def public_task(host: Host, row: dict) -> dict:
+    """The stable JSON shape of a task (``zriver tasks --json``, ``zriver status --json``)."""
+    spec = row["spec"]
+    reason = host.scheduler.pending_reason(row["id"]) if row["state"] == lc.PENDING else None
+    return {
+        "id": row["id"], "name": row["name"], "owner": row["owner"], "state": row["state"],
+        "node": row["node"], "command": spec["command"], "cores": spec["cores"],
+        "memory": spec["memory"], "env": spec["env"], "workdir": spec["workdir"],
+        "target": spec["target"], "backend": spec["backend"],
+        "allocated_cores": (row["alloc"] or {}).get("cores"),
+        "exit_code": row["exit_code"], "detail": reason or row["detail"],
+        "submitted_at": row["submitted_at"], "started_at": row["started_at"],
+        "finished_at": row["finished_at"], "batch_id": row["batch_id"],
+    }
+
+
+def public_node(host: Host, node: NodeRecord) -> dict:
+    info = node.info
+    used_cores, used_memory = host.scheduler.node_usage(node.name)
+    return {
+        "name": node.name, "state": node.state, "hostname": info.get("hostname", ""),
+        "version": info.get("version", ""), "cores": len(info.get("cores", [])),
+        "cores_used": used_cores, "memory": info.get("memory", 0), "memory_used": used_memory,
+        "numa_zones": len(info.get("zones") or [1]), "gpus": info.get("gpus", []),
+        "labels": info.get("labels", {}), "last_seen": node.last_seen,
+        "memory_limit": info.get("memory_limit", ""),
+    }
+
+
+HANDLERS = {
+    "cluster.hello": hello,
+    "task.submit": submit,
+    "task.list": list_tasks,
+    "task.get": get_task,
+    "task.kill": kill,
+    "task.pause": pause,
+    "task.resume": resume,
+    "task.wait": wait,
+    "task.logs": logs,
+    "node.list": list_nodes,
+    "node.health": health,
+    "runner.register": register,
+    "task.update": task_update,
+}

@@ -1,0 +1,41 @@
+"""Task states and the transitions allowed between them (pure; no I/O).
+
+    pending -> assigned -> running -> completed | failed | killed | killed_oom | lost
+                                  <-> paused
+    pending | assigned -> killed | lost | failed (start refused)
+
+Final states are final: ``transition`` refuses to leave them, which is what makes applying a
+runner's update twice harmless.
+"""
+
+from __future__ import annotations
+
+PENDING = "pending"
+ASSIGNED = "assigned"
+RUNNING = "running"
+PAUSED = "paused"
+COMPLETED = "completed"
+FAILED = "failed"
+KILLED = "killed"
+KILLED_OOM = "killed_oom"
+LOST = "lost"
+
+FINAL = frozenset({COMPLETED, FAILED, KILLED, KILLED_OOM, LOST})
+ACTIVE = frozenset({ASSIGNED, RUNNING, PAUSED})
+ALL_STATES = (PENDING, ASSIGNED, RUNNING, PAUSED, COMPLETED, FAILED, KILLED, KILLED_OOM, LOST)
+
+_ALLOWED: dict[str, frozenset[str]] = {
+    PENDING: frozenset({ASSIGNED, KILLED, LOST, FAILED}),
+    ASSIGNED: frozenset({PENDING, RUNNING, PAUSED} | FINAL),
+    RUNNING: frozenset({PAUSED} | FINAL),
+    PAUSED: frozenset({RUNNING} | FINAL),
+}
+
+
+def can_move(current: str, new: str) -> bool:
+    """True when ``current -> new`` is a legal, state-changing transition."""
+    return new in _ALLOWED.get(current, frozenset())
+
+
+def is_final(state: str) -> bool:
+    return state in FINAL

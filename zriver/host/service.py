@@ -1,0 +1,388 @@
+"""The host's asyncio server: sockets, the per-tick transaction, dispatch and liveness.
+
+Flow of one loop tick: the ROUTER channel drains every waiting request; each is handled by the
+function the ``HANDLERS`` table (``zriver.host.handlers``) names for its op, inside a SAVEPOINT
+of the tick's one transaction (a handler that raises changes nothing). At the end of the tick
+``flush`` runs the scheduler, records its placements, commits, and only then sends the queued
+replies, runner commands and events: nothing is acknowledged before it is durable.
+
+The in-memory ``tasks`` dict holds unfinished tasks only; the store holds everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from zriver import PROTOCOL_VERSION, __version__
+from zriver.config import HostSettings
+from zriver.errors import Internal, ZriverError
+from zriver.host import lifecycle as lc
+from zriver.host.scheduler import OFFLINE, ONLINE, Allocation, NodeSpec, Request, Scheduler
+from zriver.host.store import Store
+from zriver.protocol import decode, encode, encode_error, encode_ok, peek_rid, Envelope
+from zriver.spec import TaskSpec
+from zriver.wire import Channel, Unreachable, Wire
+
+log = structlog.get_logger("zriver.host")
+
+RUNNER_PREFIX = b"r:"
+DEFERRED = object()
+"""A handler returns this when it will answer later through ``Host.reply``."""
+
+
+@dataclass(slots=True)
+class LiveTask:
+    """An unfinished task as the host tracks it in memory."""
+
+    id: int
+    spec: TaskSpec
+    state: str
+    node: str | None = None
+    alloc: Allocation | None = None
+
+    def request(self) -> Request:
+        return Request(self.id, self.spec.cores, self.spec.memory or 0, self.spec.target)
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    """A runner as the host knows it. ``registered`` is per host incarnation."""
+
+    name: str
+    info: dict[str, Any]
+    state: str = OFFLINE
+    last_seen: float = 0.0
+    registered_at: float = 0.0
+    registered: bool = False
+    heartbeat: dict[str, Any] = field(default_factory=dict)
+    reregister_asked: float = 0.0
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who sent a request: the ROUTER identity and the request id to answer."""
+
+    identity: bytes
+    rid: int
+
+    @property
+    def node(self) -> str | None:
+        if self.identity.startswith(RUNNER_PREFIX):
+            return self.identity[len(RUNNER_PREFIX):].decode(errors="replace")
+        return None
+
+
+class Host:
+    """The coordinator. ``start`` binds and loads state; ``stop`` closes everything."""
+
+    def __init__(self, settings: HostSettings, handlers: dict[str, Callable] | None = None):
+        from zriver.host.handlers import HANDLERS
+
+        self.settings = settings.resolved()
+        self.handlers = handlers or HANDLERS
+        self.data_dir = Path(self.settings.data_dir)
+        self.incarnation = secrets.token_hex(4)
+        self.scheduler = Scheduler()
+        self.tasks: dict[int, LiveTask] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+        self.waiters: list[Any] = []
+        self.runner_calls: dict[int, asyncio.Future] = {}
+        self.endpoints: dict[str, str] = {}
+        self.started_at = 0.0
+        self._outgoing: list[tuple[Channel, list[bytes]]] = []
+        self._flush_scheduled = False
+        self._needs_schedule = False
+        self._next_rid = 1
+        self._timers: list[asyncio.Task] = []
+        self.store: Store | None = None
+        self.wire: Wire | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self.started_at = time.time()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.data_dir / "host.db")
+        self._load_state()
+        self.wire = Wire(self.settings.max_message_bytes)
+        addr = self.settings.bind_address
+        router, self.endpoints["router"] = self.wire.router(f"tcp://{addr}:{self.settings.router_port}")
+        xsub, self.endpoints["xsub"] = self.wire.xsub(f"tcp://{addr}:{self.settings.xsub_port}")
+        xpub, self.endpoints["xpub"] = self.wire.xpub(f"tcp://{addr}:{self.settings.xpub_port}")
+        self.router = Channel(router, self._on_router, self.flush)
+        self.xpub = Channel(xpub, lambda frames: None, lossy=True)
+        self.xsub = Channel(xsub, self._on_published, self.flush)
+        self._write_endpoints()
+        self._timers.append(asyncio.ensure_future(self._liveness_loop()))
+        log.info("host.started", endpoints=self.endpoints, tasks=len(self.tasks),
+                 nodes=len(self.nodes), incarnation=self.incarnation)
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        for waiter in list(self.waiters):
+            waiter.cancel()
+        if self.wire is not None:
+            for channel in (self.router, self.xsub, self.xpub):
+                channel.close()
+            self.wire.close()
+        if self.store is not None:
+            if self.store.conn.in_transaction:
+                self.store.conn.execute("COMMIT")
+            self.store.close()
+        try:
+            (self.data_dir / "endpoints.json").unlink()
+        except FileNotFoundError:
+            pass
+        log.info("host.stopped")
+
+    def _write_endpoints(self) -> None:
+        """Let clients on this machine find the host with no flags (atomic rename)."""
+        path = self.data_dir / "endpoints.json"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**self.endpoints, "pid": os.getpid()}))
+        tmp.replace(path)
+
+    def _load_state(self) -> None:
+        """Rebuild scheduler and caches from the store (host restart)."""
+        for row in self.store.list_nodes():
+            info = row["info"]
+            self.nodes[row["name"]] = NodeRecord(row["name"], info, OFFLINE,
+                                                 last_seen=self.started_at)
+            self.scheduler.set_node(row["name"], node_spec(info))
+        for row in self.store.unfinished_tasks():
+            task = LiveTask(row["id"], TaskSpec.from_wire(row["spec"]), row["state"], row["node"])
+            if row["alloc"]:
+                task.alloc = Allocation(row["alloc"]["node"], tuple(row["alloc"]["cores"]),
+                                        row["alloc"]["memory"])
+                self.scheduler.hold(task.id, task.alloc)
+            else:
+                self.scheduler.submit(task.request())
+            self.tasks[task.id] = task
+        self._needs_schedule = True
+
+    # ---- receiving ---------------------------------------------------------------------
+    def _on_router(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("host.bad_frames", count=len(frames))
+            if len(frames) >= 2:
+                self._send_to(frames[0], encode_error(0, "bad_request",
+                                                      "a request is exactly one frame"))
+            return
+        identity, frame = frames
+        try:
+            env = decode(frame, self.settings.max_message_bytes)
+        except ZriverError as exc:
+            log.warning("host.bad_message", error=str(exc), code=exc.code)
+            self._send_to(identity, encode_error(peek_rid(frame), exc.code, str(exc)))
+            return
+        if env.is_reply:
+            self._on_runner_reply(env)
+            return
+        self._dispatch(Caller(identity, env.rid), env)
+
+    def _dispatch(self, caller: Caller, env: Envelope) -> None:
+        handler = self.handlers.get(env.op)
+        if handler is None:
+            self.reply_error(caller, "unknown_op", f"unknown op {env.op!r}")
+            return
+        self.begin()
+        try:
+            with self.store.conn:  # a SAVEPOINT inside the tick's transaction
+                result = handler(self, caller, env.body)
+        except ZriverError as exc:
+            self.reply_error(caller, exc.code, str(exc))
+            return
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("host.handler_crashed", op=env.op)
+            self.reply_error(caller, Internal.code, f"internal error in {env.op}: {exc!r}")
+            return
+        if asyncio.iscoroutine(result):
+            asyncio.ensure_future(self._finish_async(caller, env.op, result))
+        elif result is not DEFERRED:
+            self.reply(caller, result)
+
+    async def _finish_async(self, caller: Caller, op: str, coro) -> None:
+        try:
+            result = await coro
+        except ZriverError as exc:
+            self.reply_error(caller, exc.code, str(exc))
+        except Exception as exc:
+            log.exception("host.handler_crashed", op=op)
+            self.reply_error(caller, Internal.code, f"internal error in {op}: {exc!r}")
+        else:
+            self.reply(caller, result)
+        self.schedule_flush()
+
+    def _on_runner_reply(self, env: Envelope) -> None:
+        future = self.runner_calls.pop(env.rid, None)
+        if future is None or future.done():
+            return
+        if env.op == "ok":
+            future.set_result(env.body)
+        else:
+            from zriver.errors import error_from_reply
+
+            future.set_exception(error_from_reply(env.code, env.msg))
+
+    def _on_published(self, frames: list[bytes]) -> None:
+        """Everything runners publish passes here on its way to subscribers."""
+        self.xpub.send(frames)
+        if len(frames) == 2 and frames[0].startswith(b"hb."):
+            try:
+                env = decode(frames[1], self.settings.max_message_bytes)
+            except ZriverError:
+                return
+            self._on_heartbeat(frames[0][3:].decode(errors="replace"), env.body)
+
+    def _on_heartbeat(self, name: str, body: dict[str, Any]) -> None:
+        node = self.nodes.get(name)
+        now = time.time()
+        if node is None or not node.registered:
+            if now - (node.reregister_asked if node else 0) > 1.0:
+                self._ask_reregister(name)
+            return
+        node.last_seen = now
+        node.heartbeat = body
+        if node.state == OFFLINE:
+            self.set_node_state(node, ONLINE, "heartbeat resumed")
+
+    def _ask_reregister(self, name: str) -> None:
+        if name in self.nodes:
+            self.nodes[name].reregister_asked = time.time()
+        try:
+            self.router.send([RUNNER_PREFIX + name.encode(), encode("runner.reregister")])
+        except Unreachable:
+            pass
+
+    # ---- sending -----------------------------------------------------------------------
+    def reply(self, caller: Caller, body: dict[str, Any] | None) -> None:
+        self._queue(self.router, [caller.identity, encode_ok(caller.rid, body)])
+
+    def reply_error(self, caller: Caller, code: str, msg: str) -> None:
+        self._queue(self.router, [caller.identity, encode_error(caller.rid, code, msg)])
+
+    def publish(self, topic: str, op: str, body: dict[str, Any]) -> None:
+        self._queue(self.xpub, [topic.encode(), encode(op, 0, body)])
+
+    def command(self, node: str, op: str, body: dict[str, Any]) -> None:
+        """Queue a host->runner command, sent after this tick commits."""
+        self._queue(self.router, [RUNNER_PREFIX + node.encode(), encode(op, 0, body)])
+
+    async def call_runner(self, node: str, op: str, body: dict, timeout: float = 5.0) -> dict:
+        """Send a command to a runner now and await its reply (``Unavailable`` on silence)."""
+        from zriver.errors import Unavailable
+
+        rid = self._next_rid
+        self._next_rid += 1
+        future = asyncio.get_running_loop().create_future()
+        self.runner_calls[rid] = future
+        try:
+            self.router.send([RUNNER_PREFIX + node.encode(), encode(op, rid, body)])
+            return await asyncio.wait_for(future, timeout)
+        except (Unreachable, asyncio.TimeoutError):
+            raise Unavailable(f"node {node} did not answer") from None
+        finally:
+            self.runner_calls.pop(rid, None)
+
+    def _send_to(self, identity: bytes, frame: bytes) -> None:
+        try:
+            self.router.send([identity, frame])
+        except Unreachable:
+            pass
+
+    def _queue(self, channel: Channel, frames: list[bytes]) -> None:
+        self._outgoing.append((channel, frames))
+        self.schedule_flush()
+
+    # ---- the tick ----------------------------------------------------------------------
+    def begin(self) -> None:
+        """Open the tick's transaction if none is open."""
+        if not self.store.conn.in_transaction:
+            self.store.conn.execute("BEGIN")
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def request_schedule(self) -> None:
+        self._needs_schedule = True
+        self.schedule_flush()
+
+    def flush(self) -> None:
+        """Schedule, commit, then send everything queued during the tick."""
+        self._flush_scheduled = False
+        if self.store is None or self.store.conn is None:
+            return
+        if self._needs_schedule:
+            self._needs_schedule = False
+            self.begin()
+            self._flush_scheduled = False
+            from zriver.host.dispatch import place
+
+            for placement in self.scheduler.schedule():
+                place(self, placement)
+        if self.store.conn.in_transaction:
+            self.store.conn.execute("COMMIT")
+        outgoing, self._outgoing = self._outgoing, []
+        for channel, frames in outgoing:
+            try:
+                channel.send(frames)
+            except Unreachable:
+                self._on_unreachable(frames)
+
+    def _on_unreachable(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        if not identity.startswith(RUNNER_PREFIX):
+            return  # a client that left: nothing to do
+        from zriver.host.dispatch import runner_unreachable
+
+        runner_unreachable(self, identity[len(RUNNER_PREFIX):].decode(errors="replace"), frames)
+
+    # ---- nodes -------------------------------------------------------------------------
+    def set_node_state(self, node: NodeRecord, state: str, reason: str) -> None:
+        node.state = state
+        self.begin()
+        self.scheduler.set_node_state(node.name, state)
+        self.store.set_node_state(node.name, state, node.last_seen)
+        self.publish(f"evt.node.{node.name}", "node.state", {"name": node.name, "state": state,
+                                                             "reason": reason})
+        log.info("node.state", node=node.name, state=state, reason=reason)
+        self.request_schedule()
+
+    async def _liveness_loop(self) -> None:
+        from zriver.host.dispatch import node_lost
+
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval / 2)
+            deadline = time.time() - interval * self.settings.heartbeat_misses
+            for node in list(self.nodes.values()):
+                overdue = node.last_seen < deadline
+                if node.state == ONLINE and overdue:
+                    node_lost(self, node, "missed heartbeats")
+                elif not node.registered and overdue and node.last_seen >= 0:
+                    node_lost(self, node, "did not come back after host restart")
+                    node.last_seen = -1.0  # report its tasks lost once
+
+    def hello(self) -> dict[str, Any]:
+        return {"version": __version__, "protocol": PROTOCOL_VERSION,
+                "incarnation": self.incarnation, "endpoints": self.endpoints,
+                "heartbeat_interval": self.settings.heartbeat_interval,
+                "shared_dir": self.settings.shared_dir}
+
+
+def node_spec(info: dict[str, Any]) -> NodeSpec:
+    """The scheduler's view of a runner's registration info."""
+    zones = tuple(tuple(zone) for zone in info.get("zones") or [info["cores"]])
+    return NodeSpec(zones, int(info["memory"]))

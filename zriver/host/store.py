@@ -1,0 +1,195 @@
+"""The host's database: nodes, tasks and task events in SQLite through APSW.
+
+One connection, owned by the host's event loop thread; WAL with ``synchronous=NORMAL``.
+Statements are short and the service groups every write of one loop tick into one
+transaction (``with store.batch():``), so blocking here is measured in tens of microseconds
+and is deliberately done on the loop. Schema changes are migrations keyed by
+``PRAGMA user_version``; a newer database than this code knows is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import apsw
+import msgpack
+
+from zriver.errors import Internal
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE nodes(
+        name TEXT PRIMARY KEY,
+        info BLOB NOT NULL,
+        state TEXT NOT NULL,
+        registered_at REAL,
+        last_seen REAL
+    );
+    CREATE TABLE tasks(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL DEFAULT '',
+        owner TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        node TEXT,
+        spec BLOB NOT NULL,
+        alloc BLOB,
+        exit_code INTEGER,
+        detail TEXT NOT NULL DEFAULT '',
+        submitted_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        batch_id INTEGER
+    );
+    CREATE INDEX tasks_unfinished ON tasks(state)
+        WHERE state IN ('pending', 'assigned', 'running', 'paused');
+    CREATE TABLE task_events(
+        task_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        at REAL NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX task_events_by_task ON task_events(task_id);
+    """,
+]
+
+TASK_COLUMNS = (
+    "id", "name", "owner", "state", "node", "spec", "alloc", "exit_code", "detail",
+    "submitted_at", "started_at", "finished_at", "batch_id",
+)
+_UNFINISHED = "('pending', 'assigned', 'running', 'paused')"
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value)
+
+
+def unpack(blob: bytes | None) -> Any:
+    return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+class Store:
+    """Plain methods over one APSW connection. Not thread-safe: one owner."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = apsw.Connection(str(path))
+        self.conn.setbusytimeout(5000)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]
+        if version > len(MIGRATIONS):
+            raise Internal(
+                f"the database is at schema {version}, newer than this zriver "
+                f"({len(MIGRATIONS)}): upgrade zriver"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.conn:
+                self.conn.execute(script)
+                self.conn.execute(f"PRAGMA user_version={number}")
+
+    @property
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchall()[0][0]
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction around everything written inside (nested calls join it)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        with self.conn:
+            yield
+
+    # ---- tasks -------------------------------------------------------------------------
+    def insert_task(self, row: dict[str, Any]) -> int:
+        """Insert a pending task; return its new id. ``row['spec']`` is a dict."""
+        self.conn.execute(
+            "INSERT INTO tasks(name, owner, state, spec, submitted_at, batch_id, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row["name"], row["owner"], row["state"], pack(row["spec"]), row["submitted_at"],
+             row.get("batch_id"), row.get("detail", "")),
+        )
+        return self.conn.last_insert_rowid()
+
+    def update_task(self, task_id: int, **fields: Any) -> None:
+        """Set columns of one task; ``alloc`` is packed."""
+        if "alloc" in fields:
+            fields["alloc"] = pack(fields["alloc"])
+        assignments = ", ".join(f"{name}=?" for name in fields)
+        self.conn.execute(
+            f"UPDATE tasks SET {assignments} WHERE id=?", (*fields.values(), task_id)
+        )
+
+    def add_event(self, task_id: int, state: str, at: float, detail: str = "") -> None:
+        self.conn.execute(
+            "INSERT INTO task_events(task_id, state, at, detail) VALUES (?, ?, ?, ?)",
+            (task_id, state, at, detail),
+        )
+
+    def get_task(self, task_id: int) -> dict[str, Any] | None:
+        rows = self._tasks("WHERE id=?", (task_id,))
+        return rows[0] if rows else None
+
+    def unfinished_tasks(self) -> list[dict[str, Any]]:
+        return self._tasks(f"WHERE state IN {_UNFINISHED} ORDER BY id", ())
+
+    def list_tasks(self, states: list[str] | None = None, limit: int = 200) -> list[dict]:
+        """Newest first, at most ``limit``; ``states`` filters."""
+        where, params = "", ()
+        if states:
+            where = f"WHERE state IN ({', '.join('?' * len(states))})"
+            params = tuple(states)
+        return self._tasks(f"{where} ORDER BY id DESC LIMIT ?", (*params, limit))
+
+    def task_events(self, task_id: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT state, at, detail FROM task_events WHERE task_id=? ORDER BY rowid",
+            (task_id,),
+        ).fetchall()
+        return [{"state": s, "at": at, "detail": d} for s, at, d in rows]
+
+    def _tasks(self, clause: str, params: tuple) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks {clause}", params
+        ).fetchall()
+        tasks = []
+        for row in rows:
+            task = dict(zip(TASK_COLUMNS, row))
+            task["spec"] = unpack(task["spec"])
+            task["alloc"] = unpack(task["alloc"])
+            tasks.append(task)
+        return tasks
+
+    # ---- nodes -------------------------------------------------------------------------
+    def save_node(self, name: str, info: dict, state: str, registered_at: float,
+                  last_seen: float) -> None:
+        self.conn.execute(
+            "INSERT INTO nodes(name, info, state, registered_at, last_seen) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(name) DO UPDATE SET info=excluded.info, state=excluded.state,"
+            " registered_at=excluded.registered_at, last_seen=excluded.last_seen",
+            (name, pack(info), state, registered_at, last_seen),
+        )
+
+    def set_node_state(self, name: str, state: str, last_seen: float | None) -> None:
+        self.conn.execute(
+            "UPDATE nodes SET state=?, last_seen=COALESCE(?, last_seen) WHERE name=?",
+            (state, last_seen, name),
+        )
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT name, info, state, registered_at, last_seen FROM nodes ORDER BY name"
+        ).fetchall()
+        return [
+            {"name": n, "info": unpack(i), "state": s, "registered_at": r, "last_seen": l}
+            for n, i, s, r, l in rows
+        ]

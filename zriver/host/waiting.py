@@ -1,0 +1,74 @@
+"""Long-poll waiters of ``task.wait``: answered when all their tasks are final, or at timeout.
+
+A waiter is answered exactly once. The timeout bounds how long one request is held so that a
+client behind a flaky link re-asks instead of waiting forever on a lost reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from zriver.host import lifecycle as lc
+
+if TYPE_CHECKING:
+    from zriver.host.service import Caller, Host
+
+
+@dataclass(slots=True)
+class Waiter:
+    caller: "Caller"
+    ids: list[int]
+    timer: asyncio.TimerHandle | None = None
+    done: bool = False
+    remaining: set[int] = field(default_factory=set)
+
+    def cancel(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def add(host: "Host", caller: "Caller", ids: list[int], timeout: float) -> None:
+    """Register a waiter for ``ids`` (some not final yet)."""
+    waiter = Waiter(caller, ids, remaining={i for i in ids if i in host.tasks})
+    waiter.timer = asyncio.get_running_loop().call_later(timeout, answer, host, waiter)
+    host.waiters.append(waiter)
+
+
+def wake(host: "Host", task_id: int) -> None:
+    """Called when ``task_id`` became final."""
+    for waiter in list(host.waiters):
+        waiter.remaining.discard(task_id)
+        if not waiter.remaining:
+            answer(host, waiter)
+
+
+def answer(host: "Host", waiter: Waiter) -> None:
+    if waiter.done:
+        return
+    waiter.cancel()
+    host.waiters.remove(waiter)
+    host.reply(waiter.caller, {"done": not waiter.remaining, "tasks": summaries(host, waiter.ids)})
+
+
+def summaries(host: "Host", ids: list[int]) -> list[dict[str, Any]]:
+    """State and exit code of each task (final ones from the store)."""
+    result = []
+    for task_id in ids:
+        live = host.tasks.get(task_id)
+        if live is not None:
+            result.append({"id": task_id, "state": live.state, "exit_code": None})
+            continue
+        row = host.store.get_task(task_id)
+        result.append({"id": task_id, "state": row["state"] if row else "unknown",
+                       "exit_code": row["exit_code"] if row else None})
+    return result
+
+
+def all_final(host: "Host", ids: list[int]) -> bool:
+    return all(i not in host.tasks for i in ids)
+
+
+__all__ = ["add", "wake", "answer", "summaries", "all_final", "lc"]

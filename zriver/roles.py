@@ -1,0 +1,88 @@
+"""Running the long-lived roles: ``zriver host``, ``zriver runner`` and ``zriver up`` (both).
+
+Each role runs on one asyncio loop (uvloop when installed) until SIGINT or SIGTERM, then stops
+in order: the runner first (it ends its native tasks and records their end), then the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import replace
+from typing import Awaitable, Callable
+
+import structlog
+
+from zriver.config import HostSettings, RunnerSettings
+from zriver.host.service import Host
+from zriver.runner.agent import Runner
+
+log = structlog.get_logger("zriver")
+
+
+def port_of(endpoint: str) -> int:
+    """``tcp://127.0.0.1:8620`` -> ``8620``."""
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def runner_for(host: Host, settings: RunnerSettings) -> Runner:
+    """A runner wired to ``host``'s actual (possibly ephemeral) ports on loopback."""
+    return Runner(replace(settings, host="127.0.0.1" if host.settings.bind_address in
+                          ("0.0.0.0", "*") else host.settings.bind_address,
+                          router_port=port_of(host.endpoints["router"]),
+                          xsub_port=port_of(host.endpoints["xsub"])))
+
+
+async def _until_signalled(started: Callable[[], Awaitable[None]],
+                           stopping: Callable[[], Awaitable[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await started()
+    try:
+        await stop.wait()
+    finally:
+        await stopping()
+
+
+async def serve_host(settings: HostSettings) -> None:
+    host = Host(settings)
+    await _until_signalled(host.start, host.stop)
+
+
+async def serve_runner(settings: RunnerSettings) -> None:
+    runner = Runner(settings)
+    await _until_signalled(runner.start, runner.stop)
+
+
+async def serve_both(host_settings: HostSettings, runner_settings: RunnerSettings,
+                     announce: Callable[[Host, Runner], None]) -> None:
+    """``zriver up``: a host and one runner in this process."""
+    host = Host(host_settings)
+    runner: Runner | None = None
+
+    async def started() -> None:
+        nonlocal runner
+        await host.start()
+        runner = runner_for(host, runner_settings)
+        await runner.start()
+        await asyncio.wait_for(runner.registered.wait(), 30)
+        announce(host, runner)
+
+    async def stopping() -> None:
+        if runner is not None:
+            await runner.stop()
+        await host.stop()
+
+    await _until_signalled(started, stopping)
+
+
+def run(coro) -> None:
+    """Run ``coro`` on uvloop when available, else the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)

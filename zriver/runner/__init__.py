@@ -1,0 +1,1 @@
+"""The node agent: resources, execution backends, logs, heartbeats and the update outbox."""

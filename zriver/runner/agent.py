@@ -1,0 +1,348 @@
+"""The runner agent: registers with the host, runs what it is told, reports what happened.
+
+Wire: a DEALER (identity ``r:<node name>``) to the host's ROUTER for requests, replies and the
+host's commands; a PUB to the host's XSUB for heartbeats (``hb.<node>``) and log chunks.
+
+Updates (task state changes) go through the persistent outbox of ``Ledger``: every update of a
+loop tick is written in one transaction and leaves as one ``task.update`` message; at most one
+such message is in flight, and the next batch leaves when its reply arrives (self-clocking), or
+the same batch is re-sent after ``request_timeout`` (the host applies resends idempotently).
+
+A host restart is noticed by the host, which asks every runner whose heartbeat it sees but that
+has not registered with it to register again (``runner.reregister``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import structlog
+
+from zriver import bundle
+from zriver.config import RunnerSettings
+from zriver.errors import ZriverError, error_from_reply
+from zriver.logfiles import log_path, read_slice
+from zriver.protocol import arg, decode, encode, encode_error, encode_ok
+from zriver.runner import resources
+from zriver.runner.backends import Exit, Job, StartError
+from zriver.runner.backends.native import NativeBackend
+from zriver.runner.cgroups import MemoryLimiter
+from zriver.runner.ledger import Ledger
+from zriver.runner.logtail import LogTail
+from zriver.spec import TaskSpec
+from zriver.wire import Channel, Wire
+
+log = structlog.get_logger("zriver.runner")
+MAX_BATCH = 2000
+
+
+class Runner:
+    """One node agent. ``start`` connects and registers in the background; ``stop`` ends it."""
+
+    def __init__(self, settings: RunnerSettings) -> None:
+        self.settings = settings.resolved()
+        self.name = self.settings.name
+        self.data_dir = Path(self.settings.data_dir)
+        self.registered = asyncio.Event()
+        self.heartbeat_interval = 2.0
+        self.shared_dir = self.settings.shared_dir
+        self._calls: dict[int, asyncio.Future] = {}
+        self._next_rid = 1
+        self._unsent: list[dict[str, Any]] = []
+        self._persisted: list[tuple[int, dict[str, Any]]] = []
+        self._inflight: tuple[int, list[int]] | None = None
+        self._resend: asyncio.TimerHandle | None = None
+        self._starts: list[tuple[int, int, float]] = []
+        self._forgets: list[int] = []
+        self._flush_scheduled = False
+        self._log_dirs: set[Path] = set()
+        self._known: set[int] = set()
+        self._loops: list[asyncio.Task] = []
+        self.handlers: dict[str, Callable[[dict], Any]] = {
+            "task.start": self._start_task,
+            "task.signal": self._signal_task,
+            "log.read": self._read_log,
+            "runner.reregister": lambda body: self._spawn(self.register()),
+        }
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        self.ledger = Ledger(self.data_dir / "runner.db")
+        self._end_leftovers()
+        self.limiter = MemoryLimiter()
+        self.memory_limit_method = self.limiter.probe()
+        self.backend = NativeBackend(self._on_exit, self.limiter, self.settings.kill_grace)
+        self.info = resources.detect(self.settings, self.memory_limit_method)
+        self.wire = Wire(self.settings.max_message_bytes)
+        host = self.settings.host
+        dealer = self.wire.dealer(f"tcp://{host}:{self.settings.router_port}",
+                                  identity=b"r:" + self.name.encode())
+        self.channel = Channel(dealer, self._on_message)
+        self.pub = self.wire.pub(f"tcp://{host}:{self.settings.xsub_port}")
+        self.logtail = LogTail(self.publish)
+        self._persisted = self.ledger.pending()
+        self._known = {update["id"] for _, update in self._persisted}
+        self._loops.append(self._spawn(self._register_until_done()))
+        self._loops.append(self._spawn(self._every(lambda: self.heartbeat_interval,
+                                                   self._heartbeat)))
+        self._loops.append(self._spawn(self._every(lambda: self.settings.log_poll_interval,
+                                                   self.logtail.poll)))
+        log.info("runner.started", node=self.name, cores=len(self.info["cores"]),
+                 memory=self.info["memory"], gpus=len(self.info["gpus"]),
+                 memory_limit=self.memory_limit_method)
+
+    async def stop(self, kill_tasks: bool = True) -> None:
+        """Stop loops; with ``kill_tasks`` end every task and record its end first."""
+        if kill_tasks and self.backend.running():
+            self.backend.kill_all()
+            deadline = time.monotonic() + 2.0
+            while self.backend.running() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        self._flush()
+        for loop in self._loops:
+            loop.cancel()
+        if self._resend is not None:
+            self._resend.cancel()
+        self.backend.close()
+        self.channel.close()
+        self.wire.close()
+        self.ledger.close()
+        log.info("runner.stopped", node=self.name)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        return asyncio.ensure_future(coro)
+
+    async def _every(self, interval: Callable[[], float], action: Callable[[], None]) -> None:
+        while True:
+            try:
+                action()
+            except Exception:
+                log.exception("runner.periodic_failed", action=getattr(action, "__name__", "?"))
+            await asyncio.sleep(interval())
+
+    def _end_leftovers(self) -> None:
+        """Kill process groups a crashed previous run of this runner left behind."""
+        for task_id, pid, started in self.ledger.started():
+            try:
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - started) < 2.0 and os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                    log.warning("runner.leftover_killed", task=task_id, pid=pid)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                pass
+        with self.ledger.conn:
+            self.ledger.forget([row[0] for row in self.ledger.started()])
+
+    # ---- talking to the host -----------------------------------------------------------
+    async def request(self, op: str, body: dict, timeout: float | None = None) -> dict:
+        rid = self._next_rid
+        self._next_rid += 1
+        future = asyncio.get_running_loop().create_future()
+        self._calls[rid] = future
+        try:
+            self.channel.send([encode(op, rid, body)])
+            return await asyncio.wait_for(future, timeout or self.settings.request_timeout)
+        finally:
+            self._calls.pop(rid, None)
+
+    async def _register_until_done(self) -> None:
+        while not self.registered.is_set():
+            try:
+                await self.register()
+            except (asyncio.TimeoutError, ZriverError) as exc:
+                log.warning("runner.register_retry", error=str(exc) or "timeout")
+
+    async def register(self) -> None:
+        known = [{"id": tid, "state": "running"} for tid in self.backend.running()]
+        known += [{"id": u["id"], "state": u["state"]} for _, u in self._persisted]
+        reply = await self.request("runner.register", {"name": self.name, "info": self.info,
+                                                      "tasks": known})
+        self.heartbeat_interval = float(reply.get("heartbeat_interval", 2.0))
+        self.shared_dir = self.settings.shared_dir or reply.get("shared_dir", "")
+        for task_id in reply.get("stop", []):
+            self.backend.signal(task_id, "kill")
+        self.registered.set()
+        self._heartbeat()
+        self._send_next_batch()
+        log.info("runner.registered", node=self.name, stop=reply.get("stop", []))
+
+    def publish(self, topic: str, body: dict) -> None:
+        try:
+            self.pub.send_multipart([topic.encode(), encode(topic.split(".", 1)[0], 0, body)],
+                                    flags=1)  # zmq.NOBLOCK: PUB is lossy by design
+        except Exception:
+            pass
+
+    def _heartbeat(self) -> None:
+        body = resources.usage()
+        body.update(running=len(self.backend.running()), memory_limit=self.memory_limit_method,
+                    at=time.time())
+        self.publish(f"hb.{self.name}", body)
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        try:
+            env = decode(frames[-1], self.settings.max_message_bytes)
+        except ZriverError as exc:
+            log.warning("runner.bad_message", error=str(exc))
+            return
+        if env.is_reply:
+            self._on_reply(env)
+            return
+        handler = self.handlers.get(env.op)
+        if handler is None:
+            self._answer(env.rid, None, ZriverError(f"unknown op {env.op!r}"), "unknown_op")
+            return
+        try:
+            result = handler(env.body)
+        except ZriverError as exc:
+            self._answer(env.rid, None, exc, exc.code)
+        except Exception as exc:
+            log.exception("runner.handler_crashed", op=env.op)
+            self._answer(env.rid, None, exc, "internal")
+        else:
+            self._answer(env.rid, result if isinstance(result, dict) else None, None, "")
+
+    def _answer(self, rid: int, body: dict | None, exc: Exception | None, code: str) -> None:
+        if not rid:
+            if exc is not None:
+                log.warning("runner.command_failed", error=str(exc), code=code)
+            return
+        frame = encode_ok(rid, body) if exc is None else encode_error(rid, code, str(exc))
+        self.channel.send([frame])
+
+    def _on_reply(self, env) -> None:
+        if self._inflight is not None and env.rid == self._inflight[0]:
+            self._on_batch_acked(env)
+            return
+        future = self._calls.get(env.rid)
+        if future is not None and not future.done():
+            if env.op == "ok":
+                future.set_result(env.body)
+            else:
+                future.set_exception(error_from_reply(env.code, env.msg))
+
+    # ---- the outbox --------------------------------------------------------------------
+    def report(self, update: dict[str, Any]) -> None:
+        """Queue one task update for the host (persisted and sent at the end of the tick)."""
+        self._unsent.append(update)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not (self._unsent or self._starts or self._forgets):
+            return
+        with self.ledger.conn:
+            for row in self._starts:
+                self.ledger.record_start(*row)
+            self.ledger.forget(self._forgets)
+            seqs = self.ledger.append(self._unsent)
+        self._persisted.extend(zip(seqs, self._unsent))
+        self._unsent, self._starts, self._forgets = [], [], []
+        if self._inflight is None:
+            self._send_next_batch()
+
+    def _send_next_batch(self) -> None:
+        if self._inflight is not None or not self._persisted or not self.registered.is_set():
+            return
+        batch = self._persisted[:MAX_BATCH]
+        rid = self._next_rid
+        self._next_rid += 1
+        self._inflight = (rid, [seq for seq, _ in batch])
+        self.channel.send([encode("task.update", rid, {"name": self.name,
+                                                      "updates": [u for _, u in batch]})])
+        self._resend = asyncio.get_running_loop().call_later(
+            self.settings.request_timeout, self._resend_batch)
+
+    def _resend_batch(self) -> None:
+        self._resend = None
+        self._inflight = None
+        log.warning("runner.update_resend", pending=len(self._persisted))
+        self._send_next_batch()
+
+    def _on_batch_acked(self, env) -> None:
+        rid, seqs = self._inflight
+        self._inflight = None
+        if self._resend is not None:
+            self._resend.cancel()
+            self._resend = None
+        if env.op != "ok":
+            log.error("runner.update_refused", code=env.code, msg=env.msg)
+        self.ledger.acknowledge(seqs)
+        done = set(seqs)
+        for seq, update in self._persisted:
+            if seq in done and update["state"] not in ("running", "paused"):
+                self._known.discard(update["id"])
+        self._persisted = [(s, u) for s, u in self._persisted if s not in done]
+        self._send_next_batch()
+
+    # ---- host commands -----------------------------------------------------------------
+    def _start_task(self, body: dict) -> None:
+        task_id = arg(body, "id", int)
+        if task_id in self._known:
+            return  # a re-sent start of a task already under way or finished
+        spec = TaskSpec.from_wire(arg(body, "spec", dict))
+        alloc = arg(body, "alloc", dict)
+        stdout, stderr = self.log_paths(task_id)
+        env = bundle.child_environment()
+        env.update(spec.env)
+        env.update(ZRIVER_TASK_ID=str(task_id), ZRIVER_NODE=self.name,
+                   ZRIVER_CORES=",".join(map(str, alloc["cores"])))
+        job = Job(task_id, spec, tuple(alloc["cores"]), int(alloc.get("memory") or 0),
+                  stdout, stderr, env)
+        now = time.time()
+        self._known.add(task_id)
+        try:
+            self.backend.start(job)
+        except StartError as exc:
+            self.report({"id": task_id, "state": "failed", "at": now,
+                         "exit_code": exc.exit_code, "detail": exc.detail})
+            return
+        self._starts.append((task_id, self.backend.pid_of(task_id), now))
+        self.logtail.watch(task_id, stdout, stderr)
+        self.report({"id": task_id, "state": "running", "at": now,
+                     "detail": f"pid {self.backend.pid_of(task_id)}"})
+
+    def _signal_task(self, body: dict) -> None:
+        task_id, action = arg(body, "id", int), arg(body, "action", str)
+        if action not in ("kill", "pause", "resume"):
+            raise ZriverError(f"unknown action {action!r}")
+        if task_id not in self.backend.running():
+            return
+        self.backend.signal(task_id, action)
+        if action in ("pause", "resume"):
+            self.report({"id": task_id, "state": "paused" if action == "pause" else "running",
+                         "at": time.time(), "detail": f"{action}d on request"})
+
+    def _read_log(self, body: dict) -> dict:
+        task_id, stream = arg(body, "id", int), arg(body, "stream", str, "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise ZriverError("stream must be stdout or stderr")
+        path = log_path(self.log_dir(), task_id, stream)
+        return read_slice(path, arg(body, "offset", int, 0), arg(body, "limit", int, 1 << 20))
+
+    def log_dir(self) -> Path:
+        base = Path(self.shared_dir) / "logs" if self.shared_dir else self.data_dir / "logs"
+        if base not in self._log_dirs:
+            base.mkdir(parents=True, exist_ok=True)
+            self._log_dirs.add(base)
+        return base
+
+    def log_paths(self, task_id: int) -> tuple[str, str]:
+        base = self.log_dir()
+        return str(log_path(base, task_id, "stdout")), str(log_path(base, task_id, "stderr"))
+
+    def _on_exit(self, task_id: int, outcome: Exit) -> None:
+        self.logtail.finish(task_id)
+        self._forgets.append(task_id)
+        self.report({"id": task_id, "state": outcome.state, "at": time.time(),
+                     "exit_code": outcome.exit_code, "detail": outcome.detail})

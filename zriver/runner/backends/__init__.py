@@ -1,0 +1,59 @@
+"""Execution backends: one small interface, one implementation per way of running a task.
+
+A backend is told to ``start`` a ``Job`` and to ``signal`` it (``kill``, ``pause``, ``resume``).
+It reports exactly one ``Exit`` per started job through the ``on_exit`` callback it was built
+with, from the event loop thread. ``start`` raises ``StartError`` when the job cannot start at
+all (command not found, bad workdir); then no ``Exit`` follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from zriver.spec import TaskSpec
+
+
+@dataclass(slots=True)
+class Job:
+    """Everything a backend needs to run one task."""
+
+    task_id: int
+    spec: TaskSpec
+    cores: tuple[int, ...]
+    memory: int
+    stdout: str
+    stderr: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Exit:
+    """How a job ended: a final task state, an exit code and a human detail."""
+
+    state: str
+    exit_code: int | None
+    detail: str
+
+
+class StartError(Exception):
+    """The job could not start; ``exit_code`` follows shell conventions (126, 127)."""
+
+    def __init__(self, detail: str, exit_code: int = 127) -> None:
+        super().__init__(detail)
+        self.detail, self.exit_code = detail, exit_code
+
+
+OnExit = Callable[[int, Exit], None]
+
+
+class Backend(Protocol):
+    name: str
+
+    def start(self, job: Job) -> None: ...
+
+    def signal(self, task_id: int, action: str) -> None: ...
+
+    def running(self) -> list[int]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,194 @@
+"""ZeroMQ sockets: created in one place, driven by the asyncio loop without zmq.asyncio.
+
+``Wire`` owns the one ``zmq.Context`` of a process and is the only code that creates sockets,
+so that authentication (CURVE, a later release) is switched on here for every socket at once.
+
+``Channel`` drives a plain socket from ``loop.add_reader(socket.FD)``. The FD is edge-triggered
+and only says "events may have changed", so a channel drains with ``NOBLOCK`` until ``EVENTS``
+has no ``POLLIN`` and re-checks after every send. Everything received in one drain is handed to
+``on_message`` one frame list at a time, then ``on_batch_end`` is called once: that is the
+"tick" in which the host writes one transaction and the runner sends one update message.
+Sends never block: a full queue (``zmq.Again``) is kept in order and flushed when the socket is
+writable again. A ``ROUTER_MANDATORY`` socket raises ``Unreachable`` for an unknown peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Callable, Iterable
+
+import zmq
+
+from zriver.protocol import HARD_LIMIT_FACTOR
+
+
+class Unreachable(Exception):
+    """The ROUTER has no connected peer with that identity."""
+
+
+class Wire:
+    """The process's ZeroMQ context and socket factory. ``close`` closes every socket."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.context = zmq.Context()
+        self.max_message_bytes = max_message_bytes
+        self._sockets: list[zmq.Socket] = []
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes * HARD_LIMIT_FACTOR)
+        self._sockets.append(sock)
+        return sock
+
+    def router(self, endpoint: str) -> tuple[zmq.Socket, str]:
+        """A bound ROUTER (mandatory routing, identity handover); returns it and its endpoint."""
+        sock = self._socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.bind(endpoint)
+        return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def dealer(self, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
+        sock = self._socket(zmq.DEALER)
+        if identity:
+            sock.setsockopt(zmq.ROUTING_ID, identity)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.connect(endpoint)
+        return sock
+
+    def xsub(self, endpoint: str) -> tuple[zmq.Socket, str]:
+        """Bound XSUB that subscribes to everything published by runners."""
+        sock = self._socket(zmq.XSUB)
+        sock.bind(endpoint)
+        sock.send(b"\x01")
+        return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def xpub(self, endpoint: str) -> tuple[zmq.Socket, str]:
+        sock = self._socket(zmq.XPUB)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.bind(endpoint)
+        return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def pub(self, endpoint: str) -> zmq.Socket:
+        sock = self._socket(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.connect(endpoint)
+        return sock
+
+    def sub(self, endpoint: str, topics: Iterable[str]) -> zmq.Socket:
+        sock = self._socket(zmq.SUB)
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        sock.connect(endpoint)
+        return sock
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            if not sock.closed:
+                sock.close(linger=0)
+        self._sockets.clear()
+        self.context.term()
+
+
+class Channel:
+    """One socket driven by the loop; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        on_message: Callable[[list[bytes]], None],
+        on_batch_end: Callable[[], None] | None = None,
+        *,
+        lossy: bool = False,
+    ) -> None:
+        self.sock = sock
+        self._on_message = on_message
+        self._on_batch_end = on_batch_end
+        self._lossy = lossy
+        self._backlog: collections.deque[list[bytes]] = collections.deque()
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.getsockopt(zmq.FD)
+        self._drain_scheduled = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._schedule_drain()
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+        try:
+            self._loop.remove_reader(self._fd)
+        except (ValueError, OSError):
+            pass
+
+    def send(self, frames: list[bytes]) -> None:
+        """Queue-free send when possible; keeps order; ``Unreachable`` for unknown peers."""
+        if self._backlog:
+            if not self._lossy:
+                self._backlog.append(frames)
+            return
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+        except zmq.Again:
+            if not self._lossy:
+                self._backlog.append(frames)
+                self._arm_retry()
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                raise Unreachable(frames[0]) from None
+            raise
+        self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._on_readable)
+
+    def _arm_retry(self) -> None:
+        if self._retry is None:
+            self._retry = self._loop.call_later(0.005, self._retry_backlog)
+
+    def _retry_backlog(self) -> None:
+        self._retry = None
+        self._flush_backlog()
+
+    def _flush_backlog(self) -> None:
+        while self._backlog:
+            frames = self._backlog[0]
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                self._arm_retry()
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+            self._backlog.popleft()
+
+    def _on_readable(self) -> None:
+        self._drain_scheduled = False
+        if self.sock.closed:
+            return
+        received = False
+        while True:
+            events = self.sock.getsockopt(zmq.EVENTS)
+            if self._backlog and events & zmq.POLLOUT:
+                self._flush_backlog()
+            if not events & zmq.POLLIN:
+                break
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            received = True
+            self._on_message(frames)
+            if self.sock.closed:
+                return
+        if received and self._on_batch_end is not None:
+            self._on_batch_end()
