@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from zriver import logsetup
-from zriver.client import verbs_cluster, verbs_tasks  # noqa: F401  (they register verbs)
-from zriver.client.registry import Context, build_parser
+from zriver.client.commands import build_parser
+from zriver.client.registry import Context
 from zriver.errors import ZriverError
 
 SERVER_VERBS = {"up", "host", "runner"}

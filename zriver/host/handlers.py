@@ -166,6 +166,7 @@ def register(host: Host, caller: Caller, body: dict) -> dict:
     now = time.time()
     node = host.nodes.get(name) or NodeRecord(name, info)
     node.info, node.registered, node.registered_at, node.last_seen = info, True, now, now
+    node.heartbeat = arg(body, "usage", dict, node.heartbeat)
     host.nodes[name] = node
     host.scheduler.set_node(name, node_spec(info))
     host.store.save_node(name, info, node.state, now, now)

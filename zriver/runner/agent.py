@@ -77,7 +77,7 @@ class Runner:
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self.ledger = Ledger(self.data_dir / "runner.db")
         self._end_leftovers()
-        self.limiter = MemoryLimiter()
+        self.limiter = MemoryLimiter(self.name)
         self.memory_limit_method = self.limiter.probe()
         self.backend = NativeBackend(self._on_exit, self.limiter, self.settings.kill_grace)
         self.info = resources.detect(self.settings, self.memory_limit_method)
@@ -91,8 +91,6 @@ class Runner:
         self._persisted = self.ledger.pending()
         self._known = {update["id"] for _, update in self._persisted}
         self._loops.append(self._spawn(self._register_until_done()))
-        self._loops.append(self._spawn(self._every(lambda: self.heartbeat_interval,
-                                                   self._heartbeat)))
         self._loops.append(self._spawn(self._every(lambda: self.settings.log_poll_interval,
                                                    self.logtail.poll)))
         log.info("runner.started", node=self.name, cores=len(self.info["cores"]),
@@ -164,13 +162,16 @@ class Runner:
         known = [{"id": tid, "state": "running"} for tid in self.backend.running()]
         known += [{"id": u["id"], "state": u["state"]} for _, u in self._persisted]
         reply = await self.request("runner.register", {"name": self.name, "info": self.info,
-                                                      "tasks": known})
+                                                      "tasks": known,
+                                                      "usage": self._usage()})
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 2.0))
         self.shared_dir = self.settings.shared_dir or reply.get("shared_dir", "")
         for task_id in reply.get("stop", []):
             self.backend.signal(task_id, "kill")
+        if not self.registered.is_set():
+            self._loops.append(self._spawn(self._every(lambda: self.heartbeat_interval,
+                                                       self._heartbeat)))
         self.registered.set()
-        self._heartbeat()
         self._send_next_batch()
         log.info("runner.registered", node=self.name, stop=reply.get("stop", []))
 
@@ -181,11 +182,14 @@ class Runner:
         except Exception:
             pass
 
-    def _heartbeat(self) -> None:
+    def _usage(self) -> dict[str, Any]:
         body = resources.usage()
         body.update(running=len(self.backend.running()), memory_limit=self.memory_limit_method,
                     at=time.time())
-        self.publish(f"hb.{self.name}", body)
+        return body
+
+    def _heartbeat(self) -> None:
+        self.publish(f"hb.{self.name}", self._usage())
 
     def _on_message(self, frames: list[bytes]) -> None:
         try:

@@ -41,9 +41,13 @@ def _mounts() -> list[tuple[str, str, str]]:
 
 
 class MemoryLimiter:
-    """Creates, fills, reads and removes per-task memory cgroups under ``<mount>/zriver``."""
+    """Creates, fills, reads and removes memory cgroups ``<mount>/zriver/<node>-task-<id>``.
 
-    def __init__(self, group_prefix: str = "zriver") -> None:
+    The node name is part of the group name so that several runners on one machine (tests,
+    ``zriver up`` beside a real runner) never share a group."""
+
+    def __init__(self, node: str, group_prefix: str = "zriver") -> None:
+        self.node = node
         self.prefix = group_prefix
         self.root: Path | None = None
         self.version = 0
@@ -73,7 +77,7 @@ class MemoryLimiter:
         return self.method
 
     def group(self, task_id: int) -> Path | None:
-        return None if self.root is None else self.root / f"task-{task_id}"
+        return None if self.root is None else self.root / f"{self.node}-task-{task_id}"
 
     def apply(self, task_id: int, pid: int, limit: int) -> None:
         """Limit ``pid`` (and its future children) to ``limit`` bytes."""

@@ -1,0 +1,139 @@
+"""An in-process cluster for behaviour tests: a host and N runners on 127.0.0.1, ports bound to 0.
+
+The cluster runs on its own event loop in a background thread; tests talk to it through the
+real client over real sockets, exactly as a person's CLI would, and wait on state (``task.wait``
+long-polls, event subscriptions), never on sleeps. ``stop`` ends every runner (and its tasks)
+and the host, then checks the scheduler's invariants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from zriver.client.api import Client
+from zriver.config import HostSettings, RunnerSettings
+from zriver.host.service import Host
+from zriver.roles import runner_for
+from zriver.runner.agent import Runner
+
+
+class Cluster:
+    """Host + runners in a thread. ``client()`` gives a connected ``Client``."""
+
+    def __init__(self, root: Path, runners: dict[str, dict[str, Any]] | None = None,
+                 host: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.host_settings = HostSettings(data_dir=str(root / "host"), router_port=0,
+                                          xsub_port=0, xpub_port=0, heartbeat_interval=0.2,
+                                          heartbeat_misses=3, **(host or {}))
+        self.runner_specs = runners if runners is not None else {"n1": {}}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.host: Host | None = None
+        self.runners: dict[str, Runner] = {}
+        self._clients: list[Client] = []
+
+    # ---- control -----------------------------------------------------------------------
+    def run(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
+        """Run ``fn`` (a coroutine function) on the cluster loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)
+
+    def call_soon(self, fn: Callable[[], Any]) -> Any:
+        """Run plain ``fn`` on the loop thread (to read or poke state safely)."""
+
+        async def wrapper():
+            return fn()
+
+        return self.run(wrapper)
+
+    def start(self) -> "Cluster":
+        self.thread.start()
+        self.run(self._start_host)
+        for name, overrides in self.runner_specs.items():
+            self.start_runner(name, **overrides)
+        return self
+
+    async def _start_host(self) -> None:
+        self.host = Host(self.host_settings)
+        await self.host.start()
+
+    def start_runner(self, name: str, **overrides: Any) -> Runner:
+        settings = RunnerSettings(name=name, data_dir=str(self.root / name), kill_grace=2.0,
+                                  request_timeout=1.0, log_poll_interval=0.05)
+        settings = replace(settings, **overrides)
+
+        async def start() -> Runner:
+            runner = runner_for(self.host, settings)
+            await runner.start()
+            await asyncio.wait_for(runner.registered.wait(), 10)
+            return runner
+
+        self.runners[name] = self.run(start)
+        return self.runners[name]
+
+    def stop_runner(self, name: str, kill_tasks: bool = True) -> None:
+        runner = self.runners.pop(name)
+        self.run(lambda: runner.stop(kill_tasks))
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        try:
+            for name in list(self.runners):
+                self.stop_runner(name)
+            if self.host is not None:
+                self.call_soon(self.host.scheduler.validate)
+                self.run(self.host.stop)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+    # ---- helpers for tests -------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        return self.host.endpoints["router"]
+
+    def client(self, timeout: float = 10.0) -> Client:
+        client = Client(self.endpoint, timeout)
+        self._clients.append(client)
+        return client
+
+    def submit(self, command: list[str], **spec: Any) -> int:
+        return self.submit_many([{"command": command, **spec}])[0]
+
+    def submit_many(self, specs: list[dict[str, Any]]) -> list[int]:
+        full = [{"workdir": str(self.root), "owner": "test", **spec} for spec in specs]
+        return self.client().call("task.submit", {"tasks": full})["ids"]
+
+    def wait(self, *ids: int) -> list[dict[str, Any]]:
+        return self.client(timeout=60).wait(list(ids))
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        return self.client().call("task.get", {"id": task_id})["task"]
+
+    def wait_state(self, task_id: int, states: set[str], timeout: float = 10.0) -> dict:
+        """Wait (on the event stream) until ``task_id`` is in one of ``states``."""
+        client = self.client()
+        sub = client.subscribe([f"evt.task.{task_id}"])
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                task = self.task(task_id)  # after subscribing: no event can slip between
+                if task["state"] in states:
+                    return task
+                sub.poll(100)
+                while sub.poll(0):
+                    sub.recv_multipart()
+            raise AssertionError(f"task {task_id} never reached {states}: {self.task(task_id)}")
+        finally:
+            sub.close(linger=0)
+
+    def log(self, task_id: int, stream: str = "stdout") -> bytes:
+        reply = self.client().call("task.logs", {"id": task_id, "stream": stream})
+        return reply["data"]
