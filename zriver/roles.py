@@ -14,6 +14,7 @@ from typing import Awaitable, Callable
 import structlog
 
 from zriver.config import HostSettings, RunnerSettings
+from zriver.errors import BadVersion
 from zriver.host.service import Host
 from zriver.runner.agent import Runner
 
@@ -34,15 +35,22 @@ def runner_for(host: Host, settings: RunnerSettings) -> Runner:
 
 
 async def _until_signalled(started: Callable[[], Awaitable[None]],
-                           stopping: Callable[[], Awaitable[None]]) -> None:
+                           stopping: Callable[[], Awaitable[None]],
+                           failed: Callable[[], asyncio.Event] | None = None) -> None:
+    """Start, then run until SIGINT/SIGTERM or until ``failed()`` is set; always stop."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await started()
+    waits = [asyncio.ensure_future(stop.wait())]
+    if failed is not None:
+        waits.append(asyncio.ensure_future(failed().wait()))
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for waiter in waits:
+            waiter.cancel()
         await stopping()
 
 
@@ -52,8 +60,11 @@ async def serve_host(settings: HostSettings) -> None:
 
 
 async def serve_runner(settings: RunnerSettings) -> None:
+    """Run a runner; raise ``BadVersion`` when the host speaks another protocol."""
     runner = Runner(settings)
-    await _until_signalled(runner.start, runner.stop)
+    await _until_signalled(runner.start, runner.stop, lambda: runner.failed)
+    if runner.fatal:
+        raise BadVersion(runner.fatal)
 
 
 async def serve_both(host_settings: HostSettings, runner_settings: RunnerSettings,

@@ -128,6 +128,7 @@ class Host:
     async def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
         for waiter in list(self.waiters):
             waiter.cancel()
         if self.wire is not None:

@@ -26,7 +26,7 @@ import structlog
 
 from zriver import bundle
 from zriver.config import RunnerSettings
-from zriver.errors import ZriverError, error_from_reply
+from zriver.errors import BadVersion, ZriverError, error_from_reply
 from zriver.logfiles import log_path, read_slice
 from zriver.protocol import arg, decode, encode, encode_error, encode_ok
 from zriver.runner import resources
@@ -50,6 +50,8 @@ class Runner:
         self.name = self.settings.name
         self.data_dir = Path(self.settings.data_dir)
         self.registered = asyncio.Event()
+        self.fatal: str | None = None
+        self.failed = asyncio.Event()
         self.heartbeat_interval = 2.0
         self.shared_dir = self.settings.shared_dir
         self._calls: dict[int, asyncio.Future] = {}
@@ -107,6 +109,7 @@ class Runner:
         self._flush()
         for loop in self._loops:
             loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         if self._resend is not None:
             self._resend.cancel()
         self.backend.close()
@@ -155,6 +158,11 @@ class Runner:
         while not self.registered.is_set():
             try:
                 await self.register()
+            except BadVersion as exc:
+                self.fatal = str(exc)
+                log.error("runner.incompatible_host", error=str(exc))
+                self.failed.set()
+                return
             except (asyncio.TimeoutError, ZriverError) as exc:
                 log.warning("runner.register_retry", error=str(exc) or "timeout")
 

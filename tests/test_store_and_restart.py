@@ -1,0 +1,103 @@
+"""The host's store (migrations, refusal of newer schemas), restarts on the same data, runner
+version mismatch, and logs kept under a shared directory."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import apsw
+import pytest
+
+from zriver.config import RunnerSettings
+from zriver.errors import Internal
+from zriver.host.store import MIGRATIONS, Store
+from zriver.roles import runner_for
+
+
+def test_fresh_store_is_at_the_newest_schema(tmp_path):
+    store = Store(tmp_path / "host.db")
+    assert store.schema_version == len(MIGRATIONS)
+    assert store.conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+    store.close()
+
+
+def test_a_newer_database_is_refused(tmp_path):
+    conn = apsw.Connection(str(tmp_path / "host.db"))
+    conn.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(Internal, match="newer than this zriver"):
+        Store(tmp_path / "host.db")
+
+
+def test_reopening_keeps_everything(tmp_path):
+    store = Store(tmp_path / "host.db")
+    with store.batch():
+        task_id = store.insert_task({"name": "a", "owner": "o", "state": "pending",
+                                     "spec": {"command": ["true"]}, "submitted_at": 1.0})
+        store.add_event(task_id, "pending", 1.0, "submitted")
+    store.close()
+    again = Store(tmp_path / "host.db")
+    assert again.get_task(task_id)["spec"] == {"command": ["true"]}
+    assert again.task_events(task_id) == [{"state": "pending", "at": 1.0, "detail": "submitted"}]
+    again.close()
+
+
+def test_host_restart_keeps_history_and_continues_ids(make_cluster):
+    cluster = make_cluster({"n1": {"cores": 2}})
+    first = cluster.submit(["true"])
+    cluster.wait(first)
+    cluster.stop_runner("n1")
+    cluster.run(cluster.host.stop)
+    cluster.run(cluster._start_host)
+    cluster.start_runner("n1", cores=2)
+    assert cluster.task(first)["state"] == "completed"
+    second = cluster.submit(["true"])
+    assert second == first + 1
+    assert cluster.wait(second)[0]["state"] == "completed"
+
+
+def test_runner_of_another_protocol_version_is_told_clearly(cluster, monkeypatch):
+    import msgpack
+
+    def old_encode(op, rid=0, body=None):
+        return msgpack.packb({"v": 999, "op": op, "rid": rid, "body": body or {}})
+
+    monkeypatch.setattr("zriver.runner.agent.encode", old_encode)
+    runner = runner_for(cluster.host, RunnerSettings(name="old", data_dir=str(cluster.root / "old"),
+                                                     request_timeout=1.0))
+
+    async def attempt():
+        await runner.start()
+        await asyncio.wait_for(runner.failed.wait(), 10)
+        await runner.stop()
+
+    cluster.run(attempt)
+    assert "protocol version 999 is not supported" in runner.fatal
+    assert "same zriver release" in runner.fatal
+    assert [n["name"] for n in cluster.client().call("node.list")["nodes"]] == ["n1"]
+
+
+def test_logs_live_in_the_shared_dir_and_the_host_reads_them(make_cluster, tmp_path):
+    shared = tmp_path / "shared"
+    cluster = make_cluster({"n1": {"shared_dir": str(shared)}}, host={"shared_dir": str(shared)})
+    task_id = cluster.submit(["sh", "-c", "echo shared"])
+    cluster.wait(task_id)
+    assert (shared / "logs" / f"{task_id}.out").read_bytes() == b"shared\n"
+    cluster.stop_runner("n1")  # the host still serves the log with the runner gone
+    assert cluster.log(task_id) == b"shared\n"
+
+
+def test_offline_node_comes_back_online(make_cluster):
+    cluster = make_cluster({"n1": {}})
+    cluster.stop_runner("n1", kill_tasks=True)
+    client = cluster.client()
+    sub = client.subscribe(["evt.node.n1"])
+    try:
+        while client.call("node.list")["nodes"][0]["state"] != "offline":
+            assert sub.poll(5000), "node never went offline"
+            sub.recv_multipart()
+        cluster.start_runner("n1")
+        assert client.call("node.list")["nodes"][0]["state"] == "online"
+    finally:
+        sub.close(linger=0)
