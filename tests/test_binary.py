@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,6 @@ from pathlib import Path
 import pytest
 
 import zriver
-from zriver import config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -117,19 +115,8 @@ def sandbox(zriver_binary: Path) -> Iterator[Sandbox]:
         yield _sandbox(Path(tmp))
 
 
-def _ports_in_use() -> list[int]:
-    busy = []
-    for port in (config.DEFAULT_ROUTER_PORT, config.DEFAULT_XSUB_PORT, config.DEFAULT_XPUB_PORT):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                busy.append(port)
-    return busy
-
-
 @dataclass
-class Cluster:
+class UpProcess:
     sandbox: Sandbox
     process: subprocess.Popen[bytes]
     log: Path
@@ -155,17 +142,17 @@ def _stop(process: subprocess.Popen[bytes]) -> bool:
         return False
 
 
-def _wait_until_ready(cluster: Cluster) -> None:
+def _wait_until_ready(up: UpProcess) -> None:
     """Poll `zriver nodes --json` until the one node of `up` is online (bounded)."""
     deadline = time.monotonic() + READY_TIMEOUT
     last = "no answer yet"
     while time.monotonic() < deadline:
-        if cluster.process.poll() is not None:
+        if up.process.poll() is not None:
             pytest.fail(
-                f"`zriver up` exited with {cluster.process.returncode} before it was ready:\n"
-                f"{_tail(cluster.output())}"
+                f"`zriver up` exited with {up.process.returncode} before it was ready:\n"
+                f"{_tail(up.output())}"
             )
-        result = cluster.sandbox.run("nodes", "--json", timeout=COMMAND_TIMEOUT)
+        result = up.sandbox.run("nodes", "--json", timeout=COMMAND_TIMEOUT)
         if result.returncode == 0:
             try:
                 nodes = json.loads(result.stdout)
@@ -183,35 +170,33 @@ def _wait_until_ready(cluster: Cluster) -> None:
         time.sleep(0.5)
     pytest.fail(
         f"`zriver up` had no online node within {READY_TIMEOUT}s (last: {last})\n"
-        f"--- zriver up output ---\n{_tail(cluster.output())}"
+        f"--- zriver up output ---\n{_tail(up.output())}"
     )
 
 
 @pytest.fixture(scope="module")
-def cluster(zriver_binary: Path) -> Iterator[Cluster]:
+def up_cluster(zriver_binary: Path) -> Iterator[UpProcess]:
     """`dist/zriver up` (host + runner in one process on loopback), ready to take tasks."""
-    busy = _ports_in_use()
-    if busy:
-        pytest.fail(f"127.0.0.1 ports {busy} are in use (another zriver running?); `zriver up` needs them")
     with tempfile.TemporaryDirectory(prefix="zriver-bin-") as tmp:
         box = _sandbox(Path(tmp))
         log = Path(tmp) / "up.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [str(BINARY), "up"], cwd=box.root, env=box.env, stdin=subprocess.DEVNULL,
+                # --port 0: any free ports (clients find them in $ZRIVER_HOME/endpoints.json).
+                [str(BINARY), "up", "--port", "0"], cwd=box.root, env=box.env, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        cluster = Cluster(sandbox=box, process=process, log=log)
+        up = UpProcess(sandbox=box, process=process, log=log)
         try:
-            _wait_until_ready(cluster)
+            _wait_until_ready(up)
             assert (box.zriver_home / "endpoints.json").is_file(), "no endpoints.json under ZRIVER_HOME"
-            yield cluster
+            yield up
         finally:
             stopped = _stop(process)
         if not stopped:
             pytest.fail(
                 f"`zriver up` did not stop within {STOP_TIMEOUT}s of SIGTERM and was killed\n"
-                f"{_tail(cluster.output())}"
+                f"{_tail(up.output())}"
             )
 
 
@@ -222,27 +207,29 @@ def test_version(sandbox: Sandbox):
     assert zriver.__version__ in result.stdout
 
 
-def _submit_wait(cluster: Cluster, script: str) -> subprocess.CompletedProcess[str]:
-    return cluster.sandbox.run("submit", "--wait", "--", "sh", "-c", script)
+def _submit_wait(up: UpProcess, script: str) -> subprocess.CompletedProcess[str]:
+    return up.sandbox.run("submit", "--wait", "--", "sh", "-c", script)
 
 
-def test_task_output_and_clean_environment(cluster: Cluster):
-    result = _submit_wait(cluster, "echo hello; echo LD=${LD_LIBRARY_PATH:-unset}")
+def test_task_output_and_clean_environment(up_cluster: UpProcess):
+    up = up_cluster
+    result = _submit_wait(up, "echo hello; echo LD=${LD_LIBRARY_PATH:-unset}")
     assert result.returncode == 0, f"stdout={result.stdout!r} stderr={result.stderr!r}"
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     assert lines, f"submit printed no task id; stderr={result.stderr!r}"
     task_id = lines[0]
     assert task_id and not re.search(r"\s", task_id), f"first stdout line is not a task id: {task_id!r}"
 
-    logs = cluster.sandbox.run("logs", task_id)
+    logs = up.sandbox.run("logs", task_id)
     assert logs.returncode == 0, logs.stderr
     out = logs.stdout.splitlines()
     assert "hello" in out, logs.stdout
     # The bootloader's bundle directory must not leak into tasks: they see what we had.
-    expected = cluster.sandbox.env.get("LD_LIBRARY_PATH") or "unset"
+    expected = up.sandbox.env.get("LD_LIBRARY_PATH") or "unset"
     assert f"LD={expected}" in out, logs.stdout
 
 
-def test_task_exit_code_is_submit_exit_code(cluster: Cluster):
-    result = _submit_wait(cluster, "exit 3")
+def test_task_exit_code_is_submit_exit_code(up_cluster: UpProcess):
+    up = up_cluster
+    result = _submit_wait(up, "exit 3")
     assert result.returncode == 3, f"stdout={result.stdout!r} stderr={result.stderr!r}"

@@ -248,7 +248,10 @@ class Host:
         node = self.nodes.get(name)
         now = time.time()
         if node is None or not node.registered:
-            if now - (node.reregister_asked if node else 0) > 1.0:
+            if node is not None:
+                node.last_seen = now  # alive: not lost, just not registered with us yet
+            asked = node.reregister_asked if node else 0.0
+            if now - asked > self.settings.heartbeat_interval:
                 self._ask_reregister(name)
             return
         node.last_seen = now
@@ -257,12 +260,13 @@ class Host:
             self.set_node_state(node, ONLINE, "heartbeat resumed")
 
     def _ask_reregister(self, name: str) -> None:
-        if name in self.nodes:
-            self.nodes[name].reregister_asked = time.time()
+        """Ask a runner seen only by its heartbeats to register (retried while unreachable)."""
         try:
             self.router.send([RUNNER_PREFIX + name.encode(), encode("runner.reregister")])
         except Unreachable:
-            pass
+            return
+        if name in self.nodes:
+            self.nodes[name].reregister_asked = time.time()
 
     # ---- sending -----------------------------------------------------------------------
     def reply(self, caller: Caller, body: dict[str, Any] | None) -> None:
