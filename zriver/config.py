@@ -46,6 +46,7 @@ class HostSettings:
     heartbeat_misses: int = 3
     shared_dir: str = ""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    default_container: str = ""
 
     def resolved(self) -> "HostSettings":
         return replace(self, data_dir=self.data_dir or str(zriver_home()))
@@ -145,6 +146,9 @@ heartbeat_misses = 3
 
 # Messages larger than this get a "too_large" error.
 max_message_bytes = {DEFAULT_MAX_MESSAGE_BYTES}
+
+# The Docker environment a task runs in when it names none (`zriver env list`); empty: native.
+default_container = ""
 """
 
 RUNNER_TEMPLATE = f"""\

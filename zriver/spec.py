@@ -15,7 +15,10 @@ from zriver.errors import BadRequest, InvalidArgument
 from zriver.protocol import arg
 
 NATIVE = "native"
-BACKENDS = (NATIVE,)
+DOCKER = "docker"
+AUTO = "auto"
+"""On the wire from a client only: the host picks (its ``default_container``, else native)."""
+BACKENDS = (NATIVE, DOCKER, AUTO)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -35,6 +38,12 @@ class TaskSpec:
     target: str | None = None
     backend: str = NATIVE
     owner: str = ""
+    container: str | None = None
+    """Docker backend: the environment's name (``None``: the runner's default)."""
+    env_version: str | None = None
+    """Docker backend: the environment version, fixed by the host at submit."""
+    mounts: list[str] = field(default_factory=list)
+    privileged: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +65,10 @@ class TaskSpec:
             target=arg(body, "target", str, None) or None,
             backend=arg(body, "backend", str, NATIVE),
             owner=arg(body, "owner", str, ""),
+            container=arg(body, "container", str, None),
+            env_version=arg(body, "env_version", str, None),
+            mounts=list(arg(body, "mounts", list, [])),
+            privileged=arg(body, "privileged", bool, False),
         )
         spec.check()
         return spec
@@ -79,5 +92,10 @@ class TaskSpec:
             raise InvalidArgument(
                 f"unknown backend {self.backend!r}: this release supports {', '.join(BACKENDS)}"
             )
+        for mount in self.mounts:
+            parts = mount.split(":") if isinstance(mount, str) else []
+            if not 2 <= len(parts) <= 3 or not all(parts[:2]) or (
+                    len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise InvalidArgument(f"bad mount {mount!r}: use HOST:CONTAINER[:ro]")
         if self.workdir is not None and not self.workdir.startswith("/"):
             raise InvalidArgument(f"workdir must be an absolute path, got {self.workdir!r}")

@@ -32,6 +32,19 @@ def owner() -> str:
         return f"uid{os.getuid()}"
 
 
+def backend_fields(args) -> dict:
+    """``--native``/``--container NULL`` -> native; ``--container X`` -> docker env X; neither:
+    the host decides (its ``default_container`` when it has one, else native)."""
+    if args.native or (args.container or "").upper() == "NULL":
+        if args.mount or args.privileged:
+            raise InvalidArgument("--mount and --privileged need a container")
+        return {"backend": "native"}
+    if args.container:
+        return {"backend": "docker", "container": args.container, "mounts": args.mount,
+                "privileged": args.privileged}
+    return {"backend": "auto", "mounts": args.mount, "privileged": args.privileged}
+
+
 def parse_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -51,7 +64,14 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
         help="environment variable for the task (repeatable)"),
     arg("--workdir", help="working directory (default: the current one)"),
     arg("--target", help="run on this node", complete="node"),
-    arg("--native", action="store_true", help="run without a container (the default now)"),
+    arg("--container", complete="env",
+        help="run in this Docker environment (default: the cluster's default_container; "
+             "NULL: native)"),
+    arg("--native", action="store_true", help="run without a container (= --container NULL)"),
+    arg("--mount", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
+        help="bind mount into the container (repeatable)"),
+    arg("--privileged", action="store_true",
+        help="privileged container (only where the runner config allows it)"),
     arg("--wait", action="store_true", help="wait for the end; exit with the task's status"),
     arg("--follow", "-f", action="store_true", help="print its output live until it ends"),
     JSON,
@@ -68,7 +88,7 @@ def submit(ctx: Context, args) -> int:
     spec = {"command": command_line, "name": args.name, "cores": args.cores,
             "memory": parse_size(args.memory) if args.memory else None,
             "env": parse_env(args.env), "workdir": args.workdir or os.getcwd(),
-            "target": args.target, "backend": "native", "owner": owner()}
+            "target": args.target, "owner": owner(), **backend_fields(args)}
     reply = ctx.client.call("task.submit", {"tasks": [spec]})
     ids = reply["ids"]
     if args.json and not (args.wait or args.follow):

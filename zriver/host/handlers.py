@@ -20,7 +20,7 @@ from zriver.host.scheduler import ONLINE
 from zriver.host.service import DEFERRED, Caller, Host, LiveTask, NodeRecord, node_spec
 from zriver.logfiles import SUFFIX as STREAMS, log_path, read_slice
 from zriver.protocol import arg
-from zriver.spec import TaskSpec
+from zriver.spec import AUTO, DOCKER, NATIVE, TaskSpec
 
 MAX_SUBMIT = 100_000
 MAX_LOG_READ = 1024 * 1024
@@ -40,6 +40,7 @@ def submit(host: Host, caller: Caller, body: dict) -> dict:
         raise InvalidArgument(f"at most {MAX_SUBMIT} tasks in one submit")
     specs = [TaskSpec.from_wire(item) for item in raw]
     for spec in specs:
+        resolve_backend(host, spec)
         task = LiveTask(0, spec, lc.PENDING)
         host.scheduler.check_possible(task.request())
     now = time.time()
@@ -59,6 +60,21 @@ def submit(host: Host, caller: Caller, body: dict) -> dict:
         ids.append(task_id)
     host.request_schedule()
     return {"ids": ids, "batch_id": batch_id}
+
+
+def resolve_backend(host: Host, spec: TaskSpec) -> None:
+    """Decide native or docker for an ``auto`` spec; pin a docker spec's env version."""
+    if spec.backend == AUTO:
+        spec.backend = DOCKER if host.settings.default_container else NATIVE
+        if spec.backend == DOCKER:
+            spec.container = host.settings.default_container
+        elif spec.mounts or spec.privileged:
+            raise InvalidArgument("--mount and --privileged need a container, and this cluster "
+                                  "has no default_container")
+    if spec.backend == DOCKER:
+        from zriver.host import envs
+
+        envs.pin_version(host, spec)
 
 
 def list_tasks(host: Host, caller: Caller, body: dict) -> dict:

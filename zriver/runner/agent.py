@@ -81,8 +81,10 @@ class Runner:
         self._end_leftovers()
         self.limiter = MemoryLimiter(self.name)
         self.memory_limit_method = self.limiter.probe()
-        self.backend = NativeBackend(self._on_exit, self.limiter, self.settings.kill_grace)
+        self.backends = self._make_backends()
+        self._backend_of: dict[int, Any] = {}
         self.info = resources.detect(self.settings, self.memory_limit_method)
+        self.info["backends"] = sorted(self.backends)
         self.wire = Wire(self.settings.max_message_bytes)
         host = self.settings.host
         dealer = self.wire.dealer(f"tcp://{host}:{self.settings.router_port}",
@@ -99,12 +101,18 @@ class Runner:
                  memory=self.info["memory"], gpus=len(self.info["gpus"]),
                  memory_limit=self.memory_limit_method)
 
+    def _make_backends(self) -> dict[str, Any]:
+        """The execution backends this node offers, by name."""
+        native = NativeBackend(self._on_exit, self.limiter, self.settings.kill_grace)
+        return {native.name: native}
+
     async def stop(self, kill_tasks: bool = True) -> None:
-        """Stop loops; with ``kill_tasks`` end every task and record its end first."""
-        if kill_tasks and self.backend.running():
-            self.backend.kill_all()
+        """Stop loops; with ``kill_tasks`` end every native task and record its end first."""
+        native = self.backends["native"]
+        if kill_tasks and native.running():
+            native.kill_all()
             deadline = time.monotonic() + 2.0
-            while self.backend.running() and time.monotonic() < deadline:
+            while native.running() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         self._flush()
         for loop in self._loops:
@@ -112,7 +120,8 @@ class Runner:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._resend is not None:
             self._resend.cancel()
-        self.backend.close()
+        for backend in self.backends.values():
+            backend.close()
         self.channel.close()
         self.wire.close()
         self.ledger.close()
@@ -167,7 +176,7 @@ class Runner:
                 log.warning("runner.register_retry", error=str(exc) or "timeout")
 
     async def register(self) -> None:
-        known = [{"id": tid, "state": "running"} for tid in self.backend.running()]
+        known = [{"id": tid, "state": "running"} for tid in self.running()]
         known += [{"id": u["id"], "state": u["state"]} for _, u in self._persisted]
         reply = await self.request("runner.register", {"name": self.name, "info": self.info,
                                                       "tasks": known,
@@ -175,7 +184,8 @@ class Runner:
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 2.0))
         self.shared_dir = self.settings.shared_dir or reply.get("shared_dir", "")
         for task_id in reply.get("stop", []):
-            self.backend.signal(task_id, "kill")
+            if task_id in self._backend_of:
+                self._backend_of[task_id].signal(task_id, "kill")
         if not self.registered.is_set():
             self._loops.append(self._spawn(self._every(lambda: self.heartbeat_interval,
                                                        self._heartbeat)))
@@ -192,7 +202,7 @@ class Runner:
 
     def _usage(self) -> dict[str, Any]:
         body = resources.usage()
-        body.update(running=len(self.backend.running()), memory_limit=self.memory_limit_method,
+        body.update(running=len(self.running()), memory_limit=self.memory_limit_method,
                     at=time.time())
         return body
 
@@ -303,34 +313,59 @@ class Runner:
         if task_id in self._known:
             return  # a re-sent start of a task already under way or finished
         spec = TaskSpec.from_wire(arg(body, "spec", dict))
-        alloc = arg(body, "alloc", dict)
-        stdout, stderr = self.log_paths(task_id)
-        env = bundle.child_environment()
-        env.update(spec.env)
-        env.update(ZRIVER_TASK_ID=str(task_id), ZRIVER_NODE=self.name,
-                   ZRIVER_CORES=",".join(map(str, alloc["cores"])))
-        job = Job(task_id, spec, tuple(alloc["cores"]), int(alloc.get("memory") or 0),
-                  stdout, stderr, env)
+        backend = self.backends.get(spec.backend)
         now = time.time()
         self._known.add(task_id)
+        if backend is None:
+            self.report({"id": task_id, "state": "failed", "at": now, "exit_code": 126,
+                         "detail": f"the {spec.backend} backend is not available on {self.name}"})
+            return
+        job = self._job(task_id, spec, arg(body, "alloc", dict))
+        self._backend_of[task_id] = backend
         try:
-            self.backend.start(job)
+            detail = backend.start(job)
         except StartError as exc:
+            self._backend_of.pop(task_id, None)
             self.report({"id": task_id, "state": "failed", "at": now,
                          "exit_code": exc.exit_code, "detail": exc.detail})
             return
-        self._starts.append((task_id, self.backend.pid_of(task_id), now))
+        if detail is not None:
+            self._on_started(task_id, detail)
+
+    def _job(self, task_id: int, spec: TaskSpec, alloc: dict) -> Job:
+        stdout, stderr = self.log_paths(task_id)
+        env = bundle.child_environment() if spec.backend == "native" else {}
+        env.update(spec.env)
+        env.update(ZRIVER_TASK_ID=str(task_id), ZRIVER_NODE=self.name,
+                   ZRIVER_CORES=",".join(map(str, alloc["cores"])))
+        gpus = tuple(alloc.get("gpus") or ())
+        if gpus or alloc.get("gpus") is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        return Job(task_id, spec, tuple(alloc["cores"]), int(alloc.get("memory") or 0),
+                   stdout, stderr, env, gpus, alloc.get("numa"))
+
+    def _on_started(self, task_id: int, detail: str) -> None:
+        """A backend says the job runs now (synchronously or later)."""
+        stdout, stderr = self.log_paths(task_id)
+        backend = self._backend_of.get(task_id)
+        pid = getattr(backend, "pid_of", lambda _: None)(task_id)
+        if pid is not None:
+            self._starts.append((task_id, pid, time.time()))
         self.logtail.watch(task_id, stdout, stderr)
-        self.report({"id": task_id, "state": "running", "at": now,
-                     "detail": f"pid {self.backend.pid_of(task_id)}"})
+        self.report({"id": task_id, "state": "running", "at": time.time(), "detail": detail})
+
+    def running(self) -> list[int]:
+        """Ids of the tasks some backend is running now."""
+        return [tid for backend in self.backends.values() for tid in backend.running()]
 
     def _signal_task(self, body: dict) -> None:
         task_id, action = arg(body, "id", int), arg(body, "action", str)
         if action not in ("kill", "pause", "resume"):
             raise ZriverError(f"unknown action {action!r}")
-        if task_id not in self.backend.running():
+        backend = self._backend_of.get(task_id)
+        if backend is None or task_id not in backend.running():
             return
-        self.backend.signal(task_id, action)
+        backend.signal(task_id, action)
         if action in ("pause", "resume"):
             self.report({"id": task_id, "state": "paused" if action == "pause" else "running",
                          "at": time.time(), "detail": f"{action}d on request"})
@@ -354,6 +389,7 @@ class Runner:
         return str(log_path(base, task_id, "stdout")), str(log_path(base, task_id, "stderr"))
 
     def _on_exit(self, task_id: int, outcome: Exit) -> None:
+        self._backend_of.pop(task_id, None)
         self.logtail.finish(task_id)
         self._forgets.append(task_id)
         self.report({"id": task_id, "state": outcome.state, "at": time.time(),

@@ -67,7 +67,6 @@ def detect(settings: RunnerSettings, memory_limit_method: str) -> dict[str, Any]
         "gpus": gpus.inventory(),
         "labels": dict(settings.labels),
         "memory_limit": memory_limit_method,
-        "backends": ["native"],
     }
 
 

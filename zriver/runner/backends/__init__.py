@@ -1,9 +1,12 @@
 """Execution backends: one small interface, one implementation per way of running a task.
 
 A backend is told to ``start`` a ``Job`` and to ``signal`` it (``kill``, ``pause``, ``resume``).
-It reports exactly one ``Exit`` per started job through the ``on_exit`` callback it was built
-with, from the event loop thread. ``start`` raises ``StartError`` when the job cannot start at
-all (command not found, bad workdir); then no ``Exit`` follows.
+``start`` never blocks the loop. It either returns a short detail (``"pid 123"``) when the job
+is running on return, or returns ``None`` and later calls ``on_started(task_id, detail)`` once
+it runs (a backend that must pull images or create containers in a thread). It reports exactly
+one ``Exit`` per job through ``on_exit``, from the event loop thread; a job that could not start
+at all is either a synchronous ``StartError`` (then no ``Exit`` follows) or an ``Exit`` with
+state ``failed`` and no prior ``on_started``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class Job:
     stdout: str
     stderr: str
     env: dict[str, str] = field(default_factory=dict)
+    gpus: tuple[int, ...] = ()
+    numa: int | None = None
 
 
 @dataclass(slots=True)
@@ -45,12 +50,13 @@ class StartError(Exception):
 
 
 OnExit = Callable[[int, Exit], None]
+OnStarted = Callable[[int, str], None]
 
 
 class Backend(Protocol):
     name: str
 
-    def start(self, job: Job) -> None: ...
+    def start(self, job: Job) -> str | None: ...
 
     def signal(self, task_id: int, action: str) -> None: ...
 

@@ -60,7 +60,8 @@ class NativeBackend:
         proc = self._procs.get(task_id)
         return None if proc is None else proc.pid
 
-    def start(self, job: Job) -> None:
+    def start(self, job: Job) -> str:
+        """Spawn now; return ``"pid N"`` (the job is running on return)."""
         pid = self._spawn(job)
         if job.memory:
             try:
@@ -72,6 +73,7 @@ class NativeBackend:
         pidfd = os.pidfd_open(pid)
         self._procs[job.task_id] = _Proc(job.task_id, pid, pidfd)
         self._loop.add_reader(pidfd, self._reap, job.task_id)
+        return f"pid {pid}"
 
     def _spawn(self, job: Job) -> int:
         actions = [
