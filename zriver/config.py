@@ -47,8 +47,13 @@ class HostSettings:
     shared_dir: str = ""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     default_container: str = ""
+    placement: str = "spread"
+    gpu_placement: str = "pack"
 
     def resolved(self) -> "HostSettings":
+        for key in ("placement", "gpu_placement"):
+            if getattr(self, key) not in ("pack", "spread"):
+                raise InvalidArgument(f"{key} must be 'pack' or 'spread', got {getattr(self, key)!r}")
         return replace(self, data_dir=self.data_dir or str(zriver_home()))
 
 
@@ -65,6 +70,8 @@ class RunnerSettings:
     labels: dict[str, str] = field(default_factory=dict)
     cores: int = 0
     memory: str = ""
+    numa_zones: str = ""
+    gpus: int = -1
     kill_grace: float = 10.0
     log_poll_interval: float = 0.2
     request_timeout: float = 5.0
@@ -147,6 +154,11 @@ heartbeat_misses = 3
 # Messages larger than this get a "too_large" error.
 max_message_bytes = {DEFAULT_MAX_MESSAGE_BYTES}
 
+# Where tasks go: "spread" (the node with the most free cores) or "pack" (fill a node first).
+# GPU tasks follow gpu_placement (pack keeps whole nodes free for large GPU jobs).
+placement = "spread"
+gpu_placement = "pack"
+
 # The Docker environment a task runs in when it names none (`zriver env list`); empty: native.
 default_container = ""
 """
@@ -171,9 +183,13 @@ xsub_port = {DEFAULT_XSUB_PORT}
 # Free-form labels shown in `zriver nodes`.
 # labels = {{ rack = "a", room = "lab2" }}
 
-# Override detected resources (0 / "" = detect). Useful on shared or oversubscribed machines.
+# Override detected resources (0 / "" / -1 = detect). Useful on shared or oversubscribed
+# machines, and for tests: numa_zones = "0-3;4-7" declares two zones; gpus = 2 declares two
+# GPUs (reported as "fake", given to tasks through CUDA_VISIBLE_DEVICES).
 cores = 0
 memory = ""
+numa_zones = ""
+gpus = -1
 
 # Seconds between SIGTERM and SIGKILL when a task is killed.
 kill_grace = 10.0

@@ -14,6 +14,26 @@ from typing import Any
 from zriver.errors import BadRequest, InvalidArgument
 from zriver.protocol import arg
 
+_TARGET = re.compile(r"^([A-Za-z0-9_.@+-]{1,64})(?::(\d+)?(?::(\d+(?:,\d+)*))?)?$")
+
+
+def parse_target(text: str) -> tuple[str, int | None, tuple[int, ...]]:
+    """``node`` | ``node:ZONE`` | ``node::GPU[,GPU...]`` | ``node:ZONE:GPU[,...]`` ->
+    (node, zone or None, GPU ids). ``InvalidArgument`` for anything else."""
+    match = _TARGET.match(text or "")
+    if not match or (text.count(":") == 1 and match.group(2) is None):
+        raise InvalidArgument(
+            f"bad target {text!r}: use NODE, NODE:NUMA_ZONE or NODE::GPU[,GPU...]")
+    node, zone, gpus = match.groups()
+    gpu_ids = tuple(int(g) for g in gpus.split(",")) if gpus else ()
+    if len(set(gpu_ids)) != len(gpu_ids):
+        raise InvalidArgument(f"bad target {text!r}: a GPU is named twice")
+    return node, int(zone) if zone is not None else None, gpu_ids
+
+
+def _number(value):
+    return None if value is None else float(value)
+
 NATIVE = "native"
 DOCKER = "docker"
 AUTO = "auto"
@@ -44,6 +64,17 @@ class TaskSpec:
     """Docker backend: the environment version, fixed by the host at submit."""
     mounts: list[str] = field(default_factory=list)
     privileged: bool = False
+    gpus: int = 0
+    """How many GPUs, anywhere (``--gpus``); explicit ids come in ``target`` (``node::0,1``)."""
+    priority: int = 0
+    after: list[int] = field(default_factory=list)
+    """Run only after all of these completed successfully."""
+    after_any: list[int] = field(default_factory=list)
+    """Run only after all of these ended, however."""
+    time_limit: float | None = None
+    retries: int = 0
+    max_parallel: int = 0
+    """Of the task's batch, at most this many hold resources at once (0: no limit)."""
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +100,13 @@ class TaskSpec:
             env_version=arg(body, "env_version", str, None),
             mounts=list(arg(body, "mounts", list, [])),
             privileged=arg(body, "privileged", bool, False),
+            gpus=arg(body, "gpus", int, 0),
+            priority=arg(body, "priority", int, 0),
+            after=list(arg(body, "after", list, [])),
+            after_any=list(arg(body, "after_any", list, [])),
+            time_limit=_number(arg(body, "time_limit", (int, float), None)),
+            retries=arg(body, "retries", int, 0),
+            max_parallel=arg(body, "max_parallel", int, 0),
         )
         spec.check()
         return spec
@@ -92,6 +130,23 @@ class TaskSpec:
             raise InvalidArgument(
                 f"unknown backend {self.backend!r}: this release supports {', '.join(BACKENDS)}"
             )
+        if self.target is not None:
+            parse_target(self.target)
+        if not 0 <= self.gpus <= 64:
+            raise InvalidArgument(f"gpus must be between 0 and 64, got {self.gpus}")
+        if self.gpus and self.target and "::" in self.target:
+            raise InvalidArgument("give either --gpus N or GPU ids in the target, not both")
+        if not -1000 <= self.priority <= 1000:
+            raise InvalidArgument(f"priority must be between -1000 and 1000, got {self.priority}")
+        for dep in (*self.after, *self.after_any):
+            if not isinstance(dep, int) or isinstance(dep, bool) or dep <= 0:
+                raise InvalidArgument(f"dependencies are task ids, got {dep!r}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise InvalidArgument(f"time limit must be positive, got {self.time_limit}")
+        if not 0 <= self.retries <= 100:
+            raise InvalidArgument(f"retries must be between 0 and 100, got {self.retries}")
+        if self.max_parallel < 0:
+            raise InvalidArgument(f"max_parallel must not be negative, got {self.max_parallel}")
         for mount in self.mounts:
             parts = mount.split(":") if isinstance(mount, str) else []
             if not 2 <= len(parts) <= 3 or not all(parts[:2]) or (

@@ -86,9 +86,39 @@ class Context:
         print(text, file=self.out, flush=True)
 
 
-def build_parser(prog: str = "zriver", *, with_globals: bool = True) -> argparse.ArgumentParser:
-    """The argparse parser of every registered verb (``with_globals`` adds --host etc.)."""
-    parser = argparse.ArgumentParser(
+class UsageError(Exception):
+    """A command line ``ShellParser`` refused, or ``-h`` (``status`` 0, help already printed).
+
+    ``str(err)`` is what argparse would have printed before exiting (usage and message)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ShellParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that raises ``UsageError`` where argparse would exit the process
+    (usage errors, ``-h``): what ``zriver shell`` parses each line with. ``exit_on_error=False``
+    alone is not enough: missing arguments, ``-h`` and sub-parser errors still exit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("prog"), str):
+            kwargs["prog"] = kwargs["prog"].strip()  # "usage: kill ID", not "usage:  kill ID"
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UsageError(f"{self.format_usage()}{self.prog}: error: {message}", 2)
+
+    def exit(self, status: int = 0, message: str | None = None):
+        raise UsageError((message or "").rstrip("\n"), status)
+
+
+def build_parser(prog: str = "zriver", *, with_globals: bool = True,
+                 parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+                 ) -> argparse.ArgumentParser:
+    """The argparse parser of every registered verb (``with_globals`` adds --host etc.;
+    ``parser_class=ShellParser`` gives one that raises instead of exiting)."""
+    parser = parser_class(
         prog=prog, description="zriver: run tasks, sweeps and environments on a small cluster.")
     if with_globals:
         parser.add_argument("--version", action="version", version=f"zriver {__version__}")
@@ -112,9 +142,25 @@ def build_parser(prog: str = "zriver", *, with_globals: bool = True) -> argparse
                                               description=cmd.description)
         for item in cmd.args:
             sub.add_argument(*item.flags, **item.options)
-        sub.set_defaults(_command=cmd)
+        sub.set_defaults(_command=cmd, _parser=sub)
     return parser
 
 
 def verb_names() -> list[str]:
     return sorted(REGISTRY)
+
+
+def lookup(words: list[str]) -> tuple[Command | None, int]:
+    """The command that the leading ``words`` name and how many words its name took
+    (``["init", "config", "--host"]`` -> (init config, 2)); ``(None, 0)`` when none."""
+    if len(words) >= 2 and f"{words[0]} {words[1]}" in REGISTRY:
+        return REGISTRY[f"{words[0]} {words[1]}"], 2
+    if words and words[0] in REGISTRY:
+        return REGISTRY[words[0]], 1
+    return None, 0
+
+
+def takes_value(item: Arg) -> bool:
+    """Whether an option ``item`` consumes the next word (``--cores 2``, not ``--json``)."""
+    action = item.options.get("action", "store")
+    return action in ("store", "append") and item.options.get("nargs") != 0

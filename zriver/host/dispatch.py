@@ -3,11 +3,12 @@
 Every function here runs inside the host's tick (an open transaction); what it sends is queued
 and leaves after the commit. ``move`` is the single place a task changes state: it refuses
 illegal transitions (so duplicates and stale updates are harmless), records the event, keeps
-the scheduler's books and wakes waiters.
+the scheduler's books, releases or fails dependants, retries, and wakes waiters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import structlog
 
 from zriver.host import lifecycle as lc
 from zriver.host.scheduler import OFFLINE, Placement
+from zriver.sizes import format_duration
 
 if TYPE_CHECKING:
     from zriver.host.service import Host, LiveTask, NodeRecord
@@ -29,11 +31,14 @@ def move(host: "Host", task: "LiveTask", state: str, *, at: float | None = None,
     if not lc.can_move(task.state, state):
         return False
     at = time.time() if at is None else at
+    if state in lc.RETRYABLE and task.state in lc.ACTIVE and task.attempt <= task.spec.retries:
+        retry(host, task, state, at, detail)
+        return True
     fields: dict[str, Any] = {"state": state, "detail": detail}
     if state == lc.RUNNING and task.state == lc.ASSIGNED:
-        fields["started_at"] = at
-    if state == lc.PENDING:
-        fields.update(node=None, alloc=None)
+        fields["started_at"] = task.started_at = at
+        host.scheduler.started(task.id, at)
+        arm_time_limit(host, task)
     if lc.is_final(state):
         fields.update(finished_at=at, exit_code=exit_code)
     host.begin()
@@ -41,42 +46,124 @@ def move(host: "Host", task: "LiveTask", state: str, *, at: float | None = None,
     host.store.add_event(task.id, state, at, detail)
     task.state = state
     if lc.is_final(state):
-        host.scheduler.release(task.id)
-        del host.tasks[task.id]
-        host.request_schedule()
-        from zriver.host.waiting import wake
+        _finish(host, task, state)
+    _publish(host, task, state, detail, exit_code)
+    return True
 
-        wake(host, task.id)
+
+def _finish(host: "Host", task: "LiveTask", state: str) -> None:
+    host.scheduler.release(task.id)
+    host.deps.forget(task.id)
+    if task.limit_timer is not None:
+        task.limit_timer.cancel()
+    del host.tasks[task.id]
+    host.request_schedule()
+    from zriver.host.waiting import wake
+
+    wake(host, task.id)
+    ready, failed = host.deps.ended(task.id, state)
+    for waiter_id in ready:
+        waiter = host.tasks.get(waiter_id)
+        if waiter is not None:
+            host.scheduler.submit(waiter.request())
+    for waiter_id, reason in failed:
+        waiter = host.tasks.get(waiter_id)
+        if waiter is not None:
+            move(host, waiter, lc.FAILED, detail=reason)
+
+
+def _publish(host: "Host", task: "LiveTask", state: str, detail: str, exit_code) -> None:
     host.publish(f"evt.task.{task.id}", "task.state",
                  {"id": task.id, "state": state, "node": task.node, "exit_code": exit_code,
-                  "detail": detail, "name": task.spec.name})
-    return True
+                  "detail": detail, "name": task.spec.name, "attempt": task.attempt})
+
+
+def retry(host: "Host", task: "LiveTask", failure: str, at: float, detail: str) -> None:
+    """A failed attempt with retries left: record it, then queue the next attempt."""
+    host.begin()
+    host.store.add_event(task.id, failure, at, f"attempt {task.attempt}: {detail}")
+    host.scheduler.release(task.id)
+    if task.limit_timer is not None:
+        task.limit_timer.cancel()
+    task.attempt += 1
+    task.node, task.alloc, task.started_at, task.timing_out = None, None, None, False
+    reason = f"retry {task.attempt - 1} of {task.spec.retries} after {failure}"
+    host.store.update_task(task.id, state=lc.PENDING, node=None, alloc=None, started_at=None,
+                           attempt=task.attempt, detail=reason)
+    host.store.add_event(task.id, lc.PENDING, at, reason)
+    task.state = lc.PENDING
+    host.scheduler.submit(task.request())
+    host.request_schedule()
+    _publish(host, task, lc.PENDING, reason, None)
+
+
+def enqueue(host: "Host", task: "LiveTask") -> None:
+    """A pending task enters the queue, or waits for its dependencies, or fails on them."""
+    deps = task.spec.after + task.spec.after_any
+    ended = {tid: state for tid, state in host.store.task_states(deps).items()
+             if lc.is_final(state)}
+    verdict = host.deps.add(task.id, task.spec.after, task.spec.after_any, ended)
+    if verdict.failed:
+        move(host, task, lc.FAILED, detail=verdict.failed)
+    elif verdict.ready:
+        host.scheduler.submit(task.request())
+    host.request_schedule()
 
 
 def place(host: "Host", placement: Placement) -> None:
     """Record a scheduler placement and send the start command to the runner."""
+    from zriver.host.service import allocation_to_wire
+
     task = host.tasks[placement.task_id]
     alloc = placement.allocation
     task.node, task.alloc = alloc.node, alloc
-    alloc_wire = {"node": alloc.node, "cores": list(alloc.cores), "memory": alloc.memory}
-    host.store.update_task(task.id, node=alloc.node, alloc=alloc_wire)
-    move(host, task, lc.ASSIGNED, detail=f"on {alloc.node}")
+    host.store.update_task(task.id, node=alloc.node, alloc=allocation_to_wire(alloc))
+    gpus = f", GPUs {','.join(map(str, alloc.gpus))}" if alloc.gpus else ""
+    move(host, task, lc.ASSIGNED, detail=f"on {alloc.node}{gpus}")
     host.command(alloc.node, "task.start", start_body(task))
 
 
 def start_body(task: "LiveTask") -> dict[str, Any]:
-    return {"id": task.id, "spec": task.spec.to_wire(),
-            "alloc": {"node": task.alloc.node, "cores": list(task.alloc.cores),
-                      "memory": task.alloc.memory}}
+    from zriver.host.service import allocation_to_wire
+
+    return {"id": task.id, "attempt": task.attempt, "spec": task.spec.to_wire(),
+            "alloc": allocation_to_wire(task.alloc)}
 
 
 def apply_update(host: "Host", node: str, update: dict[str, Any]) -> None:
     """One runner-reported state change (idempotent; unknown or stale ones are ignored)."""
     task = host.tasks.get(update.get("id"))
-    if task is None or task.node != node:
-        return  # already final (a resend), or not this runner's task any more
-    move(host, task, update.get("state"), at=update.get("at"), detail=update.get("detail", ""),
+    if task is None or task.node != node or update.get("attempt", 1) != task.attempt:
+        return  # already final (a resend), another attempt's, or not this runner's task
+    state, detail = update.get("state"), update.get("detail", "")
+    if task.timing_out and state == lc.KILLED:
+        state, detail = lc.TIMEOUT, f"time limit of {format_duration(task.spec.time_limit)} reached"
+    move(host, task, state, at=update.get("at"), detail=detail,
          exit_code=update.get("exit_code"))
+
+
+def arm_time_limit(host: "Host", task: "LiveTask") -> None:
+    """Kill ``task`` when its time limit (counted from its start) is reached."""
+    if task.spec.time_limit is None or task.started_at is None or task.state not in lc.ACTIVE:
+        return
+    delay = max(0.0, task.started_at + task.spec.time_limit - time.time())
+    attempt = task.attempt
+    task.limit_timer = asyncio.get_running_loop().call_later(
+        delay, _time_limit_reached, host, task.id, attempt)
+
+
+def _time_limit_reached(host: "Host", task_id: int, attempt: int) -> None:
+    task = host.tasks.get(task_id)
+    if task is None or task.attempt != attempt or task.state not in lc.ACTIVE:
+        return
+    task.timing_out = True
+    node = host.nodes.get(task.node)
+    host.begin()
+    if node is None or node.state == OFFLINE:
+        move(host, task, lc.TIMEOUT, detail="time limit reached while its node was offline")
+    else:
+        signal(host, task, "kill")
+    host.schedule_flush()
 
 
 def node_lost(host: "Host", node: "NodeRecord", reason: str) -> None:
@@ -107,6 +194,7 @@ def runner_unreachable(host: "Host", name: str, frames: list[bytes]) -> None:
 def requeue(host: "Host", task: "LiveTask", reason: str) -> None:
     host.scheduler.release(task.id)
     task.node, task.alloc = None, None
+    host.store.update_task(task.id, node=None, alloc=None)
     move(host, task, lc.PENDING, detail=reason)
     host.scheduler.submit(task.request())
     host.request_schedule()

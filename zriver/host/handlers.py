@@ -15,7 +15,7 @@ from typing import Any
 from zriver.errors import BadRequest, Conflict, InvalidArgument, NotFound, Unavailable
 from zriver.host import lifecycle as lc
 from zriver.host import waiting
-from zriver.host.dispatch import apply_update, move, signal, start_body
+from zriver.host.dispatch import apply_update, enqueue, move, signal, start_body
 from zriver.host.scheduler import ONLINE
 from zriver.host.service import DEFERRED, Caller, Host, LiveTask, NodeRecord, node_spec
 from zriver.logfiles import SUFFIX as STREAMS, log_path, read_slice
@@ -39,10 +39,13 @@ def submit(host: Host, caller: Caller, body: dict) -> dict:
     if len(raw) > MAX_SUBMIT:
         raise InvalidArgument(f"at most {MAX_SUBMIT} tasks in one submit")
     specs = [TaskSpec.from_wire(item) for item in raw]
+    deps = sorted({d for spec in specs for d in spec.after + spec.after_any})
+    missing = sorted(set(deps) - set(host.store.task_states(deps)))
+    if missing:
+        raise NotFound(f"no task {', '.join(map(str, missing))} to depend on")
     for spec in specs:
         resolve_backend(host, spec)
-        task = LiveTask(0, spec, lc.PENDING)
-        host.scheduler.check_possible(task.request())
+        host.scheduler.check_possible(LiveTask(0, spec, lc.PENDING).request())
     now = time.time()
     ids: list[int] = []
     batch_id = None
@@ -54,11 +57,10 @@ def submit(host: Host, caller: Caller, body: dict) -> dict:
             batch_id = task_id
             host.store.update_task(task_id, batch_id=batch_id)
         host.store.add_event(task_id, lc.PENDING, now, "submitted")
-        task = LiveTask(task_id, spec, lc.PENDING)
+        task = LiveTask(task_id, spec, lc.PENDING, batch_id=batch_id)
         host.tasks[task_id] = task
-        host.scheduler.submit(task.request())
+        enqueue(host, task)
         ids.append(task_id)
-    host.request_schedule()
     return {"ids": ids, "batch_id": batch_id}
 
 
@@ -82,7 +84,9 @@ def list_tasks(host: Host, caller: Caller, body: dict) -> dict:
     if states and not set(states) <= set(lc.ALL_STATES):
         raise InvalidArgument(f"unknown state in {states}; states are {', '.join(lc.ALL_STATES)}")
     limit = arg(body, "limit", int, 200)
-    rows = host.store.list_tasks(states, max(1, min(limit, 100_000)))
+    rows = host.store.list_tasks(states, max(1, min(limit, 100_000)),
+                                 batch=arg(body, "batch", int, None),
+                                 owner=arg(body, "owner", str, None))
     return {"tasks": [public_task(host, row) for row in rows]}
 
 
@@ -248,17 +252,33 @@ def _node(host: Host, name: str) -> NodeRecord:
 def public_task(host: Host, row: dict) -> dict:
     """The stable JSON shape of a task (``zriver tasks --json``, ``zriver status --json``)."""
     spec = row["spec"]
-    reason = host.scheduler.pending_reason(row["id"]) if row["state"] == lc.PENDING else None
+    alloc = row["alloc"] or {}
     return {
         "id": row["id"], "name": row["name"], "owner": row["owner"], "state": row["state"],
         "node": row["node"], "command": spec["command"], "cores": spec["cores"],
-        "memory": spec["memory"], "env": spec["env"], "workdir": spec["workdir"],
-        "target": spec["target"], "backend": spec["backend"],
-        "allocated_cores": (row["alloc"] or {}).get("cores"),
-        "exit_code": row["exit_code"], "detail": reason or row["detail"],
+        "memory": spec["memory"], "gpus": spec.get("gpus", 0), "env": spec["env"],
+        "workdir": spec["workdir"], "target": spec["target"], "backend": spec["backend"],
+        "container": spec.get("container"), "env_version": spec.get("env_version"),
+        "priority": spec.get("priority", 0), "after": spec.get("after", []),
+        "after_any": spec.get("after_any", []), "time_limit": spec.get("time_limit"),
+        "retries": spec.get("retries", 0), "attempt": row["attempt"],
+        "max_parallel": spec.get("max_parallel", 0),
+        "allocated_cores": alloc.get("cores"), "allocated_gpus": alloc.get("gpus"),
+        "numa_zone": alloc.get("numa"),
+        "exit_code": row["exit_code"], "detail": pending_reason(host, row) or row["detail"],
         "submitted_at": row["submitted_at"], "started_at": row["started_at"],
         "finished_at": row["finished_at"], "batch_id": row["batch_id"],
     }
+
+
+def pending_reason(host: Host, row: dict) -> str | None:
+    """Why a pending task waits: dependencies first, else the scheduler's reason."""
+    if row["state"] != lc.PENDING:
+        return None
+    waiting = host.deps.waiting_for(row["id"])
+    if waiting:
+        return f"waiting for task{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))}"
+    return host.scheduler.pending_reason(row["id"])
 
 
 def public_node(host: Host, node: NodeRecord) -> dict:

@@ -1,8 +1,12 @@
 """Task states and the transitions allowed between them (pure; no I/O).
 
-    pending -> assigned -> running -> completed | failed | killed | killed_oom | lost
+    pending -> assigned -> running -> completed | failed | killed | killed_oom | lost | timeout
                                   <-> paused
-    pending | assigned -> killed | lost | failed (start refused)
+    pending | assigned -> killed | lost | failed (start refused, failed dependency)
+
+A task with retries left does not enter a final state when it fails: it goes back to
+``pending`` with its attempt count raised (``dispatch.retry``), and the failed attempt is
+recorded in its history.
 
 Final states are final: ``transition`` refuses to leave them, which is what makes applying a
 runner's update twice harmless.
@@ -19,10 +23,14 @@ FAILED = "failed"
 KILLED = "killed"
 KILLED_OOM = "killed_oom"
 LOST = "lost"
+TIMEOUT = "timeout"
 
-FINAL = frozenset({COMPLETED, FAILED, KILLED, KILLED_OOM, LOST})
+FINAL = frozenset({COMPLETED, FAILED, KILLED, KILLED_OOM, LOST, TIMEOUT})
+RETRYABLE = frozenset({FAILED, KILLED_OOM, LOST, TIMEOUT})
+"""Ends that ``--retries`` retries (a kill on request is never retried)."""
 ACTIVE = frozenset({ASSIGNED, RUNNING, PAUSED})
-ALL_STATES = (PENDING, ASSIGNED, RUNNING, PAUSED, COMPLETED, FAILED, KILLED, KILLED_OOM, LOST)
+ALL_STATES = (PENDING, ASSIGNED, RUNNING, PAUSED, COMPLETED, FAILED, KILLED, KILLED_OOM, LOST,
+              TIMEOUT)
 
 _ALLOWED: dict[str, frozenset[str]] = {
     PENDING: frozenset({ASSIGNED, KILLED, LOST, FAILED}),

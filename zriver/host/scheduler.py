@@ -1,18 +1,25 @@
 """The pure scheduler: node capacities, allocations, the pending queue and placement.
 
-No sockets, no database, no clock. The host service feeds it events (nodes appear, go offline,
-tasks are submitted or end) and carries out the ``Placement``s that ``schedule`` returns.
+No sockets, no database, no clock (``schedule(now)`` takes the time). The host service feeds
+it events (nodes appear, change state, tasks are submitted or end) and carries out the
+``Placement``s that ``schedule`` returns.
 
-Invariants (checked by ``validate``; tests call it after every step):
+Resources: cores (by id, grouped in NUMA zones), memory (bytes, per node), GPUs (by index,
+exclusive). A request may pin a node, a NUMA zone of it, or GPU ids of it; ask for a number of
+GPUs anywhere; need node features (``docker``); belong to a batch with a ``max_parallel``.
 
-* a core or a byte of memory is never held by two tasks on one node (no over-subscription);
+Invariants (``validate``; tests call it after every step):
+
+* a core, a GPU or a byte of memory is never held by two tasks on one node;
 * every pending task is in the queue exactly once and holds nothing;
-* every held allocation belongs to a task that is not in the queue.
+* a batch never holds more than its ``max_parallel`` allocations.
 
-Queue order is FIFO by submission sequence. A task that does not fit now does not block the
-others (backfill), except that the first blocked task that could run somewhere gets a
-reservation: the node chosen for it takes no new tasks until it starts, so a stream of small
-tasks can never starve a large one.
+Queue order: priority (higher first), then submission order. A task that does not fit now
+does not block the others (backfill), except that the first blocked task that could run
+somewhere gets a reservation on one node: no new task is placed there until it starts, unless
+the newcomer's time limit ends before the reserved task could start anyway (all tasks running
+there have time limits that free enough by then: EASY backfill). So small tasks never starve a
+large one, and a large one never blocks small ones forever.
 """
 
 from __future__ import annotations
@@ -23,23 +30,29 @@ from zriver.errors import Impossible, NotFound
 
 ONLINE = "online"
 OFFLINE = "offline"
+DEGRADED = "degraded"
+PACK = "pack"
+SPREAD = "spread"
 
 
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
-    """What a node offers: core ids grouped by NUMA zone, and memory in bytes."""
+    """What a node offers: core ids grouped by NUMA zone, memory in bytes, GPU indices."""
 
     zones: tuple[tuple[int, ...], ...]
     memory: int
+    gpus: tuple[int, ...] = ()
+    features: frozenset[str] = frozenset()
 
     @property
     def cores(self) -> tuple[int, ...]:
         return tuple(core for zone in self.zones for core in zone)
 
     @classmethod
-    def flat(cls, cores: int, memory: int) -> "NodeSpec":
+    def flat(cls, cores: int, memory: int, gpus: int = 0,
+             features: frozenset[str] = frozenset()) -> "NodeSpec":
         """A one-zone node with cores ``0..cores-1`` (for tests and simple nodes)."""
-        return cls((tuple(range(cores)),), memory)
+        return cls((tuple(range(cores)),), memory, tuple(range(gpus)), features)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +63,18 @@ class Request:
     cores: int = 1
     memory: int = 0
     target: str | None = None
+    numa: int | None = None
+    gpu_ids: tuple[int, ...] = ()
+    gpus: int = 0
+    needs: frozenset[str] = frozenset()
+    priority: int = 0
+    batch: int | None = None
+    max_parallel: int = 0
+    time_limit: float | None = None
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpu_ids) or self.gpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +82,8 @@ class Allocation:
     node: str
     cores: tuple[int, ...]
     memory: int
+    gpus: tuple[int, ...] = ()
+    numa: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,47 +97,80 @@ class _Node:
     name: str
     spec: NodeSpec
     state: str = OFFLINE
+    drained: bool = False
     free_cores: set[int] = field(default_factory=set)
     free_memory: int = 0
+    free_gpus: set[int] = field(default_factory=set)
+
+    @property
+    def usable(self) -> bool:
+        return self.state == ONLINE and not self.drained
 
     def fits_now(self, req: Request) -> bool:
-        return len(self.free_cores) >= req.cores and self.free_memory >= req.memory
+        if self.free_memory < req.memory or len(self.free_gpus) < req.gpu_count:
+            return False
+        if req.gpu_ids and not set(req.gpu_ids) <= self.free_gpus:
+            return False
+        if req.numa is not None:
+            return len(self.free_cores.intersection(self.spec.zones[req.numa])) >= req.cores
+        return len(self.free_cores) >= req.cores
 
     def fits_ever(self, req: Request) -> bool:
-        return len(self.spec.cores) >= req.cores and self.spec.memory >= req.memory
+        if req.target is not None and req.target != self.name:
+            return False
+        if not req.needs <= self.spec.features:
+            return False
+        cores = self.spec.zones[req.numa] if req.numa is not None else self.spec.cores
+        return (len(cores) >= req.cores and self.spec.memory >= req.memory
+                and len(self.spec.gpus) >= req.gpu_count
+                and set(req.gpu_ids) <= set(self.spec.gpus))
 
 
 class Scheduler:
     """Accounting and placement for the whole cluster; mutated only through its methods."""
 
-    def __init__(self) -> None:
+    def __init__(self, placement: str = SPREAD, gpu_placement: str = PACK) -> None:
+        self.placement, self.gpu_placement = placement, gpu_placement
         self._nodes: dict[str, _Node] = {}
-        self._queue: dict[int, Request] = {}  # insertion order is FIFO order
+        self._queues: dict[int, dict[int, Request]] = {}  # priority -> FIFO of requests
         self._held: dict[int, Allocation] = {}
+        self._held_req: dict[int, Request] = {}
+        self._started_at: dict[int, float] = {}
+        self._batch_running: dict[int, int] = {}
         self._reasons: dict[int, str] = {}
 
     # ---- nodes -------------------------------------------------------------------------
     def set_node(self, name: str, spec: NodeSpec) -> None:
         """Add a node, or replace its capacity (allocations held there are kept)."""
-        node = _Node(name, spec, self._nodes[name].state if name in self._nodes else OFFLINE)
-        node.free_cores = set(spec.cores)
-        node.free_memory = spec.memory
+        old = self._nodes.get(name)
+        node = _Node(name, spec, old.state if old else OFFLINE, old.drained if old else False)
+        node.free_cores, node.free_memory, node.free_gpus = set(spec.cores), spec.memory, set(spec.gpus)
         for alloc in self._held.values():
             if alloc.node == name:
                 node.free_cores -= set(alloc.cores)
                 node.free_memory -= alloc.memory
+                node.free_gpus -= set(alloc.gpus)
         self._nodes[name] = node
 
     def set_node_state(self, name: str, state: str) -> None:
         self._node(name).state = state
 
+    def set_drained(self, name: str, drained: bool) -> None:
+        self._node(name).drained = drained
+
     def has_node(self, name: str) -> bool:
         return name in self._nodes
+
+    def node_spec(self, name: str) -> NodeSpec:
+        return self._node(name).spec
 
     def node_usage(self, name: str) -> tuple[int, int]:
         """(cores held, memory held) on ``name``."""
         node = self._node(name)
         return len(node.spec.cores) - len(node.free_cores), node.spec.memory - node.free_memory
+
+    def free_gpus(self, name: str) -> list[int]:
+        return sorted(self._node(name).free_gpus)
 
     # ---- tasks -------------------------------------------------------------------------
     def check_possible(self, req: Request) -> None:
@@ -118,44 +178,55 @@ class Scheduler:
         if req.target is not None:
             node = self._nodes.get(req.target)
             if node is None:
-                raise NotFound(f"unknown node {req.target!r}")
+                raise NotFound(f"unknown node {req.target!r}; known: "
+                               f"{', '.join(sorted(self._nodes)) or 'none'}")
+            _check_target_ids(node, req)
             candidates = [node]
         else:
             candidates = list(self._nodes.values())
         if candidates and not any(node.fits_ever(req) for node in candidates):
-            biggest = max(candidates, key=lambda n: (len(n.spec.cores), n.spec.memory))
-            raise Impossible(
-                f"no node can ever run this task: it asks for {req.cores} cores and "
-                f"{req.memory} bytes of memory; the largest node ({biggest.name}) has "
-                f"{len(biggest.spec.cores)} cores and {biggest.spec.memory} bytes"
-            )
+            raise Impossible(_impossible_message(req, candidates))
 
     def submit(self, req: Request) -> None:
         """Queue a task (after ``check_possible``); it holds nothing until placed."""
-        self._queue[req.task_id] = req
-        self._reasons[req.task_id] = "queued"
+        self._queues.setdefault(req.priority, {})[req.task_id] = req
+        self._reasons[req.task_id] = "waiting for free resources"
 
-    def hold(self, task_id: int, alloc: Allocation) -> None:
+    def hold(self, task_id: int, alloc: Allocation, req: Request | None = None,
+             started_at: float | None = None) -> None:
         """Record an allocation that already exists (host restart): take it from the node."""
         node = self._node(alloc.node)
         node.free_cores -= set(alloc.cores)
         node.free_memory -= alloc.memory
+        node.free_gpus -= set(alloc.gpus)
         self._held[task_id] = alloc
+        if req is not None:
+            self._held_req[task_id] = req
+            if req.batch is not None:
+                self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
+        if started_at is not None:
+            self._started_at[task_id] = started_at
+
+    def started(self, task_id: int, at: float) -> None:
+        """The task began running at ``at`` (its time limit counts from here)."""
+        if task_id in self._held:
+            self._started_at[task_id] = at
 
     def release(self, task_id: int) -> None:
         """The task ended or was withdrawn: drop it from the queue or free what it held."""
-        self._queue.pop(task_id, None)
+        for queue in self._queues.values():
+            queue.pop(task_id, None)
         self._reasons.pop(task_id, None)
+        self._started_at.pop(task_id, None)
+        req = self._held_req.pop(task_id, None)
+        if req is not None and req.batch is not None:
+            self._batch_running[req.batch] -= 1
         alloc = self._held.pop(task_id, None)
         if alloc is not None and alloc.node in self._nodes:
             node = self._nodes[alloc.node]
             node.free_cores |= set(alloc.cores)
             node.free_memory += alloc.memory
-
-    def requeue(self, task_id: int, req: Request) -> None:
-        """Put a placed task back in the queue (its start could not be delivered)."""
-        self.release(task_id)
-        self.submit(req)
+            node.free_gpus |= set(alloc.gpus)
 
     def allocation(self, task_id: int) -> Allocation | None:
         return self._held.get(task_id)
@@ -165,85 +236,142 @@ class Scheduler:
 
     @property
     def pending_count(self) -> int:
-        return len(self._queue)
+        return sum(len(queue) for queue in self._queues.values())
+
+    def queued(self) -> list[Request]:
+        """Pending requests in scheduling order."""
+        return [req for prio in sorted(self._queues, reverse=True)
+                for req in self._queues[prio].values()]
 
     # ---- placement ---------------------------------------------------------------------
-    def schedule(self) -> list[Placement]:
+    def schedule(self, now: float = 0.0) -> list[Placement]:
         """Place every queued task that fits now, in queue order, honouring one reservation."""
         placements: list[Placement] = []
-        reserved: str | None = None
-        online = [n for n in self._nodes.values() if n.state == ONLINE]
-        most_free = max((len(n.free_cores) for n in online), default=0)
-        for task_id, req in list(self._queue.items()):
-            if most_free == 0 and reserved is not None:
-                self._reasons[task_id] = "waiting for free cores"
+        usable = [n for n in self._nodes.values() if n.usable]
+        free_cores = sum(len(n.free_cores) for n in usable)
+        reservation: tuple[str, float] | None = None  # (node, earliest start of its owner)
+        for req in self.queued():
+            if free_cores == 0 and reservation is not None:
+                break  # nothing can fit anywhere: the rest keep their last reason
+            if self._batch_full(req):
+                self._reasons[req.task_id] = (
+                    f"batch {req.batch} is at its limit of {req.max_parallel} at once")
                 continue
-            node = self._choose(req, online, reserved) if req.cores <= most_free else None
+            node = self._choose(req, usable, reservation, now)
             if node is not None:
                 placements.append(self._place(req, node))
-                most_free = max((len(n.free_cores) for n in online), default=0)
+                free_cores -= req.cores
                 continue
-            reserved = self._block(req, online, reserved)
+            reservation = self._block(req, usable, reservation, now)
         return placements
 
-    def _choose(self, req: Request, online: list[_Node], reserved: str | None) -> _Node | None:
+    def _batch_full(self, req: Request) -> bool:
+        return bool(req.batch is not None and req.max_parallel
+                    and self._batch_running.get(req.batch, 0) >= req.max_parallel)
+
+    def _choose(self, req: Request, usable: list[_Node], reservation: tuple[str, float] | None,
+                now: float) -> _Node | None:
         best = None
-        for node in online:
-            if node.name == reserved or not node.fits_now(req):
+        policy = self.gpu_placement if req.gpu_count else self.placement
+        for node in usable:
+            if (req.target is not None and node.name != req.target) or not node.fits_now(req):
                 continue
-            if req.target is not None and node.name != req.target:
+            if not req.needs <= node.spec.features:
                 continue
-            # spread: the node with the most free cores, ties by name
-            key = (-len(node.free_cores), node.name)
+            if reservation and node.name == reservation[0] and not _ends_before(req, now,
+                                                                                reservation[1]):
+                continue
+            free = len(node.free_gpus) if req.gpu_count else len(node.free_cores)
+            key = (free if policy == PACK else -free, node.name)
             if best is None or key < best[0]:
                 best = (key, node)
         return None if best is None else best[1]
 
     def _place(self, req: Request, node: _Node) -> Placement:
-        cores = _pick_cores(node, req.cores)
+        cores = _pick_cores(node, req)
+        gpus = req.gpu_ids or tuple(sorted(node.free_gpus)[: req.gpus])
         node.free_cores -= set(cores)
         node.free_memory -= req.memory
-        alloc = Allocation(node.name, cores, req.memory)
-        del self._queue[req.task_id]
+        node.free_gpus -= set(gpus)
+        alloc = Allocation(node.name, cores, req.memory, gpus, req.numa)
+        del self._queues[req.priority][req.task_id]
         self._reasons.pop(req.task_id, None)
         self._held[req.task_id] = alloc
+        self._held_req[req.task_id] = req
+        if req.batch is not None:
+            self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
         return Placement(req.task_id, alloc)
 
-    def _block(self, req: Request, online: list[_Node], reserved: str | None) -> str | None:
+    def _block(self, req: Request, usable: list[_Node], reservation: tuple[str, float] | None,
+               now: float) -> tuple[str, float] | None:
         """Record why ``req`` waits; give it the reservation if it is the first blocked one."""
-        if req.target is not None:
-            target = self._nodes.get(req.target)
-            if target is None or target.state != ONLINE:
-                self._reasons[req.task_id] = f"target node {req.target} is offline"
-                return reserved
-            candidates = [target]
-        else:
-            candidates = [n for n in online if n.fits_ever(req)]
+        candidates = [n for n in usable if n.fits_ever(req)]
         if not candidates:
-            self._reasons[req.task_id] = "no online node can run it"
-            return reserved
-        if reserved is None:
-            chosen = max(candidates, key=lambda n: (len(n.free_cores), n.free_memory, n.name))
-            self._reasons[req.task_id] = (
-                f"waiting for {req.cores} cores{_mem(req)} on {chosen.name} (reserved for it)"
-            )
-            return chosen.name
-        if reserved in {n.name for n in candidates} and len(candidates) == 1:
-            self._reasons[req.task_id] = f"waiting: {reserved} is reserved for an earlier task"
+            if req.target is not None:
+                target = self._nodes.get(req.target)
+                state = "drained" if target and target.drained else (target.state if target else "gone")
+                self._reasons[req.task_id] = f"target node {req.target} is {state}"
+            else:
+                self._reasons[req.task_id] = "no usable node can run it (offline, drained or degraded)"
+            return reservation
+        if reservation is None:
+            chosen = min(candidates, key=lambda n: (self._earliest_start(n, req, now), n.name))
+            self._reasons[req.task_id] = f"waiting for {_wants(req)} on {chosen.name} (reserved for it)"
+            return chosen.name, self._earliest_start(chosen, req, now)
+        if any(n.name == reservation[0] for n in candidates) and len(candidates) == 1:
+            self._reasons[req.task_id] = f"waiting: {reservation[0]} is reserved for an earlier task"
         else:
-            self._reasons[req.task_id] = f"waiting for {req.cores} free cores{_mem(req)}"
-        return reserved
+            self._reasons[req.task_id] = f"waiting for {_wants(req)}"
+        return reservation
+
+    def _earliest_start(self, node: _Node, req: Request, now: float) -> float:
+        """When enough frees on ``node`` for ``req``, from running tasks' time limits
+        (infinity when any task in the way has none)."""
+        ends = sorted(
+            (self._limit_end(task_id, now), task_id)
+            for task_id, alloc in self._held.items() if alloc.node == node.name
+        )
+        cores, memory, gpus = set(node.free_cores), node.free_memory, set(node.free_gpus)
+        probe = _Node(node.name, node.spec, ONLINE, False, cores, memory, gpus)
+        if probe.fits_now(req):
+            return now
+        for end, task_id in ends:
+            alloc = self._held[task_id]
+            probe.free_cores |= set(alloc.cores)
+            probe.free_memory += alloc.memory
+            probe.free_gpus |= set(alloc.gpus)
+            if probe.fits_now(req):
+                return end
+        return float("inf")
+
+    def _limit_end(self, task_id: int, now: float) -> float:
+        req = self._held_req.get(task_id)
+        if req is None or req.time_limit is None:
+            return float("inf")
+        return self._started_at.get(task_id, now) + req.time_limit
 
     # ---- checks ------------------------------------------------------------------------
     def validate(self) -> None:
         """Assert the invariants of the module docstring (for tests)."""
-        assert not set(self._queue) & set(self._held), "a task is both queued and placed"
+        queued = [req.task_id for req in self.queued()]
+        assert len(queued) == len(set(queued)), "a task is queued twice"
+        assert not set(queued) & set(self._held), "a task is both queued and placed"
         for node in self._nodes.values():
-            taken = [c for a in self._held.values() if a.node == node.name for c in a.cores]
-            assert len(taken) == len(set(taken)), f"core held twice on {node.name}"
-            assert not set(taken) & node.free_cores, f"held core marked free on {node.name}"
-            used = sum(a.memory for a in self._held.values() if a.node == node.name)
+            allocs = [a for a in self._held.values() if a.node == node.name]
+            for kind, free in (("cores", node.free_cores), ("gpus", node.free_gpus)):
+                taken = [x for a in allocs for x in getattr(a, kind)]
+                assert len(taken) == len(set(taken)), f"{kind} held twice on {node.name}"
+                assert not set(taken) & free, f"held {kind} marked free on {node.name}"
+            used = sum(a.memory for a in allocs)
             assert node.free_memory == node.spec.memory - used, f"memory books off on {node.name}"
+        counts: dict[int, int] = {}
+        for task_id, req in self._held_req.items():
+            if req.batch is not None:
+                counts[req.batch] = counts.get(req.batch, 0) + 1
+                assert not req.max_parallel or counts[req.batch] <= req.max_parallel, \
+                    f"batch {req.batch} over max_parallel"
+        for batch, count in counts.items():
+            assert self._batch_running.get(batch, 0) == count, f"batch {batch} books off"
 
     def _node(self, name: str) -> _Node:
         try:
@@ -252,14 +380,44 @@ class Scheduler:
             raise NotFound(f"unknown node {name!r}") from None
 
 
-def _pick_cores(node: _Node, count: int) -> tuple[int, ...]:
-    """Lowest free core ids, from one NUMA zone when one zone has enough."""
-    for zone in node.spec.zones:
+def _ends_before(req: Request, now: float, reserved_start: float) -> bool:
+    return req.time_limit is not None and now + req.time_limit <= reserved_start
+
+
+def _pick_cores(node: _Node, req: Request) -> tuple[int, ...]:
+    """Lowest free core ids: of the requested zone, else from one zone when one has enough."""
+    zones = [node.spec.zones[req.numa]] if req.numa is not None else node.spec.zones
+    for zone in zones:
         free = [c for c in zone if c in node.free_cores]
-        if len(free) >= count:
-            return tuple(free[:count])
-    return tuple(sorted(node.free_cores)[:count])
+        if len(free) >= req.cores:
+            return tuple(free[: req.cores])
+    return tuple(sorted(node.free_cores)[: req.cores])
 
 
-def _mem(req: Request) -> str:
-    return f" and {req.memory} bytes" if req.memory else ""
+def _check_target_ids(node: _Node, req: Request) -> None:
+    if req.numa is not None and not 0 <= req.numa < len(node.spec.zones):
+        raise NotFound(f"node {node.name} has no NUMA zone {req.numa} (zones: "
+                       f"0-{len(node.spec.zones) - 1})")
+    unknown = sorted(set(req.gpu_ids) - set(node.spec.gpus))
+    if unknown:
+        have = ",".join(map(str, node.spec.gpus)) or "none"
+        raise NotFound(f"node {node.name} has no GPU {','.join(map(str, unknown))} (GPUs: {have})")
+
+
+def _wants(req: Request) -> str:
+    parts = [f"{req.cores} core{'s' if req.cores != 1 else ''}"]
+    if req.memory:
+        parts.append(f"{req.memory >> 20}M memory")
+    if req.gpu_count:
+        parts.append(f"{req.gpu_count} GPU{'s' if req.gpu_count != 1 else ''}")
+    return " + ".join(parts)
+
+
+def _impossible_message(req: Request, candidates: list[_Node]) -> str:
+    if req.needs and not any(req.needs <= n.spec.features for n in candidates):
+        return f"no node offers {', '.join(sorted(req.needs))}"
+    biggest = max(candidates, key=lambda n: (len(n.spec.cores), n.spec.memory, len(n.spec.gpus)))
+    where = f"NUMA zone {req.numa} of " if req.numa is not None else ""
+    return (f"no node can ever run this task: it asks for {_wants(req)}; the largest node "
+            f"({where}{biggest.name}) has {len(biggest.spec.cores)} cores, "
+            f"{biggest.spec.memory >> 20}M memory and {len(biggest.spec.gpus)} GPUs")

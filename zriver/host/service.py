@@ -27,9 +27,10 @@ from zriver.config import HostSettings
 from zriver.errors import Internal, ZriverError
 from zriver.host import lifecycle as lc
 from zriver.host.scheduler import OFFLINE, ONLINE, Allocation, NodeSpec, Request, Scheduler
+from zriver.host.deps import Dependencies
 from zriver.host.store import Store
 from zriver.protocol import decode, encode, encode_error, encode_ok, peek_rid, Envelope
-from zriver.spec import TaskSpec
+from zriver.spec import TaskSpec, parse_target
 from zriver.wire import Channel, Unreachable, Wire
 
 log = structlog.get_logger("zriver.host")
@@ -48,9 +49,19 @@ class LiveTask:
     state: str
     node: str | None = None
     alloc: Allocation | None = None
+    attempt: int = 1
+    batch_id: int | None = None
+    started_at: float | None = None
+    timing_out: bool = False
+    limit_timer: asyncio.TimerHandle | None = None
 
     def request(self) -> Request:
-        return Request(self.id, self.spec.cores, self.spec.memory or 0, self.spec.target)
+        node, numa, gpu_ids = parse_target(self.spec.target) if self.spec.target else (None, None, ())
+        return Request(
+            self.id, self.spec.cores, self.spec.memory or 0, node, numa, gpu_ids, self.spec.gpus,
+            frozenset({self.spec.backend}), self.spec.priority, self.batch_id,
+            self.spec.max_parallel, self.spec.time_limit,
+        )
 
 
 @dataclass(slots=True)
@@ -65,6 +76,10 @@ class NodeRecord:
     registered: bool = False
     heartbeat: dict[str, Any] = field(default_factory=dict)
     reregister_asked: float = 0.0
+    drained: str | None = None
+    """The reason it was drained, or ``None``."""
+    degraded: str = ""
+    """Why it is degraded (its GPU set changed), or empty."""
 
 
 @dataclass(slots=True)
@@ -91,7 +106,8 @@ class Host:
         self.handlers = handlers or HANDLERS
         self.data_dir = Path(self.settings.data_dir)
         self.incarnation = secrets.token_hex(4)
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(self.settings.placement, self.settings.gpu_placement)
+        self.deps = Dependencies()
         self.tasks: dict[int, LiveTask] = {}
         self.nodes: dict[str, NodeRecord] = {}
         self.waiters: list[Any] = []
@@ -153,21 +169,30 @@ class Host:
         tmp.replace(path)
 
     def _load_state(self) -> None:
-        """Rebuild scheduler and caches from the store (host restart)."""
+        """Rebuild scheduler, dependencies and caches from the store (host restart)."""
         for row in self.store.list_nodes():
             info = row["info"]
             self.nodes[row["name"]] = NodeRecord(row["name"], info, OFFLINE,
-                                                 last_seen=self.started_at)
+                                                 last_seen=self.started_at,
+                                                 drained=row["drained"])
             self.scheduler.set_node(row["name"], node_spec(info))
+            self.scheduler.set_drained(row["name"], row["drained"] is not None)
         for row in self.store.unfinished_tasks():
-            task = LiveTask(row["id"], TaskSpec.from_wire(row["spec"]), row["state"], row["node"])
-            if row["alloc"]:
-                task.alloc = Allocation(row["alloc"]["node"], tuple(row["alloc"]["cores"]),
-                                        row["alloc"]["memory"])
-                self.scheduler.hold(task.id, task.alloc)
-            else:
-                self.scheduler.submit(task.request())
+            task = LiveTask(row["id"], TaskSpec.from_wire(row["spec"]), row["state"], row["node"],
+                            attempt=row["attempt"], batch_id=row["batch_id"],
+                            started_at=row["started_at"])
             self.tasks[task.id] = task
+            if row["alloc"]:
+                task.alloc = allocation_from_wire(row["alloc"])
+                self.scheduler.hold(task.id, task.alloc, task.request(), task.started_at)
+            else:
+                from zriver.host.dispatch import enqueue
+
+                enqueue(self, task)
+        from zriver.host.dispatch import arm_time_limit
+
+        for task in self.tasks.values():
+            arm_time_limit(self, task)
         self._needs_schedule = True
 
     # ---- receiving ---------------------------------------------------------------------
@@ -335,7 +360,7 @@ class Host:
             self._flush_scheduled = False
             from zriver.host.dispatch import place
 
-            for placement in self.scheduler.schedule():
+            for placement in self.scheduler.schedule(time.time()):
                 place(self, placement)
         if self.store.conn.in_transaction:
             self.store.conn.execute("COMMIT")
@@ -390,4 +415,15 @@ class Host:
 def node_spec(info: dict[str, Any]) -> NodeSpec:
     """The scheduler's view of a runner's registration info."""
     zones = tuple(tuple(zone) for zone in info.get("zones") or [info["cores"]])
-    return NodeSpec(zones, int(info["memory"]))
+    gpus = tuple(int(gpu["index"]) for gpu in info.get("gpus") or [])
+    return NodeSpec(zones, int(info["memory"]), gpus, frozenset(info.get("backends") or ["native"]))
+
+
+def allocation_from_wire(alloc: dict[str, Any]) -> Allocation:
+    return Allocation(alloc["node"], tuple(alloc["cores"]), alloc["memory"],
+                      tuple(alloc.get("gpus") or ()), alloc.get("numa"))
+
+
+def allocation_to_wire(alloc: Allocation) -> dict[str, Any]:
+    return {"node": alloc.node, "cores": list(alloc.cores), "memory": alloc.memory,
+            "gpus": list(alloc.gpus), "numa": alloc.numa}

@@ -53,11 +53,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX task_events_by_task ON task_events(task_id);
     """,
+    # 2: retries (attempt), drained nodes, batch and owner filters
+    """
+    ALTER TABLE tasks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE nodes ADD COLUMN drained TEXT;
+    CREATE INDEX tasks_by_batch ON tasks(batch_id) WHERE batch_id IS NOT NULL;
+    CREATE INDEX tasks_by_owner ON tasks(owner);
+    """,
 ]
 
 TASK_COLUMNS = (
     "id", "name", "owner", "state", "node", "spec", "alloc", "exit_code", "detail",
-    "submitted_at", "started_at", "finished_at", "batch_id",
+    "submitted_at", "started_at", "finished_at", "batch_id", "attempt",
 )
 _UNFINISHED = "('pending', 'assigned', 'running', 'paused')"
 
@@ -142,13 +149,34 @@ class Store:
     def unfinished_tasks(self) -> list[dict[str, Any]]:
         return self._tasks(f"WHERE state IN {_UNFINISHED} ORDER BY id", ())
 
-    def list_tasks(self, states: list[str] | None = None, limit: int = 200) -> list[dict]:
-        """Newest first, at most ``limit``; ``states`` filters."""
-        where, params = "", ()
+    def list_tasks(self, states: list[str] | None = None, limit: int = 200,
+                   batch: int | None = None, owner: str | None = None) -> list[dict]:
+        """Newest first, at most ``limit``; ``states``, ``batch`` and ``owner`` filter."""
+        clauses, params = [], []
         if states:
-            where = f"WHERE state IN ({', '.join('?' * len(states))})"
-            params = tuple(states)
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            params.extend(states)
+        if batch is not None:
+            clauses.append("batch_id = ?")
+            params.append(batch)
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._tasks(f"{where} ORDER BY id DESC LIMIT ?", (*params, limit))
+
+    def tasks_since(self, since: float) -> list[dict[str, Any]]:
+        """Tasks that held resources at some time after ``since`` (for usage reports)."""
+        return self._tasks("WHERE started_at IS NOT NULL AND (finished_at IS NULL OR "
+                           "finished_at >= ?)", (since,))
+
+    def task_states(self, ids: list[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT id, state FROM tasks WHERE id IN ({','.join('?' * len(ids))})", ids
+        ).fetchall()
+        return dict(rows)
 
     def task_events(self, task_id: int) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -185,11 +213,15 @@ class Store:
             (state, last_seen, name),
         )
 
+    def set_node_drained(self, name: str, reason: str | None) -> None:
+        self.conn.execute("UPDATE nodes SET drained=? WHERE name=?", (reason, name))
+
     def list_nodes(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT name, info, state, registered_at, last_seen FROM nodes ORDER BY name"
+            "SELECT name, info, state, registered_at, last_seen, drained FROM nodes ORDER BY name"
         ).fetchall()
         return [
-            {"name": n, "info": unpack(i), "state": s, "registered_at": r, "last_seen": l}
-            for n, i, s, r, l in rows
+            {"name": n, "info": unpack(i), "state": s, "registered_at": r, "last_seen": l,
+             "drained": d}
+            for n, i, s, r, l, d in rows
         ]

@@ -49,10 +49,12 @@ def numa_zones(usable: list[int], sysfs: Path = NODE_SYSFS) -> list[list[int]]:
 
 
 def detect(settings: RunnerSettings, memory_limit_method: str) -> dict[str, Any]:
-    """The registration info of this node (settings may override cores and memory)."""
+    """The registration info of this node; settings may override cores, zones, memory, GPUs."""
     usable = sorted(os.sched_getaffinity(0))
     zones = numa_zones(usable)
-    if settings.cores:
+    if settings.numa_zones:
+        zones = [parse_cpulist(part) for part in settings.numa_zones.split(";") if part.strip()]
+    elif settings.cores:
         zones = [list(range(settings.cores))] if settings.cores > len(usable) else [
             [c for c in zone if c in usable[: settings.cores]] for zone in zones
         ]
@@ -64,10 +66,16 @@ def detect(settings: RunnerSettings, memory_limit_method: str) -> dict[str, Any]
         "cores": [c for zone in zones for c in zone],
         "zones": zones,
         "memory": memory,
-        "gpus": gpus.inventory(),
+        "gpus": declared_gpus(settings.gpus) if settings.gpus >= 0 else gpus.inventory(),
         "labels": dict(settings.labels),
         "memory_limit": memory_limit_method,
     }
+
+
+def declared_gpus(count: int) -> list[dict[str, Any]]:
+    """GPUs declared by the ``gpus`` setting instead of detected (tests, dev machines)."""
+    return [{"index": i, "uuid": f"declared-{i}", "name": "declared", "memory": 0}
+            for i in range(count)]
 
 
 def usage() -> dict[str, Any]:
