@@ -20,10 +20,21 @@ def nodes(ctx: Context, args) -> int:
         return 0
     ctx.print(table(
         ["node", "state", "cores", "memory", "numa", "gpus", "last seen"],
-        [[n["name"], n["state"], f"{n['cores_used']}/{n['cores']}",
-          f"{size(n['memory_used'])}/{size(n['memory'])}", n["numa_zones"], len(n["gpus"]),
+        [[n["name"], node_state(n), f"{n['cores_used']}/{n['cores']}",
+          f"{size(n['memory_used'])}/{size(n['memory'])}", n["numa_zones"],
+          f"{len(n.get('gpus_free', []))}/{len(n['gpus'])}" if n["gpus"] else "0",
           age(n["last_seen"]) + " ago" if n["last_seen"] else "-"] for n in rows]))
     return 0
+
+
+def node_state(node: dict) -> str:
+    """``online``, ``online,drained``, ``degraded (GPU ... vanished)`` ..."""
+    state = node["state"]
+    if node.get("drained"):
+        state += ",drained"
+    if node.get("degraded"):
+        state += f" ({node['degraded']})"
+    return state
 
 
 @command("health", "live CPU, memory, load, temperatures and GPUs from the last heartbeat",

@@ -11,7 +11,8 @@ from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, shorten, size, table, when
 from zriver.errors import InvalidArgument
 from zriver.host import lifecycle as lc
-from zriver.sizes import parse_size
+from zriver.sizes import parse_duration, parse_size
+from zriver.sweep import expand
 
 TASK_ID = arg("id", type=int, help="task id", complete="task")
 TASK_IDS = arg("ids", type=int, nargs="+", metavar="ID", help="task ids", complete="task")
@@ -45,6 +46,14 @@ def backend_fields(args) -> dict:
     return {"backend": "auto", "mounts": args.mount, "privileged": args.privileged}
 
 
+def parse_ids(text: str) -> list[int]:
+    """``"41,42"`` -> ``[41, 42]``."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidArgument(f"bad task id list {text!r}: use e.g. 41,42") from None
+
+
 def parse_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -63,7 +72,15 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     arg("--env", action="append", default=[], metavar="KEY=VALUE",
         help="environment variable for the task (repeatable)"),
     arg("--workdir", help="working directory (default: the current one)"),
-    arg("--target", help="run on this node", complete="node"),
+    arg("--target", action="append", default=[], complete="target",
+        help="NODE, NODE:NUMA_ZONE or NODE::GPU[,GPU] (repeatable: one task per target)"),
+    arg("--gpus", type=int, default=0, help="GPUs for the task, on any node that has them free"),
+    arg("--priority", type=int, default=0, help="higher runs first (default 0)"),
+    arg("--after", default="", metavar="ID[,ID]", help="start after these tasks completed"),
+    arg("--after-any", default="", metavar="ID[,ID]", help="start after these tasks ended"),
+    arg("--time-limit", metavar="DURATION", help="kill after this long, e.g. 90m, 2h (state timeout)"),
+    arg("--retries", type=int, default=0, help="run again this many times on failure or loss"),
+    arg("--max-parallel", type=int, default=0, help="at most this many of the batch at once"),
     arg("--container", complete="env",
         help="run in this Docker environment (default: the cluster's default_container; "
              "NULL: native)"),
@@ -85,17 +102,25 @@ def submit(ctx: Context, args) -> int:
     if not command_line:
         raise InvalidArgument("nothing to run: put the command after --, "
                               "e.g. zriver submit -- python train.py")
-    spec = {"command": command_line, "name": args.name, "cores": args.cores,
+    base = {"name": args.name, "cores": args.cores,
             "memory": parse_size(args.memory) if args.memory else None,
             "env": parse_env(args.env), "workdir": args.workdir or os.getcwd(),
-            "target": args.target, "owner": owner(), **backend_fields(args)}
-    reply = ctx.client.call("task.submit", {"tasks": [spec]})
+            "owner": owner(), "gpus": args.gpus, "priority": args.priority,
+            "after": parse_ids(args.after), "after_any": parse_ids(args.after_any),
+            "time_limit": parse_duration(args.time_limit) if args.time_limit else None,
+            "retries": args.retries, "max_parallel": args.max_parallel, **backend_fields(args)}
+    specs = [{**base, "command": command, "target": target}
+             for target in (args.target or [None]) for command in expand(command_line)]
+    reply = ctx.client.call("task.submit", {"tasks": specs})
     ids = reply["ids"]
     if args.json and not (args.wait or args.follow):
         ctx.print(as_json({"ids": ids, "batch_id": reply["batch_id"]}))
         return 0
     for task_id in ids:
         ctx.print(str(task_id))
+    if args.follow and len(ids) > 1:
+        raise InvalidArgument("--follow takes one task; this submit made a batch "
+                              f"(batch {reply['batch_id']}): use zriver logs -f ID")
     if args.follow:
         follow(ctx.client, ids[0], {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer})
     if args.wait or args.follow:
@@ -109,13 +134,16 @@ def submit(ctx: Context, args) -> int:
 @command(
     "tasks", "list tasks, newest first (pending ones say why they wait)",
     arg("--state", action="append", choices=lc.ALL_STATES, help="only this state (repeatable)"),
+    arg("--batch", type=int, help="only this batch (sweep) id"),
+    arg("--user", help="only tasks of this owner"),
     arg("--limit", type=int, default=50, help="at most this many (default 50)"),
     arg("--all", action="store_true", help="no limit"),
     JSON,
 )
 def tasks(ctx: Context, args) -> int:
     limit = 100_000 if args.all else args.limit
-    rows = ctx.client.call("task.list", {"states": args.state, "limit": limit})["tasks"]
+    rows = ctx.client.call("task.list", {"states": args.state, "limit": limit,
+                                         "batch": args.batch, "owner": args.user})["tasks"]
     if args.json:
         ctx.print(as_json(rows))
         return 0

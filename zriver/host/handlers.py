@@ -16,8 +16,9 @@ from zriver.errors import BadRequest, Conflict, InvalidArgument, NotFound, Unava
 from zriver.host import lifecycle as lc
 from zriver.host import waiting
 from zriver.host.dispatch import apply_update, enqueue, move, signal, start_body
-from zriver.host.scheduler import ONLINE
-from zriver.host.service import DEFERRED, Caller, Host, LiveTask, NodeRecord, node_spec
+from zriver.host.scheduler import DEGRADED, ONLINE
+from zriver.host.service import (DEFERRED, Caller, Host, LiveTask, NodeRecord, gpu_change,
+                                 node_spec)
 from zriver.logfiles import SUFFIX as STREAMS, log_path, read_slice
 from zriver.protocol import arg
 from zriver.spec import AUTO, DOCKER, NATIVE, TaskSpec
@@ -175,6 +176,42 @@ def health(host: Host, caller: Caller, body: dict) -> dict:
                        **n.heartbeat} for n in nodes]}
 
 
+def drain(host: Host, caller: Caller, body: dict) -> dict:
+    """No new tasks on the node; what runs there finishes."""
+    node = _node(host, arg(body, "name", str))
+    reason = arg(body, "reason", str, "") or "drained"
+    node.drained = reason
+    host.scheduler.set_drained(node.name, True)
+    host.store.set_node_drained(node.name, reason)
+    host.publish(f"evt.node.{node.name}", "node.state",
+                 {"name": node.name, "state": node.state, "drained": reason})
+    host.request_schedule()
+    return public_node(host, node)
+
+
+def undrain(host: Host, caller: Caller, body: dict) -> dict:
+    node = _node(host, arg(body, "name", str))
+    node.drained = None
+    host.scheduler.set_drained(node.name, False)
+    host.store.set_node_drained(node.name, None)
+    host.publish(f"evt.node.{node.name}", "node.state",
+                 {"name": node.name, "state": node.state, "drained": None})
+    host.request_schedule()
+    return public_node(host, node)
+
+
+def usage(host: Host, caller: Caller, body: dict) -> dict:
+    """Core-hours, GPU-hours and task counts since ``since`` (epoch seconds), grouped."""
+    from zriver.host.accounting import usage_report
+
+    by = arg(body, "by", str, "user")
+    if by not in ("user", "node"):
+        raise InvalidArgument("by must be 'user' or 'node'")
+    since = float(arg(body, "since", (int, float), 0.0))
+    return {"rows": usage_report(host.store.tasks_since(since), since, time.time(), by),
+            "since": since, "by": by}
+
+
 # ---- runners -------------------------------------------------------------------------------
 def register(host: Host, caller: Caller, body: dict) -> dict:
     """A runner (re)joins: record it, reconcile what it runs with what the host believes."""
@@ -182,7 +219,8 @@ def register(host: Host, caller: Caller, body: dict) -> dict:
     info = arg(body, "info", dict)
     for key in ("cores", "memory"):
         arg(info, key, (list, int))
-    known = {int(t["id"]): t for t in arg(body, "tasks", list, []) if isinstance(t, dict)}
+    known = {int(t["id"]): t for t in arg(body, "tasks", list, [])
+             if isinstance(t, dict) and isinstance(t.get("id"), int)}
     now = time.time()
     node = host.nodes.get(name) or NodeRecord(name, info)
     node.info, node.registered, node.registered_at, node.last_seen = info, True, now, now
@@ -190,15 +228,18 @@ def register(host: Host, caller: Caller, body: dict) -> dict:
     host.nodes[name] = node
     host.scheduler.set_node(name, node_spec(info))
     host.store.save_node(name, info, node.state, now, now)
-    stop = [tid for tid in known if tid not in host.tasks or host.tasks[tid].node != name]
+    stop = [tid for tid, t in known.items() if tid not in host.tasks
+            or host.tasks[tid].node != name or host.tasks[tid].attempt != t.get("attempt", 1)]
     for task in [t for t in host.tasks.values() if t.node == name]:
-        if task.id in known:
+        if task.id in known and known[task.id].get("attempt", 1) == task.attempt:
             continue
         if task.state == lc.ASSIGNED:
             host.command(name, "task.start", start_body(task))  # the start never arrived
         elif task.state in lc.ACTIVE:
             move(host, task, lc.LOST, detail=f"runner {name} restarted and no longer has it")
-    host.set_node_state(node, ONLINE, "registered")
+    changed = gpu_change(info, node.heartbeat)
+    node.degraded = changed
+    host.set_node_state(node, DEGRADED if changed else ONLINE, changed or "registered")
     return {"heartbeat_interval": host.settings.heartbeat_interval, "stop": stop,
             "incarnation": host.incarnation, "shared_dir": host.settings.shared_dir}
 
@@ -290,7 +331,9 @@ def public_node(host: Host, node: NodeRecord) -> dict:
         "cores_used": used_cores, "memory": info.get("memory", 0), "memory_used": used_memory,
         "numa_zones": len(info.get("zones") or [1]), "gpus": info.get("gpus", []),
         "labels": info.get("labels", {}), "last_seen": node.last_seen,
-        "memory_limit": info.get("memory_limit", ""),
+        "memory_limit": info.get("memory_limit", ""), "drained": node.drained,
+        "degraded": node.degraded or None, "backends": info.get("backends", ["native"]),
+        "gpus_free": host.scheduler.free_gpus(node.name),
     }
 
 
@@ -306,6 +349,9 @@ HANDLERS = {
     "task.logs": logs,
     "node.list": list_nodes,
     "node.health": health,
+    "node.drain": drain,
+    "node.undrain": undrain,
+    "usage.report": usage,
     "runner.register": register,
     "task.update": task_update,
 }

@@ -26,7 +26,8 @@ from zriver import PROTOCOL_VERSION, __version__
 from zriver.config import HostSettings
 from zriver.errors import Internal, ZriverError
 from zriver.host import lifecycle as lc
-from zriver.host.scheduler import OFFLINE, ONLINE, Allocation, NodeSpec, Request, Scheduler
+from zriver.host.scheduler import (DEGRADED, OFFLINE, ONLINE, Allocation, NodeSpec, Request,
+                                   Scheduler)
 from zriver.host.deps import Dependencies
 from zriver.host.store import Store
 from zriver.protocol import decode, encode, encode_error, encode_ok, peek_rid, Envelope
@@ -281,8 +282,14 @@ class Host:
             return
         node.last_seen = now
         node.heartbeat = body
-        if node.state == OFFLINE:
-            self.set_node_state(node, ONLINE, "heartbeat resumed")
+        changed = gpu_change(node.info, body)
+        if changed and node.state != DEGRADED:
+            node.degraded = changed
+            self.set_node_state(node, DEGRADED, changed)
+        elif not changed and node.state in (OFFLINE, DEGRADED):
+            node.degraded = ""
+            self.set_node_state(node, ONLINE, "heartbeat resumed" if node.state == OFFLINE
+                                else "GPU set back to normal")
 
     def _ask_reregister(self, name: str) -> None:
         """Ask a runner seen only by its heartbeats to register (retried while unreachable)."""
@@ -417,6 +424,21 @@ def node_spec(info: dict[str, Any]) -> NodeSpec:
     zones = tuple(tuple(zone) for zone in info.get("zones") or [info["cores"]])
     gpus = tuple(int(gpu["index"]) for gpu in info.get("gpus") or [])
     return NodeSpec(zones, int(info["memory"]), gpus, frozenset(info.get("backends") or ["native"]))
+
+
+def gpu_change(info: dict[str, Any], heartbeat: dict[str, Any]) -> str:
+    """Why the GPUs a heartbeat reports differ from the registered ones ("" when they don't)."""
+    if "gpu_uuids" not in heartbeat:
+        return ""
+    registered = [gpu["uuid"] for gpu in info.get("gpus") or []]
+    now = list(heartbeat["gpu_uuids"])
+    if now == registered:
+        return ""
+    gone = [u for u in registered if u not in now]
+    new = [u for u in now if u not in registered]
+    parts = ([f"GPU {', '.join(gone)} vanished"] if gone else []) + (
+        [f"GPU {', '.join(new)} appeared"] if new else [])
+    return "; ".join(parts) or "GPU order changed"
 
 
 def allocation_from_wire(alloc: dict[str, Any]) -> Allocation:

@@ -29,7 +29,7 @@ from zriver.config import RunnerSettings
 from zriver.errors import BadVersion, ZriverError, error_from_reply
 from zriver.logfiles import log_path, read_slice
 from zriver.protocol import arg, decode, encode, encode_error, encode_ok
-from zriver.runner import resources
+from zriver.runner import gpus, resources
 from zriver.runner.backends import Exit, Job, StartError
 from zriver.runner.backends.native import NativeBackend
 from zriver.runner.cgroups import MemoryLimiter
@@ -64,7 +64,8 @@ class Runner:
         self._forgets: list[int] = []
         self._flush_scheduled = False
         self._log_dirs: set[Path] = set()
-        self._known: set[int] = set()
+        self._known: set[tuple[int, int]] = set()  # (task id, attempt) started in this life
+        self._attempts: dict[int, int] = {}
         self._loops: list[asyncio.Task] = []
         self.handlers: dict[str, Callable[[dict], Any]] = {
             "task.start": self._start_task,
@@ -93,7 +94,7 @@ class Runner:
         self.pub = self.wire.pub(f"tcp://{host}:{self.settings.xsub_port}")
         self.logtail = LogTail(self.publish)
         self._persisted = self.ledger.pending()
-        self._known = {update["id"] for _, update in self._persisted}
+        self._known = {(u["id"], u.get("attempt", 1)) for _, u in self._persisted}
         self._loops.append(self._spawn(self._register_until_done()))
         self._loops.append(self._spawn(self._every(lambda: self.settings.log_poll_interval,
                                                    self.logtail.poll)))
@@ -176,8 +177,10 @@ class Runner:
                 log.warning("runner.register_retry", error=str(exc) or "timeout")
 
     async def register(self) -> None:
-        known = [{"id": tid, "state": "running"} for tid in self.running()]
-        known += [{"id": u["id"], "state": u["state"]} for _, u in self._persisted]
+        known = [{"id": tid, "state": "running", "attempt": self._attempts.get(tid, 1)}
+                 for tid in self.running()]
+        known += [{"id": u["id"], "state": u["state"], "attempt": u.get("attempt", 1)}
+                  for _, u in self._persisted]
         reply = await self.request("runner.register", {"name": self.name, "info": self.info,
                                                       "tasks": known,
                                                       "usage": self._usage()})
@@ -203,8 +206,14 @@ class Runner:
     def _usage(self) -> dict[str, Any]:
         body = resources.usage()
         body.update(running=len(self.running()), memory_limit=self.memory_limit_method,
+                    gpu_uuids=self._gpu_uuids(),
                     at=time.time())
         return body
+
+    def _gpu_uuids(self) -> list[str]:
+        if self.settings.gpus >= 0:
+            return [gpu["uuid"] for gpu in resources.declared_gpus(self.settings.gpus)]
+        return [gpu["uuid"] for gpu in gpus.inventory()]
 
     def _heartbeat(self) -> None:
         self.publish(f"hb.{self.name}", self._usage())
@@ -254,6 +263,7 @@ class Runner:
     # ---- the outbox --------------------------------------------------------------------
     def report(self, update: dict[str, Any]) -> None:
         """Queue one task update for the host (persisted and sent at the end of the tick)."""
+        update.setdefault("attempt", self._attempts.get(update["id"], 1))
         self._unsent.append(update)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -303,19 +313,20 @@ class Runner:
         done = set(seqs)
         for seq, update in self._persisted:
             if seq in done and update["state"] not in ("running", "paused"):
-                self._known.discard(update["id"])
+                self._known.discard((update["id"], update.get("attempt", 1)))
         self._persisted = [(s, u) for s, u in self._persisted if s not in done]
         self._send_next_batch()
 
     # ---- host commands -----------------------------------------------------------------
     def _start_task(self, body: dict) -> None:
-        task_id = arg(body, "id", int)
-        if task_id in self._known:
-            return  # a re-sent start of a task already under way or finished
+        task_id, attempt = arg(body, "id", int), arg(body, "attempt", int, 1)
+        if (task_id, attempt) in self._known:
+            return  # a re-sent start of an attempt already under way or finished
+        self._attempts[task_id] = attempt
         spec = TaskSpec.from_wire(arg(body, "spec", dict))
         backend = self.backends.get(spec.backend)
         now = time.time()
-        self._known.add(task_id)
+        self._known.add((task_id, attempt))
         if backend is None:
             self.report({"id": task_id, "state": "failed", "at": now, "exit_code": 126,
                          "detail": f"the {spec.backend} backend is not available on {self.name}"})

@@ -7,7 +7,8 @@
   spawn, so the child inherits the affinity from its first instruction; then it is restored.
 * Working directory: likewise, the process changes into ``workdir`` around the spawn (the loop
   thread is the only one that spawns or uses relative paths).
-* Memory: ``MemoryLimiter.apply`` right after the spawn (cgroup, or rlimit fallback).
+* Memory: ``MemoryLimiter.apply`` right after the spawn (cgroup, or rlimit fallback). A task
+  bound to a NUMA zone runs under ``numactl --membind`` when numactl is installed.
 * Exit: a pidfd registered with the loop; ``waitpid`` on readiness. No SIGCHLD handler.
 * kill: SIGTERM to the group (and SIGCONT, so a paused group can act on it), SIGKILL after the
   grace period. pause/resume: SIGSTOP/SIGCONT to the group.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 
@@ -29,6 +31,15 @@ from zriver.runner.cgroups import MemoryLimiter
 log = structlog.get_logger("zriver.runner")
 
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_NUMACTL = shutil.which("numactl")
+
+
+def membind_prefix(zone: int | None) -> list[str]:
+    """``numactl --membind=ZONE --`` when the task is bound to a real NUMA zone and numactl
+    is installed; otherwise nothing (the task is still pinned to the zone's cores)."""
+    if zone is None or _NUMACTL is None or not os.path.isdir(f"/sys/devices/system/node/node{zone}"):
+        return []
+    return [_NUMACTL, f"--membind={zone}", "--"]
 
 
 @dataclass(slots=True)
@@ -88,7 +99,8 @@ class NativeBackend:
                 os.chdir(job.spec.workdir)
             if cores:
                 os.sched_setaffinity(0, cores)
-            return os.posix_spawnp(job.spec.command[0], job.spec.command, job.env,
+            argv = membind_prefix(job.numa) + job.spec.command
+            return os.posix_spawnp(argv[0], argv, job.env,
                                    file_actions=actions, setpgroup=0,
                                    setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE))
         except FileNotFoundError as exc:
