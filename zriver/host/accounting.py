@@ -31,6 +31,6 @@ def usage_report(rows: list[dict[str, Any]], since: float, now: float, by: str) 
         entry["gpu_hours"] += len((row["alloc"] or {}).get("gpus") or []) * hours
     ordered = sorted(totals.values(), key=lambda e: (-e["core_hours"], str(e[by])))
     for entry in ordered:
-        entry["core_hours"] = round(entry["core_hours"], 4)
-        entry["gpu_hours"] = round(entry["gpu_hours"], 4)
+        entry["core_hours"] = round(entry["core_hours"], 6)
+        entry["gpu_hours"] = round(entry["gpu_hours"], 6)
     return ordered
