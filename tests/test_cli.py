@@ -162,3 +162,44 @@ def test_config_typos_are_refused(tmp_path):
     (tmp_path / "host.toml").write_text("hearbeat_interval = 2\n")
     result = zriver("host", "--config", str(tmp_path / "host.toml"))
     assert result.returncode == 1 and "unknown setting 'hearbeat_interval'" in result.stderr
+
+
+def test_sweep_submit_prints_one_id_per_task_and_filters_by_batch(cli):
+    result = cli("submit", "--max-parallel", "2", "--", "echo", "span:{1..3}", "span:[a,b]",
+                 check=True)
+    ids = result.stdout.split()
+    assert len(ids) == 6
+    assert cli("wait", *ids).returncode == 0
+    rows = json.loads(cli("tasks", "--batch", ids[0], "--json", check=True).stdout)
+    assert sorted(str(r["id"]) for r in rows) == sorted(ids)
+    assert {tuple(r["command"]) for r in rows} == {("echo", n, x) for n in "123" for x in "ab"}
+
+
+def test_scheduling_flags_reach_the_task(cli):
+    first = cli("submit", "--", "true", check=True).stdout.strip()
+    result = cli("submit", "--priority", "5", "--after", first, "--time-limit", "1h30m",
+                 "--retries", "2", "--wait", "--", "true", check=True)
+    status = json.loads(cli("status", result.stdout.strip(), "--json", check=True).stdout)
+    assert (status["priority"], status["after"], status["time_limit"], status["retries"]) == \
+        (5, [int(first)], 5400.0, 2)
+
+
+def test_drain_undrain_and_usage_verbs(cli):
+    assert "drained (disk swap)" in cli("node", "drain", "n1", "--reason", "disk swap",
+                                        check=True).stdout
+    assert "online,drained" in cli("nodes", check=True).stdout
+    cli("node", "undrain", "n1", check=True)
+    cli("submit", "--wait", "--", "true", check=True)
+    usage = cli("usage", "--since", "1h", check=True).stdout.splitlines()
+    assert usage[0].split() == ["USER", "TASKS", "FAILED", "CORE-HOURS", "GPU-HOURS"]
+    assert len(usage) == 2
+
+
+def test_span_runs_a_sweep_locally(tmp_path):
+    result = zriver("span", "--", "sh", "-c", "echo run span:{1..2} span:[x,y]", home=tmp_path)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert [l for l in lines if l.startswith("run")] == ["run 1 x", "run 1 y", "run 2 x", "run 2 y"]
+    assert lines[-1] == "4 succeeded, 0 failed"
+    parallel = zriver("span", "--parallel", "2", "--", "sh", "-c", "exit span:[0,3]", home=tmp_path)
+    assert parallel.returncode == 1 and "1 succeeded, 1 failed" in parallel.stdout

@@ -245,24 +245,33 @@ class Scheduler:
 
     # ---- placement ---------------------------------------------------------------------
     def schedule(self, now: float = 0.0) -> list[Placement]:
-        """Place every queued task that fits now, in queue order, honouring one reservation."""
+        """Place every queued task that fits now, in queue order, honouring one reservation.
+
+        Cost: a task that cannot fit anywhere by size is passed over in O(1) (the largest free
+        core and GPU counts are kept up to date), and the walk stops once no core is free and
+        the head of the queue holds its reservation.
+        """
         placements: list[Placement] = []
         usable = [n for n in self._nodes.values() if n.usable]
-        free_cores = sum(len(n.free_cores) for n in usable)
+        most_cores, most_gpus = _most_free(usable)
         reservation: tuple[str, float] | None = None  # (node, earliest start of its owner)
         for req in self.queued():
-            if free_cores == 0 and reservation is not None:
+            if most_cores == 0 and reservation is not None:
                 break  # nothing can fit anywhere: the rest keep their last reason
             if self._batch_full(req):
                 self._reasons[req.task_id] = (
                     f"batch {req.batch} is at its limit of {req.max_parallel} at once")
                 continue
-            node = self._choose(req, usable, reservation, now)
-            if node is not None:
-                placements.append(self._place(req, node))
-                free_cores -= req.cores
-                continue
-            reservation = self._block(req, usable, reservation, now)
+            if req.cores <= most_cores and req.gpu_count <= most_gpus:
+                node = self._choose(req, usable, reservation, now)
+                if node is not None:
+                    placements.append(self._place(req, node))
+                    most_cores, most_gpus = _most_free(usable)
+                    continue
+            if reservation is None or req.target is not None:
+                reservation = self._block(req, usable, reservation, now)
+            else:
+                self._reasons[req.task_id] = f"waiting for {_wants(req)}"
         return placements
 
     def _batch_full(self, req: Request) -> bool:
@@ -305,7 +314,11 @@ class Scheduler:
     def _block(self, req: Request, usable: list[_Node], reservation: tuple[str, float] | None,
                now: float) -> tuple[str, float] | None:
         """Record why ``req`` waits; give it the reservation if it is the first blocked one."""
-        candidates = [n for n in usable if n.fits_ever(req)]
+        if req.target is not None:
+            target = self._nodes.get(req.target)
+            candidates = [target] if target in usable and target.fits_ever(req) else []
+        else:
+            candidates = [n for n in usable if n.fits_ever(req)]
         if not candidates:
             if req.target is not None:
                 target = self._nodes.get(req.target)
@@ -378,6 +391,12 @@ class Scheduler:
             return self._nodes[name]
         except KeyError:
             raise NotFound(f"unknown node {name!r}") from None
+
+
+def _most_free(nodes: list[_Node]) -> tuple[int, int]:
+    """The largest free core count and free GPU count over ``nodes``."""
+    return (max((len(n.free_cores) for n in nodes), default=0),
+            max((len(n.free_gpus) for n in nodes), default=0))
 
 
 def _ends_before(req: Request, now: float, reserved_start: float) -> bool:
