@@ -262,7 +262,8 @@ class Scheduler:
                 self._reasons[req.task_id] = (
                     f"batch {req.batch} is at its limit of {req.max_parallel} at once")
                 continue
-            if req.cores <= most_cores and req.gpu_count <= most_gpus:
+            sized = req.cores <= most_cores and req.gpu_count <= most_gpus
+            if sized:
                 node = self._choose(req, usable, reservation, now)
                 if node is not None:
                     placements.append(self._place(req, node))
@@ -270,6 +271,9 @@ class Scheduler:
                     continue
             if reservation is None or req.target is not None:
                 reservation = self._block(req, usable, reservation, now)
+            elif sized:
+                self._reasons[req.task_id] = (f"waiting for {_wants(req)}: {reservation[0]} is "
+                                              f"reserved for an earlier task")
             else:
                 self._reasons[req.task_id] = f"waiting for {_wants(req)}"
         return placements
