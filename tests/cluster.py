@@ -28,9 +28,9 @@ class Cluster:
     def __init__(self, root: Path, runners: dict[str, dict[str, Any]] | None = None,
                  host: dict[str, Any] | None = None) -> None:
         self.root = root
-        self.host_settings = HostSettings(data_dir=str(root / "host"), router_port=0,
-                                          xsub_port=0, xpub_port=0, heartbeat_interval=0.2,
-                                          heartbeat_misses=3, **(host or {}))
+        defaults = {"data_dir": str(root / "host"), "router_port": 0, "xsub_port": 0,
+                    "xpub_port": 0, "heartbeat_interval": 0.2, "heartbeat_misses": 3}
+        self.host_settings = HostSettings(**{**defaults, **(host or {})})
         self.runner_specs = runners if runners is not None else {"n1": {}}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

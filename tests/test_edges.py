@@ -1,0 +1,56 @@
+"""Edges of the core: undeliverable commands, the rlimit fallback, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+from zriver.runner.cgroups import RLIMIT, MemoryLimiter
+
+
+def test_a_start_that_cannot_be_delivered_goes_back_to_the_queue(make_cluster):
+    cluster = make_cluster({"n1": {}, "n2": {}}, host={"heartbeat_interval": 30.0})
+    cluster.stop_runner("n1")  # gone, but no heartbeat has been missed yet
+    task_id = cluster.submit(["true"], target="n1")
+    task = cluster.wait_state(task_id, {"pending"})
+    nodes = {n["name"]: n["state"] for n in cluster.client().call("node.list")["nodes"]}
+    assert nodes["n1"] == "offline"  # ROUTER_MANDATORY told the host at once
+    events = cluster.client().call("task.get", {"id": task_id})["events"]
+    assert [e["state"] for e in events] == ["pending", "assigned", "pending"]
+    assert "unreachable" in events[-1]["detail"]
+    cluster.start_runner("n1")
+    assert cluster.wait(task_id)[0]["state"] == "completed"
+    assert task["id"] == task_id
+
+
+def test_rlimit_fallback_limits_address_space(monkeypatch):
+    monkeypatch.setattr("zriver.runner.cgroups._mounts", lambda: [])
+    limiter = MemoryLimiter("t")
+    assert limiter.probe() == RLIMIT
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        limiter.apply(1, child.pid, 512 << 20)
+        assert resource.prlimit(child.pid, resource.RLIMIT_AS) == (512 << 20, 512 << 20)
+        assert limiter.oom_killed(1) is False
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_log_json_gives_one_object_per_line(tmp_path):
+    (tmp_path / "host.toml").write_text("router_port = 0\nxsub_port = 0\nxpub_port = 0\n"
+                                        f"data_dir = \"{tmp_path}\"\n")
+    proc = subprocess.Popen([sys.executable, "-m", "zriver", "--log-json", "host", "--config",
+                             str(tmp_path / "host.toml")], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ZRIVER_HOME": str(tmp_path)})
+    try:
+        line = proc.stderr.readline()
+        event = json.loads(line)
+        assert event["event"] == "host.started" and event["level"] == "info"
+    finally:
+        proc.terminate()
+        proc.wait(10)
