@@ -178,24 +178,20 @@ def health(host: Host, caller: Caller, body: dict) -> dict:
 
 def drain(host: Host, caller: Caller, body: dict) -> dict:
     """No new tasks on the node; what runs there finishes."""
-    node = _node(host, arg(body, "name", str))
-    reason = arg(body, "reason", str, "") or "drained"
-    node.drained = reason
-    host.scheduler.set_drained(node.name, True)
-    host.store.set_node_drained(node.name, reason)
-    host.publish(f"evt.node.{node.name}", "node.state",
-                 {"name": node.name, "state": node.state, "drained": reason})
-    host.request_schedule()
-    return public_node(host, node)
+    return _set_drained(host, arg(body, "name", str), arg(body, "reason", str, "") or "drained")
 
 
 def undrain(host: Host, caller: Caller, body: dict) -> dict:
-    node = _node(host, arg(body, "name", str))
-    node.drained = None
-    host.scheduler.set_drained(node.name, False)
-    host.store.set_node_drained(node.name, None)
+    return _set_drained(host, arg(body, "name", str), None)
+
+
+def _set_drained(host: Host, name: str, reason: str | None) -> dict:
+    node = _node(host, name)
+    node.drained = reason
+    host.scheduler.set_drained(node.name, reason is not None)
+    host.store.set_node_drained(node.name, reason)
     host.publish(f"evt.node.{node.name}", "node.state",
-                 {"name": node.name, "state": node.state, "drained": None})
+                 {"name": node.name, "state": node.state, "drained": reason})
     host.request_schedule()
     return public_node(host, node)
 
@@ -334,6 +330,8 @@ def public_node(host: Host, node: NodeRecord) -> dict:
         "memory_limit": info.get("memory_limit", ""), "drained": node.drained,
         "degraded": node.degraded or None, "backends": info.get("backends", ["native"]),
         "gpus_free": host.scheduler.free_gpus(node.name),
+        "docker": (node.heartbeat.get("docker") or {}).get("available"),
+        "docker_error": (node.heartbeat.get("docker") or {}).get("error") or None,
     }
 
 
@@ -355,3 +353,5 @@ HANDLERS = {
     "runner.register": register,
     "task.update": task_update,
 }
+
+
