@@ -1,6 +1,7 @@
 """Every verb, loaded: import ``REGISTRY`` from here (the CLI and the shell both do)."""
 
 from zriver.client import verbs_cluster, verbs_sched, verbs_tasks  # noqa: F401  (they register verbs)
+from zriver.client import verbs_tui  # noqa: F401  (shell, top)
 from zriver.client.registry import REGISTRY, build_parser
 
 __all__ = ["REGISTRY", "build_parser"]

@@ -47,7 +47,7 @@ def move(host: "Host", task: "LiveTask", state: str, *, at: float | None = None,
     task.state = state
     if lc.is_final(state):
         _finish(host, task, state)
-    _publish(host, task, state, detail, exit_code)
+    publish_task(host, task, state, detail, exit_code)
     return True
 
 
@@ -72,7 +72,8 @@ def _finish(host: "Host", task: "LiveTask", state: str) -> None:
             move(host, waiter, lc.FAILED, detail=reason)
 
 
-def _publish(host: "Host", task: "LiveTask", state: str, detail: str, exit_code) -> None:
+def publish_task(host: "Host", task: "LiveTask", state: str, detail: str, exit_code) -> None:
+    """``evt.task.<id>``: every state change, submission included (clients keep views live)."""
     host.publish(f"evt.task.{task.id}", "task.state",
                  {"id": task.id, "state": state, "node": task.node, "exit_code": exit_code,
                   "detail": detail, "name": task.spec.name, "attempt": task.attempt})
@@ -94,7 +95,7 @@ def retry(host: "Host", task: "LiveTask", failure: str, at: float, detail: str) 
     task.state = lc.PENDING
     host.scheduler.submit(task.request())
     host.request_schedule()
-    _publish(host, task, lc.PENDING, reason, None)
+    publish_task(host, task, lc.PENDING, reason, None)
 
 
 def enqueue(host: "Host", task: "LiveTask") -> None:

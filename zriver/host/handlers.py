@@ -15,7 +15,8 @@ from typing import Any
 from zriver.errors import BadRequest, Conflict, InvalidArgument, NotFound, Unavailable
 from zriver.host import lifecycle as lc
 from zriver.host import waiting
-from zriver.host.dispatch import apply_update, enqueue, move, signal, start_body
+from zriver.host.dispatch import (apply_update, enqueue, move, publish_task, signal,
+                                  start_body)
 from zriver.host.scheduler import DEGRADED, ONLINE
 from zriver.host.service import (DEFERRED, Caller, Host, LiveTask, NodeRecord, gpu_change,
                                  node_spec)
@@ -60,6 +61,7 @@ def submit(host: Host, caller: Caller, body: dict) -> dict:
         host.store.add_event(task_id, lc.PENDING, now, "submitted")
         task = LiveTask(task_id, spec, lc.PENDING, batch_id=batch_id)
         host.tasks[task_id] = task
+        publish_task(host, task, lc.PENDING, "submitted", None)
         enqueue(host, task)
         ids.append(task_id)
     return {"ids": ids, "batch_id": batch_id}

@@ -1,0 +1,217 @@
+"""A background thread that keeps a picture of the cluster current from the host's event stream.
+
+``Feed`` owns its own ``Client`` and SUB socket (ZeroMQ sockets are not thread-safe; the shell
+and ``top`` keep theirs for the user's commands). It connects, subscribes (``evt.`` and ``hb.``,
+plus ``log.<id>`` of the one task ``follow_log`` names), then takes a snapshot (``node.list``,
+the unfinished tasks, the newest finished ones, ``env.list`` where the host has it) and passes
+every pushed message on. Subscribing before the snapshot means nothing can slip between them.
+
+Everything reaches the caller through a ``Sink``'s methods, called on the feed thread; a sink
+hands things over to its own thread (``top``) or applies them under a lock (the shell).
+
+It also fetches, off the caller's thread, what the events do not carry: the full rows of tasks
+first seen in an event (``want_tasks``), ``node.list`` again after a node event, the pending
+tasks shortly after task events (their reasons change when others start or end, without an
+event of their own; skipped when more than ``PENDING_REFRESH`` wait), and a fresh snapshot
+every ``resync`` seconds or on ``resync_soon`` (the host publishes nothing when a task is
+submitted). When the host does not answer, the sink is told (``status``) and the feed retries
+every second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Protocol
+
+import structlog
+
+from zriver.client.api import Client
+from zriver.errors import ZriverError
+from zriver.host import lifecycle as lc
+from zriver.protocol import decode
+
+log = structlog.get_logger("zriver.client")
+
+UNFINISHED = [lc.PENDING, lc.ASSIGNED, lc.RUNNING, lc.PAUSED]
+#: Finished tasks fetched with a snapshot (for the shell's completion of task ids).
+RECENT = 200
+#: At most this many tasks are fetched one by one; more unknown tasks mean a new snapshot.
+DETAIL_BATCH = 100
+#: Messages handled between two looks at the feed's own chores.
+DRAIN = 2000
+#: Pending tasks are re-read this long after a task event (one read for a burst of events)...
+PENDING_DELAY = 0.5
+#: ...when there are fewer than this many (else the periodic snapshot refreshes them).
+PENDING_REFRESH = 500
+
+
+class Sink(Protocol):
+    """What a feed calls (on its own thread)."""
+
+    def snapshot(self, nodes: list[dict], tasks: list[dict], envs: list[str] | None) -> None:
+        """A full picture: ``node.list`` rows, unfinished then recent finished task rows."""
+
+    def messages(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Pushed messages in arrival order, as (topic, body)."""
+
+    def nodes(self, rows: list[dict]) -> None:
+        """``node.list`` rows, refreshed after node events."""
+
+    def task(self, row: dict) -> None:
+        """A full task row asked for with ``want_tasks``."""
+
+    def pending(self, rows: list[dict]) -> None:
+        """Every pending task's row (their reasons), re-read after task events."""
+
+    def status(self, connected: bool, message: str) -> None:
+        """The host answers (again), or stopped answering (``message`` says what)."""
+
+
+def env_names(reply: dict[str, Any]) -> list[str]:
+    """Names from an ``env.list`` reply, whatever the list is called (``envs``, ...)."""
+    for value in reply.values():
+        if isinstance(value, list):
+            names = [item.get("name") if isinstance(item, dict) else item for item in value]
+            return sorted({n for n in names if isinstance(n, str) and n})
+    return []
+
+
+class Feed:
+    """The feed thread; ``start`` it, ``stop`` it. Methods other than those are thread-safe
+    requests the thread carries out at its next turn (within ``tick`` seconds)."""
+
+    def __init__(self, host: str | None, sink: Sink, *, resync: float = 30.0,
+                 timeout: float = 2.0, tick: float = 0.1, limit: int = 100_000,
+                 envs: bool = False) -> None:
+        self.host, self.sink, self.resync, self.timeout, self.tick = host, sink, resync, timeout, tick
+        self.limit, self.envs = limit, envs
+        self._stop = threading.Event()
+        self._resync_now = threading.Event()
+        self._want: set[int] = set()
+        self._want_lock = threading.Lock()
+        self._log_task: int | None = None
+        self._pending = 0  # pending tasks at the last look
+        self._thread = threading.Thread(target=self._run, name="zriver-feed", daemon=True)
+        self.connected = False
+
+    # ---- the caller's side -------------------------------------------------------------
+    def start(self) -> "Feed":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def resync_soon(self) -> None:
+        self._resync_now.set()
+
+    def want_tasks(self, ids: set[int] | list[int]) -> None:
+        with self._want_lock:
+            self._want.update(ids)
+
+    def follow_log(self, task_id: int | None) -> None:
+        """Also pass on ``log.<task_id>`` chunks (``None``: stop)."""
+        self._log_task = task_id
+
+    # ---- the thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            client = Client(self.host, self.timeout)
+            sub = None
+            try:
+                sub = self._connect(client)
+                self._serve(client, sub)
+            except ZriverError as exc:
+                self.connected = False
+                self.sink.status(False, str(exc))
+                self._stop.wait(1.0)
+            except Exception:  # a bug in a sink must not silently freeze the picture
+                log.exception("feed.crashed")
+                self._stop.wait(1.0)
+            finally:
+                if sub is not None:
+                    sub.close(linger=0)
+                client.close()
+
+    def _connect(self, client: Client):
+        sub = client.subscribe(["evt.", "hb."])
+        self._snapshot(client)
+        self.connected = True
+        self.sink.status(True, "")
+        return sub
+
+    def _snapshot(self, client: Client) -> None:
+        nodes = client.call("node.list")["nodes"]
+        tasks = client.call("task.list", {"states": UNFINISHED, "limit": self.limit})["tasks"]
+        recent = client.call("task.list", {"limit": RECENT})["tasks"]
+        seen = {t["id"] for t in tasks}
+        self._pending = sum(1 for t in tasks if t["state"] == lc.PENDING)
+        tasks += [t for t in reversed(recent) if t["id"] not in seen]
+        envs = None
+        if self.envs:
+            try:
+                envs = env_names(client.call("env.list"))
+            except ZriverError:  # no such op on this host, or Docker is slow: not fatal
+                pass
+        self._resync_now.clear()
+        with self._want_lock:
+            self._want.clear()
+        self.sink.snapshot(nodes, tasks, envs)
+
+    def _serve(self, client: Client, sub) -> None:
+        incarnation = client.hello().get("incarnation")
+        next_resync = time.monotonic() + self.resync
+        pending_due = None
+        log_task = None
+        while not self._stop.is_set():
+            if self._log_task != log_task:
+                if log_task is not None:
+                    sub.unsubscribe(f"log.{log_task}")
+                log_task = self._log_task
+                if log_task is not None:
+                    sub.subscribe(f"log.{log_task}")
+            batch = []
+            if sub.poll(int(self.tick * 1000)):
+                while len(batch) < DRAIN and sub.poll(0):
+                    topic, frame = sub.recv_multipart()
+                    try:
+                        batch.append((topic.decode(errors="replace"), decode(frame).body))
+                    except ZriverError:
+                        continue
+            if batch:
+                self.sink.messages(batch)
+                if any(topic.startswith("evt.node.") for topic, _ in batch):
+                    self.sink.nodes(client.call("node.list")["nodes"])
+                if (pending_due is None and self._pending < PENDING_REFRESH
+                        and any(t.startswith("evt.task.") for t, _ in batch)):
+                    pending_due = time.monotonic() + PENDING_DELAY
+            if pending_due is not None and time.monotonic() >= pending_due:
+                pending_due = None
+                rows = client.call("task.list", {"states": [lc.PENDING],
+                                                 "limit": PENDING_REFRESH})["tasks"]
+                self._pending = len(rows)
+                if len(rows) < PENDING_REFRESH:
+                    self.sink.pending(rows)
+            if self._resync_now.is_set() or time.monotonic() >= next_resync:
+                if client.call("cluster.hello").get("incarnation") != incarnation:
+                    return  # a restarted host: subscribe again (its ports may have moved)
+                self._snapshot(client)
+                next_resync = time.monotonic() + self.resync
+                continue
+            self._fetch_wanted(client)
+
+    def _fetch_wanted(self, client: Client) -> None:
+        with self._want_lock:
+            wanted, self._want = self._want, set()
+        if len(wanted) > DETAIL_BATCH:
+            self._resync_now.set()
+            return
+        for task_id in sorted(wanted):
+            try:
+                self.sink.task(client.call("task.get", {"id": task_id})["task"])
+            except ZriverError as exc:
+                if exc.code != "not_found":
+                    raise

@@ -1,0 +1,444 @@
+"""The live picture of the cluster behind ``zriver top`` and the shell's toolbar and completion.
+
+Pure: no I/O, no clock (callers pass ``now``), no threads. It is fed a snapshot (``load``: the
+rows of ``node.list`` and ``task.list``) and then the host's pushed messages (``apply``:
+``evt.task.<id>``, ``evt.node.<name>``, ``hb.<node>``), and it keeps what the screens need ready:
+
+* the unfinished tasks, ordered for display (running, paused, assigned, then pending in queue
+  order) in a list kept sorted by bisection, so one event costs O(log n) to place and a screen
+  asks for the slice it shows (``task_ids()[top:top + height]``), never for all of it;
+* each node's capacity (from ``node.list``), what our tasks hold on it (recomputed as tasks
+  move, not polled) and its last heartbeat (CPU %, memory, GPUs);
+* a ring of recent events, and recently finished tasks (the shell completes their ids);
+* one filter per view (``set_filter``): whitespace-separated terms that must all match; a term
+  ``field:value`` matches that field by prefix (``state:pend``, ``node:gpu``), ``field=value``
+  exactly (``node=gpu1``), any other term anywhere in the row; all case-insensitively.
+
+A task first seen through an event (submitted after the snapshot) is shown from what the event
+says and listed in ``unknown_tasks`` until a full row arrives (``upsert_task``); a node first
+seen through an event or heartbeat is listed in ``unknown_nodes``. The caller fetches those.
+``version`` grows on every change a screen would show, so a redraw can be skipped when it did
+not move.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from zriver.host import lifecycle as lc
+
+NODES, TASKS, EVENTS = "nodes", "tasks", "events"
+VIEWS = (NODES, TASKS, EVENTS)
+
+#: Display order of unfinished tasks: what runs first, then what waits, each by id.
+GROUP = {lc.RUNNING: 0, lc.PAUSED: 1, lc.ASSIGNED: 2, lc.PENDING: 3}
+#: States in which a task holds cores, memory and GPUs on its node.
+HOLDING = frozenset({lc.ASSIGNED, lc.RUNNING, lc.PAUSED})
+#: A GPU at or over this utilisation (percent) in the last heartbeat counts as busy.
+GPU_BUSY_PERCENT = 10
+#: Node states in which a node runs tasks (a degraded node's GPU set changed; it still runs).
+UP = frozenset({"online", "degraded"})
+
+
+@dataclass(slots=True)
+class Node:
+    """One node: capacity from ``node.list``, use from our tasks, live figures from heartbeats."""
+
+    name: str
+    state: str = "unknown"
+    cores: int = 0
+    memory: int = 0
+    numa_zones: int = 1
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+    drained: str | None = None
+    """Why it takes no new tasks (``zriver node drain``), or None."""
+    cores_used: int = 0
+    memory_used: int = 0
+    gpus_held: int = 0
+    tasks: int = 0
+    heartbeat: dict[str, Any] = field(default_factory=dict)
+    heartbeat_at: float | None = None
+
+    @property
+    def status(self) -> str:
+        """The state to show: ``drained`` wins over ``online``."""
+        return "drained" if self.drained and self.state in UP else self.state
+
+    @property
+    def cpu_percent(self) -> float | None:
+        value = self.heartbeat.get("cpu_percent")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def memory_percent(self) -> float | None:
+        """Memory in use on the machine (all processes) from the last heartbeat."""
+        used, total = self.heartbeat.get("memory_used"), self.heartbeat.get("memory_total")
+        if isinstance(used, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            return 100.0 * used / total
+        return None
+
+    @property
+    def gpu_percent(self) -> float | None:
+        """Mean utilisation of the node's GPUs in the last heartbeat."""
+        usage = [g.get("utilization") for g in self.heartbeat.get("gpus") or []]
+        usage = [u for u in usage if isinstance(u, (int, float))]
+        return sum(usage) / len(usage) if usage else None
+
+    @property
+    def gpus_free(self) -> int:
+        """GPUs no task holds and the last heartbeat saw idle; 0 when the node is not online."""
+        if self.state not in UP or self.drained or not self.gpus:
+            return 0
+        busy = sum(1 for g in self.heartbeat.get("gpus") or []
+                   if (g.get("utilization") or 0) >= GPU_BUSY_PERCENT)
+        return max(0, len(self.gpus) - max(self.gpus_held, busy))
+
+    def text(self) -> str:
+        return f"{self.name} {self.status} {self.reason}".lower()
+
+
+@dataclass(slots=True)
+class Task:
+    """An unfinished (or recently finished) task as the screens show it."""
+
+    id: int
+    state: str
+    name: str = ""
+    node: str | None = None
+    cores: int = 0
+    memory: int = 0
+    gpus: int = 0
+    owner: str = ""
+    submitted_at: float | None = None
+    started_at: float | None = None
+    detail: str = ""
+    exit_code: int | None = None
+    known: bool = False
+    """Whether a full row (``task.list``/``task.get``) was seen, not only events."""
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return GROUP.get(self.state, 4), self.id
+
+    def field_text(self, name: str) -> str:
+        value = getattr(self, name, None)
+        return "" if value is None else str(value).lower()
+
+    def text(self) -> str:
+        return (f"{self.id} {self.name} {self.state} {self.node or ''} {self.owner} "
+                f"{self.detail}").lower()
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """One line of the events view."""
+
+    at: float
+    kind: str  # "task" or "node"
+    subject: str  # task id or node name
+    state: str
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class Summary:
+    """The numbers of the shell's toolbar and the dashboard's header."""
+
+    nodes_online: int
+    nodes: int
+    running: int
+    paused: int
+    pending: int
+    gpus_free: int
+    gpus: int
+
+
+def task_from_row(row: dict[str, Any]) -> Task:
+    """A ``Task`` from a public task row (``task.list``/``task.get``)."""
+    allocated = row.get("allocated_gpus")
+    gpus = len(allocated) if isinstance(allocated, list) else int(row.get("gpus") or 0)
+    return Task(id=int(row["id"]), state=row.get("state", lc.PENDING), name=row.get("name") or "",
+                node=row.get("node"), cores=int(row.get("cores") or 0),
+                memory=int(row.get("memory") or 0), gpus=gpus, owner=row.get("owner") or "",
+                submitted_at=row.get("submitted_at"), started_at=row.get("started_at"),
+                detail=row.get("detail") or "", exit_code=row.get("exit_code"), known=True)
+
+
+def _matcher(text: str):
+    """A predicate over a row from a filter string (see the module docstring)."""
+    terms = text.lower().split()
+    if not terms:
+        return None
+
+    def match(item: Task | Node | Event) -> bool:
+        whole = None
+        for term in terms:
+            name, sep, value = term.partition("=") if "=" in term else term.partition(":")
+            field = None
+            if sep and value and isinstance(item, Task) and name in Task.__slots__:
+                field = item.field_text(name)
+            elif sep and value and isinstance(item, Node) and name in ("name", "state"):
+                field = str(getattr(item, "status" if name == "state" else name)).lower()
+            if field is not None:
+                if not (field == value if sep == "=" else field.startswith(value)):
+                    return False
+                continue
+            if whole is None:
+                whole = item.text() if not isinstance(item, Event) else item.text.lower()
+            if term not in whole:
+                return False
+        return True
+
+    return match
+
+
+class ClusterModel:
+    """Nodes, unfinished tasks and recent events; see the module docstring."""
+
+    def __init__(self, keep_events: int = 1000, keep_finished: int = 500) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.tasks: dict[int, Task] = {}
+        self.finished: OrderedDict[int, Task] = OrderedDict()
+        self.events: deque[Event] = deque(maxlen=keep_events)
+        self.keep_finished = keep_finished
+        self.unknown_tasks: set[int] = set()
+        self.unknown_nodes: set[str] = set()
+        self.version = 0
+        self.loaded = False
+        self._order: list[tuple[int, int]] = []
+        self._counts: dict[str, int] = {}
+        self._filters: dict[str, str] = {view: "" for view in VIEWS}
+        self._views: dict[str, list | None] = {view: None for view in VIEWS}
+
+    # ---- feeding -----------------------------------------------------------------------
+    def load(self, nodes: Iterable[dict[str, Any]], tasks: Iterable[dict[str, Any]],
+             now: float) -> None:
+        """Replace everything but the events with a snapshot (``node.list``, ``task.list``
+        of the unfinished states); heartbeats already seen are kept."""
+        old = self.nodes
+        self.nodes = {}
+        for row in nodes:
+            node = self._node_from_row(row, old.get(row["name"]))
+            node.cores_used = node.memory_used = node.gpus_held = node.tasks = 0
+            self.nodes[node.name] = node
+        self.tasks, self._order, self._counts = {}, [], {}
+        self.unknown_tasks.clear()
+        self.unknown_nodes = {n for n in self.unknown_nodes if n not in self.nodes}
+        for row in tasks:
+            task = task_from_row(row)
+            if task.state in GROUP:
+                self._insert(task)
+        self.loaded = True
+        self._changed(NODES, TASKS)
+
+    def load_nodes(self, nodes: Iterable[dict[str, Any]]) -> None:
+        """Refresh node capacities and states (``node.list``), keeping tasks and heartbeats."""
+        seen = set()
+        for row in nodes:
+            node = self._node_from_row(row, self.nodes.get(row["name"]))
+            self.nodes[node.name] = node
+            seen.add(node.name)
+        self.unknown_nodes -= seen
+        self._changed(NODES)
+
+    def upsert_task(self, row: dict[str, Any], now: float | None = None) -> None:
+        """A full task row (``task.get``): fills in what events did not say."""
+        task = task_from_row(row)
+        self.unknown_tasks.discard(task.id)
+        current = self.tasks.get(task.id)
+        if current is not None:
+            self._remove(current)
+        if task.state in GROUP:
+            self._insert(task)
+        else:
+            self._finish(task)
+        self._changed(TASKS, NODES)
+
+    def refresh_pending(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Every pending task's row (reasons change without events): update them; a task we
+        hold as pending that is not among them has moved on (its event will say where)."""
+        listed = set()
+        for row in rows:
+            listed.add(row["id"])
+            self.upsert_task(row)
+        for task_id in [t.id for t in self.tasks.values()
+                        if t.state == lc.PENDING and t.id not in listed]:
+            self._remove(self.tasks[task_id])
+        self._changed(TASKS)
+
+    def apply(self, topic: str, body: dict[str, Any], now: float) -> str | None:
+        """One pushed message; returns the view it changed (``tasks``, ``nodes``) or None."""
+        if topic.startswith("evt.task.") and isinstance(body.get("id"), int):
+            return self._task_event(body, now)
+        if topic.startswith("evt.node.") and isinstance(body.get("name"), str):
+            return self._node_event(body, now)
+        if topic.startswith("hb."):
+            node = self._node(topic[3:])
+            node.heartbeat, node.heartbeat_at = body, now
+            self._changed(NODES)
+            return NODES
+        return None
+
+    def _task_event(self, body: dict[str, Any], now: float) -> str:
+        state = body.get("state") or ""
+        task = self.tasks.get(body["id"])
+        if task is None:
+            task = self.finished.get(body["id"])
+            if task is not None and lc.is_final(task.state):
+                return TASKS  # a late duplicate of an end we already know
+            task = Task(body["id"], state, name=body.get("name") or "")
+            self.unknown_tasks.add(task.id)
+        else:
+            self._remove(task)
+        task.state = state
+        task.name = body.get("name") or task.name
+        if "node" in body:
+            task.node = body["node"]
+        task.detail = body.get("detail") or ""
+        if state == lc.RUNNING and task.started_at is None:
+            task.started_at = now
+        if lc.is_final(state):
+            task.exit_code = body.get("exit_code")
+            self.unknown_tasks.discard(task.id)
+            self._finish(task)
+        elif state in GROUP:
+            self._insert(task)
+        label = f"{task.id} ({task.name})" if task.name else str(task.id)
+        self.events.appendleft(Event(now, "task", str(task.id), state,
+                                     f"task {label} {state}"
+                                     + (f" (exit {task.exit_code})"
+                                        if lc.is_final(state) and task.exit_code else "")
+                                     + (f": {task.detail}" if task.detail else "")))
+        self._changed(TASKS, NODES, EVENTS)
+        return TASKS
+
+    def _node_event(self, body: dict[str, Any], now: float) -> str:
+        node = self._node(body["name"])
+        node.state = body.get("state") or node.state
+        if "drained" in body:
+            node.drained = body["drained"]
+            node.reason = body["drained"] or ""
+        else:
+            node.reason = body.get("reason") or ""
+        self.events.appendleft(Event(now, "node", node.name, node.status,
+                                     f"node {node.name} {node.status}"
+                                     + (f": {node.reason}" if node.reason else "")))
+        self._changed(NODES, EVENTS)
+        return NODES
+
+    # ---- views -------------------------------------------------------------------------
+    def set_filter(self, view: str, text: str) -> None:
+        if self._filters[view] != text:
+            self._filters[view] = text
+            self._views[view] = None
+            self.version += 1
+
+    def filter(self, view: str) -> str:
+        return self._filters[view]
+
+    def task_ids(self) -> list[int]:
+        """Unfinished task ids in display order, filtered (cached until something changes)."""
+        view = self._views[TASKS]
+        if view is None:
+            match = _matcher(self._filters[TASKS])
+            if match is None:
+                view = [task_id for _, task_id in self._order]
+            else:
+                tasks = self.tasks
+                view = [task_id for _, task_id in self._order if match(tasks[task_id])]
+            self._views[TASKS] = view
+        return view
+
+    def node_names(self) -> list[str]:
+        view = self._views[NODES]
+        if view is None:
+            match = _matcher(self._filters[NODES])
+            view = [name for name in sorted(self.nodes)
+                    if match is None or match(self.nodes[name])]
+            self._views[NODES] = view
+        return view
+
+    def event_list(self) -> list[Event]:
+        view = self._views[EVENTS]
+        if view is None:
+            match = _matcher(self._filters[EVENTS])
+            view = [e for e in self.events if match is None or match(e)]
+            self._views[EVENTS] = view
+        return view
+
+    def count(self, state: str) -> int:
+        return self._counts.get(state, 0)
+
+    def summary(self) -> Summary:
+        online = [n for n in self.nodes.values() if n.state in UP]
+        return Summary(
+            nodes_online=len(online), nodes=len(self.nodes),
+            running=self.count(lc.RUNNING) + self.count(lc.ASSIGNED),
+            paused=self.count(lc.PAUSED), pending=self.count(lc.PENDING),
+            gpus_free=sum(n.gpus_free for n in online),
+            gpus=sum(len(n.gpus) for n in online))
+
+    def lookup(self, task_id: int) -> Task | None:
+        return self.tasks.get(task_id) or self.finished.get(task_id)
+
+    # ---- bookkeeping -------------------------------------------------------------------
+    def _node(self, name: str) -> Node:
+        node = self.nodes.get(name)
+        if node is None:
+            node = self.nodes[name] = Node(name)
+            self.unknown_nodes.add(name)
+            self._views[NODES] = None
+        return node
+
+    def _node_from_row(self, row: dict[str, Any], old: Node | None) -> Node:
+        gpus = row.get("gpus") or []
+        node = Node(name=row["name"], state=row.get("state") or "unknown",
+                    cores=int(row.get("cores") or 0), memory=int(row.get("memory") or 0),
+                    numa_zones=int(row.get("numa_zones") or 1),
+                    gpus=[g for g in gpus if isinstance(g, dict)],
+                    reason=row.get("drained") or row.get("degraded") or "",
+                    drained=row.get("drained"))
+        if old is not None:
+            node.heartbeat, node.heartbeat_at = old.heartbeat, old.heartbeat_at
+            node.cores_used, node.memory_used = old.cores_used, old.memory_used
+            node.gpus_held, node.tasks = old.gpus_held, old.tasks
+        if not node.heartbeat and isinstance(row.get("heartbeat"), dict):
+            node.heartbeat = row["heartbeat"]
+        return node
+
+    def _account(self, task: Task, sign: int) -> None:
+        if task.state in HOLDING and task.node:
+            node = self._node(task.node)
+            node.cores_used += sign * task.cores
+            node.memory_used += sign * task.memory
+            node.gpus_held += sign * task.gpus
+            node.tasks += sign
+
+    def _insert(self, task: Task) -> None:
+        self.tasks[task.id] = task
+        bisect.insort(self._order, task.key)
+        self._counts[task.state] = self._counts.get(task.state, 0) + 1
+        self._account(task, +1)
+
+    def _remove(self, task: Task) -> None:
+        del self.tasks[task.id]
+        index = bisect.bisect_left(self._order, task.key)
+        if index < len(self._order) and self._order[index] == task.key:
+            del self._order[index]
+        self._counts[task.state] -= 1
+        self._account(task, -1)
+
+    def _finish(self, task: Task) -> None:
+        self.finished[task.id] = task
+        self.finished.move_to_end(task.id)
+        while len(self.finished) > self.keep_finished:
+            self.finished.popitem(last=False)
+
+    def _changed(self, *views: str) -> None:
+        for view in views:
+            self._views[view] = None
+        self.version += 1
