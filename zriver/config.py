@@ -47,6 +47,12 @@ class HostSettings:
     shared_dir: str = ""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     default_container: str = ""
+    env_keep_versions: int = 5
+    """Committed versions kept per env; older ones are pruned unless a live task needs them."""
+    env_image_prefix: str = "zriver-env"
+    """Env images are tagged ``<prefix>/<env>:<version>`` in the host's Docker."""
+    docker_host: str = ""
+    """The host's Docker daemon for envs (``unix:///...``); empty: ``$DOCKER_HOST`` or default."""
     placement: str = "spread"
     gpu_placement: str = "pack"
 
@@ -76,6 +82,19 @@ class RunnerSettings:
     log_poll_interval: float = 0.2
     request_timeout: float = 5.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    docker_host: str = ""
+    """This node's Docker daemon (``unix:///...``); empty: ``$DOCKER_HOST`` or the default."""
+    image_prefix: str = "zriver-env"
+    """Env images are loaded here as ``<prefix>/<env>:<version>``."""
+    env_keep_versions: int = 3
+    """Local versions kept per env (unused older ones are removed after a load)."""
+    allow_privileged: bool = False
+    additional_mounts: list[str] = field(default_factory=list)
+    """``HOST:CONTAINER[:ro]`` bind mounts added to every container task."""
+    local_temp_dir: str = ""
+    """Mounted at ``/local_temp`` in every container; default ``<data_dir>/local_temp``."""
+    docker_probe_interval: float = 5.0
+    """Seconds between checks that the Docker daemon answers (reported in heartbeats)."""
 
     def resolved(self) -> "RunnerSettings":
         return replace(
@@ -121,6 +140,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise InvalidArgument(f"{where} must be a table")
         return {str(k): str(v) for k, v in value.items()}
+    if text.startswith("list"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidArgument(f"{where} must be a list of strings")
+        return list(value)
     if text == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     expected = {"int": int, "str": str, "bool": bool}.get(text)
@@ -161,6 +184,13 @@ gpu_placement = "pack"
 
 # The Docker environment a task runs in when it names none (`zriver env list`); empty: native.
 default_container = ""
+
+# Docker environments (`zriver env ...`, docs/environments.md): committed versions are archived
+# under shared_dir/envs (else data_dir/envs); this many are kept per env (never one that a
+# pending or running task needs).
+env_keep_versions = 5
+# env_image_prefix = "zriver-env"   # images are tagged <prefix>/<env>:<version>
+# docker_host = ""                  # default: $DOCKER_HOST, else the local socket
 """
 
 RUNNER_TEMPLATE = f"""\
@@ -193,4 +223,14 @@ gpus = -1
 
 # Seconds between SIGTERM and SIGKILL when a task is killed.
 kill_grace = 10.0
+
+# Container tasks (docs/environments.md). Docker is used when its daemon answers.
+# docker_host = ""                  # default: $DOCKER_HOST, else the local socket
+# image_prefix = "zriver-env"       # env images are loaded as <prefix>/<env>:<version>
+env_keep_versions = 3               # local versions kept per env
+allow_privileged = false            # let tasks ask for --privileged containers
+# Bind mounts added to every container task, HOST:CONTAINER[:ro].
+# additional_mounts = ["/data:/data:ro"]
+# Mounted at /local_temp in every container. Default: <data_dir>/local_temp
+# local_temp_dir = "/scratch/zriver"
 """

@@ -22,6 +22,9 @@ import zmq
 
 from zriver.protocol import HARD_LIMIT_FACTOR
 
+_EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = (int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT),
+                                        int(zmq.NOBLOCK))  # plain ints: no enum cost per call
+
 
 class Unreachable(Exception):
     """The ROUTER has no connected peer with that identity."""
@@ -134,7 +137,7 @@ class Channel:
                 self._backlog.append(frames)
             return
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+            self.sock.send_multipart(frames, _NOBLOCK, copy=len(frames[-1]) < 65536)
         except zmq.Again:
             if not self._lossy:
                 self._backlog.append(frames)
@@ -143,7 +146,8 @@ class Channel:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise Unreachable(frames[0]) from None
             raise
-        self._schedule_drain()
+        if self.sock.getsockopt(_EVENTS) & _POLLIN:
+            self._schedule_drain()  # the send may have eaten the FD's edge: drain now
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -177,13 +181,13 @@ class Channel:
             return
         received = False
         while True:
-            events = self.sock.getsockopt(zmq.EVENTS)
-            if self._backlog and events & zmq.POLLOUT:
+            events = self.sock.getsockopt(_EVENTS)
+            if self._backlog and events & _POLLOUT:
                 self._flush_backlog()
-            if not events & zmq.POLLIN:
+            if not events & _POLLIN:
                 break
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = self.sock.recv_multipart(_NOBLOCK, copy=True)
             except zmq.Again:
                 break
             received = True

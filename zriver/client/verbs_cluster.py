@@ -19,11 +19,15 @@ def nodes(ctx: Context, args) -> int:
         ctx.print(as_json(rows))
         return 0
     ctx.print(table(
-        ["node", "state", "cores", "memory", "numa", "gpus", "last seen"],
+        ["node", "state", "cores", "memory", "numa", "gpus", "docker", "last seen"],
         [[n["name"], node_state(n), f"{n['cores_used']}/{n['cores']}",
           f"{size(n['memory_used'])}/{size(n['memory'])}", n["numa_zones"],
           f"{len(n.get('gpus_free', []))}/{len(n['gpus'])}" if n["gpus"] else "0",
+          {True: "yes", False: "unavailable"}.get(n.get("docker"), "-"),
           age(n["last_seen"]) + " ago" if n["last_seen"] else "-"] for n in rows]))
+    for n in rows:
+        if n.get("docker") is False:
+            ctx.print(f"{n['name']}: docker unavailable: {n.get('docker_error') or '?'}")
     return 0
 
 
@@ -87,6 +91,13 @@ def up(ctx: Context, args) -> int:
         ctx.print(f"zriver is up: host {h.endpoints['router']}, node {r.name} with "
                   f"{len(r.info['cores'])} cores and {format_size(r.info['memory'])}, "
                   f"data in {h.data_dir}. Ctrl-C stops it.")
+        if "docker" not in r.info.get("backends", []):
+            docker = r.backends.get("docker")
+            reason = docker.error if docker is not None else "no Docker support in this build"
+            fallback = (f"; default_container {h.settings.default_container!r} is not used"
+                        if h.settings.default_container else "")
+            h.settings.default_container = ""
+            ctx.print(f"Docker is not available here ({reason}): tasks run natively{fallback}.")
 
     run(serve_both(host, runner, announce))
     return 0

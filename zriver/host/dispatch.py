@@ -26,15 +26,17 @@ log = structlog.get_logger("zriver.host")
 
 
 def move(host: "Host", task: "LiveTask", state: str, *, at: float | None = None,
-         detail: str = "", exit_code: int | None = None) -> bool:
-    """Apply ``task -> state`` if legal; return whether anything changed."""
+         detail: str = "", exit_code: int | None = None,
+         also: dict[str, Any] | None = None) -> bool:
+    """Apply ``task -> state`` if legal (``also``: more columns for the same UPDATE); return
+    whether anything changed."""
     if not lc.can_move(task.state, state):
         return False
     at = time.time() if at is None else at
     if state in lc.RETRYABLE and task.state in lc.ACTIVE and task.attempt <= task.spec.retries:
         retry(host, task, state, at, detail)
         return True
-    fields: dict[str, Any] = {"state": state, "detail": detail}
+    fields: dict[str, Any] = {"state": state, "detail": detail, **(also or {})}
     if state == lc.RUNNING and task.state == lc.ASSIGNED:
         fields["started_at"] = task.started_at = at
         host.scheduler.started(task.id, at)
@@ -118,9 +120,9 @@ def place(host: "Host", placement: Placement) -> None:
     task = host.tasks[placement.task_id]
     alloc = placement.allocation
     task.node, task.alloc = alloc.node, alloc
-    host.store.update_task(task.id, node=alloc.node, alloc=allocation_to_wire(alloc))
     gpus = f", GPUs {','.join(map(str, alloc.gpus))}" if alloc.gpus else ""
-    move(host, task, lc.ASSIGNED, detail=f"on {alloc.node}{gpus}")
+    move(host, task, lc.ASSIGNED, detail=f"on {alloc.node}{gpus}",
+         also={"node": alloc.node, "alloc": allocation_to_wire(alloc)})
     host.command(alloc.node, "task.start", start_body(task))
 
 
@@ -185,10 +187,13 @@ def runner_unreachable(host: "Host", name: str, frames: list[bytes]) -> None:
     node = host.nodes.get(name)
     if node is not None and node.state != OFFLINE:
         host.set_node_state(node, OFFLINE, "not connected")
-    if env.get("op") == "task.start":
-        task = host.tasks.get(env["body"]["id"])
-        if task is not None and task.state == lc.ASSIGNED:
-            requeue(host, task, f"node {name} unreachable")
+    body = env.get("body") or {}
+    commands = body.get("commands") or [env]  # runner.batch, an ack carrying commands, or one
+    for command in commands:
+        if command.get("op") == "task.start":
+            task = host.tasks.get(command["body"]["id"])
+            if task is not None and task.state == lc.ASSIGNED:
+                requeue(host, task, f"node {name} unreachable")
     host.flush()
 
 

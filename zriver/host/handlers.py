@@ -356,4 +356,6 @@ HANDLERS = {
     "task.update": task_update,
 }
 
+from zriver.host.envs import ENV_HANDLERS  # noqa: E402  (the env ops: zriver/host/envs.py)
 
+HANDLERS.update(ENV_HANDLERS)

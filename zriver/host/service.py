@@ -116,6 +116,8 @@ class Host:
         self.endpoints: dict[str, str] = {}
         self.started_at = 0.0
         self._outgoing: list[tuple[Channel, list[bytes]]] = []
+        self._runner_cmds: dict[str, list[dict[str, Any]]] = {}
+        self._runner_acks: dict[str, list[tuple[Caller, dict[str, Any]]]] = {}
         self._flush_scheduled = False
         self._needs_schedule = False
         self._next_rid = 1
@@ -154,6 +156,7 @@ class Host:
             self.wire.close()
         if self.store is not None:
             if self.store.conn.in_transaction:
+                self.store.write_pending()
                 self.store.conn.execute("COMMIT")
             self.store.close()
         try:
@@ -222,13 +225,16 @@ class Host:
             self.reply_error(caller, "unknown_op", f"unknown op {env.op!r}")
             return
         self.begin()
+        self.store.write_pending()  # what is pending now belongs to earlier, successful handlers
         try:
             with self.store.conn:  # a SAVEPOINT inside the tick's transaction
                 result = handler(self, caller, env.body)
         except ZriverError as exc:
+            self.store.discard_pending()
             self.reply_error(caller, exc.code, str(exc))
             return
         except Exception as exc:  # a bug: answer, log, keep serving
+            self.store.discard_pending()
             log.exception("host.handler_crashed", op=env.op)
             self.reply_error(caller, Internal.code, f"internal error in {env.op}: {exc!r}")
             return
@@ -302,6 +308,11 @@ class Host:
 
     # ---- sending -----------------------------------------------------------------------
     def reply(self, caller: Caller, body: dict[str, Any] | None) -> None:
+        node = caller.node
+        if node is not None:  # a runner's ack may carry this tick's commands for it
+            self._runner_acks.setdefault(node, []).append((caller, body or {}))
+            self.schedule_flush()
+            return
         self._queue(self.router, [caller.identity, encode_ok(caller.rid, body)])
 
     def reply_error(self, caller: Caller, code: str, msg: str) -> None:
@@ -311,8 +322,13 @@ class Host:
         self._queue(self.xpub, [topic.encode(), encode(op, 0, body)])
 
     def command(self, node: str, op: str, body: dict[str, Any]) -> None:
-        """Queue a host->runner command, sent after this tick commits."""
-        self._queue(self.router, [RUNNER_PREFIX + node.encode(), encode(op, 0, body)])
+        """Queue a host->runner command, sent after this tick commits.
+
+        All commands for one runner in one tick leave as one message: inside the reply to
+        that runner's ``task.update`` when there is one (the self-clocking path: each batch of
+        results fetches the next starts), else as ``runner.batch`` (or the lone command)."""
+        self._runner_cmds.setdefault(node, []).append({"op": op, "body": body})
+        self.schedule_flush()
 
     async def call_runner(self, node: str, op: str, body: dict, timeout: float = 5.0) -> dict:
         """Send a command to a runner now and await its reply (``Unavailable`` on silence)."""
@@ -370,13 +386,36 @@ class Host:
             for placement in self.scheduler.schedule(time.time()):
                 place(self, placement)
         if self.store.conn.in_transaction:
+            self.store.write_pending()
             self.store.conn.execute("COMMIT")
         outgoing, self._outgoing = self._outgoing, []
+        outgoing.extend(self._runner_messages())
         for channel, frames in outgoing:
             try:
                 channel.send(frames)
             except Unreachable:
                 self._on_unreachable(frames)
+
+    def _runner_messages(self) -> list[tuple[Channel, list[bytes]]]:
+        """This tick's acks and commands, one message per runner where possible."""
+        acks, self._runner_acks = self._runner_acks, {}
+        cmds, self._runner_cmds = self._runner_cmds, {}
+        messages = []
+        for node, replies in acks.items():
+            for caller, body in replies[:-1]:
+                messages.append((self.router, [caller.identity, encode_ok(caller.rid, body)]))
+            caller, body = replies[-1]
+            if node in cmds:
+                body = {**body, "commands": cmds.pop(node)}
+            messages.append((self.router, [caller.identity, encode_ok(caller.rid, body)]))
+        for node, commands in cmds.items():
+            identity = RUNNER_PREFIX + node.encode()
+            if len(commands) == 1:
+                frame = encode(commands[0]["op"], 0, commands[0]["body"])
+            else:
+                frame = encode("runner.batch", 0, {"commands": commands})
+            messages.append((self.router, [identity, frame]))
+        return messages
 
     def _on_unreachable(self, frames: list[bytes]) -> None:
         identity = frames[0]

@@ -78,10 +78,18 @@ def unpack(blob: bytes | None) -> Any:
 
 
 class Store:
-    """Plain methods over one APSW connection. Not thread-safe: one owner."""
+    """Plain methods over one APSW connection. Not thread-safe: one owner.
+
+    Task updates and events are written behind: ``update_task`` merges the columns set for a
+    task, ``add_event`` appends a row, and both reach SQLite in ``write_pending`` (called before
+    every read and by the host right before it commits), as one UPDATE per task and one
+    ``executemany`` of events. A task that starts and ends within one tick costs one UPDATE.
+    """
 
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._updates: dict[int, dict[str, Any]] = {}
+        self._events: list[tuple[int, str, float, str]] = []
         self.conn = apsw.Connection(str(path))
         self.conn.setbusytimeout(5000)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -89,6 +97,9 @@ class Store:
         self._migrate()
 
     def close(self) -> None:
+        if self._updates or self._events:
+            with self.batch():
+                self.write_pending()
         self.conn.close()
 
     def _migrate(self) -> None:
@@ -115,6 +126,7 @@ class Store:
             return
         with self.conn:
             yield
+            self.write_pending()
 
     # ---- tasks -------------------------------------------------------------------------
     def insert_task(self, row: dict[str, Any]) -> int:
@@ -128,19 +140,30 @@ class Store:
         return self.conn.last_insert_rowid()
 
     def update_task(self, task_id: int, **fields: Any) -> None:
-        """Set columns of one task; ``alloc`` is packed."""
+        """Set columns of one task (written behind; ``alloc`` is packed)."""
         if "alloc" in fields:
             fields["alloc"] = pack(fields["alloc"])
-        assignments = ", ".join(f"{name}=?" for name in fields)
-        self.conn.execute(
-            f"UPDATE tasks SET {assignments} WHERE id=?", (*fields.values(), task_id)
-        )
+        self._updates.setdefault(task_id, {}).update(fields)
 
     def add_event(self, task_id: int, state: str, at: float, detail: str = "") -> None:
-        self.conn.execute(
-            "INSERT INTO task_events(task_id, state, at, detail) VALUES (?, ?, ?, ?)",
-            (task_id, state, at, detail),
-        )
+        """Append to a task's history (written behind)."""
+        self._events.append((task_id, state, at, detail))
+
+    def discard_pending(self) -> None:
+        """Forget unwritten changes (the handler that made them failed)."""
+        self._updates, self._events = {}, []
+
+    def write_pending(self) -> None:
+        """Write what ``update_task``/``add_event`` hold (inside the caller's transaction)."""
+        updates, self._updates = self._updates, {}
+        for task_id, fields in updates.items():
+            assignments = ", ".join(f"{name}=?" for name in fields)
+            self.conn.execute(f"UPDATE tasks SET {assignments} WHERE id=?",
+                              (*fields.values(), task_id))
+        if self._events:
+            events, self._events = self._events, []
+            self.conn.executemany(
+                "INSERT INTO task_events(task_id, state, at, detail) VALUES (?, ?, ?, ?)", events)
 
     def get_task(self, task_id: int) -> dict[str, Any] | None:
         rows = self._tasks("WHERE id=?", (task_id,))
@@ -173,12 +196,14 @@ class Store:
     def task_states(self, ids: list[int]) -> dict[int, str]:
         if not ids:
             return {}
+        self.write_pending()
         rows = self.conn.execute(
             f"SELECT id, state FROM tasks WHERE id IN ({','.join('?' * len(ids))})", ids
         ).fetchall()
         return dict(rows)
 
     def task_events(self, task_id: int) -> list[dict[str, Any]]:
+        self.write_pending()
         rows = self.conn.execute(
             "SELECT state, at, detail FROM task_events WHERE task_id=? ORDER BY rowid",
             (task_id,),
@@ -186,6 +211,7 @@ class Store:
         return [{"state": s, "at": at, "detail": d} for s, at, d in rows]
 
     def _tasks(self, clause: str, params: tuple) -> list[dict[str, Any]]:
+        self.write_pending()
         rows = self.conn.execute(
             f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks {clause}", params
         ).fetchall()

@@ -40,6 +40,7 @@ from zriver.wire import Channel, Wire
 
 log = structlog.get_logger("zriver.runner")
 MAX_BATCH = 2000
+RUNNING_HOLD = 0.002
 
 
 class Runner:
@@ -57,13 +58,17 @@ class Runner:
         self._calls: dict[int, asyncio.Future] = {}
         self._next_rid = 1
         self._unsent: list[dict[str, Any]] = []
+        self._acked: list[int] = []
         self._persisted: list[tuple[int, dict[str, Any]]] = []
         self._inflight: tuple[int, list[int]] | None = None
         self._resend: asyncio.TimerHandle | None = None
+        self._hold: asyncio.TimerHandle | None = None
         self._starts: list[tuple[int, int, float]] = []
         self._forgets: list[int] = []
         self._flush_scheduled = False
         self._log_dirs: set[Path] = set()
+        self._paths: dict[int, tuple[str, str]] = {}
+        self._base_env = bundle.child_environment()
         self._known: set[tuple[int, int]] = set()  # (task id, attempt) started in this life
         self._attempts: dict[int, int] = {}
         self._loops: list[asyncio.Task] = []
@@ -72,6 +77,7 @@ class Runner:
             "task.signal": self._signal_task,
             "log.read": self._read_log,
             "runner.reregister": lambda body: self._spawn(self.register()),
+            "runner.batch": self._run_commands,
         }
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -95,6 +101,7 @@ class Runner:
         self.logtail = LogTail(self.publish)
         self._persisted = self.ledger.pending()
         self._known = {(u["id"], u.get("attempt", 1)) for _, u in self._persisted}
+        await self._adopt_leftovers()
         self._loops.append(self._spawn(self._register_until_done()))
         self._loops.append(self._spawn(self._every(lambda: self.settings.log_poll_interval,
                                                    self.logtail.poll)))
@@ -105,7 +112,34 @@ class Runner:
     def _make_backends(self) -> dict[str, Any]:
         """The execution backends this node offers, by name."""
         native = NativeBackend(self._on_exit, self.limiter, self.settings.kill_grace)
-        return {native.name: native}
+        backends: dict[str, Any] = {native.name: native}
+        try:
+            from zriver.runner.backends.docker import make_backend
+        except ImportError as exc:  # a build without the docker SDK: native only
+            log.warning("runner.no_docker_sdk", error=str(exc))
+        else:
+            docker = make_backend(self)
+            backends[docker.name] = docker
+        return backends
+
+    async def _adopt_leftovers(self) -> None:
+        """Startup reconciliation, before registering: a backend whose tasks outlive the
+        runner (Docker) gives back what a previous life left; they are this runner's again.
+        Then ``info["backends"]`` keeps only the backends that work now."""
+        for backend in list(self.backends.values()):
+            adopt = getattr(backend, "adopt", None)
+            if adopt is None:
+                continue
+            for task_id, attempt, status in await adopt():
+                self._attempts[task_id] = attempt
+                self._known.add((task_id, attempt))
+                self._backend_of[task_id] = backend
+                self.logtail.watch(task_id, *self.log_paths(task_id))
+                if status == "running":
+                    self.report({"id": task_id, "state": "running", "at": time.time(),
+                                 "detail": "re-attached after a runner restart"})
+        self.info["backends"] = sorted(name for name, backend in self.backends.items()
+                                       if getattr(backend, "available", True))
 
     async def stop(self, kill_tasks: bool = True) -> None:
         """Stop loops; with ``kill_tasks`` end every native task and record its end first."""
@@ -208,6 +242,9 @@ class Runner:
         body.update(running=len(self.running()), memory_limit=self.memory_limit_method,
                     gpu_uuids=self._gpu_uuids(),
                     at=time.time())
+        docker = self.backends.get("docker")
+        body["docker"] = docker.status() if docker is not None else {
+            "available": False, "error": "this zriver build has no Docker support"}
         return body
 
     def _gpu_uuids(self) -> list[str]:
@@ -227,19 +264,29 @@ class Runner:
         if env.is_reply:
             self._on_reply(env)
             return
-        handler = self.handlers.get(env.op)
+        self._run_command(env.op, env.body, env.rid)
+
+    def _run_command(self, op: str, body: dict, rid: int = 0) -> None:
+        """Run one host command from the handler table; answer it when it has a request id."""
+        handler = self.handlers.get(op)
         if handler is None:
-            self._answer(env.rid, None, ZriverError(f"unknown op {env.op!r}"), "unknown_op")
+            self._answer(rid, None, ZriverError(f"unknown op {op!r}"), "unknown_op")
             return
         try:
-            result = handler(env.body)
+            result = handler(body)
         except ZriverError as exc:
-            self._answer(env.rid, None, exc, exc.code)
+            self._answer(rid, None, exc, exc.code)
         except Exception as exc:
-            log.exception("runner.handler_crashed", op=env.op)
-            self._answer(env.rid, None, exc, "internal")
+            log.exception("runner.handler_crashed", op=op)
+            self._answer(rid, None, exc, "internal")
         else:
-            self._answer(env.rid, result if isinstance(result, dict) else None, None, "")
+            self._answer(rid, result if isinstance(result, dict) else None, None, "")
+
+    def _run_commands(self, body: dict) -> None:
+        """``runner.batch``, or the commands an update ack carries."""
+        for command in body.get("commands") or []:
+            if isinstance(command, dict) and isinstance(command.get("body"), dict):
+                self._run_command(str(command.get("op")), command["body"])
 
     def _answer(self, rid: int, body: dict | None, exc: Exception | None, code: str) -> None:
         if not rid:
@@ -259,32 +306,43 @@ class Runner:
                 future.set_result(env.body)
             else:
                 future.set_exception(error_from_reply(env.code, env.msg))
+        if env.op == "ok":
+            self._run_commands(env.body)  # the host may attach commands to any reply of ours
 
     # ---- the outbox --------------------------------------------------------------------
     def report(self, update: dict[str, Any]) -> None:
         """Queue one task update for the host (persisted and sent at the end of the tick)."""
         update.setdefault("attempt", self._attempts.get(update["id"], 1))
         self._unsent.append(update)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not (self._unsent or self._starts or self._forgets):
+        if self._hold is not None and any(u["state"] != "running" for u in self._unsent):
+            self._hold.cancel()  # something final to say: no reason to wait any more
+            self._hold = None
+        if not (self._unsent or self._starts or self._forgets or self._acked):
             return
         with self.ledger.conn:
             for row in self._starts:
                 self.ledger.record_start(*row)
             self.ledger.forget(self._forgets)
+            self.ledger.acknowledge(self._acked)
             seqs = self.ledger.append(self._unsent)
         self._persisted.extend(zip(seqs, self._unsent))
-        self._unsent, self._starts, self._forgets = [], [], []
+        self._unsent, self._starts, self._forgets, self._acked = [], [], [], []
         if self._inflight is None:
             self._send_next_batch()
 
     def _send_next_batch(self) -> None:
         if self._inflight is not None or not self._persisted or not self.registered.is_set():
+            return
+        if self._hold_running():
             return
         batch = self._persisted[:MAX_BATCH]
         rid = self._next_rid
@@ -294,6 +352,24 @@ class Runner:
                                                       "updates": [u for _, u in batch]})])
         self._resend = asyncio.get_running_loop().call_later(
             self.settings.request_timeout, self._resend_batch)
+
+    def _hold_running(self) -> bool:
+        """Hold a batch of fresh ``running`` updates for ``RUNNING_HOLD`` seconds, so that a
+        task that ends at once reports start and end in one message (half the messages for
+        short tasks; a long task's start shows that much later)."""
+        if self._hold is not None:
+            return True
+        if any(u["state"] != "running" for _, u in self._persisted):
+            return False
+        age = time.time() - max(u["at"] for _, u in self._persisted)
+        if age >= RUNNING_HOLD:
+            return False
+        self._hold = asyncio.get_running_loop().call_later(RUNNING_HOLD - age, self._release_hold)
+        return True
+
+    def _release_hold(self) -> None:
+        self._hold = None
+        self._send_next_batch()
 
     def _resend_batch(self) -> None:
         self._resend = None
@@ -309,12 +385,14 @@ class Runner:
             self._resend = None
         if env.op != "ok":
             log.error("runner.update_refused", code=env.code, msg=env.msg)
-        self.ledger.acknowledge(seqs)
+        self._acked.extend(seqs)  # deleted from the ledger with the next tick's writes
+        self._schedule_flush()
         done = set(seqs)
         for seq, update in self._persisted:
             if seq in done and update["state"] not in ("running", "paused"):
                 self._known.discard((update["id"], update.get("attempt", 1)))
         self._persisted = [(s, u) for s, u in self._persisted if s not in done]
+        self._run_commands(env.body)
         self._send_next_batch()
 
     # ---- host commands -----------------------------------------------------------------
@@ -323,7 +401,7 @@ class Runner:
         if (task_id, attempt) in self._known:
             return  # a re-sent start of an attempt already under way or finished
         self._attempts[task_id] = attempt
-        spec = TaskSpec.from_wire(arg(body, "spec", dict))
+        spec = TaskSpec.trusted(arg(body, "spec", dict))
         backend = self.backends.get(spec.backend)
         now = time.time()
         self._known.add((task_id, attempt))
@@ -344,8 +422,8 @@ class Runner:
             self._on_started(task_id, detail)
 
     def _job(self, task_id: int, spec: TaskSpec, alloc: dict) -> Job:
-        stdout, stderr = self.log_paths(task_id)
-        env = bundle.child_environment() if spec.backend == "native" else {}
+        stdout, stderr = self._paths[task_id] = self.log_paths(task_id)
+        env = dict(self._base_env) if spec.backend == "native" else {}
         env.update(spec.env)
         env.update(ZRIVER_TASK_ID=str(task_id), ZRIVER_NODE=self.name,
                    ZRIVER_CORES=",".join(map(str, alloc["cores"])))
@@ -357,7 +435,7 @@ class Runner:
 
     def _on_started(self, task_id: int, detail: str) -> None:
         """A backend says the job runs now (synchronously or later)."""
-        stdout, stderr = self.log_paths(task_id)
+        stdout, stderr = self._paths.get(task_id) or self.log_paths(task_id)
         backend = self._backend_of.get(task_id)
         pid = getattr(backend, "pid_of", lambda _: None)(task_id)
         if pid is not None:
@@ -396,11 +474,12 @@ class Runner:
         return base
 
     def log_paths(self, task_id: int) -> tuple[str, str]:
-        base = self.log_dir()
-        return str(log_path(base, task_id, "stdout")), str(log_path(base, task_id, "stderr"))
+        base = str(self.log_dir())
+        return f"{base}/{task_id}.out", f"{base}/{task_id}.err"
 
     def _on_exit(self, task_id: int, outcome: Exit) -> None:
         self._backend_of.pop(task_id, None)
+        self._paths.pop(task_id, None)
         self.logtail.finish(task_id)
         self._forgets.append(task_id)
         self.report({"id": task_id, "state": outcome.state, "at": time.time(),

@@ -36,20 +36,19 @@ class Ledger:
         self.conn.close()
 
     def append(self, updates: list[dict[str, Any]]) -> list[int]:
-        """Persist updates; return their sequence numbers."""
+        """Persist updates (in the caller's transaction); return their sequence numbers."""
         seqs = []
-        with self.conn:
-            for update in updates:
-                self.conn.execute("INSERT INTO outbox(body) VALUES (?)", (msgpack.packb(update),))
-                seqs.append(self.conn.last_insert_rowid())
+        for update in updates:
+            self.conn.execute("INSERT INTO outbox(body) VALUES (?)", (msgpack.packb(update),))
+            seqs.append(self.conn.last_insert_rowid())
         return seqs
 
     def acknowledge(self, seqs: list[int]) -> None:
+        """Drop acknowledged updates (in the caller's transaction)."""
         if seqs:
-            with self.conn:
-                self.conn.execute(
-                    f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(seqs))})", seqs
-                )
+            self.conn.execute(
+                f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(seqs))})", seqs
+            )
 
     def pending(self) -> list[tuple[int, dict[str, Any]]]:
         rows = self.conn.execute("SELECT seq, body FROM outbox ORDER BY seq").fetchall()

@@ -48,6 +48,7 @@ class _Proc:
     pid: int
     pidfd: int
     killing: bool = False
+    limited: bool = False
     kill_timer: asyncio.TimerHandle | None = None
 
 
@@ -82,7 +83,7 @@ class NativeBackend:
                 os.waitpid(pid, 0)
                 raise StartError(f"could not apply the memory limit: {exc}", 126) from None
         pidfd = os.pidfd_open(pid)
-        self._procs[job.task_id] = _Proc(job.task_id, pid, pidfd)
+        self._procs[job.task_id] = _Proc(job.task_id, pid, pidfd, limited=bool(job.memory))
         self._loop.add_reader(pidfd, self._reap, job.task_id)
         return f"pid {pid}"
 
@@ -158,7 +159,8 @@ class NativeBackend:
         if proc.killing:  # make sure no straggler of the group survives
             self._killpg(proc, signal.SIGKILL)
         outcome = self._outcome(proc, status)
-        self._limiter.remove(task_id)
+        if proc.limited:
+            self._limiter.remove(task_id)
         self._on_exit(task_id, outcome)
 
     def _outcome(self, proc: _Proc, status: int) -> Exit:
@@ -171,7 +173,7 @@ class NativeBackend:
             return Exit(lc.FAILED, code, f"exit code {code}")
         sig = os.WTERMSIG(status)
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        if self._limiter.oom_killed(proc.task_id):
+        if proc.limited and self._limiter.oom_killed(proc.task_id):
             return Exit(lc.KILLED_OOM, 128 + sig, "killed by the OOM killer (memory limit)")
         if proc.killing:
             return Exit(lc.KILLED, 128 + sig, f"killed on request ({name})")

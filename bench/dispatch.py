@@ -1,0 +1,736 @@
+#!/usr/bin/env python
+"""Dispatch benchmark: zriver's control plane against bare ``os.posix_spawn``.
+
+Starts a real host and a real runner as two separate processes (``python -m zriver host`` and
+``python -m zriver runner``, configs in a temporary directory, ephemeral ports on 127.0.0.1,
+runner ``cores = 2``), then measures, for the trivial command ``true``:
+
+* throughput: ``--tasks`` tasks submitted in one ``task.submit`` call, until ``task.wait``
+  says all are final (all must be ``completed``);
+* single-task latency: ``--samples`` tasks submitted one at a time. Timestamps are taken on the
+  client with ``time.perf_counter`` when the submit is sent, when its reply arrives and when the
+  ``evt.task.<id>`` events with state ``running`` and a final state arrive on a SUB socket
+  (the final event is published only after the host committed the result);
+
+each beside a baseline measured in the same run and on the same machine:
+
+* bare throughput: the same command spawned with ``os.posix_spawn`` (stdin from /dev/null,
+  stdout/stderr to a new log file per task, own process group), two at a time, reaped with
+  ``waitpid`` when its pidfd becomes readable;
+* bare latency: one such spawn + wait at a time.
+
+Rounds are interleaved (bare, zriver, bare, zriver, ...) and the table shows medians over the
+rounds and the ratios (median of the per-round ratios). Beside wall-clock rates it shows the
+CPU time per task of every process involved (bare: the launcher and its children; zriver: the
+host, the runner and its children, i.e. the tasks), read from /proc: on a machine where the
+tasks and the control plane share two cores, ``bare CPU / zriver CPU`` is the ceiling of the
+throughput ratio, and it is much less disturbed by other load than the rates are.
+
+A round during which other processes (or the hypervisor: steal) used more than
+``--noise-threshold`` of the machine (system-wide busy time minus ours, from /proc/stat) is
+marked noisy, replaced by an extra round (at most ``--extra-rounds``) and left out of the
+medians unless no round was quiet. A VM throttled by its host shows idle time instead, which
+this cannot see: compare ratios, not absolute rates, between runs.
+
+    python bench/dispatch.py [--tasks 1000] [--rounds 3] [--samples 200] [--json out.json]
+
+Profiling (see docs/performance.md): ``--profile cprofile --profile-dir DIR`` runs both roles
+under cProfile (``host.prof``/``runner.prof``, written when the roles stop; wall clock);
+``--profile cputime`` does the same with the main thread's CPU clock (``bench/cpuprof.py``);
+``--profile py-spy`` attaches ``py-spy record`` (raw collapsed stacks, ``host-r1.txt``, ...)
+to both roles during the zriver throughput rounds only; ``--profile attach --attach
+'perf record -g -p {pid} -o {out}.perf'`` does the same with any command. ``--skip-latency``
+keeps a profile on the batch. ``--wrapper bench/whatif.py`` starts the roles through a script
+that can apply experimental patches first (``bench/whatif.py`` lists them).
+
+Bounded: every wait has a timeout and the whole run stops after ``--max-seconds``. The roles
+are stopped with SIGTERM (SIGKILL if they linger) and the temporary directory is removed, also
+when the benchmark fails or is interrupted; the roles also get SIGTERM if this process dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import select
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from zriver.client.api import Client
+from zriver.host import lifecycle as lc
+from zriver.protocol import decode, encode
+
+MAX_FRAME = 64 * 1024 * 1024
+OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+COMMAND = ["true"]
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise BenchError("the benchmark ran past --max-seconds")
+        return left
+
+
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark process dies (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def family_cpu(pids: list[int]) -> float:
+    """CPU seconds of ``pids`` and of their reaped children."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent not idle (all cores)."""
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in
+               ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+class Load:
+    """How much of the machine something else used while we measured (noise indicator)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.busy0, self.ours0, self.t0 = busy_seconds(), family_cpu(pids), time.perf_counter()
+
+    def other_share(self) -> float:
+        elapsed = time.perf_counter() - self.t0
+        other = (busy_seconds() - self.busy0) - (family_cpu(self.pids) - self.ours0)
+        return max(0.0, other) / (elapsed * (psutil.cpu_count() or 1))
+
+
+# ---- the cluster under test ----------------------------------------------------------------
+class Cluster:
+    """A host and a runner, each its own process, in ``root``."""
+
+    def __init__(self, root: Path, profile: str, profile_dir: Path | None,
+                 attach: str = "", wrapper: str = "") -> None:
+        self.root = root
+        self.attach = attach
+        self.wrapper = wrapper
+        self.profile = profile
+        self.profile_dir = profile_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.endpoint = ""
+        self.client: Client | None = None
+        self.spies: list[subprocess.Popen] = []
+
+    def _python_role(self, role: str, config: Path) -> list[str]:
+        if self.wrapper:
+            return [sys.executable, self.wrapper, role, "--config", str(config)]
+        if self.profile == "cprofile":
+            out = self.profile_dir / f"{role}.prof"
+            return [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "zriver", role,
+                    "--config", str(config)]
+        if self.profile == "cputime":
+            out = self.profile_dir / f"{role}.prof"
+            return [sys.executable, str(Path(__file__).with_name("cpuprof.py")), str(out), role,
+                    "--config", str(config)]
+        return [sys.executable, "-m", "zriver", role, "--config", str(config)]
+
+    def _launch(self, role: str, config: Path) -> subprocess.Popen:
+        log_file = self.root / f"{role}.log"
+        self.logs[role] = log_file
+        env = dict(os.environ, ZRIVER_HOME=str(self.root), PYTHONUNBUFFERED="1")
+        with open(log_file, "wb") as out:
+            proc = subprocess.Popen(self._python_role(role, config), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    cwd=str(self.root), preexec_fn=_die_with_parent)
+        self.procs[role] = proc
+        return proc
+
+    def _check_alive(self) -> None:
+        for role, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = self.logs[role].read_text(errors="replace")[-3000:]
+                raise BenchError(f"zriver {role} exited with {proc.returncode}:\n{tail}")
+
+    def start(self, deadline: Deadline) -> None:
+        host_dir = self.root / "host"
+        host_toml = self.root / "host.toml"
+        host_toml.write_text(
+            f'data_dir = "{host_dir}"\nbind_address = "127.0.0.1"\n'
+            "router_port = 0\nxsub_port = 0\nxpub_port = 0\nheartbeat_interval = 1.0\n")
+        self._launch("host", host_toml)
+        endpoints_file = host_dir / "endpoints.json"
+        limit = time.monotonic() + min(30.0, deadline.left())
+        while True:
+            self._check_alive()
+            try:
+                endpoints = json.loads(endpoints_file.read_text())
+                break
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > limit:
+                raise BenchError("the host did not write endpoints.json within 30 s")
+            time.sleep(0.05)
+        port = lambda name: int(endpoints[name].rsplit(":", 1)[1])  # noqa: E731
+        self.endpoint = f"tcp://127.0.0.1:{port('router')}"
+        runner_toml = self.root / "runner.toml"
+        runner_toml.write_text(
+            f'host = "127.0.0.1"\nrouter_port = {port("router")}\nxsub_port = {port("xsub")}\n'
+            f'name = "bench-node"\ndata_dir = "{self.root / "runner"}"\ncores = 2\n')
+        self._launch("runner", runner_toml)
+        self.client = Client(self.endpoint, timeout=10.0)
+        limit = time.monotonic() + min(30.0, deadline.left())
+        while True:
+            self._check_alive()
+            nodes = self.client.call("node.list")["nodes"]
+            if any(n["state"] == "online" for n in nodes):
+                return
+            if time.monotonic() > limit:
+                raise BenchError(f"the runner did not come online within 30 s: {nodes}")
+            time.sleep(0.05)
+
+    def pid(self, role: str) -> int:
+        return self.procs[role].pid
+
+    def spy_start(self, tag: str) -> None:
+        """Attach a profiler to both roles for one zriver throughput round."""
+        if self.profile == "py-spy":
+            exe = shutil.which("py-spy")
+            if exe is None:
+                raise BenchError("--profile py-spy needs py-spy on PATH (pip install py-spy)")
+            template = (f"{exe} record --pid {{pid}} --rate 250 --format raw --nonblocking "
+                        "-o {out}.txt")
+        elif self.profile == "attach":
+            template = self.attach
+        else:
+            return
+        for role in ("host", "runner"):
+            out = self.profile_dir / f"{role}{tag}"
+            command = template.format(pid=self.pid(role), role=role, out=out)
+            with open(f"{out}.attach.log", "wb") as log_file:  # (no preexec_fn: threads)
+                self.spies.append(subprocess.Popen(
+                    shlex.split(command), stdin=subprocess.DEVNULL, stdout=log_file,
+                    stderr=subprocess.STDOUT))
+        time.sleep(1.0)  # give the profilers a moment to attach
+
+    def spy_stop(self) -> None:
+        for spy in self.spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in self.spies:
+            try:
+                spy.wait(20)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+        self.spies = []
+
+    def stop(self) -> None:
+        """SIGTERM the runner, then the host; SIGKILL what has not exited after 10 s."""
+        with contextlib.suppress(Exception):
+            self.spy_stop()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+        for role in ("runner", "host"):
+            proc = self.procs.get(role)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# ---- bare baseline ------------------------------------------------------------------------
+class Bare:
+    """posix_spawn + pidfd + waitpid, the way a minimal launcher would do it."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.path = shutil.which(COMMAND[0])
+        if self.path is None:
+            raise BenchError(f"{COMMAND[0]} is not on PATH")
+        self.env = dict(os.environ)
+        self.counter = 0
+
+    def spawn(self) -> int:
+        self.counter += 1
+        base = str(self.log_dir / f"{self.counter}")
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, base + ".out", OUT_FLAGS, 0o644),
+            (os.POSIX_SPAWN_OPEN, 2, base + ".err", OUT_FLAGS, 0o644),
+        ]
+        return os.posix_spawn(self.path, COMMAND, self.env, file_actions=actions, setpgroup=0)
+
+    def latency(self, samples: int, deadline: Deadline) -> list[float]:
+        result = []
+        for _ in range(samples):
+            deadline.left()
+            t0 = time.perf_counter()
+            pid = self.spawn()
+            _, status = os.waitpid(pid, 0)
+            result.append(time.perf_counter() - t0)
+            if status != 0:
+                raise BenchError(f"bare {COMMAND} exited with status {status}")
+        return result
+
+    def throughput(self, count: int, parallel: int, deadline: Deadline) -> dict[str, float]:
+        poller = select.poll()
+        inflight: dict[int, int] = {}  # pidfd -> pid
+        started = done = 0
+        load = Load([os.getpid()])
+        cpu0 = os.times()
+        family0 = family_cpu([os.getpid()])
+        t0 = time.perf_counter()
+        while done < count:
+            while len(inflight) < parallel and started < count:
+                pid = self.spawn()
+                fd = os.pidfd_open(pid)
+                inflight[fd] = pid
+                poller.register(fd, select.POLLIN)
+                started += 1
+            ready = poller.poll(max(1, int(min(30.0, deadline.left()) * 1000)))
+            if not ready:
+                raise BenchError("bare tasks did not finish within 30 s")
+            for fd, _ in ready:
+                pid = inflight.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                if status != 0:
+                    raise BenchError(f"bare {COMMAND} exited with status {status}")
+                done += 1
+        elapsed = time.perf_counter() - t0
+        cpu1 = os.times()
+        cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        total = family_cpu([os.getpid()]) - family0
+        return {"tasks_per_s": count / elapsed, "seconds": elapsed,
+                "cpu_us_per_task": cpu / count * 1e6,
+                "total_cpu_us_per_task": total / count * 1e6,
+                "other_load": load.other_share()}
+
+
+# ---- zriver -------------------------------------------------------------------------------
+class Zriver:
+    def __init__(self, cluster: Cluster, workdir: str) -> None:
+        self.cluster = cluster
+        self.client = cluster.client
+        self.spec = {"command": COMMAND, "cores": 1, "workdir": workdir, "owner": "bench"}
+        self.context = zmq.Context.instance()
+        xpub = self.client.hello()["endpoints"]["xpub"]
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"evt.task.")
+        self.sub.connect(f"tcp://127.0.0.1:{xpub.rsplit(':', 1)[1]}")
+        self.dealer = self.context.socket(zmq.DEALER)
+        self.dealer.linger = 0
+        self.dealer.connect(cluster.endpoint)
+        self.rid = 0
+
+    def close(self) -> None:
+        self.sub.close(0)
+        self.dealer.close(0)
+
+    def _drain_sub(self) -> None:
+        while True:
+            try:
+                self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def one(self, timeout: float) -> dict[str, float]:
+        """Submit one task; client-side seconds to reply, running event and final event."""
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        poller.register(self.sub, zmq.POLLIN)
+        self._drain_sub()
+        self.rid += 1
+        rid = self.rid
+        seen: list[tuple[float, dict]] = []
+        task_id = None
+        t_reply = t_run = t_done = None
+        t0 = time.perf_counter()
+        self.dealer.send(encode("task.submit", rid, {"tasks": [self.spec]}))
+        end = t0 + timeout
+        while t_done is None:
+            wait_ms = max(0, int((end - time.perf_counter()) * 1000))
+            events = dict(poller.poll(wait_ms))
+            if not events:
+                raise BenchError(f"task {task_id} did not finish within {timeout} s "
+                                 f"(reply={t_reply is not None}, running={t_run is not None})")
+            if self.dealer in events:
+                while True:
+                    try:
+                        frame = self.dealer.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    now = time.perf_counter()
+                    env = decode(frame, MAX_FRAME)
+                    if env.rid != rid:
+                        continue
+                    if env.op == "error":
+                        raise BenchError(f"submit refused: {env.code}: {env.msg}")
+                    task_id, t_reply = env.body["ids"][0], now
+            if self.sub in events:
+                while True:
+                    try:
+                        _, frame = self.sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    seen.append((time.perf_counter(), decode(frame, MAX_FRAME).body))
+            if task_id is not None:
+                for at, body in seen:
+                    if body.get("id") != task_id:
+                        continue
+                    if body["state"] == lc.RUNNING and t_run is None:
+                        t_run = at
+                    elif lc.is_final(body["state"]):
+                        if body["state"] != lc.COMPLETED:
+                            raise BenchError(f"task {task_id} ended {body['state']}: {body}")
+                        t_done = at
+                seen.clear()
+        if t_run is None:  # the running event was lost (PUB/SUB is lossy): count as missing
+            t_run = float("nan")
+        return {"reply": t_reply - t0, "running": t_run - t0, "completed": t_done - t0,
+                "id": task_id}
+
+    def latency(self, samples: int, deadline: Deadline) -> dict[str, list[float]]:
+        result: dict[str, list[float]] = {"reply": [], "running": [], "completed": []}
+        for _ in range(samples):
+            sample = self.one(min(30.0, deadline.left()))
+            for key in result:
+                result[key].append(sample[key])
+        return result
+
+    def throughput(self, count: int, deadline: Deadline) -> dict[str, float]:
+        host_pid, runner_pid = self.cluster.pid("host"), self.cluster.pid("runner")
+        specs = [self.spec] * count
+        load = Load([host_pid, runner_pid, os.getpid()])
+        cpu_host, cpu_runner = cpu_seconds(host_pid), cpu_seconds(runner_pid)
+        family0 = family_cpu([host_pid, runner_pid])
+        t0 = time.perf_counter()
+        ids = self.client.call("task.submit", {"tasks": specs}, timeout=60)["ids"]
+        t_submitted = time.perf_counter()
+        while True:
+            poll = min(30.0, deadline.left())
+            reply = self.client.call("task.wait", {"ids": ids, "timeout": poll},
+                                     timeout=poll + 10)
+            if reply["done"]:
+                break
+        elapsed = time.perf_counter() - t0
+        other_load = load.other_share()
+        cpu_host = cpu_seconds(host_pid) - cpu_host
+        cpu_runner = cpu_seconds(runner_pid) - cpu_runner
+        total = family_cpu([host_pid, runner_pid]) - family0
+        bad = [t for t in reply["tasks"] if t["state"] != lc.COMPLETED]
+        if bad or len(reply["tasks"]) != count:
+            raise BenchError(f"{len(bad)} of {count} tasks did not complete: {bad[:3]}")
+        return {"tasks_per_s": count / elapsed, "seconds": elapsed,
+                "submit_call_s": t_submitted - t0,
+                "host_cpu_us_per_task": cpu_host / count * 1e6,
+                "runner_cpu_us_per_task": cpu_runner / count * 1e6,
+                "total_cpu_us_per_task": total / count * 1e6,
+                "other_load": other_load}
+
+
+# ---- the run ------------------------------------------------------------------------------
+def summarize(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # drop NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    deadline = Deadline(args.max_seconds)
+    root = Path(tempfile.mkdtemp(prefix="zriver-bench-"))
+    profile_dir = None
+    if args.profile != "none":
+        profile_dir = Path(args.profile_dir or root / "profile").resolve()
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(root, args.profile, profile_dir, args.attach or "",
+                      str(Path(args.wrapper).resolve()) if args.wrapper else "")
+    zr = None
+    rounds: list[dict[str, Any]] = []
+    try:
+        cluster.start(deadline)
+        workdir = root / "work"
+        workdir.mkdir()
+        bare_logs = root / "bare-logs"
+        bare_logs.mkdir()
+        bare = Bare(bare_logs)
+        zr = Zriver(cluster, str(workdir))
+        # warm-up (not counted): caches, SQLite pages, the SUB subscription reaching the host
+        bare.throughput(min(100, args.tasks), 2, deadline)
+        zr.throughput(min(100, args.tasks), deadline)
+        if not args.skip_latency:
+            bare.latency(10, deadline)
+            zr.latency(10, deadline)
+        pids = [cluster.pid("host"), cluster.pid("runner"), os.getpid()]
+        clean = number = 0
+        while clean < args.rounds and number < args.rounds + args.extra_rounds:
+            number += 1
+            row: dict[str, Any] = {"round": number}
+            row["bare_throughput"] = bare.throughput(args.tasks, 2, deadline)
+            cluster.spy_start(f"-r{number}")
+            try:
+                row["zriver_throughput"] = zr.throughput(args.tasks, deadline)
+            finally:
+                cluster.spy_stop()
+            loads = [row["bare_throughput"]["other_load"], row["zriver_throughput"]["other_load"]]
+            if not args.skip_latency:
+                load = Load([os.getpid()])
+                row["bare_latency"] = bare.latency(args.samples, deadline)
+                loads.append(load.other_share())
+                load = Load(pids)
+                row["zriver_latency"] = zr.latency(args.samples, deadline)
+                loads.append(load.other_share())
+            row["other_load"] = max(loads)
+            row["noisy"] = row["other_load"] > args.noise_threshold
+            clean += not row["noisy"]
+            rounds.append(row)
+            print(round_line(row), flush=True)
+    finally:
+        # a second Ctrl-C or SIGTERM must not cut the cleanup short
+        previous = {sig: signal.signal(sig, signal.SIG_IGN)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        if zr is not None:
+            zr.close()
+        cluster.stop()
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if profile_dir is not None:
+        print(f"profiles in {profile_dir}", file=sys.stderr)
+    return {"args": vars(args), "machine": machine() | {"loadavg": loadavg()}, "rounds": rounds,
+            "summary": summary(rounds)}
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "processor": _cpu_model()}
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def round_line(row: dict[str, Any]) -> str:
+    bt, zt = row["bare_throughput"], row["zriver_throughput"]
+    text = (f"round {row['round']}: bare {bt['tasks_per_s']:.0f}/s, zriver "
+            f"{zt['tasks_per_s']:.0f}/s ({zt['tasks_per_s'] / bt['tasks_per_s']:.2f}); "
+            f"other load up to {row['other_load']:.0%}{' (noisy)' if row['noisy'] else ''}")
+    if "zriver_latency" in row:
+        text += (f"; latency p50 bare {statistics.median(row['bare_latency']) * 1e3:.2f} ms, "
+                 f"zriver {summarize(row['zriver_latency']['completed']) * 1e3:.2f} ms")
+    return text
+
+
+def summary(all_rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians over the quiet rounds (over all rounds when none was quiet)."""
+    rounds = [r for r in all_rounds if not r["noisy"]] or all_rounds
+
+    def med(get) -> float:
+        return summarize([get(r) for r in rounds])
+
+    out = {
+        "rounds_used": len(rounds),
+        "rounds_noisy": sum(r["noisy"] for r in all_rounds),
+        "rounds_total": len(all_rounds),
+        "bare_tasks_per_s": med(lambda r: r["bare_throughput"]["tasks_per_s"]),
+        "zriver_tasks_per_s": med(lambda r: r["zriver_throughput"]["tasks_per_s"]),
+        "bare_cpu_us_per_task": med(lambda r: r["bare_throughput"]["cpu_us_per_task"]),
+        "host_cpu_us_per_task": med(lambda r: r["zriver_throughput"]["host_cpu_us_per_task"]),
+        "runner_cpu_us_per_task": med(
+            lambda r: r["zriver_throughput"]["runner_cpu_us_per_task"]),
+        "submit_call_ms": med(lambda r: r["zriver_throughput"]["submit_call_s"] * 1e3),
+        "other_load_bare": med(lambda r: r["bare_throughput"]["other_load"]),
+        "other_load_zriver": med(lambda r: r["zriver_throughput"]["other_load"]),
+        "throughput_ratio": med(lambda r: r["zriver_throughput"]["tasks_per_s"]
+                                / r["bare_throughput"]["tasks_per_s"]),
+        "bare_total_cpu_us_per_task": med(
+            lambda r: r["bare_throughput"]["total_cpu_us_per_task"]),
+        "zriver_total_cpu_us_per_task": med(
+            lambda r: r["zriver_throughput"]["total_cpu_us_per_task"]),
+        "cpu_ratio": med(lambda r: r["bare_throughput"]["total_cpu_us_per_task"]
+                         / r["zriver_throughput"]["total_cpu_us_per_task"]),
+    }
+    if rounds and "zriver_latency" in rounds[0]:
+        for q in (50, 95):
+            out[f"bare_latency_p{q}_ms"] = med(lambda r: percentile(r["bare_latency"], q) * 1e3)
+            for key in ("reply", "running", "completed"):
+                out[f"zriver_{key}_p{q}_ms"] = med(
+                    lambda r: percentile([v for v in r["zriver_latency"][key] if v == v], q)
+                    * 1e3)
+        out["latency_ratio_p50"] = out["zriver_completed_p50_ms"] / out["bare_latency_p50_ms"]
+    return out
+
+
+def noise_note(s: dict[str, Any]) -> str:
+    if not s["rounds_noisy"]:
+        return "(all quiet)"
+    if s["rounds_used"] + s["rounds_noisy"] == s["rounds_total"]:
+        return f"({s['rounds_noisy']} noisy rounds set aside)"
+    return "(ALL NOISY: other processes were busy; re-run on a quieter machine)"
+
+
+def table(result: dict[str, Any]) -> str:
+    s, m, a = result["summary"], result["machine"], result["args"]
+    tasks_cpu = (s["zriver_total_cpu_us_per_task"] - s["host_cpu_us_per_task"]
+                 - s["runner_cpu_us_per_task"])
+    lines = [
+        f"zriver dispatch benchmark: medians of {s['rounds_used']} interleaved rounds "
+        f"{noise_note(s)}; {a['tasks']} tasks per batch, {a['samples']} latency samples "
+        "per round",
+        "ratio = median of the per-round ratios zriver/bare",
+        f"machine: {m['affinity']} cores usable ({m['processor']}), Python {m['python']}",
+        "",
+        f"{'metric':<44}{'bare':>10}{'zriver':>10}{'ratio':>9}  target",
+        "-" * 90,
+        f"{'throughput (tasks/s, 2 at a time)':<44}{s['bare_tasks_per_s']:>10.0f}"
+        f"{s['zriver_tasks_per_s']:>10.0f}{s['throughput_ratio']:>9.2f}  >= 0.5 (ideally 0.65)",
+    ]
+    if "zriver_completed_p50_ms" in s:
+        lines += [
+            f"{'submit -> completed p50 (ms)':<44}{s['bare_latency_p50_ms']:>10.2f}"
+            f"{s['zriver_completed_p50_ms']:>10.2f}{s['latency_ratio_p50']:>8.1f}x  < 2 ms",
+            f"{'submit -> completed p95 (ms)':<44}{s['bare_latency_p95_ms']:>10.2f}"
+            f"{s['zriver_completed_p95_ms']:>10.2f}"
+            f"{s['zriver_completed_p95_ms'] / s['bare_latency_p95_ms']:>8.1f}x",
+            f"{'submit -> running event p50 / p95 (ms)':<44}{'':>10}"
+            f"{s['zriver_running_p50_ms']:>5.2f}/{s['zriver_running_p95_ms']:<4.2f}",
+            f"{'submit -> submit reply p50 / p95 (ms)':<44}{'':>10}"
+            f"{s['zriver_reply_p50_ms']:>5.2f}/{s['zriver_reply_p95_ms']:<4.2f}",
+        ]
+    lines += [
+        f"{'CPU per task in the batch, all processes (us)':<44}"
+        f"{s['bare_total_cpu_us_per_task']:>10.0f}{s['zriver_total_cpu_us_per_task']:>10.0f}"
+        f"{s['cpu_ratio']:>9.2f}  (bare/zriver: CPU-bound ceiling)",
+        f"{'   launcher / host process':<44}{s['bare_cpu_us_per_task']:>10.0f}"
+        f"{s['host_cpu_us_per_task']:>10.0f}",
+        f"{'   runner process':<44}{'':>10}{s['runner_cpu_us_per_task']:>10.0f}",
+        f"{'   the tasks themselves (true)':<44}"
+        f"{s['bare_total_cpu_us_per_task'] - s['bare_cpu_us_per_task']:>10.0f}"
+        f"{tasks_cpu:>10.0f}",
+        f"{'the task.submit call of the batch (ms)':<44}{'':>10}{s['submit_call_ms']:>10.1f}",
+        f"{'other load on the machine (throughput runs)':<44}{s['other_load_bare']:>10.0%}"
+        f"{s['other_load_zriver']:>10.0%}",
+        f"load average at the end: {m['loadavg']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks per throughput batch")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--samples", type=int, default=200, help="latency samples per round")
+    parser.add_argument("--skip-latency", action="store_true", help="throughput rounds only")
+    parser.add_argument("--noise-threshold", type=float, default=0.10,
+                        help="a round during which other processes used more than this share "
+                        "of the machine is noisy: it is re-run and left out of the medians")
+    parser.add_argument("--extra-rounds", type=int, default=3,
+                        help="at most this many rounds beyond --rounds to replace noisy ones")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="overall time bound")
+    parser.add_argument("--profile", choices=("none", "cprofile", "cputime", "py-spy", "attach"),
+                        default="none", help="see the module docstring")
+    parser.add_argument("--attach", help="with --profile attach: a command run against each "
+                        "role during the throughput rounds and stopped with SIGINT; {pid}, "
+                        "{role} and {out} (a path prefix in --profile-dir) are filled in")
+    parser.add_argument("--profile-dir", help="where profiles go (required with --profile)")
+    parser.add_argument("--wrapper", help="start the roles as `python WRAPPER <role> --config "
+                        "...` instead of `python -m zriver <role> ...` (e.g. bench/whatif.py)")
+    parser.add_argument("--json", help="also write the raw results to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if not 1 <= args.tasks <= 100_000 or not 1 <= args.rounds <= 20 \
+            or not 1 <= args.samples <= 10_000 or not 0 <= args.extra_rounds <= 20:
+        parser.error("--tasks 1..100000, --rounds 1..20, --samples 1..10000, "
+                     "--extra-rounds 0..20")
+    if (args.profile == "attach") != bool(args.attach):
+        parser.error("--profile attach and --attach go together")
+    if args.wrapper and args.profile in ("cprofile", "cputime"):
+        parser.error("--wrapper does not combine with --profile cprofile/cputime")
+    if args.profile != "none" and not args.profile_dir:
+        parser.error("--profile needs --profile-dir (the temporary directory is removed)")
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        result = run(args)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("benchmark interrupted (roles stopped, temporary directory removed)",
+              file=sys.stderr)
+        return 130
+    print()
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
