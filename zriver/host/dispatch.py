@@ -75,10 +75,14 @@ def _finish(host: "Host", task: "LiveTask", state: str) -> None:
 
 
 def publish_task(host: "Host", task: "LiveTask", state: str, detail: str, exit_code) -> None:
-    """``evt.task.<id>``: every state change, submission included (clients keep views live)."""
-    host.publish(f"evt.task.{task.id}", "task.state",
-                 {"id": task.id, "state": state, "node": task.node, "exit_code": exit_code,
-                  "detail": detail, "name": task.spec.name, "attempt": task.attempt})
+    """``evt.task.<id>``: state changes, submission included (clients keep views live).
+
+    One event per task per tick: when a task passes several states in one tick (submitted and
+    assigned; running and completed), the event carries the last one and ``passed`` lists the
+    ones before it."""
+    host.publish_task_event(task.id, {
+        "id": task.id, "state": state, "node": task.node, "exit_code": exit_code,
+        "detail": detail, "name": task.spec.name, "attempt": task.attempt, "passed": []})
 
 
 def retry(host: "Host", task: "LiveTask", failure: str, at: float, detail: str) -> None:

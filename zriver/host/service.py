@@ -117,6 +117,7 @@ class Host:
         self.started_at = 0.0
         self._outgoing: list[tuple[Channel, list[bytes]]] = []
         self._runner_cmds: dict[str, list[dict[str, Any]]] = {}
+        self._task_events: dict[int, dict[str, Any]] = {}
         self._runner_acks: dict[str, list[tuple[Caller, dict[str, Any]]]] = {}
         self._flush_scheduled = False
         self._needs_schedule = False
@@ -321,6 +322,14 @@ class Host:
     def publish(self, topic: str, op: str, body: dict[str, Any]) -> None:
         self._queue(self.xpub, [topic.encode(), encode(op, 0, body)])
 
+    def publish_task_event(self, task_id: int, body: dict[str, Any]) -> None:
+        """Queue ``evt.task.<id>``; a later state of the same task in this tick replaces it."""
+        earlier = self._task_events.get(task_id)
+        if earlier is not None:
+            body["passed"] = earlier["passed"] + [earlier["state"]]
+        self._task_events[task_id] = body
+        self.schedule_flush()
+
     def command(self, node: str, op: str, body: dict[str, Any]) -> None:
         """Queue a host->runner command, sent after this tick commits.
 
@@ -390,6 +399,9 @@ class Host:
             self.store.conn.execute("COMMIT")
         outgoing, self._outgoing = self._outgoing, []
         outgoing.extend(self._runner_messages())
+        events, self._task_events = self._task_events, {}
+        outgoing.extend((self.xpub, [f"evt.task.{task_id}".encode(), encode("task.state", 0, body)])
+                        for task_id, body in events.items())
         for channel, frames in outgoing:
             try:
                 channel.send(frames)

@@ -63,6 +63,7 @@ class Runner:
         self._inflight: tuple[int, list[int]] | None = None
         self._resend: asyncio.TimerHandle | None = None
         self._hold: asyncio.TimerHandle | None = None
+        self._delayed_flush: asyncio.TimerHandle | None = None
         self._starts: list[tuple[int, int, float]] = []
         self._forgets: list[int] = []
         self._flush_scheduled = False
@@ -153,8 +154,9 @@ class Runner:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        if self._resend is not None:
-            self._resend.cancel()
+        for timer in (self._resend, self._hold, self._delayed_flush):
+            if timer is not None:
+                timer.cancel()
         for backend in self.backends.values():
             backend.close()
         self.channel.close()
@@ -311,9 +313,16 @@ class Runner:
 
     # ---- the outbox --------------------------------------------------------------------
     def report(self, update: dict[str, Any]) -> None:
-        """Queue one task update for the host (persisted and sent at the end of the tick)."""
+        """Queue one task update for the host (persisted and sent at the end of the tick; a
+        ``running`` update only after ``RUNNING_HOLD``, so that a task which ends at once is
+        written and sent once, start and end together)."""
         update.setdefault("attempt", self._attempts.get(update["id"], 1))
         self._unsent.append(update)
+        if update["state"] == "running" and not self._flush_scheduled:
+            if self._delayed_flush is None:
+                self._delayed_flush = asyncio.get_running_loop().call_later(
+                    RUNNING_HOLD, self._flush)
+            return
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -323,6 +332,9 @@ class Runner:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._delayed_flush is not None:
+            self._delayed_flush.cancel()
+            self._delayed_flush = None
         if self._hold is not None and any(u["state"] != "running" for u in self._unsent):
             self._hold.cancel()  # something final to say: no reason to wait any more
             self._hold = None
