@@ -433,7 +433,7 @@ class Zriver:
                     ran = body["state"] == lc.RUNNING or lc.RUNNING in body.get("passed", ())
                     if ran and t_run is None:
                         t_run = at  # (a task that ends at once reports both in one event)
-                    elif lc.is_final(body["state"]):
+                    if lc.is_final(body["state"]):
                         if body["state"] != lc.COMPLETED:
                             raise BenchError(f"task {task_id} ended {body['state']}: {body}")
                         t_done = at

@@ -216,3 +216,24 @@ def _running_pid(client, task_id: int) -> str:
     events = client.call("task.get", {"id": task_id})["events"]
     return next(e["detail"].split()[1] for e in events if e["detail"].startswith("pid "))
 
+
+
+def test_staged_tasks_start_behind_running_ones_and_can_be_killed(cluster, tmp_path):
+    gate = tmp_path / "gate"
+    hold = ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo $ZRIVER_CORES"]
+    first = [cluster.submit(hold) for _ in range(2)]
+    for task_id in first:
+        cluster.wait_state(task_id, {"running"})
+    staged = [cluster.submit(["sh", "-c", "echo $ZRIVER_CORES"]) for _ in range(2)]
+    queued = cluster.submit(["true"])
+    for task_id in staged:
+        task = cluster.task(task_id)
+        assert task["state"] == "assigned" and "starts when task" in task["detail"]
+    assert cluster.task(queued)["state"] == "pending"
+    cluster.client().call("task.kill", {"id": staged[1]})
+    assert cluster.wait(staged[1])[0]["state"] == "killed"
+    gate.touch()
+    summaries = cluster.wait(*first, staged[0], queued)
+    assert {s["state"] for s in summaries} == {"completed"}
+    cores_of = {i: cluster.log(i).decode().strip() for i in first + [staged[0]]}
+    assert cores_of[staged[0]] in (cores_of[first[0]], cores_of[first[1]])

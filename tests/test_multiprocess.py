@@ -117,8 +117,8 @@ def test_host_kill9_and_restart_keeps_results_and_runs_each_task_once(cluster: C
     for task_id in running:
         cluster.wait_task_state(task_id, "running", timeout=10)
     waiting = [marker_task(cluster, marks / f"wait-{n}", cores=2, target=n) for n in NODES]
-    for task_id in waiting:
-        assert cluster.task(task_id)["state"] == "pending"
+    for task_id in waiting:  # queued, or staged on the runner behind the running one
+        assert cluster.task(task_id)["state"] in ("pending", "assigned")
     cluster.wait_for(lambda: all(marker_lines(marks / f"run-{n}") == ["start"] for n in NODES),
                      5, "the running tasks to write their start markers")
 

@@ -175,3 +175,76 @@ def test_dependency_endings_release_or_fail():
     assert failed == [(10, "dependency 1 ended failed"), (12, "dependency 1 ended failed")]
     assert deps.waiting_for(12) is None
     assert deps.ended(2, "completed") == ([], [])
+
+
+# ---- chained starts (prefetch) -------------------------------------------------------------
+def chained(**nodes) -> Scheduler:
+    sched = Scheduler(chain=True)
+    for name, spec in nodes.items():
+        sched.set_node(name, spec)
+        sched.set_node_state(name, ONLINE)
+    return sched
+
+
+def test_the_next_task_of_the_same_shape_is_staged_behind_a_running_one():
+    sched = chained(a=NodeSpec.flat(2, 8 * G))
+    for i in range(1, 6):
+        sched.submit(Request(i))
+    placements = sched.schedule()
+    assert [(p.task_id, p.behind) for p in placements] == [(1, None), (2, None), (3, 1), (4, 2)]
+    assert placements[2].allocation == sched.allocation(1)
+    assert sched.pending_count == 1
+    sched.validate()
+    sched.release(1)                      # task 3 takes over task 1's core: nothing is freed
+    assert sched.allocation(3) == placements[0].allocation
+    assert sched.node_usage("a") == (2, 0)
+    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(5, 3)]
+    sched.validate()
+
+
+def test_a_withdrawn_staged_task_frees_its_place_in_line():
+    sched = chained(a=NodeSpec.flat(1, 8 * G))
+    for i in range(1, 4):
+        sched.submit(Request(i))
+    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(1, None), (2, 1)]
+    sched.release(2)                      # killed while staged
+    assert sched.behind(2) is None
+    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(3, 1)]
+    sched.release(1)
+    assert sched.node_usage("a") == (1, 0) and sched.allocation(3) is not None
+    sched.validate()
+
+
+@pytest.mark.parametrize("blocked", [
+    Request(2, cores=1),                  # another shape
+    Request(2, target="a", numa=0),       # pinned to a zone
+    Request(2, needs=frozenset({"docker"})),
+])
+def test_only_plain_same_shape_tasks_are_chained(blocked):
+    sched = chained(a=NodeSpec((tuple(range(2)),), 8 * G, (), frozenset({"native", "docker"})))
+    sched.submit(Request(1, cores=2))
+    sched.submit(blocked)
+    assert [p.behind for p in sched.schedule()] == [None]
+
+
+def test_chaining_never_jumps_a_reservation():
+    sched = chained(a=NodeSpec.flat(2, 8 * G))
+    sched.submit(Request(1))
+    sched.submit(Request(2))
+    sched.schedule()
+    sched.submit(Request(3, cores=2))     # blocked: gets the reservation
+    sched.submit(Request(4))              # same shape as 1 and 2, but behind the reservation
+    assert sched.schedule() == []
+    assert "reserved for it" in sched.pending_reason(3)
+
+
+def test_chains_survive_a_host_restart():
+    sched = chained(a=NodeSpec.flat(1, 8 * G))
+    sched.submit(Request(1))
+    sched.submit(Request(2))
+    first, second = sched.schedule()
+    fresh = chained(a=NodeSpec.flat(1, 8 * G))
+    fresh.hold(1, first.allocation, Request(1))
+    fresh.hold(2, second.allocation, Request(2), behind=second.behind)
+    fresh.validate()
+    assert fresh.behind(2) == 1 and fresh.node_usage("a") == (1, 0)

@@ -132,7 +132,7 @@ class FakeRunners:
 
 @pytest.fixture
 def big_cluster(make_cluster):
-    cluster = make_cluster({})
+    cluster = make_cluster({}, host={"prefetch": False})  # every task is pending or placed
 
     def never_lost():  # fake runners send no heartbeats; keep them online for the test
         cluster.host.settings = dataclasses.replace(cluster.host.settings,

@@ -55,6 +55,7 @@ class HostSettings:
     """The host's Docker daemon for envs (``unix:///...``); empty: ``$DOCKER_HOST`` or default."""
     placement: str = "spread"
     gpu_placement: str = "pack"
+    prefetch: bool = True
 
     def resolved(self) -> "HostSettings":
         for key in ("placement", "gpu_placement"):
@@ -181,6 +182,10 @@ max_message_bytes = {DEFAULT_MAX_MESSAGE_BYTES}
 # GPU tasks follow gpu_placement (pack keeps whole nodes free for large GPU jobs).
 placement = "spread"
 gpu_placement = "pack"
+
+# Chained starts: the next task of the same shape waits on the runner behind a running one and
+# starts the moment it ends, with no round trip to the host (fast for many short tasks).
+prefetch = true
 
 # The Docker environment a task runs in when it names none (`zriver env list`); empty: native.
 default_container = ""

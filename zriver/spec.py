@@ -82,33 +82,25 @@ class TaskSpec:
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> "TaskSpec":
+        """Validate a received spec: field types by the ``_WIRE`` table, then ``check``."""
         if not isinstance(body, dict):
             raise BadRequest("each task must be a map")
-        command = arg(body, "command", list)
+        values: dict[str, Any] = {}
+        for name, kinds, default in _WIRE:
+            value = body.get(name)
+            if value is None:
+                if default is _REQUIRED:
+                    raise BadRequest(f"missing field '{name}'")
+                value = default() if callable(default) else default
+            elif type(value) not in kinds:  # exact types: a bool is not an int here
+                arg(body, name, tuple(kinds))  # raises with the precise message
+            values[name] = value
+        command = values["command"]
         if not command or not all(isinstance(part, str) for part in command):
             raise InvalidArgument("command must be a non-empty list of strings")
-        spec = cls(
-            command=list(command),
-            name=arg(body, "name", str, ""),
-            cores=arg(body, "cores", int, 1),
-            memory=arg(body, "memory", int, None),
-            env=dict(arg(body, "env", dict, {})),
-            workdir=arg(body, "workdir", str, None),
-            target=arg(body, "target", str, None) or None,
-            backend=arg(body, "backend", str, NATIVE),
-            owner=arg(body, "owner", str, ""),
-            container=arg(body, "container", str, None),
-            env_version=arg(body, "env_version", str, None),
-            mounts=list(arg(body, "mounts", list, [])),
-            privileged=arg(body, "privileged", bool, False),
-            gpus=arg(body, "gpus", int, 0),
-            priority=arg(body, "priority", int, 0),
-            after=list(arg(body, "after", list, [])),
-            after_any=list(arg(body, "after_any", list, [])),
-            time_limit=_number(arg(body, "time_limit", (int, float), None)),
-            retries=arg(body, "retries", int, 0),
-            max_parallel=arg(body, "max_parallel", int, 0),
-        )
+        spec = cls(**values)
+        spec.target = spec.target or None
+        spec.time_limit = _number(spec.time_limit)
         spec.check()
         return spec
 
@@ -163,3 +155,17 @@ class TaskSpec:
 
 
 _FIELDS = tuple(f.name for f in fields(TaskSpec))
+_REQUIRED = object()
+_WIRE: tuple[tuple[str, frozenset[type], Any], ...] = (
+    ("command", frozenset({list}), _REQUIRED), ("name", frozenset({str}), ""),
+    ("cores", frozenset({int}), 1), ("memory", frozenset({int}), None),
+    ("env", frozenset({dict}), dict), ("workdir", frozenset({str}), None),
+    ("target", frozenset({str}), None), ("backend", frozenset({str}), NATIVE),
+    ("owner", frozenset({str}), ""), ("container", frozenset({str}), None),
+    ("env_version", frozenset({str}), None), ("mounts", frozenset({list}), list),
+    ("privileged", frozenset({bool}), False), ("gpus", frozenset({int}), 0),
+    ("priority", frozenset({int}), 0), ("after", frozenset({list}), list),
+    ("after_any", frozenset({list}), list), ("time_limit", frozenset({int, float}), None),
+    ("retries", frozenset({int}), 0), ("max_parallel", frozenset({int}), 0),
+)
+assert tuple(name for name, _, _ in _WIRE) == _FIELDS, "_WIRE must list every field in order"

@@ -125,16 +125,26 @@ def place(host: "Host", placement: Placement) -> None:
     alloc = placement.allocation
     task.node, task.alloc = alloc.node, alloc
     gpus = f", GPUs {','.join(map(str, alloc.gpus))}" if alloc.gpus else ""
-    move(host, task, lc.ASSIGNED, detail=f"on {alloc.node}{gpus}",
-         also={"node": alloc.node, "alloc": allocation_to_wire(alloc)})
-    host.command(alloc.node, "task.start", start_body(task))
+    wire = allocation_to_wire(alloc)
+    detail = f"on {alloc.node}{gpus}"
+    if placement.behind is not None:
+        wire["behind"] = placement.behind
+        detail += f", starts when task {placement.behind} ends"
+    move(host, task, lc.ASSIGNED, detail=detail, also={"node": alloc.node, "alloc": wire})
+    host.command(alloc.node, "task.start", start_body(host, task))
 
 
-def start_body(task: "LiveTask") -> dict[str, Any]:
+def start_body(host: "Host", task: "LiveTask") -> dict[str, Any]:
+    """``task.start``: with ``behind`` when the task is staged behind another (the runner
+    starts it when that one ends, or at once when it has already ended there)."""
     from zriver.host.service import allocation_to_wire
 
-    return {"id": task.id, "attempt": task.attempt, "spec": task.spec.to_wire(),
+    body = {"id": task.id, "attempt": task.attempt, "spec": task.wire or task.spec.to_wire(),
             "alloc": allocation_to_wire(task.alloc)}
+    behind = host.scheduler.behind(task.id)
+    if behind is not None:
+        body["behind"] = behind
+    return body
 
 
 def apply_update(host: "Host", node: str, update: dict[str, Any]) -> None:

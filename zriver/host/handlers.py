@@ -52,14 +52,15 @@ def submit(host: Host, caller: Caller, body: dict) -> dict:
     ids: list[int] = []
     batch_id = None
     for spec in specs:
+        wire = spec.to_wire()
         task_id = host.store.insert_task({"name": spec.name, "owner": spec.owner,
-                                          "state": lc.PENDING, "spec": spec.to_wire(),
+                                          "state": lc.PENDING, "spec": wire,
                                           "submitted_at": now, "batch_id": batch_id})
         if len(specs) > 1 and batch_id is None:
             batch_id = task_id
             host.store.update_task(task_id, batch_id=batch_id)
         host.store.add_event(task_id, lc.PENDING, now, "submitted")
-        task = LiveTask(task_id, spec, lc.PENDING, batch_id=batch_id)
+        task = LiveTask(task_id, spec, lc.PENDING, batch_id=batch_id, wire=wire)
         host.tasks[task_id] = task
         publish_task(host, task, lc.PENDING, "submitted", None)
         enqueue(host, task)
@@ -232,7 +233,7 @@ def register(host: Host, caller: Caller, body: dict) -> dict:
         if task.id in known and known[task.id].get("attempt", 1) == task.attempt:
             continue
         if task.state == lc.ASSIGNED:
-            host.command(name, "task.start", start_body(task))  # the start never arrived
+            host.command(name, "task.start", start_body(host, task))  # the start never arrived
         elif task.state in lc.ACTIVE:
             move(host, task, lc.LOST, detail=f"runner {name} restarted and no longer has it")
     changed = gpu_change(info, node.heartbeat)

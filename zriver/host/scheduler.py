@@ -14,6 +14,13 @@ Invariants (``validate``; tests call it after every step):
 * every pending task is in the queue exactly once and holds nothing;
 * a batch never holds more than its ``max_parallel`` allocations.
 
+Chained starts (the runner's prefetch): when the next task in line fits nowhere now but has
+the same shape (cores, memory, GPU count) as a placed task that has no successor yet, it is
+placed *behind* that task: it takes over exactly its allocation when it ends, so the runner
+starts it at once, without a round trip to the host. A staged task holds nothing of its own
+(its books are its predecessor's); it counts towards its batch's ``max_parallel``. Chaining
+stops at the first task that has to wait otherwise, so it never jumps a reservation.
+
 Queue order: priority (higher first), then submission order. A task that does not fit now
 does not block the others (backfill), except that the first blocked task that could run
 somewhere gets a reservation on one node: no new task is placed there until it starts, unless
@@ -88,8 +95,12 @@ class Allocation:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
+    """Start ``task_id`` with ``allocation`` now, or, with ``behind``, as soon as task
+    ``behind`` ends, on the very resources it holds (a chained start: see ``_chain``)."""
+
     task_id: int
     allocation: Allocation
+    behind: int | None = None
 
 
 @dataclass(slots=True)
@@ -129,8 +140,9 @@ class _Node:
 class Scheduler:
     """Accounting and placement for the whole cluster; mutated only through its methods."""
 
-    def __init__(self, placement: str = SPREAD, gpu_placement: str = PACK) -> None:
-        self.placement, self.gpu_placement = placement, gpu_placement
+    def __init__(self, placement: str = SPREAD, gpu_placement: str = PACK,
+                 chain: bool = False) -> None:
+        self.placement, self.gpu_placement, self.chain = placement, gpu_placement, chain
         self._nodes: dict[str, _Node] = {}
         self._queues: dict[int, dict[int, Request]] = {}  # priority -> FIFO of requests
         self._held: dict[int, Allocation] = {}
@@ -138,6 +150,9 @@ class Scheduler:
         self._started_at: dict[int, float] = {}
         self._batch_running: dict[int, int] = {}
         self._reasons: dict[int, str] = {}
+        self._successor: dict[int, int] = {}  # placed task -> the task staged behind it
+        self._staged: dict[int, tuple[int, Allocation, Request]] = {}  # -> (behind, alloc, req)
+        self._open: dict[tuple[int, int, int], dict[int, None]] = {}  # shape -> placed, no successor
 
     # ---- nodes -------------------------------------------------------------------------
     def set_node(self, name: str, spec: NodeSpec) -> None:
@@ -193,8 +208,14 @@ class Scheduler:
         self._reasons[req.task_id] = "waiting for free resources"
 
     def hold(self, task_id: int, alloc: Allocation, req: Request | None = None,
-             started_at: float | None = None) -> None:
-        """Record an allocation that already exists (host restart): take it from the node."""
+             started_at: float | None = None, behind: int | None = None) -> None:
+        """Record an allocation that already exists (host restart): take it from the node, or
+        stage it again behind ``behind`` when that task still holds it (call for those last)."""
+        if req is not None and req.batch is not None:
+            self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
+        if behind is not None and behind in self._held and behind not in self._successor:
+            self._stage(task_id, behind, alloc, req or Request(task_id, len(alloc.cores)))
+            return
         node = self._node(alloc.node)
         node.free_cores -= set(alloc.cores)
         node.free_memory -= alloc.memory
@@ -202,8 +223,7 @@ class Scheduler:
         self._held[task_id] = alloc
         if req is not None:
             self._held_req[task_id] = req
-            if req.batch is not None:
-                self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
+            self._open.setdefault(_shape(req), {})[task_id] = None
         if started_at is not None:
             self._started_at[task_id] = started_at
 
@@ -213,20 +233,59 @@ class Scheduler:
             self._started_at[task_id] = at
 
     def release(self, task_id: int) -> None:
-        """The task ended or was withdrawn: drop it from the queue or free what it held."""
+        """The task ended or was withdrawn: drop it from the queue or free what it held (to
+        the task staged behind it, when there is one)."""
         for queue in self._queues.values():
             queue.pop(task_id, None)
         self._reasons.pop(task_id, None)
         self._started_at.pop(task_id, None)
+        if task_id in self._staged:
+            self._unstage(task_id)
+            return
         req = self._held_req.pop(task_id, None)
-        if req is not None and req.batch is not None:
-            self._batch_running[req.batch] -= 1
+        if req is not None:
+            if req.batch is not None:
+                self._batch_running[req.batch] -= 1
+            self._open.get(_shape(req), {}).pop(task_id, None)
         alloc = self._held.pop(task_id, None)
+        successor = self._successor.pop(task_id, None)
+        if successor is not None and alloc is not None:
+            self._take_over(successor)
+            return
         if alloc is not None and alloc.node in self._nodes:
             node = self._nodes[alloc.node]
             node.free_cores |= set(alloc.cores)
             node.free_memory += alloc.memory
             node.free_gpus |= set(alloc.gpus)
+
+    def _stage(self, task_id: int, behind: int, alloc: Allocation, req: Request) -> None:
+        self._staged[task_id] = (behind, alloc, req)
+        self._successor[behind] = task_id
+        behind_req = self._held_req.get(behind)
+        if behind_req is not None:
+            self._open.get(_shape(behind_req), {}).pop(behind, None)
+
+    def _unstage(self, task_id: int) -> None:
+        """A staged task is withdrawn: its predecessor may take another successor."""
+        behind, _, req = self._staged.pop(task_id)
+        if req.batch is not None:
+            self._batch_running[req.batch] -= 1
+        self._successor.pop(behind, None)
+        behind_req = self._held_req.get(behind)
+        if behind_req is not None:
+            self._open.setdefault(_shape(behind_req), {})[behind] = None
+
+    def _take_over(self, task_id: int) -> None:
+        """The predecessor ended: its resources are now the staged task's own."""
+        _, alloc, req = self._staged.pop(task_id)
+        self._held[task_id] = alloc
+        self._held_req[task_id] = req
+        self._open.setdefault(_shape(req), {})[task_id] = None
+
+    def behind(self, task_id: int) -> int | None:
+        """The task ``task_id`` is staged behind, if it is staged."""
+        staged = self._staged.get(task_id)
+        return None if staged is None else staged[0]
 
     def allocation(self, task_id: int) -> Allocation | None:
         return self._held.get(task_id)
@@ -269,6 +328,8 @@ class Scheduler:
                     placements.append(self._place(req, node))
                     most_cores, most_gpus = _most_free(usable)
                     continue
+            if self.chain and reservation is None and self._chain(req, placements):
+                continue
             if reservation is None or req.target is not None:
                 reservation = self._block(req, usable, reservation, now)
             elif sized:
@@ -277,6 +338,26 @@ class Scheduler:
             else:
                 self._reasons[req.task_id] = f"waiting for {_wants(req)}"
         return placements
+
+    def _chain(self, req: Request, placements: list[Placement]) -> bool:
+        """Stage ``req`` behind a placed task of the same shape on a usable node, if any."""
+        if req.numa is not None or req.gpu_ids:
+            return False
+        for candidate in self._open.get(_shape(req), {}):
+            alloc = self._held[candidate]
+            node = self._nodes.get(alloc.node)
+            if node is None or not node.usable or not req.needs <= node.spec.features:
+                continue
+            if req.target is not None and node.name != req.target:
+                continue
+            del self._queues[req.priority][req.task_id]
+            self._reasons.pop(req.task_id, None)
+            if req.batch is not None:
+                self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
+            self._stage(req.task_id, candidate, alloc, req)
+            placements.append(Placement(req.task_id, alloc, behind=candidate))
+            return True
+        return False
 
     def _batch_full(self, req: Request) -> bool:
         return bool(req.batch is not None and req.max_parallel
@@ -311,6 +392,7 @@ class Scheduler:
         self._reasons.pop(req.task_id, None)
         self._held[req.task_id] = alloc
         self._held_req[req.task_id] = req
+        self._open.setdefault(_shape(req), {})[req.task_id] = None
         if req.batch is not None:
             self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
         return Placement(req.task_id, alloc)
@@ -381,8 +463,13 @@ class Scheduler:
                 assert not set(taken) & free, f"held {kind} marked free on {node.name}"
             used = sum(a.memory for a in allocs)
             assert node.free_memory == node.spec.memory - used, f"memory books off on {node.name}"
+        for task_id, (behind, alloc, _) in self._staged.items():
+            assert behind in self._held, f"task {task_id} staged behind {behind}, which holds nothing"
+            assert self._successor.get(behind) == task_id, f"chain books off at {task_id}"
+            assert self._held[behind] == alloc, f"task {task_id} staged with another allocation"
         counts: dict[int, int] = {}
-        for task_id, req in self._held_req.items():
+        placed = list(self._held_req.items()) + [(t, r) for t, (_, _, r) in self._staged.items()]
+        for task_id, req in placed:
             if req.batch is not None:
                 counts[req.batch] = counts.get(req.batch, 0) + 1
                 assert not req.max_parallel or counts[req.batch] <= req.max_parallel, \
@@ -395,6 +482,10 @@ class Scheduler:
             return self._nodes[name]
         except KeyError:
             raise NotFound(f"unknown node {name!r}") from None
+
+
+def _shape(req: Request) -> tuple[int, int, int]:
+    return req.cores, req.memory, req.gpu_count
 
 
 def _most_free(nodes: list[_Node]) -> tuple[int, int]:

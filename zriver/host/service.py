@@ -55,6 +55,8 @@ class LiveTask:
     started_at: float | None = None
     timing_out: bool = False
     limit_timer: asyncio.TimerHandle | None = None
+    wire: dict[str, Any] | None = None
+    """``spec.to_wire()``, kept: the spec does not change after submit."""
 
     def request(self) -> Request:
         node, numa, gpu_ids = parse_target(self.spec.target) if self.spec.target else (None, None, ())
@@ -107,7 +109,8 @@ class Host:
         self.handlers = handlers or HANDLERS
         self.data_dir = Path(self.settings.data_dir)
         self.incarnation = secrets.token_hex(4)
-        self.scheduler = Scheduler(self.settings.placement, self.settings.gpu_placement)
+        self.scheduler = Scheduler(self.settings.placement, self.settings.gpu_placement,
+                                   self.settings.prefetch)
         self.deps = Dependencies()
         self.tasks: dict[int, LiveTask] = {}
         self.nodes: dict[str, NodeRecord] = {}
@@ -182,14 +185,17 @@ class Host:
                                                  drained=row["drained"])
             self.scheduler.set_node(row["name"], node_spec(info))
             self.scheduler.set_drained(row["name"], row["drained"] is not None)
-        for row in self.store.unfinished_tasks():
+        rows = self.store.unfinished_tasks()
+        rows.sort(key=lambda row: (row["alloc"] or {}).get("behind") is not None)  # chains last
+        for row in rows:
             task = LiveTask(row["id"], TaskSpec.from_wire(row["spec"]), row["state"], row["node"],
                             attempt=row["attempt"], batch_id=row["batch_id"],
-                            started_at=row["started_at"])
+                            started_at=row["started_at"], wire=row["spec"])
             self.tasks[task.id] = task
             if row["alloc"]:
                 task.alloc = allocation_from_wire(row["alloc"])
-                self.scheduler.hold(task.id, task.alloc, task.request(), task.started_at)
+                self.scheduler.hold(task.id, task.alloc, task.request(), task.started_at,
+                                    behind=row["alloc"].get("behind"))
             else:
                 from zriver.host.dispatch import enqueue
 

@@ -69,6 +69,7 @@ class Runner:
         self._flush_scheduled = False
         self._log_dirs: set[Path] = set()
         self._paths: dict[int, tuple[str, str]] = {}
+        self._chained: dict[int, dict] = {}  # running task -> start body of the one behind it
         self._base_env = bundle.child_environment()
         self._known: set[tuple[int, int]] = set()  # (task id, attempt) started in this life
         self._attempts: dict[int, int] = {}
@@ -217,6 +218,8 @@ class Runner:
                  for tid in self.running()]
         known += [{"id": u["id"], "state": u["state"], "attempt": u.get("attempt", 1)}
                   for _, u in self._persisted]
+        known += [{"id": b["id"], "state": "assigned", "attempt": b.get("attempt", 1)}
+                  for b in self._chained.values()]
         reply = await self.request("runner.register", {"name": self.name, "info": self.info,
                                                       "tasks": known,
                                                       "usage": self._usage()})
@@ -413,6 +416,15 @@ class Runner:
         if (task_id, attempt) in self._known:
             return  # a re-sent start of an attempt already under way or finished
         self._attempts[task_id] = attempt
+        behind = arg(body, "behind", int, None)
+        if behind is not None and behind in self._backend_of:
+            self._known.add((task_id, attempt))
+            self._chained[behind] = body  # starts the moment ``behind`` ends, on its cores
+            return
+        self._launch(body)
+
+    def _launch(self, body: dict) -> None:
+        task_id, attempt = body["id"], body.get("attempt", 1)
         spec = TaskSpec.trusted(arg(body, "spec", dict))
         backend = self.backends.get(spec.backend)
         now = time.time()
@@ -463,6 +475,13 @@ class Runner:
         task_id, action = arg(body, "id", int), arg(body, "action", str)
         if action not in ("kill", "pause", "resume"):
             raise ZriverError(f"unknown action {action!r}")
+        for behind, chained in list(self._chained.items()):
+            if chained["id"] == task_id and action == "kill":  # staged, never started
+                del self._chained[behind]
+                self._attempts[task_id] = chained.get("attempt", 1)
+                self.report({"id": task_id, "state": "killed", "at": time.time(),
+                             "detail": "killed before it started"})
+                return
         backend = self._backend_of.get(task_id)
         if backend is None or task_id not in backend.running():
             return
@@ -496,3 +515,6 @@ class Runner:
         self._forgets.append(task_id)
         self.report({"id": task_id, "state": outcome.state, "at": time.time(),
                      "exit_code": outcome.exit_code, "detail": outcome.detail})
+        chained = self._chained.pop(task_id, None)
+        if chained is not None:
+            self._launch(chained)
