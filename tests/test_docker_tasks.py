@@ -63,7 +63,8 @@ def test_output_env_mounts_and_removal(dcluster, docker_client, tmp_path):
 def test_limits_are_really_applied(dcluster, docker_client):
     cluster = dcluster()
     make_env(cluster)
-    script = ("cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/cpuset.cpus; "
+    script = ("cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || "
+              "cat /sys/fs/cgroup/cpuset.cpus; "
               "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us "
               "2>/dev/null || cat /sys/fs/cgroup/cpu.max; "
               "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || "

@@ -103,11 +103,13 @@ def test_create_shell_commit_run_list_rm_through_the_cli(dcluster, docker_client
 def test_env_from_rootfs_tarball_and_from_dockerfile(dcluster, tmp_path, docker_client):
     cluster = dcluster()
     rootfs = tmp_path / "rootfs.tar"
-    stream = docker_client.api.export(docker_client.api.create_container(
-        "zriver-test-busybox", ["true"])["Id"])
-    with open(rootfs, "wb") as handle:
-        for chunk in stream:
-            handle.write(chunk)
+    source = docker_client.api.create_container("zriver-test-busybox", ["true"])["Id"]
+    try:
+        with open(rootfs, "wb") as handle:
+            for chunk in docker_client.api.export(source):
+                handle.write(chunk)
+    finally:
+        docker_client.api.remove_container(source, force=True)
     with tarfile.open(rootfs) as tar:
         assert "bin/busybox" in tar.getnames()
     zriver(cluster, "env", "create", "fromtar", "--from-tar", str(rootfs))

@@ -32,11 +32,15 @@ SHELL = ["/bin/sh", "-c",
 
 
 def _long(ctx: Context) -> float:
+    """The timeout of an op that answers only when slow Docker work is done (a commit, a
+    build); the host is checked first with the normal timeout, so a dead host fails fast."""
+    ctx.client.hello()
     return max(ctx.timeout, LONG)
 
 
 def upload(ctx: Context, path: Path) -> str:
     """Send ``path`` to the host in chunks; return the upload token."""
+    ctx.client.hello()  # fail fast when there is no host, before minutes of chunks
     token = secrets.token_hex(16)
     offset = 0
     with open(path, "rb") as handle:
@@ -55,7 +59,8 @@ def _created(ctx: Context, args, reply: dict) -> int:
     if args.json:
         ctx.print(as_json(reply))
         return 0
-    line = f"env {reply['name']} created from {reply['source']} (container {reply['container'][:12]})"
+    line = (f"env {reply['name']} created from {reply['source']} "
+            f"(container {reply['container'][:12]})")
     version = reply.get("version")
     if version:
         line += f"; version {version['version']} ({size(version['size'])}) published"
@@ -130,7 +135,7 @@ def _context_tar(archive: Path, context: Path, dockerfile: Path) -> str:
 def shell(ctx: Context, args) -> int:
     """Open a full terminal in the env container (`docker exec -it`); install what you need,
     exit, then `zriver env commit NAME` publishes it to every node."""
-    reply = ctx.client.call("env.shell", {"name": args.name}, timeout=_long(ctx))
+    reply = ctx.client.call("env.shell", {"name": args.name}, timeout=max(ctx.timeout, 120))
     docker = shutil.which("docker")
     where = reply["hostname"]
     if docker is None:

@@ -46,6 +46,14 @@ def backend_fields(args) -> dict:
     return {"backend": "auto", "mounts": args.mount, "privileged": args.privileged}
 
 
+def default_workdir(args) -> str | None:
+    """``--workdir``, else the current directory for native tasks (like Slurm); a container
+    starts in its image's own working directory unless told otherwise."""
+    if args.workdir:
+        return args.workdir
+    return None if args.container and args.container.upper() != "NULL" else os.getcwd()
+
+
 def parse_ids(text: str) -> list[int]:
     """``"41,42"`` -> ``[41, 42]``."""
     try:
@@ -71,7 +79,8 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     arg("--memory", help="memory limit, e.g. 512M or 4G (default: none)"),
     arg("--env", action="append", default=[], metavar="KEY=VALUE",
         help="environment variable for the task (repeatable)"),
-    arg("--workdir", help="working directory (default: the current one)"),
+    arg("--workdir", help="working directory (default: the current one; in a container: "
+                          "the image's)"),
     arg("--target", action="append", default=[], complete="target",
         help="NODE, NODE:NUMA_ZONE or NODE::GPU[,GPU] (repeatable: one task per target)"),
     arg("--gpus", type=int, default=0, help="GPUs for the task, on any node that has them free"),
@@ -104,7 +113,7 @@ def submit(ctx: Context, args) -> int:
                               "e.g. zriver submit -- python train.py")
     base = {"name": args.name, "cores": args.cores,
             "memory": parse_size(args.memory) if args.memory else None,
-            "env": parse_env(args.env), "workdir": args.workdir or os.getcwd(),
+            "env": parse_env(args.env), "workdir": default_workdir(args),
             "owner": owner(), "gpus": args.gpus, "priority": args.priority,
             "after": parse_ids(args.after), "after_any": parse_ids(args.after_any),
             "time_limit": parse_duration(args.time_limit) if args.time_limit else None,
