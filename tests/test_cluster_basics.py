@@ -229,7 +229,7 @@ def test_staged_tasks_start_behind_running_ones_and_can_be_killed(cluster, tmp_p
     for task_id in staged:
         task = cluster.task(task_id)
         assert task["state"] == "assigned" and "starts when task" in task["detail"]
-    assert cluster.task(queued)["state"] == "pending"
+    assert "starts when task" in cluster.task(queued)["detail"]  # chains are 3 deep
     cluster.client().call("task.kill", {"id": staged[1]})
     assert cluster.wait(staged[1])[0]["state"] == "killed"
     gate.touch()

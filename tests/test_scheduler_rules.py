@@ -186,32 +186,34 @@ def chained(**nodes) -> Scheduler:
     return sched
 
 
-def test_the_next_task_of_the_same_shape_is_staged_behind_a_running_one():
+def test_the_next_tasks_of_the_same_shape_are_staged_behind_running_ones():
     sched = chained(a=NodeSpec.flat(2, 8 * G))
-    for i in range(1, 6):
+    for i in range(1, 10):
         sched.submit(Request(i))
     placements = sched.schedule()
-    assert [(p.task_id, p.behind) for p in placements] == [(1, None), (2, None), (3, 1), (4, 2)]
-    assert placements[2].allocation == sched.allocation(1)
+    assert [(p.task_id, p.behind) for p in placements] == [
+        (1, None), (2, None), (3, 1), (4, 2), (5, 3), (6, 4), (7, 5), (8, 6)]  # chains of 3
+    assert placements[2].allocation == placements[4].allocation == sched.allocation(1)
     assert sched.pending_count == 1
     sched.validate()
     sched.release(1)                      # task 3 takes over task 1's core: nothing is freed
     assert sched.allocation(3) == placements[0].allocation
     assert sched.node_usage("a") == (2, 0)
-    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(5, 3)]
+    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(9, 7)]
     sched.validate()
 
 
-def test_a_withdrawn_staged_task_frees_its_place_in_line():
+def test_a_withdrawn_staged_task_lets_the_one_behind_it_move_up():
     sched = chained(a=NodeSpec.flat(1, 8 * G))
-    for i in range(1, 4):
+    for i in range(1, 6):
         sched.submit(Request(i))
-    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(1, None), (2, 1)]
+    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(1, None), (2, 1), (3, 2), (4, 3)]
     sched.release(2)                      # killed while staged
-    assert sched.behind(2) is None
-    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(3, 1)]
+    assert (sched.behind(2), sched.behind(3)) == (None, 1)
+    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(5, 4)]
     sched.release(1)
     assert sched.node_usage("a") == (1, 0) and sched.allocation(3) is not None
+    assert sched.behind(4) == 3
     sched.validate()
 
 
@@ -240,11 +242,11 @@ def test_chaining_never_jumps_a_reservation():
 
 def test_chains_survive_a_host_restart():
     sched = chained(a=NodeSpec.flat(1, 8 * G))
-    sched.submit(Request(1))
-    sched.submit(Request(2))
-    first, second = sched.schedule()
+    for i in range(1, 4):
+        sched.submit(Request(i))
+    placements = sched.schedule()
     fresh = chained(a=NodeSpec.flat(1, 8 * G))
-    fresh.hold(1, first.allocation, Request(1))
-    fresh.hold(2, second.allocation, Request(2), behind=second.behind)
+    for p in placements:
+        fresh.hold(p.task_id, p.allocation, Request(p.task_id), behind=p.behind)
     fresh.validate()
-    assert fresh.behind(2) == 1 and fresh.node_usage("a") == (1, 0)
+    assert (fresh.behind(2), fresh.behind(3)) == (1, 2) and fresh.node_usage("a") == (1, 0)

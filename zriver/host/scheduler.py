@@ -16,8 +16,9 @@ Invariants (``validate``; tests call it after every step):
 
 Chained starts (the runner's prefetch): when the next task in line fits nowhere now but has
 the same shape (cores, memory, GPU count) as a placed task that has no successor yet, it is
-placed *behind* that task: it takes over exactly its allocation when it ends, so the runner
-starts it at once, without a round trip to the host. A staged task holds nothing of its own
+placed *behind* that task (or behind the last of a chain of at most ``CHAIN_DEPTH``): it takes
+over exactly its allocation when it ends, so the runner starts it at once, without a round trip
+to the host. A staged task holds nothing of its own
 (its books are its predecessor's); it counts towards its batch's ``max_parallel``. Chaining
 stops at the first task that has to wait otherwise, so it never jumps a reservation.
 
@@ -40,6 +41,8 @@ OFFLINE = "offline"
 DEGRADED = "degraded"
 PACK = "pack"
 SPREAD = "spread"
+CHAIN_DEPTH = 3
+"""At most this many tasks staged one behind the other on the same resources."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +216,8 @@ class Scheduler:
         stage it again behind ``behind`` when that task still holds it (call for those last)."""
         if req is not None and req.batch is not None:
             self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
-        if behind is not None and behind in self._held and behind not in self._successor:
+        known = behind is not None and (behind in self._held or behind in self._staged)
+        if known and behind not in self._successor:
             self._stage(task_id, behind, alloc, req or Request(task_id, len(alloc.cores)))
             return
         node = self._node(alloc.node)
@@ -261,26 +265,57 @@ class Scheduler:
     def _stage(self, task_id: int, behind: int, alloc: Allocation, req: Request) -> None:
         self._staged[task_id] = (behind, alloc, req)
         self._successor[behind] = task_id
-        behind_req = self._held_req.get(behind)
-        if behind_req is not None:
-            self._open.get(_shape(behind_req), {}).pop(behind, None)
+        self._close(behind)
+        if self._depth(task_id) < CHAIN_DEPTH:
+            self._open.setdefault(_shape(req), {})[task_id] = None
 
     def _unstage(self, task_id: int) -> None:
-        """A staged task is withdrawn: its predecessor may take another successor."""
-        behind, _, req = self._staged.pop(task_id)
+        """A staged task is withdrawn: what was behind it moves up; else its predecessor may
+        take another successor."""
+        self._close(task_id)
+        behind, alloc, req = self._staged.pop(task_id)
         if req.batch is not None:
             self._batch_running[req.batch] -= 1
         self._successor.pop(behind, None)
-        behind_req = self._held_req.get(behind)
-        if behind_req is not None:
-            self._open.setdefault(_shape(behind_req), {})[behind] = None
+        follower = self._successor.pop(task_id, None)
+        if follower is not None:
+            _, _, follower_req = self._staged[follower]
+            self._staged[follower] = (behind, alloc, follower_req)
+            self._successor[behind] = follower
+            self._reopen_tail(follower)
+        else:
+            self._reopen_tail(behind)
 
     def _take_over(self, task_id: int) -> None:
-        """The predecessor ended: its resources are now the staged task's own."""
+        """The predecessor ended: its resources are now the staged task's own (whatever is
+        staged behind it stays there, one step closer to the front)."""
         _, alloc, req = self._staged.pop(task_id)
         self._held[task_id] = alloc
         self._held_req[task_id] = req
-        self._open.setdefault(_shape(req), {})[task_id] = None
+        self._reopen_tail(task_id)
+
+    def _close(self, task_id: int) -> None:
+        req = self._held_req.get(task_id) or (self._staged[task_id][2]
+                                              if task_id in self._staged else None)
+        if req is not None:
+            self._open.get(_shape(req), {}).pop(task_id, None)
+
+    def _reopen_tail(self, task_id: int) -> None:
+        """The last task of ``task_id``'s chain may take a successor if the chain is short."""
+        while task_id in self._successor:
+            task_id = self._successor[task_id]
+        req = self._held_req.get(task_id) or (self._staged[task_id][2]
+                                              if task_id in self._staged else None)
+        if req is not None and self._depth(task_id) < CHAIN_DEPTH:
+            self._open.setdefault(_shape(req), {})[task_id] = None
+
+    def _depth(self, task_id: int) -> int:
+        """How many staged links lead from ``task_id`` back to a placed task."""
+        depth = 0
+        while task_id in self._staged:
+            depth += 1
+            task_id = self._staged[task_id][0]
+        return depth
 
     def behind(self, task_id: int) -> int | None:
         """The task ``task_id`` is staged behind, if it is staged."""
@@ -344,7 +379,7 @@ class Scheduler:
         if req.numa is not None or req.gpu_ids:
             return False
         for candidate in self._open.get(_shape(req), {}):
-            alloc = self._held[candidate]
+            alloc = self._held.get(candidate) or self._staged[candidate][1]
             node = self._nodes.get(alloc.node)
             if node is None or not node.usable or not req.needs <= node.spec.features:
                 continue
@@ -464,9 +499,13 @@ class Scheduler:
             used = sum(a.memory for a in allocs)
             assert node.free_memory == node.spec.memory - used, f"memory books off on {node.name}"
         for task_id, (behind, alloc, _) in self._staged.items():
-            assert behind in self._held, f"task {task_id} staged behind {behind}, which holds nothing"
+            head = behind
+            while head in self._staged:
+                head = self._staged[head][0]
+            assert head in self._held, f"task {task_id} staged behind a chain that holds nothing"
             assert self._successor.get(behind) == task_id, f"chain books off at {task_id}"
-            assert self._held[behind] == alloc, f"task {task_id} staged with another allocation"
+            assert self._held[head] == alloc, f"task {task_id} staged with another allocation"
+            assert self._depth(task_id) <= CHAIN_DEPTH, f"chain too long at {task_id}"
         counts: dict[int, int] = {}
         placed = list(self._held_req.items()) + [(t, r) for t, (_, _, r) in self._staged.items()]
         for task_id, req in placed:

@@ -186,8 +186,13 @@ class Host:
             self.scheduler.set_node(row["name"], node_spec(info))
             self.scheduler.set_drained(row["name"], row["drained"] is not None)
         rows = self.store.unfinished_tasks()
-        rows.sort(key=lambda row: (row["alloc"] or {}).get("behind") is not None)  # chains last
-        for row in rows:
+        staged = {row["id"]: row for row in rows if (row["alloc"] or {}).get("behind")}
+        order = [row for row in rows if row["id"] not in staged]
+        while staged:  # each staged task after the one it waits behind
+            ready = [r for r in staged.values() if r["alloc"]["behind"] not in staged]
+            for row in ready or list(staged.values()):
+                order.append(staged.pop(row["id"]))
+        for row in order:
             task = LiveTask(row["id"], TaskSpec.from_wire(row["spec"]), row["state"], row["node"],
                             attempt=row["attempt"], batch_id=row["batch_id"],
                             started_at=row["started_at"], wire=row["spec"])

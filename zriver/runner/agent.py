@@ -417,7 +417,8 @@ class Runner:
             return  # a re-sent start of an attempt already under way or finished
         self._attempts[task_id] = attempt
         behind = arg(body, "behind", int, None)
-        if behind is not None and behind in self._backend_of:
+        waiting = {chained["id"] for chained in self._chained.values()}
+        if behind is not None and (behind in self._backend_of or behind in waiting):
             self._known.add((task_id, attempt))
             self._chained[behind] = body  # starts the moment ``behind`` ends, on its cores
             return
@@ -478,6 +479,8 @@ class Runner:
         for behind, chained in list(self._chained.items()):
             if chained["id"] == task_id and action == "kill":  # staged, never started
                 del self._chained[behind]
+                if task_id in self._chained:  # what waited behind it moves up
+                    self._chained[behind] = self._chained.pop(task_id)
                 self._attempts[task_id] = chained.get("attempt", 1)
                 self.report({"id": task_id, "state": "killed", "at": time.time(),
                              "detail": "killed before it started"})
