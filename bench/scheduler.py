@@ -27,7 +27,7 @@ G = 1 << 30
 
 
 def build(nodes: int) -> Scheduler:
-    sched = Scheduler()
+    sched = Scheduler(chain=True)  # as the host runs it (prefetch = true)
     for i in range(nodes):
         zones = (tuple(range(0, 16)), tuple(range(16, 32)))
         sched.set_node(f"n{i:03d}", NodeSpec(zones, 256 * G, tuple(range(8)),
