@@ -294,9 +294,14 @@ class Scheduler:
         self._held_req[task_id] = req
         self._reopen_tail(task_id)
 
+    def _req_of(self, task_id: int) -> Request | None:
+        """The request of a placed or staged task."""
+        if task_id in self._staged:
+            return self._staged[task_id][2]
+        return self._held_req.get(task_id)
+
     def _close(self, task_id: int) -> None:
-        req = self._held_req.get(task_id) or (self._staged[task_id][2]
-                                              if task_id in self._staged else None)
+        req = self._req_of(task_id)
         if req is not None:
             self._open.get(_shape(req), {}).pop(task_id, None)
 
@@ -304,8 +309,7 @@ class Scheduler:
         """The last task of ``task_id``'s chain may take a successor if the chain is short."""
         while task_id in self._successor:
             task_id = self._successor[task_id]
-        req = self._held_req.get(task_id) or (self._staged[task_id][2]
-                                              if task_id in self._staged else None)
+        req = self._req_of(task_id)
         if req is not None and self._depth(task_id) < CHAIN_DEPTH:
             self._open.setdefault(_shape(req), {})[task_id] = None
 
