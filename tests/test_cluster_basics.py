@@ -237,3 +237,14 @@ def test_staged_tasks_start_behind_running_ones_and_can_be_killed(cluster, tmp_p
     assert {s["state"] for s in summaries} == {"completed"}
     cores_of = {i: cluster.log(i).decode().strip() for i in first + [staged[0]]}
     assert cores_of[staged[0]] in (cores_of[first[0]], cores_of[first[1]])
+
+
+def test_stopping_a_runner_never_starts_its_staged_tasks(make_cluster, tmp_path):
+    cluster = make_cluster({"n1": {"cores": 1}})
+    running = cluster.submit(["sleep", "60"])
+    cluster.wait_state(running, {"running"})
+    marker = tmp_path / "started"
+    staged = cluster.submit(["touch", str(marker)])
+    assert "starts when task" in cluster.task(staged)["detail"]
+    cluster.stop_runner("n1")
+    assert not marker.exists()

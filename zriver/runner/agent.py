@@ -146,6 +146,7 @@ class Runner:
     async def stop(self, kill_tasks: bool = True) -> None:
         """Stop loops; with ``kill_tasks`` end every native task and record its end first."""
         native = self.backends["native"]
+        self._chained.clear()  # staged starts never start once we are stopping
         if kill_tasks and native.running():
             native.kill_all()
             deadline = time.monotonic() + 2.0
