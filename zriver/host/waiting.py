@@ -10,7 +10,6 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from zriver.host import lifecycle as lc
 
 if TYPE_CHECKING:
     from zriver.host.service import Caller, Host
@@ -70,5 +69,3 @@ def summaries(host: "Host", ids: list[int]) -> list[dict[str, Any]]:
 def all_final(host: "Host", ids: list[int]) -> bool:
     return all(i not in host.tasks for i in ids)
 
-
-__all__ = ["add", "wake", "answer", "summaries", "all_final", "lc"]
