@@ -45,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from dispatch import BenchError, die_with_parent, percentile, stop_roles  # noqa: E402
 from docker_images import docker_available, ensure_busybox_image  # noqa: E402
 
 from zriver.client.api import Client  # noqa: E402
@@ -52,19 +53,6 @@ from zriver.host import lifecycle as lc  # noqa: E402
 from zriver.protocol import decode  # noqa: E402
 
 COMMAND = ["true"]
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 class Roles:
@@ -82,7 +70,7 @@ class Roles:
             self.procs[role] = subprocess.Popen(
                 [sys.executable, "-m", "zriver", role, "--config", str(config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                cwd=str(self.root), preexec_fn=_die_with_parent)
+                cwd=str(self.root), preexec_fn=die_with_parent)
 
     def _alive(self) -> None:
         for role, proc in self.procs.items():
@@ -126,15 +114,7 @@ class Roles:
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
-        for role in ("runner", "host"):
-            proc = self.procs.get(role)
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        stop_roles(self.procs, grace=15)
 
 
 class Zriver:
@@ -205,11 +185,6 @@ class Raw:
         return count / (time.perf_counter() - t0)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if not docker_available():
         raise BenchError("no Docker daemon answers (tests/run.sh starts one)")
@@ -234,7 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lat_z.append(zriver.one())
         result["latency"] = {
             "raw_p50": statistics.median(lat_raw), "zriver_p50": statistics.median(lat_z),
-            "raw_p90": percentile(lat_raw, 0.9), "zriver_p90": percentile(lat_z, 0.9)}
+            "raw_p90": percentile(lat_raw, 90), "zriver_p90": percentile(lat_z, 90)}
         for _ in range(args.rounds):
             row = {"raw_tasks_per_s": raw.throughput(args.tasks, 2),
                    "zriver_tasks_per_s": zriver.throughput(args.tasks)}

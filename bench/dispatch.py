@@ -40,8 +40,8 @@ under cProfile (``host.prof``/``runner.prof``, written when the roles stop; wall
 ``--profile py-spy`` attaches ``py-spy record`` (raw collapsed stacks, ``host-r1.txt``, ...)
 to both roles during the zriver throughput rounds only; ``--profile attach --attach
 'perf record -g -p {pid} -o {out}.perf'`` does the same with any command. ``--skip-latency``
-keeps a profile on the batch. ``--wrapper bench/whatif.py`` starts the roles through a script
-that can apply experimental patches first (``bench/whatif.py`` lists them).
+keeps a profile on the batch. ``--wrapper SCRIPT`` starts the roles through a script that can
+apply experimental patches first.
 
 Bounded: every wait has a timeout and the whole run stops after ``--max-seconds``. The roles
 are stopped with SIGTERM (SIGKILL if they linger) and the temporary directory is removed, also
@@ -101,7 +101,7 @@ except (OSError, AttributeError):
     _PRCTL = None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGTERM when the benchmark process dies (Linux)."""
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -186,7 +186,7 @@ class Cluster:
         with open(log_file, "wb") as out:
             proc = subprocess.Popen(self._python_role(role, config), stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    cwd=str(self.root), preexec_fn=_die_with_parent)
+                                    cwd=str(self.root), preexec_fn=die_with_parent)
         self.procs[role] = proc
         return proc
 
@@ -275,16 +275,21 @@ class Cluster:
         if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.close()
-        for role in ("runner", "host"):
-            proc = self.procs.get(role)
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_roles(self.procs, grace=10)
+
+
+def stop_roles(procs: dict[str, subprocess.Popen], grace: float) -> None:
+    """SIGTERM the runner, then the host; SIGKILL whichever has not exited after ``grace``."""
+    for role in ("runner", "host"):
+        proc = procs.get(role)
+        if proc is None or proc.poll() is not None:
+            continue
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ---- bare baseline ------------------------------------------------------------------------
@@ -698,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                         "{role} and {out} (a path prefix in --profile-dir) are filled in")
     parser.add_argument("--profile-dir", help="where profiles go (required with --profile)")
     parser.add_argument("--wrapper", help="start the roles as `python WRAPPER <role> --config "
-                        "...` instead of `python -m zriver <role> ...` (e.g. bench/whatif.py)")
+                        "...` instead of `python -m zriver <role> ...` (to try a patch)")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)

@@ -4,7 +4,6 @@ version mismatch, and logs kept under a shared directory."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import apsw
 import pytest

@@ -11,11 +11,12 @@ from pathlib import Path
 SUFFIX = {"stdout": "out", "stderr": "err"}
 
 
-def log_path(base: Path, task_id: int, stream: str) -> Path:
-    return base / f"{task_id}.{SUFFIX[stream]}"
+def log_path(base: str | Path, task_id: int, stream: str) -> str:
+    """The log file of one stream of a task (a plain string: it is built for every start)."""
+    return f"{base}/{task_id}.{SUFFIX[stream]}"
 
 
-def read_slice(path: Path, offset: int, limit: int) -> dict:
+def read_slice(path: str | Path, offset: int, limit: int) -> dict:
     """``limit`` bytes of ``path`` from ``offset``, and the file's current size.
 
     A missing file reads as empty (the task has not written yet)."""

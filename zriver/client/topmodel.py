@@ -342,33 +342,23 @@ class ClusterModel:
 
     def task_ids(self) -> list[int]:
         """Unfinished task ids in display order, filtered (cached until something changes)."""
-        view = self._views[TASKS]
-        if view is None:
-            match = _matcher(self._filters[TASKS])
-            if match is None:
-                view = [task_id for _, task_id in self._order]
-            else:
-                tasks = self.tasks
-                view = [task_id for _, task_id in self._order if match(tasks[task_id])]
-            self._views[TASKS] = view
-        return view
+        return self._view(TASKS, lambda: (task_id for _, task_id in self._order),
+                          self.tasks.__getitem__)
 
     def node_names(self) -> list[str]:
-        view = self._views[NODES]
-        if view is None:
-            match = _matcher(self._filters[NODES])
-            view = [name for name in sorted(self.nodes)
-                    if match is None or match(self.nodes[name])]
-            self._views[NODES] = view
-        return view
+        return self._view(NODES, lambda: sorted(self.nodes), self.nodes.__getitem__)
 
     def event_list(self) -> list[Event]:
-        view = self._views[EVENTS]
-        if view is None:
-            match = _matcher(self._filters[EVENTS])
-            view = [e for e in self.events if match is None or match(e)]
-            self._views[EVENTS] = view
-        return view
+        return self._view(EVENTS, lambda: self.events, lambda event: event)
+
+    def _view(self, view: str, keys, record) -> list:
+        """``keys()`` whose ``record`` passes the view's filter, cached until something changes."""
+        cached = self._views[view]
+        if cached is None:
+            match = _matcher(self._filters[view])
+            cached = [key for key in keys() if match is None or match(record(key))]
+            self._views[view] = cached
+        return cached
 
     def count(self, state: str) -> int:
         return self._counts.get(state, 0)

@@ -118,8 +118,9 @@ def submit(ctx: Context, args) -> int:
             "after": parse_ids(args.after), "after_any": parse_ids(args.after_any),
             "time_limit": parse_duration(args.time_limit) if args.time_limit else None,
             "retries": args.retries, "max_parallel": args.max_parallel, **backend_fields(args)}
+    commands = expand(command_line)
     specs = [{**base, "command": command, "target": target}
-             for target in (args.target or [None]) for command in expand(command_line)]
+             for target in (args.target or [None]) for command in commands]
     reply = ctx.client.call("task.submit", {"tasks": specs})
     ids = reply["ids"]
     if args.json and not (args.wait or args.follow):

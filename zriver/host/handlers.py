@@ -8,6 +8,7 @@ Handlers of ``runner.*``/``task.update`` only accept runner identities.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ async def logs(host: Host, caller: Caller, body: dict) -> dict:
     final = lc.is_final(row["state"])
     if host.settings.shared_dir:
         path = log_path(Path(host.settings.shared_dir) / "logs", row["id"], stream)
-        if path.exists():
+        if os.path.exists(path):
             return read_slice(path, offset, limit) | {"final": final}
     if not row["node"] or row["state"] == lc.PENDING:
         return {"data": b"", "offset": offset, "size": 0, "final": final}

@@ -24,8 +24,7 @@ import structlog
 
 from zriver import PROTOCOL_VERSION, __version__
 from zriver.config import HostSettings
-from zriver.errors import Internal, ZriverError
-from zriver.host import lifecycle as lc
+from zriver.errors import Internal, Unavailable, ZriverError, error_from_reply
 from zriver.host.scheduler import (DEGRADED, OFFLINE, ONLINE, Allocation, NodeSpec, Request,
                                    Scheduler)
 from zriver.host.deps import Dependencies
@@ -274,8 +273,6 @@ class Host:
         if env.op == "ok":
             future.set_result(env.body)
         else:
-            from zriver.errors import error_from_reply
-
             future.set_exception(error_from_reply(env.code, env.msg))
 
     def _on_published(self, frames: list[bytes]) -> None:
@@ -352,8 +349,6 @@ class Host:
 
     async def call_runner(self, node: str, op: str, body: dict, timeout: float = 5.0) -> dict:
         """Send a command to a runner now and await its reply (``Unavailable`` on silence)."""
-        from zriver.errors import Unavailable
-
         rid = self._next_rid
         self._next_rid += 1
         future = asyncio.get_running_loop().create_future()
@@ -378,10 +373,13 @@ class Host:
 
     # ---- the tick ----------------------------------------------------------------------
     def begin(self) -> None:
-        """Open the tick's transaction if none is open."""
+        """Open the tick's transaction if none is open (``flush`` will commit it)."""
+        self._open_transaction()
+        self.schedule_flush()
+
+    def _open_transaction(self) -> None:
         if not self.store.conn.in_transaction:
             self.store.conn.execute("BEGIN")
-        self.schedule_flush()
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -399,8 +397,7 @@ class Host:
             return
         if self._needs_schedule:
             self._needs_schedule = False
-            self.begin()
-            self._flush_scheduled = False
+            self._open_transaction()
             from zriver.host.dispatch import place
 
             for placement in self.scheduler.schedule(time.time()):

@@ -418,8 +418,8 @@ class Runner:
             return  # a re-sent start of an attempt already under way or finished
         self._attempts[task_id] = attempt
         behind = arg(body, "behind", int, None)
-        waiting = {chained["id"] for chained in self._chained.values()}
-        if behind is not None and (behind in self._backend_of or behind in waiting):
+        if behind is not None and (behind in self._backend_of or any(
+                chained["id"] == behind for chained in self._chained.values())):
             self._known.add((task_id, attempt))
             self._chained[behind] = body  # starts the moment ``behind`` ends, on its cores
             return
@@ -509,8 +509,8 @@ class Runner:
         return base
 
     def log_paths(self, task_id: int) -> tuple[str, str]:
-        base = str(self.log_dir())
-        return f"{base}/{task_id}.out", f"{base}/{task_id}.err"
+        base = self.log_dir()
+        return log_path(base, task_id, "stdout"), log_path(base, task_id, "stderr")
 
     def _on_exit(self, task_id: int, outcome: Exit) -> None:
         self._backend_of.pop(task_id, None)
