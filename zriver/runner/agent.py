@@ -335,6 +335,13 @@ class Runner:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """End of a tick: send what the tick reported, then write it and the tick's
+        bookkeeping in one transaction.
+
+        Sending first is safe: the host's acknowledgement is handled in a later tick, after
+        the write, and a crash between the send and the write is the same as a crash just
+        before the task's end was noticed (the host has the update or marks the task lost).
+        A task that started and ended within the tick never enters the ``started`` table."""
         self._flush_scheduled = False
         if self._delayed_flush is not None:
             self._delayed_flush.cancel()
@@ -344,23 +351,33 @@ class Runner:
             self._hold = None
         if not (self._unsent or self._starts or self._forgets or self._acked):
             return
-        with self.ledger.conn:
-            for row in self._starts:
-                self.ledger.record_start(*row)
-            self.ledger.forget(self._forgets)
-            self.ledger.acknowledge(self._acked)
-            seqs = self.ledger.append(self._unsent)
-        self._persisted.extend(zip(seqs, self._unsent))
+        unsent, starts, forgets, acked = self._unsent, self._starts, self._forgets, self._acked
         self._unsent, self._starts, self._forgets, self._acked = [], [], [], []
-        if self._inflight is None:
-            self._send_next_batch()
+        seq = self.ledger.new_seq() if unsent else 0
+        if unsent:
+            self._persisted.extend((seq, update) for update in unsent)
+            if self._inflight is None:
+                self._send_next_batch()
+        ended = set(forgets)
+        begun = {row[0] for row in starts}
+        with self.ledger.conn:
+            for row in starts:
+                if row[0] not in ended:
+                    self.ledger.record_start(*row)
+            self.ledger.forget([task_id for task_id in forgets if task_id not in begun])
+            self.ledger.acknowledge(acked)
+            if unsent:
+                self.ledger.append(seq, unsent)
 
     def _send_next_batch(self) -> None:
         if self._inflight is not None or not self._persisted or not self.registered.is_set():
             return
         if self._hold_running():
             return
-        batch = self._persisted[:MAX_BATCH]
+        end = min(MAX_BATCH, len(self._persisted))
+        while end < len(self._persisted) and self._persisted[end][0] == self._persisted[end - 1][0]:
+            end += 1  # never split a row: it is deleted when all of it is acknowledged
+        batch = self._persisted[:end]
         rid = self._next_rid
         self._next_rid += 1
         self._inflight = (rid, [seq for seq, _ in batch])

@@ -3,8 +3,12 @@
 * Spawning: ``posix_spawnp`` with file actions redirecting stdin from ``/dev/null`` and
   stdout/stderr to the task's log files, in a new process group. This costs a fraction of
   ``subprocess``/asyncio subprocesses (see docs/performance.md).
-* Cores: the spawning thread pins itself to the allocated cores for the duration of the
-  spawn, so the child inherits the affinity from its first instruction; then it is restored.
+* Cores: the child is pinned to its allocated cores (``sched_setaffinity`` on its pid) the
+  moment ``posix_spawnp`` returns, i.e. as its ``execve`` completes and long before a
+  dynamically linked program reaches ``main`` (only threads or children it made before that
+  would keep the runner's mask). Pinning the runner's own thread around the spawn instead,
+  so that the child inherits the mask, costs a migration of the runner's event loop to the
+  task's core on every start: a quarter of the dispatch throughput (docs/performance.md).
 * Working directory: likewise, the process changes into ``workdir`` around the spawn (the loop
   thread is the only one that spawns or uses relative paths).
 * Memory: ``MemoryLimiter.apply`` right after the spawn (cgroup, or rlimit fallback). A task
@@ -93,17 +97,14 @@ class NativeBackend:
             (os.POSIX_SPAWN_OPEN, 1, job.stdout, _OUT_FLAGS, 0o644),
             (os.POSIX_SPAWN_OPEN, 2, job.stderr, _OUT_FLAGS, 0o644),
         ]
-        cores = [c for c in job.cores if c in self._usable]
         cwd = os.getcwd() if job.spec.workdir else None
         try:
             if job.spec.workdir:
                 os.chdir(job.spec.workdir)
-            if cores:
-                os.sched_setaffinity(0, cores)
             argv = membind_prefix(job.numa) + job.spec.command
-            return os.posix_spawnp(argv[0], argv, job.env,
-                                   file_actions=actions, setpgroup=0,
-                                   setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE))
+            pid = os.posix_spawnp(argv[0], argv, job.env,
+                                  file_actions=actions, setpgroup=0,
+                                  setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE))
         except FileNotFoundError as exc:
             if job.spec.workdir and cwd is not None and os.getcwd() == cwd:
                 raise StartError(f"working directory {job.spec.workdir} does not exist", 126)
@@ -115,10 +116,20 @@ class NativeBackend:
         except OSError as exc:
             raise StartError(f"cannot start {job.spec.command[0]}: {exc.strerror}", 126) from None
         finally:
-            if cores:
-                os.sched_setaffinity(0, self._usable)
             if cwd is not None:
                 os.chdir(cwd)
+        self._pin(pid, job.cores)
+        return pid
+
+    def _pin(self, pid: int, cores: tuple[int, ...]) -> None:
+        """Pin the fresh child to ``cores`` (those this runner may use; all of them: no-op)."""
+        usable = [c for c in cores if c in self._usable]
+        if not usable or len(usable) == len(self._usable):
+            return
+        try:
+            os.sched_setaffinity(pid, usable)
+        except ProcessLookupError:
+            pass  # it already ended (and was not reaped yet: its pid is still ours)
 
     def signal(self, task_id: int, action: str) -> None:
         proc = self._procs.get(task_id)

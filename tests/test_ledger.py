@@ -1,0 +1,53 @@
+"""The runner's outbox: rows per tick, acknowledgement by row, old rows, restart numbering."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+
+from zriver.runner import agent
+from zriver.runner.ledger import Ledger
+
+
+def update(task_id: int, state: str) -> dict:
+    return {"id": task_id, "state": state, "at": 1.0, "attempt": 1}
+
+
+def test_a_tick_is_one_row_and_pending_lists_its_updates_in_order(tmp_path):
+    ledger = Ledger(tmp_path / "runner.db")
+    first, second = ledger.new_seq(), ledger.new_seq()
+    with ledger.conn:
+        ledger.append(first, [update(1, "running"), update(1, "completed")])
+        ledger.append(second, [update(2, "failed")])
+    assert ledger.pending() == [(first, update(1, "running")), (first, update(1, "completed")),
+                                (second, update(2, "failed"))]
+    with ledger.conn:
+        ledger.acknowledge([first, first])
+    assert ledger.pending() == [(second, update(2, "failed"))]
+
+
+def test_numbering_continues_after_a_restart_and_old_single_update_rows_are_read(tmp_path):
+    ledger = Ledger(tmp_path / "runner.db")
+    with ledger.conn:  # a row as an older release wrote it: one update, not a list
+        ledger.conn.execute("INSERT INTO outbox(seq, body) VALUES (7, ?)",
+                            (msgpack.packb(update(3, "completed")),))
+    ledger.close()
+    reopened = Ledger(tmp_path / "runner.db")
+    assert reopened.pending() == [(7, update(3, "completed"))]
+    assert reopened.new_seq() == 8
+
+
+def test_batches_never_split_a_row_and_every_result_arrives(make_cluster, monkeypatch):
+    monkeypatch.setattr(agent, "MAX_BATCH", 1)  # each batch is cut at a row's end instead
+    cluster = make_cluster({"n1": {"cores": 2}})
+    ids = [cluster.submit(["true"]) for _ in range(6)]
+    summaries = cluster.wait(*ids)
+    assert [s["state"] for s in summaries] == ["completed"] * 6
+    runner = cluster.runners["n1"]
+
+    async def outbox_empties() -> None:  # the last acknowledgement is handled, then written
+        while runner._persisted or runner.ledger.pending():
+            await asyncio.sleep(0.005)
+
+    cluster.run(outbox_empties, timeout=5)
