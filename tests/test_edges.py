@@ -1,13 +1,16 @@
-"""Edges of the core: undeliverable commands, the rlimit fallback, JSON logs."""
+"""Edges of the core: undeliverable commands, the rlimit fallback, JSON logs, pinning."""
 
 from __future__ import annotations
 
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import time
 
+from zriver.runner.backends.native import pin_tree
 from zriver.runner.cgroups import RLIMIT, MemoryLimiter
 
 
@@ -54,3 +57,39 @@ def test_log_json_gives_one_object_per_line(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_pin_tree_pins_what_a_task_started_before_it_was_pinned(tmp_path):
+    """The children a process made before the runner pinned it are pinned with it."""
+    ready, inner = tmp_path / "ready", tmp_path / "inner"
+    leader = subprocess.Popen(
+        ["sh", "-c", f"sleep 30 & sleep 30 & (sleep 30 & touch {inner}; wait) & touch {ready}; wait"],
+        start_new_session=True)
+    try:
+        wait_until(lambda: ready.exists() and inner.exists(), 10, "the task to start its children")
+        family = descendants(leader.pid)
+        assert len(family) >= 5  # sh, two sleeps, a subshell and its sleep
+        target = sorted(os.sched_getaffinity(0))[:1]
+        pin_tree(leader.pid, target)
+        assert {pid: sorted(os.sched_getaffinity(pid)) for pid in family} == \
+            {pid: target for pid in family}
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    result, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        result.append(current)
+        with open(f"/proc/{current}/task/{current}/children") as handle:
+            todo.extend(int(child) for child in handle.read().split())
+    return result
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

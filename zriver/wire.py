@@ -24,6 +24,27 @@ from zriver.protocol import HARD_LIMIT_FACTOR
 
 _EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = (int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT),
                                         int(zmq.NOBLOCK))  # plain ints: no enum cost per call
+_MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+_RCVMORE = int(zmq.RCVMORE)
+_raw_send = zmq.backend.Socket.send  # pyzmq's Python layer adds ~2 us of enum work per message
+_raw_recv = zmq.backend.Socket.recv
+_raw_get = zmq.backend.Socket.get
+
+
+def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """``send_multipart`` without pyzmq's Python layer (multipart sends are atomic: only the
+    first frame can raise ``Again`` or ``EHOSTUNREACH``)."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        _raw_send(sock, frame, _MORE_NOBLOCK if index < last else _NOBLOCK, len(frame) < 65536)
+
+
+def recv_frames(sock: zmq.Socket) -> list[bytes]:
+    """``recv_multipart(NOBLOCK)`` without pyzmq's Python layer."""
+    frames = [_raw_recv(sock, _NOBLOCK, True)]
+    while _raw_get(sock, _RCVMORE):
+        frames.append(_raw_recv(sock, _NOBLOCK, True))
+    return frames
 
 
 class Unreachable(Exception):
@@ -137,7 +158,7 @@ class Channel:
                 self._backlog.append(frames)
             return
         try:
-            self.sock.send_multipart(frames, _NOBLOCK, copy=len(frames[-1]) < 65536)
+            send_frames(self.sock, frames)
         except zmq.Again:
             if not self._lossy:
                 self._backlog.append(frames)
@@ -166,7 +187,7 @@ class Channel:
         while self._backlog:
             frames = self._backlog[0]
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK)
+                send_frames(self.sock, frames)
             except zmq.Again:
                 self._arm_retry()
                 return
@@ -187,7 +208,7 @@ class Channel:
             if not events & _POLLIN:
                 break
             try:
-                frames = self.sock.recv_multipart(_NOBLOCK, copy=True)
+                frames = recv_frames(self.sock)
             except zmq.Again:
                 break
             received = True

@@ -132,8 +132,10 @@ def wait(host: Host, caller: Caller, body: dict) -> Any:
     ids = arg(body, "ids", list)
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise InvalidArgument("ids must be a non-empty list of task ids")
-    for task_id in ids:
-        _row(host, task_id)
+    known = host.store.task_outcomes([i for i in ids if i not in host.tasks])
+    missing = sorted({i for i in ids if i not in host.tasks and i not in known})
+    if missing:
+        raise NotFound(f"no task {', '.join(map(str, missing))}")
     timeout = float(arg(body, "timeout", (int, float), 30.0))
     if waiting.all_final(host, ids):
         return {"done": True, "tasks": waiting.summaries(host, ids)}

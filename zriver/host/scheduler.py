@@ -33,6 +33,7 @@ large one, and a large one never blocks small ones forever.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from zriver.errors import Impossible, NotFound
 
@@ -336,10 +337,11 @@ class Scheduler:
     def pending_count(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
-    def queued(self) -> list[Request]:
-        """Pending requests in scheduling order."""
-        return [req for prio in sorted(self._queues, reverse=True)
-                for req in self._queues[prio].values()]
+    def queued(self) -> Iterator[Request]:
+        """Pending requests in scheduling order, lazily (a pass that stops early pays for what
+        it looked at); placing the request just yielded is allowed."""
+        for prio in sorted(self._queues, reverse=True):
+            yield from list(self._queues[prio].values())
 
     # ---- placement ---------------------------------------------------------------------
     def schedule(self, now: float = 0.0) -> list[Placement]:

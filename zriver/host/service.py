@@ -405,11 +405,13 @@ class Host:
         if self.store.conn.in_transaction:
             self.store.write_pending()
             self.store.conn.execute("COMMIT")
-        outgoing, self._outgoing = self._outgoing, []
-        outgoing.extend(self._runner_messages())
+        # Starts first (they gate the runners' next work), then task events, then the rest.
+        outgoing = self._runner_messages()
         events, self._task_events = self._task_events, {}
         outgoing.extend((self.xpub, [f"evt.task.{task_id}".encode(), encode("task.state", 0, body)])
                         for task_id, body in events.items())
+        outgoing.extend(self._outgoing)
+        self._outgoing = []
         for channel, frames in outgoing:
             try:
                 channel.send(frames)

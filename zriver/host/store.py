@@ -194,13 +194,23 @@ class Store:
                            "finished_at >= ?)", (since,))
 
     def task_states(self, ids: list[int]) -> dict[int, str]:
+        """State of each existing task among ``ids``."""
+        return {task_id: state for task_id, (state, _) in self.task_outcomes(ids).items()}
+
+    def task_outcomes(self, ids: list[int]) -> dict[int, tuple[str, int | None]]:
+        """``(state, exit_code)`` of each existing task among ``ids`` (a query per 500 ids)."""
         if not ids:
             return {}
         self.write_pending()
-        rows = self.conn.execute(
-            f"SELECT id, state FROM tasks WHERE id IN ({','.join('?' * len(ids))})", ids
-        ).fetchall()
-        return dict(rows)
+        result = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start:start + 500]
+            for task_id, state, code in self.conn.execute(
+                    f"SELECT id, state, exit_code FROM tasks WHERE id IN "
+                    f"({','.join('?' * len(chunk))})", chunk):
+                result[task_id] = (state, code)
+        return result
 
     def task_events(self, task_id: int) -> list[dict[str, Any]]:
         self.write_pending()

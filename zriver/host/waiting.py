@@ -53,16 +53,16 @@ def answer(host: "Host", waiter: Waiter) -> None:
 
 
 def summaries(host: "Host", ids: list[int]) -> list[dict[str, Any]]:
-    """State and exit code of each task (final ones from the store)."""
+    """State and exit code of each task (final ones from the store, in one query)."""
+    stored = host.store.task_outcomes([i for i in ids if i not in host.tasks])
     result = []
     for task_id in ids:
         live = host.tasks.get(task_id)
         if live is not None:
-            result.append({"id": task_id, "state": live.state, "exit_code": None})
-            continue
-        row = host.store.get_task(task_id)
-        result.append({"id": task_id, "state": row["state"] if row else "unknown",
-                       "exit_code": row["exit_code"] if row else None})
+            state, code = live.state, None
+        else:
+            state, code = stored.get(task_id, ("unknown", None))
+        result.append({"id": task_id, "state": state, "exit_code": code})
     return result
 
 

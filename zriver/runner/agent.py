@@ -36,7 +36,7 @@ from zriver.runner.cgroups import MemoryLimiter
 from zriver.runner.ledger import Ledger
 from zriver.runner.logtail import LogTail
 from zriver.spec import TaskSpec
-from zriver.wire import Channel, Wire
+from zriver.wire import Channel, Wire, send_frames
 
 log = structlog.get_logger("zriver.runner")
 MAX_BATCH = 2000
@@ -238,9 +238,8 @@ class Runner:
 
     def publish(self, topic: str, body: dict) -> None:
         try:
-            self.pub.send_multipart([topic.encode(), encode(topic.split(".", 1)[0], 0, body)],
-                                    flags=1)  # zmq.NOBLOCK: PUB is lossy by design
-        except Exception:
+            send_frames(self.pub, [topic.encode(), encode(topic.split(".", 1)[0], 0, body)])
+        except Exception:  # PUB is lossy by design
             pass
 
     def _usage(self) -> dict[str, Any]:

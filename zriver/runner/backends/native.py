@@ -3,14 +3,14 @@
 * Spawning: ``posix_spawnp`` with file actions redirecting stdin from ``/dev/null`` and
   stdout/stderr to the task's log files, in a new process group. This costs a fraction of
   ``subprocess``/asyncio subprocesses (see docs/performance.md).
-* Cores: the child is pinned to its allocated cores (``sched_setaffinity`` on its pid) the
-  moment ``posix_spawnp`` returns, i.e. as its ``execve`` completes and long before a
-  dynamically linked program reaches ``main`` (only threads or children it made before that
-  would keep the runner's mask). Pinning the runner's own thread around the spawn instead,
-  so that the child inherits the mask, costs a migration of the runner's event loop to the
-  task's core on every start: a quarter of the dispatch throughput (docs/performance.md).
-* Working directory: likewise, the process changes into ``workdir`` around the spawn (the loop
-  thread is the only one that spawns or uses relative paths).
+* Cores: when the loop thread is running on one of the task's cores, it takes the task's mask
+  for the duration of the spawn (no migration is needed) and the child inherits it from its
+  first instruction. Otherwise the child is pinned the moment ``posix_spawnp`` returns (its
+  ``execve`` has just completed) by ``pin_tree``, which pins it, its threads and anything it
+  already started. The loop thread never moves to another core: pinning it to a core it is not
+  on migrates the event loop on every start, which cost a quarter of the dispatch throughput.
+* Working directory: the process changes into ``workdir`` around the spawn (the loop thread
+  is the only one that spawns or uses relative paths).
 * Memory: ``MemoryLimiter.apply`` right after the spawn (cgroup, or rlimit fallback). A task
   bound to a NUMA zone runs under ``numactl --membind`` when numactl is installed.
 * Exit: a pidfd registered with the loop; ``waitpid`` on readiness. No SIGCHLD handler.
@@ -21,10 +21,12 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
 from dataclasses import dataclass
+from typing import Callable
 
 import structlog
 
@@ -44,6 +46,41 @@ def membind_prefix(zone: int | None) -> list[str]:
     if zone is None or _NUMACTL is None or not os.path.isdir(f"/sys/devices/system/node/node{zone}"):
         return []
     return [_NUMACTL, f"--membind={zone}", "--"]
+
+
+def _load_getcpu() -> Callable[[], int]:
+    """``sched_getcpu`` from libc (the CPU the calling thread runs on), or one answering -1."""
+    try:
+        getcpu = ctypes.CDLL(None).sched_getcpu
+        getcpu.restype, getcpu.argtypes = ctypes.c_int, []
+        return getcpu
+    except (OSError, AttributeError):
+        return lambda: -1
+
+
+_current_cpu = _load_getcpu()
+
+
+def pin_tree(pid: int, cores: list[int]) -> None:
+    """Pin process ``pid``, its threads and all its descendants to ``cores``.
+
+    Each thread is pinned before its children are listed (``/proc/<pid>/task/<tid>/children``):
+    a child started after the pin inherits the mask, one started before is in the list. Threads
+    or processes that end meanwhile, or that changed user (EPERM), are passed over."""
+    todo = [pid]
+    while todo:
+        process = todo.pop()
+        try:
+            threads = [int(tid) for tid in os.listdir(f"/proc/{process}/task")]
+        except (OSError, ValueError):
+            threads = [process]
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, cores)
+                with open(f"/proc/{process}/task/{tid}/children", "rb") as handle:
+                    todo.extend(int(child) for child in handle.read().split())
+            except (ProcessLookupError, PermissionError, FileNotFoundError):
+                continue
 
 
 @dataclass(slots=True)
@@ -97,10 +134,16 @@ class NativeBackend:
             (os.POSIX_SPAWN_OPEN, 1, job.stdout, _OUT_FLAGS, 0o644),
             (os.POSIX_SPAWN_OPEN, 2, job.stderr, _OUT_FLAGS, 0o644),
         ]
+        cores = [c for c in job.cores if c in self._usable]
+        if len(cores) == len(self._usable):
+            cores = []  # all of them: the runner's own mask, inherited
+        inherit = bool(cores) and _current_cpu() in cores
         cwd = os.getcwd() if job.spec.workdir else None
         try:
             if job.spec.workdir:
                 os.chdir(job.spec.workdir)
+            if inherit:
+                os.sched_setaffinity(0, cores)  # no migration: this thread is on one of them
             argv = membind_prefix(job.numa) + job.spec.command
             pid = os.posix_spawnp(argv[0], argv, job.env,
                                   file_actions=actions, setpgroup=0,
@@ -116,20 +159,13 @@ class NativeBackend:
         except OSError as exc:
             raise StartError(f"cannot start {job.spec.command[0]}: {exc.strerror}", 126) from None
         finally:
+            if inherit:
+                os.sched_setaffinity(0, self._usable)
             if cwd is not None:
                 os.chdir(cwd)
-        self._pin(pid, job.cores)
+        if cores and not inherit:
+            pin_tree(pid, cores)
         return pid
-
-    def _pin(self, pid: int, cores: tuple[int, ...]) -> None:
-        """Pin the fresh child to ``cores`` (those this runner may use; all of them: no-op)."""
-        usable = [c for c in cores if c in self._usable]
-        if not usable or len(usable) == len(self._usable):
-            return
-        try:
-            os.sched_setaffinity(pid, usable)
-        except ProcessLookupError:
-            pass  # it already ended (and was not reaped yet: its pid is still ours)
 
     def signal(self, task_id: int, action: str) -> None:
         proc = self._procs.get(task_id)
