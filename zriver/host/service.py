@@ -405,11 +405,13 @@ class Host:
         if self.store.conn.in_transaction:
             self.store.write_pending()
             self.store.conn.execute("COMMIT")
-        # Starts first (they gate the runners' next work), then task events, then the rest.
-        outgoing = self._runner_messages()
+        # Commands first (starts gate the runners' next work), then task events (what clients
+        # wait for), then plain acknowledgements and replies.
+        outgoing, acks = self._runner_messages()
         events, self._task_events = self._task_events, {}
         outgoing.extend((self.xpub, [f"evt.task.{task_id}".encode(), encode("task.state", 0, body)])
                         for task_id, body in events.items())
+        outgoing.extend(acks)
         outgoing.extend(self._outgoing)
         self._outgoing = []
         for channel, frames in outgoing:
@@ -418,26 +420,29 @@ class Host:
             except Unreachable:
                 self._on_unreachable(frames)
 
-    def _runner_messages(self) -> list[tuple[Channel, list[bytes]]]:
-        """This tick's acks and commands, one message per runner where possible."""
+    def _runner_messages(self) -> tuple[list[tuple[Channel, list[bytes]]], list[tuple]]:
+        """This tick's runner messages, one per runner where possible: those carrying
+        commands, and the plain acknowledgements."""
         acks, self._runner_acks = self._runner_acks, {}
         cmds, self._runner_cmds = self._runner_cmds, {}
-        messages = []
+        commanding, plain = [], []
         for node, replies in acks.items():
             for caller, body in replies[:-1]:
-                messages.append((self.router, [caller.identity, encode_ok(caller.rid, body)]))
+                plain.append((self.router, [caller.identity, encode_ok(caller.rid, body)]))
             caller, body = replies[-1]
             if node in cmds:
                 body = {**body, "commands": cmds.pop(node)}
-            messages.append((self.router, [caller.identity, encode_ok(caller.rid, body)]))
+                commanding.append((self.router, [caller.identity, encode_ok(caller.rid, body)]))
+            else:
+                plain.append((self.router, [caller.identity, encode_ok(caller.rid, body)]))
         for node, commands in cmds.items():
             identity = RUNNER_PREFIX + node.encode()
             if len(commands) == 1:
                 frame = encode(commands[0]["op"], 0, commands[0]["body"])
             else:
                 frame = encode("runner.batch", 0, {"commands": commands})
-            messages.append((self.router, [identity, frame]))
-        return messages
+            commanding.append((self.router, [identity, frame]))
+        return commanding, plain
 
     def _on_unreachable(self, frames: list[bytes]) -> None:
         identity = frames[0]
