@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-from zriver.runner.backends.native import pin_tree
+from zriver.runner.backends.native import CommandPaths, pin_tree
 from zriver.runner.cgroups import RLIMIT, MemoryLimiter
 
 
@@ -93,3 +94,34 @@ def wait_until(predicate, timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def test_command_paths_are_looked_up_on_path_and_remembered_for_a_while(tmp_path, monkeypatch):
+    program = tmp_path / "zriver-test-tool"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    paths = CommandPaths(ttl=60)
+    assert paths.resolve("zriver-test-tool") == str(program)
+    assert paths.resolve("./zriver-test-tool") is None  # a path: relative to the task's dir
+    program.unlink()
+    assert paths.resolve("zriver-test-tool") == str(program)  # remembered
+    paths.forget("zriver-test-tool")
+    assert paths.resolve("zriver-test-tool") is None
+    assert CommandPaths(ttl=0).resolve("sh") == shutil.which("sh")
+
+
+def test_a_command_gone_since_its_path_was_remembered_is_reported_not_found(cluster, tmp_path,
+                                                                            monkeypatch):
+    program = tmp_path / "zriver-vanishing"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    # the in-process runner looks commands up on its own PATH
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    first = cluster.submit(["zriver-vanishing"])
+    assert cluster.wait(first)[0]["state"] == "completed"
+    program.unlink()
+    second = cluster.submit(["zriver-vanishing"])
+    [summary] = cluster.wait(second)
+    assert (summary["state"], summary["exit_code"]) == ("failed", 127)
+    assert "command not found" in cluster.task(second)["detail"]

@@ -67,7 +67,7 @@ class Runner:
         self._starts: list[tuple[int, int, float]] = []
         self._forgets: list[int] = []
         self._flush_scheduled = False
-        self._log_dirs: set[Path] = set()
+        self._log_dirs: dict[str, str] = {}  # shared_dir -> its log directory
         self._paths: dict[int, tuple[str, str]] = {}
         self._chained: dict[int, dict] = {}  # running task -> start body of the one behind it
         self._base_env = bundle.child_environment()
@@ -517,11 +517,14 @@ class Runner:
         path = log_path(self.log_dir(), task_id, stream)
         return read_slice(path, arg(body, "offset", int, 0), arg(body, "limit", int, 1 << 20))
 
-    def log_dir(self) -> Path:
-        base = Path(self.shared_dir) / "logs" if self.shared_dir else self.data_dir / "logs"
-        if base not in self._log_dirs:
-            base.mkdir(parents=True, exist_ok=True)
-            self._log_dirs.add(base)
+    def log_dir(self) -> str:
+        """Where task logs go: ``<shared_dir>/logs``, else ``<data_dir>/logs`` (made once)."""
+        key = self.shared_dir
+        base = self._log_dirs.get(key)
+        if base is None:
+            path = Path(key) / "logs" if key else self.data_dir / "logs"
+            path.mkdir(parents=True, exist_ok=True)
+            base = self._log_dirs[key] = str(path)
         return base
 
     def log_paths(self, task_id: int) -> tuple[str, str]:

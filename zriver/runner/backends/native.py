@@ -2,7 +2,9 @@
 
 * Spawning: ``posix_spawnp`` with file actions redirecting stdin from ``/dev/null`` and
   stdout/stderr to the task's log files, in a new process group. This costs a fraction of
-  ``subprocess``/asyncio subprocesses (see docs/performance.md).
+  ``subprocess``/asyncio subprocesses (see docs/performance.md). A command name is looked up on
+  PATH by ``CommandPaths`` (remembered for 2 s) and spawned by its path, so the vfork'd child
+  makes one ``execve`` rather than one per PATH entry before the right one.
 * Cores: when the loop thread is running on one of the task's cores, it takes the task's mask
   for the duration of the spawn (no migration is needed) and the child inherits it from its
   first instruction. Otherwise the child is pinned the moment ``posix_spawnp`` returns (its
@@ -25,6 +27,7 @@ import ctypes
 import os
 import shutil
 import signal
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +40,7 @@ from zriver.runner.cgroups import MemoryLimiter
 log = structlog.get_logger("zriver.runner")
 
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)  # Python ignores SIGPIPE
 _NUMACTL = shutil.which("numactl")
 
 
@@ -59,6 +63,33 @@ def _load_getcpu() -> Callable[[], int]:
 
 
 _current_cpu = _load_getcpu()
+
+
+class CommandPaths:
+    """Command name -> its absolute path on the runner's PATH, remembered for ``ttl`` seconds
+    (like a shell's command hash; a program installed meanwhile is seen after that). Names
+    with a slash are not looked up: they are paths, relative to the task's directory."""
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self._ttl = ttl
+        self._known: dict[str, tuple[str, float]] = {}
+
+    def resolve(self, name: str) -> str | None:
+        if "/" in name:
+            return None
+        now = time.monotonic()
+        known = self._known.get(name)
+        if known is not None and known[1] > now:
+            return known[0]
+        path = shutil.which(name)
+        if path is None or not os.path.isabs(path):
+            self._known.pop(name, None)
+            return None
+        self._known[name] = (path, now + self._ttl)
+        return path
+
+    def forget(self, name: str) -> None:
+        self._known.pop(name, None)
 
 
 def pin_tree(pid: int, cores: list[int]) -> None:
@@ -105,6 +136,7 @@ class NativeBackend:
         self._procs: dict[int, _Proc] = {}
         self._loop = asyncio.get_running_loop()
         self._usable = os.sched_getaffinity(0)
+        self._paths = CommandPaths()
 
     def running(self) -> list[int]:
         return list(self._procs)
@@ -145,9 +177,7 @@ class NativeBackend:
             if inherit:
                 os.sched_setaffinity(0, cores)  # no migration: this thread is on one of them
             argv = membind_prefix(job.numa) + job.spec.command
-            pid = os.posix_spawnp(argv[0], argv, job.env,
-                                  file_actions=actions, setpgroup=0,
-                                  setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE))
+            pid = self._spawn_argv(argv, job.env, actions)
         except FileNotFoundError as exc:
             if job.spec.workdir and cwd is not None and os.getcwd() == cwd:
                 raise StartError(f"working directory {job.spec.workdir} does not exist", 126)
@@ -166,6 +196,20 @@ class NativeBackend:
         if cores and not inherit:
             pin_tree(pid, cores)
         return pid
+
+    def _spawn_argv(self, argv: list[str], env: dict[str, str], actions: list) -> int:
+        """``posix_spawn`` of the command's remembered path (one ``execve`` in the child
+        instead of one per PATH entry before the right one); ``posix_spawnp`` otherwise, and
+        once more when a remembered path has gone."""
+        path = self._paths.resolve(argv[0])
+        if path is not None:
+            try:
+                return os.posix_spawn(path, argv, env, file_actions=actions, setpgroup=0,
+                                      setsigdef=_DEFAULT_SIGNALS)
+            except FileNotFoundError:
+                self._paths.forget(argv[0])
+        return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setpgroup=0,
+                               setsigdef=_DEFAULT_SIGNALS)
 
     def signal(self, task_id: int, action: str) -> None:
         proc = self._procs.get(task_id)
