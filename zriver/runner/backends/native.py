@@ -101,17 +101,33 @@ def pin_tree(pid: int, cores: list[int]) -> None:
     todo = [pid]
     while todo:
         process = todo.pop()
-        try:
-            threads = [int(tid) for tid in os.listdir(f"/proc/{process}/task")]
-        except (OSError, ValueError):
-            threads = [process]
-        for tid in threads:
+        for tid in _threads(process):
             try:
                 os.sched_setaffinity(tid, cores)
-                with open(f"/proc/{process}/task/{tid}/children", "rb") as handle:
-                    todo.extend(int(child) for child in handle.read().split())
+                todo.extend(int(child) for child in
+                            _read_proc(f"/proc/{process}/task/{tid}/children").split())
             except (ProcessLookupError, PermissionError, FileNotFoundError):
                 continue
+
+
+def _threads(pid: int) -> list[int]:
+    """Thread ids of ``pid`` (a fresh process has one: its ``stat`` says so, no listing)."""
+    try:
+        stat = _read_proc(f"/proc/{pid}/stat")
+        if stat.rsplit(b")", 1)[1].split()[17] == b"1":  # num_threads, after "(comm)"
+            return [pid]
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, IndexError, ValueError):
+        return [pid]
+
+
+def _read_proc(path: str) -> bytes:
+    """A small /proc file in one read (no buffered file object: this runs for every start)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
 
 
 @dataclass(slots=True)
