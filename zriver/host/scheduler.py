@@ -352,6 +352,8 @@ class Scheduler:
         the head of the queue holds its reservation.
         """
         placements: list[Placement] = []
+        if not any(self._queues.values()):
+            return placements  # nothing waits (the common case after a task ends)
         usable = [n for n in self._nodes.values() if n.usable]
         most_cores, most_gpus = _most_free(usable)
         reservation: tuple[str, float] | None = None  # (node, earliest start of its owner)
