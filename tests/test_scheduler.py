@@ -59,6 +59,29 @@ def test_offline_nodes_get_nothing():
     assert {p.task_id for p in sched.schedule()} == {1}
 
 
+def test_a_pass_with_no_usable_node_looks_at_no_task(monkeypatch):
+    """10,000 tasks waiting while every node is offline cost nothing per pass; each still
+    says why it waits."""
+    sched = make({"a": (4, 8), "b": (4, 8)}, online=False)
+    sched.set_node_state("b", ONLINE)
+    sched.set_drained("b", True)
+    for task_id in range(1, 10_001):
+        sched.submit(Request(task_id, 1, target="b" if task_id == 2 else None))
+
+    def looked_at(*args):
+        raise AssertionError("a task was examined")
+
+    monkeypatch.setattr(Scheduler, "_block", looked_at)
+    monkeypatch.setattr(Scheduler, "_chain", looked_at)
+    assert sched.schedule() == []
+    assert sched.pending_reason(1).startswith("no usable node can run it")
+    assert sched.pending_reason(2) == "target node b is drained"
+    monkeypatch.undo()
+    sched.set_node_state("a", ONLINE)
+    assert len(sched.schedule()) == 4  # one per core of a
+    assert sched.pending_reason(10_000).startswith("waiting")
+
+
 @pytest.mark.parametrize("req, error", [
     (Request(1, 9), Impossible),
     (Request(1, 1, 9 * G), Impossible),

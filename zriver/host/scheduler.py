@@ -154,6 +154,8 @@ class Scheduler:
         self._started_at: dict[int, float] = {}
         self._batch_running: dict[int, int] = {}
         self._reasons: dict[int, str] = {}
+        self._stalled = False
+        """No usable node at the last pass: every pending task's reason is worked out when asked."""
         self._successor: dict[int, int] = {}  # placed task -> the task staged behind it
         self._staged: dict[int, tuple[int, Allocation, Request]] = {}  # -> (behind, alloc, req)
         self._open: dict[tuple[int, int, int], dict[int, None]] = {}  # shape -> placed, no successor
@@ -331,6 +333,10 @@ class Scheduler:
         return self._held.get(task_id)
 
     def pending_reason(self, task_id: int) -> str | None:
+        if self._stalled:
+            for queue in self._queues.values():
+                if task_id in queue:
+                    return _unusable_reason(queue[task_id], self._nodes)
         return self._reasons.get(task_id)
 
     @property
@@ -355,6 +361,9 @@ class Scheduler:
         if not any(self._queues.values()):
             return placements  # nothing waits (the common case after a task ends)
         usable = [n for n in self._nodes.values() if n.usable]
+        self._stalled = not usable
+        if self._stalled:
+            return placements  # nothing can run: reasons are worked out when asked
         most_cores, most_gpus = _most_free(usable)
         reservation: tuple[str, float] | None = None  # (node, earliest start of its owner)
         for req in self.queued():
@@ -449,12 +458,7 @@ class Scheduler:
         else:
             candidates = [n for n in usable if n.fits_ever(req)]
         if not candidates:
-            if req.target is not None:
-                target = self._nodes.get(req.target)
-                state = "drained" if target and target.drained else (target.state if target else "gone")
-                self._reasons[req.task_id] = f"target node {req.target} is {state}"
-            else:
-                self._reasons[req.task_id] = "no usable node can run it (offline, drained or degraded)"
+            self._reasons[req.task_id] = _unusable_reason(req, self._nodes)
             return reservation
         if reservation is None:
             chosen = min(candidates, key=lambda n: (self._earliest_start(n, req, now), n.name))
@@ -563,6 +567,15 @@ def _check_target_ids(node: _Node, req: Request) -> None:
     if unknown:
         have = ",".join(map(str, node.spec.gpus)) or "none"
         raise NotFound(f"node {node.name} has no GPU {','.join(map(str, unknown))} (GPUs: {have})")
+
+
+def _unusable_reason(req: Request, nodes: dict[str, _Node]) -> str:
+    """Why ``req`` waits when no usable node could run it."""
+    if req.target is not None:
+        target = nodes.get(req.target)
+        state = "drained" if target and target.drained else (target.state if target else "gone")
+        return f"target node {req.target} is {state}"
+    return "no usable node can run it (offline, drained or degraded)"
 
 
 def _wants(req: Request) -> str:
