@@ -41,6 +41,8 @@ from zriver.wire import Channel, Wire, send_frames
 log = structlog.get_logger("zriver.runner")
 MAX_BATCH = 2000
 RUNNING_HOLD = 0.002
+ACK_WRITE_DELAY = 0.5
+"""Acknowledged outbox rows are deleted with the next tick's writes, or after this long."""
 
 
 class Runner:
@@ -64,6 +66,7 @@ class Runner:
         self._resend: asyncio.TimerHandle | None = None
         self._hold: asyncio.TimerHandle | None = None
         self._delayed_flush: asyncio.TimerHandle | None = None
+        self._ack_flush: asyncio.TimerHandle | None = None
         self._starts: list[tuple[int, int, float]] = []
         self._forgets: list[int] = []
         self._flush_scheduled = False
@@ -156,7 +159,7 @@ class Runner:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        for timer in (self._resend, self._hold, self._delayed_flush):
+        for timer in (self._resend, self._hold, self._delayed_flush, self._ack_flush):
             if timer is not None:
                 timer.cancel()
         for backend in self.backends.values():
@@ -342,9 +345,10 @@ class Runner:
         before the task's end was noticed (the host has the update or marks the task lost).
         A task that started and ended within the tick never enters the ``started`` table."""
         self._flush_scheduled = False
-        if self._delayed_flush is not None:
-            self._delayed_flush.cancel()
-            self._delayed_flush = None
+        for timer in (self._delayed_flush, self._ack_flush):
+            if timer is not None:
+                timer.cancel()
+        self._delayed_flush = self._ack_flush = None
         if self._hold is not None and any(u["state"] != "running" for u in self._unsent):
             self._hold.cancel()  # something final to say: no reason to wait any more
             self._hold = None
@@ -417,8 +421,9 @@ class Runner:
             self._resend = None
         if env.op != "ok":
             log.error("runner.update_refused", code=env.code, msg=env.msg)
-        self._acked.extend(seqs)  # deleted from the ledger with the next tick's writes
-        self._schedule_flush()
+        self._acked.extend(seqs)  # deleted with the next writes (a resend is harmless)
+        if self._ack_flush is None:
+            self._ack_flush = asyncio.get_running_loop().call_later(ACK_WRITE_DELAY, self._flush)
         done = set(seqs)
         for seq, update in self._persisted:
             if seq in done and update["state"] not in ("running", "paused"):
