@@ -119,7 +119,7 @@ class Runner:
         native = NativeBackend(self._on_exit, self.limiter, self.settings.kill_grace)
         backends: dict[str, Any] = {native.name: native}
         try:
-            from zriver.runner.backends.docker import make_backend
+            from zriver.runner.backends.dockerlink import make_backend
         except ImportError as exc:  # a build without the docker SDK: native only
             log.warning("runner.no_docker_sdk", error=str(exc))
         else:

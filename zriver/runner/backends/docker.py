@@ -43,8 +43,6 @@ import asyncio
 import concurrent.futures
 import math
 import os
-import re
-import secrets
 import socket
 import struct
 import threading
@@ -62,6 +60,7 @@ from zriver.config import RunnerSettings
 from zriver.errors import ZriverError
 from zriver.host import lifecycle as lc
 from zriver.runner.backends import Exit, Job, OnExit, OnStarted, StartError
+from zriver.runner.backends.dockererrors import short_reason, start_failure
 from zriver.runner.envsync import EnvSync, EnvSyncError
 
 log = structlog.get_logger("zriver.runner")
@@ -71,7 +70,6 @@ WAIT_TIMEOUT = 30
 RETRY_SECONDS = 1.0
 PROBE_TIMEOUT = 10
 _HEADER = struct.Struct(">BxxxL")
-_EXEC = re.compile(r'exec: "([^"]+)"')
 
 
 @dataclass(slots=True)
@@ -161,7 +159,7 @@ class DockerBackend:
         except Exception as exc:  # any failure to talk to Docker means "unavailable"
             where = (self.settings.docker_host or os.environ.get("DOCKER_HOST")
                      or "unix:///var/run/docker.sock")
-            version, available, error = "", False, f"no answer from {where}: {_short(exc)}"
+            version, available, error = "", False, f"no answer from {where}: {short_reason(exc)}"
             with self._client_lock:
                 self._client = None
         changed = available != self.available
@@ -201,7 +199,7 @@ class DockerBackend:
     def _unreachable(self, exc: BaseException) -> None:
         """A call failed because the daemon is gone: say so now, not at the next probe."""
         if self.available:
-            self.available, self.error = False, _short(exc)
+            self.available, self.error = False, short_reason(exc)
             with self._client_lock:
                 self._client = None
             self._post(self.link.on_availability, False)
@@ -324,12 +322,12 @@ class DockerBackend:
                                                     f"{task.version}: the host did not answer"))
         except docker.errors.APIError as exc:
             self._finish(task, Exit(lc.FAILED, 126,
-                                    f"Docker could not create the container: {_short(exc)}"))
+                                    f"Docker could not create the container: {short_reason(exc)}"))
         except (docker.errors.DockerException, requests.exceptions.RequestException,
                 ConnectionError) as exc:
             self._unreachable(exc)
             self._finish(task, Exit(lc.FAILED, 126, f"Docker is not available on "
-                                                    f"{self.link.node}: {_short(exc)}"))
+                                                    f"{self.link.node}: {short_reason(exc)}"))
         except Exception as exc:
             log.exception("docker.task_crashed", task=task.task_id)
             self._finish(task, Exit(lc.FAILED, 126, f"internal error running the container: "
@@ -462,7 +460,7 @@ class DockerBackend:
         except docker.errors.NotFound:
             pass
         except Exception as exc:
-            log.warning("docker.remove_failed", container=container[:12], error=_short(exc))
+            log.warning("docker.remove_failed", container=container[:12], error=short_reason(exc))
 
     def _kill(self, task: _Task) -> None:
         api = self.client().api
@@ -473,14 +471,14 @@ class DockerBackend:
         except docker.errors.NotFound:
             pass
         except Exception as exc:
-            log.warning("docker.kill_failed", task=task.task_id, error=_short(exc))
+            log.warning("docker.kill_failed", task=task.task_id, error=short_reason(exc))
 
     def _pause(self, task: _Task, pause: bool) -> None:
         try:
             api = self.client().api
             (api.pause if pause else api.unpause)(task.container)
         except Exception as exc:
-            log.warning("docker.pause_failed", task=task.task_id, pause=pause, error=_short(exc))
+            log.warning("docker.pause_failed", task=task.task_id, pause=pause, error=short_reason(exc))
 
     def _post(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the loop thread (dropped once the backend is closed)."""
@@ -531,7 +529,7 @@ class DockerBackend:
         try:
             found = await self._loop.run_in_executor(self._pool, self._discover)
         except Exception as exc:
-            log.warning("docker.adopt_failed", error=_short(exc))
+            log.warning("docker.adopt_failed", error=short_reason(exc))
             return []
         adopted = []
         self._adopted = True
@@ -571,72 +569,11 @@ class DockerBackend:
             try:
                 self.envsync.remove(self.client(), name, version, in_use)
             except Exception as exc:
-                log.warning("env.forget_failed", env=name, error=_short(exc))
+                log.warning("env.forget_failed", env=name, error=short_reason(exc))
 
         self._submit(remove)
-
-
-def start_failure(exc: docker.errors.APIError, job: Job) -> Exit:
-    """The ``Exit`` of a container Docker would not start, with a reason a person can act on."""
-    text = _short(exc)
-    executed = _EXEC.search(text)
-    command = executed.group(1) if executed else job.spec.command[0]
-    where = f"env {job.spec.container} {job.spec.env_version}"
-    if "executable file not found" in text or (
-            "no such file or directory" in text and "exec" in text):
-        return Exit(lc.FAILED, 127, f"command not found in {where}: {command}")
-    if "permission denied" in text and "exec" in text:
-        return Exit(lc.FAILED, 126, f"permission denied: {command} in {where}")
-    if job.spec.privileged:
-        return Exit(lc.FAILED, 126, f"Docker refused to start the privileged container: {text}")
-    return Exit(lc.FAILED, 126, f"Docker could not start the container: {text}")
 
 
 def _real_zone(zone: int | None) -> bool:
     """A NUMA zone the kernel knows (declared zones of a test node may not exist)."""
     return zone is not None and os.path.isdir(f"/sys/devices/system/node/node{zone}")
-
-
-def _short(exc: BaseException) -> str:
-    text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())[:400]
-
-
-def runner_id(data_dir: Path) -> str:
-    """This runner's stable id (kept in its data dir): containers are labelled with it."""
-    path = data_dir / "runner-id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        value = secrets.token_hex(8)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(value)
-        tmp.replace(path)
-        return value
-
-
-def make_backend(runner) -> DockerBackend:
-    """The Docker backend of ``runner`` (a ``zriver.runner.agent.Runner``), wired to it."""
-
-    def availability(available: bool) -> None:
-        names = set(runner.info.get("backends", []))
-        (names.add if available else names.discard)("docker")
-        runner.info["backends"] = sorted(names)
-        if runner.registered.is_set():
-            runner._spawn(reregister())
-
-    async def reregister() -> None:
-        try:
-            await runner.register()
-        except (asyncio.TimeoutError, ZriverError) as exc:
-            log.warning("docker.reregister_failed", error=str(exc) or "timeout")
-
-    link = RunnerLink(
-        node=runner.name, runner_id=runner_id(runner.data_dir), data_dir=runner.data_dir,
-        shared_dir=lambda: runner.shared_dir, log_paths=runner.log_paths,
-        attempt_of=lambda task_id: runner._attempts.get(task_id, 1),
-        on_started=runner._on_started, on_exit=runner._on_exit, request=runner.request,
-        request_timeout=runner.settings.request_timeout, on_availability=availability)
-    backend = DockerBackend(runner.settings, link)
-    runner.handlers["env.forget"] = backend.forget_env
-    return backend
