@@ -5,8 +5,9 @@ so that authentication (CURVE, a later release) is switched on here for every so
 
 ``Channel`` drives a plain socket from ``loop.add_reader(socket.FD)``. The FD is edge-triggered
 and only says "events may have changed", so a channel drains with ``NOBLOCK`` until ``EVENTS``
-has no ``POLLIN`` and re-checks after every send. Everything received in one drain is handed to
-``on_message`` one frame list at a time, then ``on_batch_end`` is called once: that is the
+has no ``POLLIN``, and after sends it looks again once, at the end of the tick (a send may
+consume the FD's edge). Everything received in one drain is handed to ``on_message`` one frame
+list at a time, then ``on_batch_end`` is called once: that is the
 "tick" in which the host writes one transaction and the runner sends one update message.
 Sends never block: a full queue (``zmq.Again``) is kept in order and flushed when the socket is
 writable again. A ``ROUTER_MANDATORY`` socket raises ``Unreachable`` for an unknown peer.
@@ -167,8 +168,7 @@ class Channel:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise Unreachable(frames[0]) from None
             raise
-        if self.sock.getsockopt(_EVENTS) & _POLLIN:
-            self._schedule_drain()  # the send may have eaten the FD's edge: drain now
+        self._schedule_drain()  # the send may have eaten the FD's edge: look once, after the tick
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled:
