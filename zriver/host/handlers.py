@@ -138,7 +138,7 @@ def wait(host: Host, caller: Caller, body: dict) -> Any:
         raise NotFound(f"no task {', '.join(map(str, missing))}")
     timeout = float(arg(body, "timeout", (int, float), 30.0))
     if waiting.all_final(host, ids):
-        return {"done": True, "tasks": waiting.summaries(host, ids)}
+        return {"done": True, "tasks": waiting.summaries(host, ids, known)}
     waiting.add(host, caller, ids, max(0.01, min(timeout, 300.0)))
     return DEFERRED
 

@@ -52,9 +52,12 @@ def answer(host: "Host", waiter: Waiter) -> None:
     host.reply(waiter.caller, {"done": not waiter.remaining, "tasks": summaries(host, waiter.ids)})
 
 
-def summaries(host: "Host", ids: list[int]) -> list[dict[str, Any]]:
-    """State and exit code of each task (final ones from the store, in one query)."""
-    stored = host.store.task_outcomes([i for i in ids if i not in host.tasks])
+def summaries(host: "Host", ids: list[int],
+              stored: dict[int, tuple[str, int | None]] | None = None) -> list[dict[str, Any]]:
+    """State and exit code of each task: live ones from memory, final ones from ``stored``
+    (``Store.task_outcomes`` of them, read here in one query when not given)."""
+    if stored is None:
+        stored = host.store.task_outcomes([i for i in ids if i not in host.tasks])
     result = []
     for task_id in ids:
         live = host.tasks.get(task_id)
