@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import msgpack
 
@@ -51,3 +52,47 @@ def test_batches_never_split_a_row_and_every_result_arrives(make_cluster, monkey
             await asyncio.sleep(0.005)
 
     cluster.run(outbox_empties, timeout=5)
+
+
+def test_rows_acknowledged_before_the_write_delay_never_reach_the_ledger(make_cluster,
+                                                                        monkeypatch):
+    monkeypatch.setattr(agent, "WRITE_DELAY", 60.0)  # the write would come long after the ack
+    appended: list[int] = []
+    monkeypatch.setattr(Ledger, "append", lambda self, seq, updates: appended.append(seq))
+    cluster = make_cluster({"n1": {"cores": 2}})
+    ids = [cluster.submit(["true"]) for _ in range(4)]
+    assert [s["state"] for s in cluster.wait(*ids)] == ["completed"] * 4
+    runner = cluster.runners["n1"]
+
+    async def all_acknowledged() -> None:
+        while runner._persisted:
+            await asyncio.sleep(0.005)
+
+    cluster.run(all_acknowledged, timeout=5)
+    assert appended == []
+    assert runner._unwritten == {}
+    assert runner.ledger.pending() == [] and runner.ledger.started() == []
+
+
+def test_what_the_host_has_not_acknowledged_is_written_within_the_delay(make_cluster):
+    cluster = make_cluster({"n1": {"cores": 2}})
+    runner = cluster.runners["n1"]
+    task_id = cluster.submit(["sleep", "0.5"])
+    cluster.wait_state(task_id, {"running"})
+
+    async def recorded(check) -> None:
+        while not check():
+            await asyncio.sleep(0.002)
+
+    cluster.run(lambda: recorded(lambda: task_id in [r[0] for r in runner.ledger.started()]),
+                timeout=5)
+    ports = {f"{kind}_port": int(cluster.host.endpoints[kind].rsplit(":", 1)[1])
+             for kind in ("router", "xsub", "xpub")}
+    cluster.run(cluster.host.stop)  # nobody acknowledges the end now
+    cluster.run(lambda: recorded(lambda: [u["state"] for _, u in runner.ledger.pending()
+                                          if u["id"] == task_id][-1:] == ["completed"]),
+                timeout=5)
+    assert runner._unwritten == {}
+    cluster.host_settings = replace(cluster.host_settings, **ports)
+    cluster.run(cluster._start_host)  # on the same ports: the runner reconnects and resends
+    assert cluster.wait(task_id)[0]["state"] == "completed"

@@ -82,6 +82,31 @@ def test_a_pass_with_no_usable_node_looks_at_no_task(monkeypatch):
     assert sched.pending_reason(10_000).startswith("waiting")
 
 
+def test_a_pass_walks_the_whole_queue_in_order_while_placing_from_it(monkeypatch):
+    """The walk copies the queue in chunks; tasks placed mid-walk leave it, and every task is
+    still looked at once, in queue order, across chunk boundaries."""
+    sched = make({"a": (400, 8)})
+    sched.chain = False
+    for task_id in range(1, 301):
+        sched.submit(Request(task_id, 1))
+    asked: list[int] = []
+    real_choose = Scheduler._choose
+
+    def every_third(self, req, usable, reservation, now):
+        asked.append(req.task_id)
+        return real_choose(self, req, usable, reservation, now) if req.task_id % 3 == 0 else None
+
+    monkeypatch.setattr(Scheduler, "_choose", every_third)
+    monkeypatch.setattr(Scheduler, "_block", lambda self, req, usable, reservation, now: None)
+    placed_ids = [p.task_id for p in sched.schedule()]
+    assert asked == list(range(1, 301))
+    assert placed_ids == list(range(3, 301, 3))
+    asked.clear()
+    sched.schedule()
+    assert asked == [t for t in range(1, 301) if t % 3]
+    sched.validate()
+
+
 @pytest.mark.parametrize("req, error", [
     (Request(1, 9), Impossible),
     (Request(1, 1, 9 * G), Impossible),

@@ -32,6 +32,7 @@ large one, and a large one never blocks small ones forever.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -345,9 +346,20 @@ class Scheduler:
 
     def queued(self) -> Iterator[Request]:
         """Pending requests in scheduling order, lazily (a pass that stops early pays for what
-        it looked at); placing the request just yielded is allowed."""
+        it looked at); placing or staging the request just yielded is allowed.
+
+        Each queue is copied in chunks that double in size: those the walk placed are gone
+        from the queue, those it passed over are still at its front and are skipped."""
         for prio in sorted(self._queues, reverse=True):
-            yield from list(self._queues[prio].values())
+            queue = self._queues[prio]
+            kept, size = 0, 8
+            while True:
+                chunk = list(itertools.islice(queue.values(), kept, kept + size))
+                yield from chunk
+                if len(chunk) < size:
+                    break
+                kept += sum(1 for req in chunk if req.task_id in queue)
+                size *= 2
 
     # ---- placement ---------------------------------------------------------------------
     def schedule(self, now: float = 0.0) -> list[Placement]:

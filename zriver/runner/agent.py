@@ -3,10 +3,16 @@
 Wire: a DEALER (identity ``r:<node name>``) to the host's ROUTER for requests, replies and the
 host's commands; a PUB to the host's XSUB for heartbeats (``hb.<node>``) and log chunks.
 
-Updates (task state changes) go through the persistent outbox of ``Ledger``: every update of a
-loop tick is written in one transaction and leaves as one ``task.update`` message; at most one
-such message is in flight, and the next batch leaves when its reply arrives (self-clocking), or
-the same batch is re-sent after ``request_timeout`` (the host applies resends idempotently).
+Updates (task state changes) go through the persistent outbox of ``Ledger``: the updates of a
+loop tick leave as one ``task.update`` message and become one outbox row; at most one such
+message is in flight, and the next batch leaves when its reply arrives (self-clocking), or the
+same batch is re-sent after ``request_timeout`` (the host applies resends idempotently).
+
+The ledger is written behind, at most ``WRITE_DELAY`` after the tick: a row the host has
+acknowledged by then is never written, nor is the ``started`` record of a task that has already
+ended (for short tasks, most ticks write nothing). A runner that crashes in that window loses
+what the host did not receive yet, exactly as if it had crashed before noticing the task end:
+the host marks such tasks ``lost``.
 
 A host restart is noticed by the host, which asks every runner whose heartbeat it sees but that
 has not registered with it to register again (``runner.reregister``).
@@ -41,8 +47,10 @@ from zriver.wire import Channel, Wire, send_frames
 log = structlog.get_logger("zriver.runner")
 MAX_BATCH = 2000
 RUNNING_HOLD = 0.002
+WRITE_DELAY = 0.002
+"""New outbox rows and start records reach the ledger at most this long after their tick."""
 ACK_WRITE_DELAY = 0.5
-"""Acknowledged outbox rows are deleted with the next tick's writes, or after this long."""
+"""Written rows the host acknowledged are deleted with the next writes, or after this long."""
 
 
 class Runner:
@@ -66,7 +74,9 @@ class Runner:
         self._resend: asyncio.TimerHandle | None = None
         self._hold: asyncio.TimerHandle | None = None
         self._delayed_flush: asyncio.TimerHandle | None = None
-        self._ack_flush: asyncio.TimerHandle | None = None
+        self._unwritten: dict[int, list[dict[str, Any]]] = {}  # outbox rows not in the ledger yet
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._write_due = 0.0  # loop time the armed write timer fires at
         self._starts: list[tuple[int, int, float]] = []
         self._forgets: list[int] = []
         self._flush_scheduled = False
@@ -156,10 +166,11 @@ class Runner:
             while native.running() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         self._flush()
+        self._write_ledger()
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        for timer in (self._resend, self._hold, self._delayed_flush, self._ack_flush):
+        for timer in (self._resend, self._hold, self._delayed_flush, self._write_timer):
             if timer is not None:
                 timer.cancel()
         for backend in self.backends.values():
@@ -337,30 +348,56 @@ class Runner:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        """End of a tick: send what the tick reported, then write it and the tick's
-        bookkeeping in one transaction.
+        """End of a tick: send what the tick reported (one outbox row) and arm the ledger
+        write for it.
 
-        Sending first is safe: the host's acknowledgement is handled in a later tick, after
-        the write, and a crash between the send and the write is the same as a crash just
-        before the task's end was noticed (the host has the update or marks the task lost).
-        A task that started and ended within the tick never enters the ``started`` table."""
+        Sending before writing is safe: a crash before the write is the same as a crash just
+        before the task's end was noticed (the host has the update or marks the task lost),
+        and the write comes within ``WRITE_DELAY`` unless the host acknowledged the row first."""
         self._flush_scheduled = False
-        for timer in (self._delayed_flush, self._ack_flush):
-            if timer is not None:
-                timer.cancel()
-        self._delayed_flush = self._ack_flush = None
+        if self._delayed_flush is not None:
+            self._delayed_flush.cancel()
+            self._delayed_flush = None
         if self._hold is not None and any(u["state"] != "running" for u in self._unsent):
             self._hold.cancel()  # something final to say: no reason to wait any more
             self._hold = None
-        if not (self._unsent or self._starts or self._forgets or self._acked):
-            return
-        unsent, starts, forgets, acked = self._unsent, self._starts, self._forgets, self._acked
-        self._unsent, self._starts, self._forgets, self._acked = [], [], [], []
-        seq = self.ledger.new_seq() if unsent else 0
-        if unsent:
+        if self._unsent:
+            unsent, self._unsent = self._unsent, []
+            seq = self.ledger.new_seq()
+            self._unwritten[seq] = unsent
             self._persisted.extend((seq, update) for update in unsent)
             if self._inflight is None:
                 self._send_next_batch()
+        self._arm_write()
+
+    def _arm_write(self) -> None:
+        """Make sure the ledger is written in time: within ``WRITE_DELAY`` when there are new
+        rows or start records, within ``ACK_WRITE_DELAY`` when only deletions wait."""
+        if self._unwritten or self._starts:
+            delay = WRITE_DELAY
+        elif self._acked or self._forgets:
+            delay = ACK_WRITE_DELAY
+        else:
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        if self._write_timer is not None:
+            if self._write_due <= due:
+                return
+            self._write_timer.cancel()
+        self._write_timer, self._write_due = loop.call_later(delay, self._write_ledger), due
+
+    def _write_ledger(self) -> None:
+        """One transaction with everything that still needs writing: new rows, start records
+        of tasks still running, deletions of acknowledged rows and of ended tasks' records."""
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if not (self._unwritten or self._starts or self._forgets or self._acked):
+            return
+        unwritten, starts = self._unwritten, self._starts
+        forgets, acked = self._forgets, self._acked
+        self._unwritten, self._starts, self._forgets, self._acked = {}, [], [], []
         ended = set(forgets)
         begun = {row[0] for row in starts}
         with self.ledger.conn:
@@ -369,8 +406,8 @@ class Runner:
                     self.ledger.record_start(*row)
             self.ledger.forget([task_id for task_id in forgets if task_id not in begun])
             self.ledger.acknowledge(acked)
-            if unsent:
-                self.ledger.append(seq, unsent)
+            for seq, updates in unwritten.items():
+                self.ledger.append(seq, updates)
 
     def _send_next_batch(self) -> None:
         if self._inflight is not None or not self._persisted or not self.registered.is_set():
@@ -421,9 +458,10 @@ class Runner:
             self._resend = None
         if env.op != "ok":
             log.error("runner.update_refused", code=env.code, msg=env.msg)
-        self._acked.extend(seqs)  # deleted with the next writes (a resend is harmless)
-        if self._ack_flush is None:
-            self._ack_flush = asyncio.get_running_loop().call_later(ACK_WRITE_DELAY, self._flush)
+        for seq in seqs:  # a row never written needs no deletion (a resend is harmless)
+            if self._unwritten.pop(seq, None) is None:
+                self._acked.append(seq)
+        self._arm_write()
         done = set(seqs)
         for seq, update in self._persisted:
             if seq in done and update["state"] not in ("running", "paused"):
