@@ -47,7 +47,7 @@ from zriver.wire import Channel, Wire, send_frames
 log = structlog.get_logger("zriver.runner")
 MAX_BATCH = 2000
 RUNNING_HOLD = 0.002
-WRITE_DELAY = 0.002
+WRITE_DELAY = 0.005
 """New outbox rows and start records reach the ledger at most this long after their tick."""
 ACK_WRITE_DELAY = 0.5
 """Written rows the host acknowledged are deleted with the next writes, or after this long."""
@@ -74,11 +74,13 @@ class Runner:
         self._resend: asyncio.TimerHandle | None = None
         self._hold: asyncio.TimerHandle | None = None
         self._delayed_flush: asyncio.TimerHandle | None = None
-        self._unwritten: dict[int, list[dict[str, Any]]] = {}  # outbox rows not in the ledger yet
+        # Written behind (see the module docstring), oldest first, with the loop time each
+        # was made: outbox rows by seq, and task id -> (pid, start time) start records.
+        self._unwritten: dict[int, tuple[float, list[dict[str, Any]]]] = {}
+        self._starts: dict[int, tuple[float, int, float]] = {}
+        self._forgets: list[int] = []  # written start records of tasks that have ended
         self._write_timer: asyncio.TimerHandle | None = None
         self._write_due = 0.0  # loop time the armed write timer fires at
-        self._starts: list[tuple[int, int, float]] = []
-        self._forgets: list[int] = []
         self._flush_scheduled = False
         self._log_dirs: dict[str, str] = {}  # shared_dir -> its log directory
         self._paths: dict[int, tuple[str, str]] = {}
@@ -166,7 +168,7 @@ class Runner:
             while native.running() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         self._flush()
-        self._write_ledger()
+        self._write_ledger(everything=True)
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -352,8 +354,9 @@ class Runner:
         write for it.
 
         Sending before writing is safe: a crash before the write is the same as a crash just
-        before the task's end was noticed (the host has the update or marks the task lost),
-        and the write comes within ``WRITE_DELAY`` unless the host acknowledged the row first."""
+        before the task's end was noticed (the host has the update or marks the task lost).
+        The row is written once it is ``WRITE_DELAY`` old, unless the host acknowledged it
+        before."""
         self._flush_scheduled = False
         if self._delayed_flush is not None:
             self._delayed_flush.cancel()
@@ -364,50 +367,58 @@ class Runner:
         if self._unsent:
             unsent, self._unsent = self._unsent, []
             seq = self.ledger.new_seq()
-            self._unwritten[seq] = unsent
+            self._unwritten[seq] = (asyncio.get_running_loop().time(), unsent)
             self._persisted.extend((seq, update) for update in unsent)
             if self._inflight is None:
                 self._send_next_batch()
         self._arm_write()
 
     def _arm_write(self) -> None:
-        """Make sure the ledger is written in time: within ``WRITE_DELAY`` when there are new
-        rows or start records, within ``ACK_WRITE_DELAY`` when only deletions wait."""
-        if self._unwritten or self._starts:
-            delay = WRITE_DELAY
+        """Have the ledger written when its oldest unwritten row or start record turns
+        ``WRITE_DELAY`` old, or within ``ACK_WRITE_DELAY`` when only deletions wait."""
+        firsts = [next(iter(table.values()))[0] for table in (self._unwritten, self._starts)
+                  if table]
+        loop = asyncio.get_running_loop()
+        if firsts:
+            due = min(firsts) + WRITE_DELAY
         elif self._acked or self._forgets:
-            delay = ACK_WRITE_DELAY
+            due = loop.time() + ACK_WRITE_DELAY
         else:
             return
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
         if self._write_timer is not None:
             if self._write_due <= due:
                 return
             self._write_timer.cancel()
-        self._write_timer, self._write_due = loop.call_later(delay, self._write_ledger), due
+        self._write_due = due
+        self._write_timer = loop.call_at(due, self._write_ledger)
 
-    def _write_ledger(self) -> None:
-        """One transaction with everything that still needs writing: new rows, start records
-        of tasks still running, deletions of acknowledged rows and of ended tasks' records."""
+    def _write_ledger(self, everything: bool = False) -> None:
+        """One transaction: the rows and start records that are ``WRITE_DELAY`` old (all of
+        them with ``everything``), and the deletions waiting (acknowledged rows, records of
+        ended tasks). Then arm the write of what is left."""
         if self._write_timer is not None:
-            self._write_timer.cancel()
+            self._write_timer.cancel()  # (when called before its time)
             self._write_timer = None
-        if not (self._unwritten or self._starts or self._forgets or self._acked):
-            return
-        unwritten, starts = self._unwritten, self._starts
-        forgets, acked = self._forgets, self._acked
-        self._unwritten, self._starts, self._forgets, self._acked = {}, [], [], []
-        ended = set(forgets)
-        begun = {row[0] for row in starts}
-        with self.ledger.conn:
-            for row in starts:
-                if row[0] not in ended:
+        cutoff = float("inf") if everything else (
+            asyncio.get_running_loop().time() - WRITE_DELAY + 1e-4)
+        rows = [(seq, updates) for seq, (made, updates) in self._unwritten.items()
+                if made <= cutoff]
+        starts = [(task_id, pid, at) for task_id, (made, pid, at) in self._starts.items()
+                  if made <= cutoff]
+        if rows or starts or self._acked or self._forgets:
+            with self.ledger.conn:
+                for row in starts:
                     self.ledger.record_start(*row)
-            self.ledger.forget([task_id for task_id in forgets if task_id not in begun])
-            self.ledger.acknowledge(acked)
-            for seq, updates in unwritten.items():
-                self.ledger.append(seq, updates)
+                self.ledger.forget(self._forgets)
+                self.ledger.acknowledge(self._acked)
+                for seq, updates in rows:
+                    self.ledger.append(seq, updates)
+            for seq, _ in rows:
+                del self._unwritten[seq]
+            for task_id, _, _ in starts:
+                del self._starts[task_id]
+            self._forgets, self._acked = [], []
+        self._arm_write()
 
     def _send_next_batch(self) -> None:
         if self._inflight is not None or not self._persisted or not self.registered.is_set():
@@ -458,7 +469,7 @@ class Runner:
             self._resend = None
         if env.op != "ok":
             log.error("runner.update_refused", code=env.code, msg=env.msg)
-        for seq in seqs:  # a row never written needs no deletion (a resend is harmless)
+        for seq in dict.fromkeys(seqs):  # a row never written needs no deletion
             if self._unwritten.pop(seq, None) is None:
                 self._acked.append(seq)
         self._arm_write()
@@ -524,7 +535,7 @@ class Runner:
         backend = self._backend_of.get(task_id)
         pid = getattr(backend, "pid_of", lambda _: None)(task_id)
         if pid is not None:
-            self._starts.append((task_id, pid, time.time()))
+            self._starts[task_id] = (asyncio.get_running_loop().time(), pid, time.time())
         self.logtail.watch(task_id, stdout, stderr)
         self.report({"id": task_id, "state": "running", "at": time.time(), "detail": detail})
 
@@ -578,7 +589,8 @@ class Runner:
         self._backend_of.pop(task_id, None)
         self._paths.pop(task_id, None)
         self.logtail.finish(task_id)
-        self._forgets.append(task_id)
+        if self._starts.pop(task_id, None) is None:  # its start record was written
+            self._forgets.append(task_id)
         self.report({"id": task_id, "state": outcome.state, "at": time.time(),
                      "exit_code": outcome.exit_code, "detail": outcome.detail})
         chained = self._chained.pop(task_id, None)
