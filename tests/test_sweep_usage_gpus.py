@@ -95,10 +95,29 @@ def test_inventory_and_usage_from_nvml(fake_nvml):
         {"index": 0, "uuid": "GPU-0", "name": "Fake H100", "memory": 80 << 30},
         {"index": 1, "uuid": "GPU-1", "name": "Fake H100", "memory": 80 << 30},
     ]
-    assert gpus.usage()[1] == {"index": 1, "utilization": 10, "memory_used": 1 << 30,
-                               "temperature": 41, "power_watts": 100.0}
+    assert gpus.usage()[1] == {"index": 1, "uuid": "GPU-1", "utilization": 10,
+                               "memory_used": 1 << 30, "temperature": 41, "power_watts": 100.0}
 
 
 def test_no_driver_means_no_gpus(monkeypatch):
     monkeypatch.setitem(gpus._state, "ready", False)
     assert gpus.inventory() == [] and gpus.usage() == []
+
+
+def test_a_gpu_nvml_stops_reporting_degrades_the_node(fake_nvml, make_cluster):
+    """Registration lists NVML's GPUs; every heartbeat carries the uuids of the GPUs its usage
+    figures come from, and a GPU gone from them degrades the node."""
+    cluster = make_cluster({"n1": {"cores": 2}})
+    client = cluster.client()
+    node = client.call("node.list")["nodes"][0]
+    assert [gpu["uuid"] for gpu in node["gpus"]] == ["GPU-0", "GPU-1"]
+    sub = client.subscribe(["evt.node.n1"])
+    try:
+        fake_nvml.count = 1
+        while node["state"] != "degraded":
+            assert sub.poll(5000), "no node event"
+            sub.recv_multipart()
+            node = client.call("node.list")["nodes"][0]
+        assert node["degraded"] == "GPU GPU-1 vanished"
+    finally:
+        sub.close(linger=0)

@@ -35,7 +35,7 @@ from zriver.config import RunnerSettings
 from zriver.errors import BadVersion, ZriverError, error_from_reply
 from zriver.logfiles import log_path, read_slice
 from zriver.protocol import arg, decode, encode, encode_error, encode_ok
-from zriver.runner import gpus, resources
+from zriver.runner import resources
 from zriver.runner.backends import Exit, Job, StartError
 from zriver.runner.backends.native import NativeBackend
 from zriver.runner.cgroups import MemoryLimiter
@@ -261,17 +261,18 @@ class Runner:
     def _usage(self) -> dict[str, Any]:
         body = resources.usage()
         body.update(running=len(self.running()), memory_limit=self.memory_limit_method,
-                    gpu_uuids=self._gpu_uuids(),
+                    gpu_uuids=self._gpu_uuids(body["gpus"]),
                     at=time.time())
         docker = self.backends.get("docker")
         body["docker"] = docker.status() if docker is not None else {
             "available": False, "error": "this zriver build has no Docker support"}
         return body
 
-    def _gpu_uuids(self) -> list[str]:
+    def _gpu_uuids(self, live: list[dict[str, Any]]) -> list[str]:
+        """The GPUs this node has now: the declared ones, else those NVML just reported."""
         if self.settings.gpus >= 0:
             return [gpu["uuid"] for gpu in resources.declared_gpus(self.settings.gpus)]
-        return [gpu["uuid"] for gpu in gpus.inventory()]
+        return [gpu["uuid"] for gpu in live if "uuid" in gpu]
 
     def _heartbeat(self) -> None:
         self.publish(f"hb.{self.name}", self._usage())

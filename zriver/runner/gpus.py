@@ -52,7 +52,8 @@ def inventory() -> list[dict[str, Any]]:
 
 
 def usage() -> list[dict[str, Any]]:
-    """Utilisation, memory used, temperature and power of each GPU, best effort."""
+    """Index, uuid, utilisation, memory used, temperature and power of each GPU, best
+    effort (the uuids tell the host whether the GPU set changed)."""
     nvml = _nvml()
     if nvml is None:
         return []
@@ -61,7 +62,8 @@ def usage() -> list[dict[str, Any]]:
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             util = nvml.nvmlDeviceGetUtilizationRates(handle)
-            entry = {"index": index, "utilization": util.gpu,
+            entry = {"index": index, "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
+                     "utilization": util.gpu,
                      "memory_used": int(nvml.nvmlDeviceGetMemoryInfo(handle).used)}
             try:
                 entry["temperature"] = nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
