@@ -11,15 +11,27 @@ import subprocess
 import sys
 import time
 
+from zriver.protocol import decode
 from zriver.runner.backends.native import CommandPaths, pin_tree
 from zriver.runner.cgroups import RLIMIT, MemoryLimiter
 
 
 def test_a_start_that_cannot_be_delivered_goes_back_to_the_queue(make_cluster):
     cluster = make_cluster({"n1": {}, "n2": {}}, host={"heartbeat_interval": 30.0})
+    sub = cluster.client().subscribe(["evt.task."])
+    cluster.wait(cluster.submit(["true"], target="n2"))
+    assert sub.poll(5000)  # the subscription is in place
     cluster.stop_runner("n1")  # gone, but no heartbeat has been missed yet
     task_id = cluster.submit(["true"], target="n1")
     task = cluster.wait_state(task_id, {"pending"})
+    seen = []
+    while "pending" not in seen[1:]:
+        assert sub.poll(5000), f"events so far: {seen}"
+        body = decode(sub.recv_multipart()[1]).body
+        if body["id"] == task_id:
+            seen.append(body["state"])
+    sub.close(linger=0)
+    assert seen == ["assigned", "pending"]  # in the order they happened
     nodes = {n["name"]: n["state"] for n in cluster.client().call("node.list")["nodes"]}
     assert nodes["n1"] == "offline"  # ROUTER_MANDATORY told the host at once
     events = cluster.client().call("task.get", {"id": task_id})["events"]

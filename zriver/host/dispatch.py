@@ -208,7 +208,7 @@ def runner_unreachable(host: "Host", name: str, frames: list[bytes]) -> None:
             task = host.tasks.get(command["body"]["id"])
             if task is not None and task.state == lc.ASSIGNED:
                 requeue(host, task, f"node {name} unreachable")
-    host.flush()
+    host.schedule_flush()  # the next tick: this runs inside ``flush``, while it sends
 
 
 def requeue(host: "Host", task: "LiveTask", reason: str) -> None:
