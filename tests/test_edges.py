@@ -9,7 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+
+from procs import wait_until
 
 from zriver.protocol import decode
 from zriver.runner.backends.native import CommandPaths, pin_tree
@@ -99,13 +100,6 @@ def descendants(pid: int) -> list[int]:
         with open(f"/proc/{current}/task/{current}/children") as handle:
             todo.extend(int(child) for child in handle.read().split())
     return result
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_command_paths_are_looked_up_on_path_and_remembered_for_a_while(tmp_path, monkeypatch):

@@ -15,6 +15,16 @@ def update(task_id: int, state: str) -> dict:
     return {"id": task_id, "state": state, "at": 1.0, "attempt": 1}
 
 
+def on_loop_until(cluster, check, timeout: float = 5.0) -> None:
+    """Wait until ``check()``, looked at on the cluster's loop (where the runner's state lives)."""
+
+    async def until() -> None:
+        while not check():
+            await asyncio.sleep(0.002)
+
+    cluster.run(until, timeout=timeout)
+
+
 def test_a_tick_is_one_row_and_pending_lists_its_updates_in_order(tmp_path):
     ledger = Ledger(tmp_path / "runner.db")
     first, second = ledger.new_seq(), ledger.new_seq()
@@ -46,12 +56,8 @@ def test_batches_never_split_a_row_and_every_result_arrives(make_cluster, monkey
     summaries = cluster.wait(*ids)
     assert [s["state"] for s in summaries] == ["completed"] * 6
     runner = cluster.runners["n1"]
-
-    async def outbox_empties() -> None:  # the last acknowledgement is handled, then written
-        while runner._persisted or runner.ledger.pending():
-            await asyncio.sleep(0.005)
-
-    cluster.run(outbox_empties, timeout=5)
+    # the last acknowledgement is handled, then written
+    on_loop_until(cluster, lambda: not (runner._persisted or runner.ledger.pending()))
 
 
 def test_rows_acknowledged_before_the_write_delay_never_reach_the_ledger(make_cluster,
@@ -63,12 +69,7 @@ def test_rows_acknowledged_before_the_write_delay_never_reach_the_ledger(make_cl
     ids = [cluster.submit(["true"]) for _ in range(4)]
     assert [s["state"] for s in cluster.wait(*ids)] == ["completed"] * 4
     runner = cluster.runners["n1"]
-
-    async def all_acknowledged() -> None:
-        while runner._persisted:
-            await asyncio.sleep(0.005)
-
-    cluster.run(all_acknowledged, timeout=5)
+    on_loop_until(cluster, lambda: not runner._persisted)  # all acknowledged
     assert appended == []
     assert runner._unwritten == {}
     assert runner.ledger.pending() == [] and runner.ledger.started() == []
@@ -79,19 +80,12 @@ def test_what_the_host_has_not_acknowledged_is_written_within_the_delay(make_clu
     runner = cluster.runners["n1"]
     task_id = cluster.submit(["sleep", "0.5"])
     cluster.wait_state(task_id, {"running"})
-
-    async def recorded(check) -> None:
-        while not check():
-            await asyncio.sleep(0.002)
-
-    cluster.run(lambda: recorded(lambda: task_id in [r[0] for r in runner.ledger.started()]),
-                timeout=5)
+    on_loop_until(cluster, lambda: task_id in [row[0] for row in runner.ledger.started()])
     ports = {f"{kind}_port": int(cluster.host.endpoints[kind].rsplit(":", 1)[1])
              for kind in ("router", "xsub", "xpub")}
     cluster.run(cluster.host.stop)  # nobody acknowledges the end now
-    cluster.run(lambda: recorded(lambda: [u["state"] for _, u in runner.ledger.pending()
-                                          if u["id"] == task_id][-1:] == ["completed"]),
-                timeout=5)
+    on_loop_until(cluster, lambda: [u["state"] for _, u in runner.ledger.pending()
+                                    if u["id"] == task_id][-1:] == ["completed"])
     assert runner._unwritten == {}
     cluster.host_settings = replace(cluster.host_settings, **ports)
     cluster.run(cluster._start_host)  # on the same ports: the runner reconnects and resends

@@ -80,7 +80,6 @@ class Runner:
         self._starts: dict[int, tuple[float, int, float]] = {}
         self._forgets: list[int] = []  # written start records of tasks that have ended
         self._write_timer: asyncio.TimerHandle | None = None
-        self._write_due = 0.0  # loop time the armed write timer fires at
         self._flush_scheduled = False
         self._log_dirs: dict[str, str] = {}  # shared_dir -> its log directory
         self._paths: dict[int, tuple[str, str]] = {}
@@ -387,10 +386,9 @@ class Runner:
         else:
             return
         if self._write_timer is not None:
-            if self._write_due <= due:
+            if self._write_timer.when() <= due:
                 return
             self._write_timer.cancel()
-        self._write_due = due
         self._write_timer = loop.call_at(due, self._write_ledger)
 
     def _write_ledger(self, everything: bool = False) -> None:
@@ -470,11 +468,11 @@ class Runner:
             self._resend = None
         if env.op != "ok":
             log.error("runner.update_refused", code=env.code, msg=env.msg)
-        for seq in dict.fromkeys(seqs):  # a row never written needs no deletion
+        done = set(seqs)
+        for seq in done:  # a row never written needs no deletion
             if self._unwritten.pop(seq, None) is None:
                 self._acked.append(seq)
         self._arm_write()
-        done = set(seqs)
         for seq, update in self._persisted:
             if seq in done and update["state"] not in ("running", "paused"):
                 self._known.discard((update["id"], update.get("attempt", 1)))
