@@ -18,7 +18,7 @@ from typing import Any, Callable
 from zriver.client.api import Client
 from zriver.config import HostSettings, RunnerSettings
 from zriver.host.service import Host
-from zriver.roles import runner_for
+from zriver.roles import new_loop, runner_for
 from zriver.runner.agent import Runner
 
 
@@ -32,7 +32,7 @@ class Cluster:
                     "xpub_port": 0, "heartbeat_interval": 0.2, "heartbeat_misses": 3}
         self.host_settings = HostSettings(**{**defaults, **(host or {})})
         self.runner_specs = runners if runners is not None else {"n1": {}}
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.host: Host | None = None
         self.runners: dict[str, Runner] = {}

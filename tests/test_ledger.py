@@ -90,3 +90,13 @@ def test_what_the_host_has_not_acknowledged_is_written_within_the_delay(make_clu
     cluster.host_settings = replace(cluster.host_settings, **ports)
     cluster.run(cluster._start_host)  # on the same ports: the runner reconnects and resends
     assert cluster.wait(task_id)[0]["state"] == "completed"
+
+
+def test_in_process_clusters_run_on_the_loop_the_roles_run(cluster):
+    """The roles run on uvloop; so does every in-process cluster (a uvloop-only crash in the
+    runner's ledger timer once stranded tasks while the suite, on asyncio's loop, was green)."""
+    import uvloop
+
+    assert isinstance(cluster.loop, uvloop.Loop)
+    ids = cluster.submit_many([{"command": ["true"]} for _ in range(300)])
+    assert {t["state"] for t in cluster.wait(*ids)} == {"completed"}

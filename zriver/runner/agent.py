@@ -80,6 +80,8 @@ class Runner:
         self._starts: dict[int, tuple[float, int, float]] = {}
         self._forgets: list[int] = []  # written start records of tasks that have ended
         self._write_timer: asyncio.TimerHandle | None = None
+        self._write_due = 0.0  # the loop time ``_write_timer`` fires at (uvloop's call_at
+        # returns a plain Handle without ``when()`` when that time has already passed)
         self._flush_scheduled = False
         self._log_dirs: dict[str, str] = {}  # shared_dir -> its log directory
         self._paths: dict[int, tuple[str, str]] = {}
@@ -386,9 +388,10 @@ class Runner:
         else:
             return
         if self._write_timer is not None:
-            if self._write_timer.when() <= due:
+            if self._write_due <= due:
                 return
             self._write_timer.cancel()
+        self._write_due = due
         self._write_timer = loop.call_at(due, self._write_ledger)
 
     def _write_ledger(self, everything: bool = False) -> None:
