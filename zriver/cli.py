@@ -1,7 +1,8 @@
 """The ``zriver`` executable: parse the command line with the registry and run the verb.
 
 Exit status: the verb's own (``submit --wait`` passes the task's through), 1 for a zriver
-error (printed as ``zriver: <code>: <message>`` on stderr), 2 for a usage error, 130 on Ctrl-C.
+error (printed as ``zriver: <code>: <message>`` on stderr; a role refused because its data
+directory is in use prints ``zriver: <message>``), 2 for a usage error, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from zriver import logsetup
 from zriver.client.commands import build_parser
 from zriver.client.registry import Context
+from zriver.dirlock import DirectoryInUse
 from zriver.errors import ZriverError
 
 SERVER_VERBS = {"up", "host", "runner"}
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(host=args.host, timeout=args.timeout, log_json=args.log_json)
     try:
         return command.run(ctx, args)
+    except DirectoryInUse as exc:
+        print(f"zriver: {exc}", file=sys.stderr)
+        return 1
     except ZriverError as exc:
         print(f"zriver: {exc.code}: {exc}", file=sys.stderr)
         return 1

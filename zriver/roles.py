@@ -2,6 +2,11 @@
 
 Each role runs on one asyncio loop (uvloop when installed) until SIGINT or SIGTERM, then stops
 in order: the runner first (it ends its native tasks and records their end), then the host.
+
+Before anything is opened, each role locks its data directory (``zriver.dirlock``): a second
+host or runner on a directory in use raises ``DirectoryInUse`` having touched nothing (no
+store, no endpoints.json, no ledger, no task killed). The locks are held until the role has
+stopped, and released by the kernel if the process dies.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Awaitable, Callable
 
 import structlog
 
+from zriver import dirlock
 from zriver.config import HostSettings, RunnerSettings
 from zriver.errors import BadVersion
 from zriver.host.service import Host
@@ -55,22 +61,47 @@ async def _until_signalled(started: Callable[[], Awaitable[None]],
         await stopping()
 
 
+def lock_host_dir(settings: HostSettings, role: str) -> dirlock.DirLock:
+    """Lock the host's (resolved) data dir for ``role``; ``DirectoryInUse`` when taken."""
+    return dirlock.acquire(settings.resolved().data_dir, "host", role)
+
+
+def lock_runner_dir(settings: RunnerSettings, role: str) -> dirlock.DirLock:
+    """Lock the runner's (resolved) data dir for ``role``; ``DirectoryInUse`` when taken."""
+    return dirlock.acquire(settings.resolved().data_dir, "runner", role)
+
+
 async def serve_host(settings: HostSettings) -> None:
-    host = Host(settings)
-    await _until_signalled(host.start, host.stop)
+    """Run a host until signalled; ``DirectoryInUse`` (nothing started) when its data dir
+    is locked by another process."""
+    with lock_host_dir(settings, "zriver host"):
+        host = Host(settings)
+        await _until_signalled(host.start, host.stop)
 
 
 async def serve_runner(settings: RunnerSettings) -> None:
-    """Run a runner; raise ``BadVersion`` when the host speaks another protocol."""
-    runner = Runner(settings)
-    await _until_signalled(runner.start, runner.stop, lambda: runner.failed)
+    """Run a runner; raise ``BadVersion`` when the host speaks another protocol, and
+    ``DirectoryInUse`` (nothing opened, no task touched) when its data dir is locked."""
+    with lock_runner_dir(settings, "zriver runner"):
+        runner = Runner(settings)
+        await _until_signalled(runner.start, runner.stop, lambda: runner.failed)
     if runner.fatal:
         raise BadVersion(runner.fatal)
 
 
 async def serve_both(host_settings: HostSettings, runner_settings: RunnerSettings,
                      announce: Callable[[Host, Runner], None]) -> None:
-    """``zriver up``: a host and one runner in this process."""
+    """``zriver up``: a host and one runner in this process.
+
+    Locks both data dirs (the host's, then the runner's) before starting anything; raises
+    ``DirectoryInUse`` when either is taken (the other is released again)."""
+    with lock_host_dir(host_settings, "zriver up"), lock_runner_dir(runner_settings, "zriver up"):
+        await _serve_both(host_settings, runner_settings, announce)
+
+
+async def _serve_both(host_settings: HostSettings, runner_settings: RunnerSettings,
+                      announce: Callable[[Host, Runner], None]) -> None:
+    """``serve_both`` once the data dirs are locked."""
     host = Host(host_settings)
     runner: Runner | None = None
 

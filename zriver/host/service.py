@@ -162,10 +162,7 @@ class Host:
                 self.store.write_pending()
                 self.store.conn.execute("COMMIT")
             self.store.close()
-        try:
-            (self.data_dir / "endpoints.json").unlink()
-        except FileNotFoundError:
-            pass
+        self._remove_endpoints()
         log.info("host.stopped")
 
     def _write_endpoints(self) -> None:
@@ -174,6 +171,18 @@ class Host:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**self.endpoints, "pid": os.getpid()}))
         tmp.replace(path)
+
+    def _remove_endpoints(self) -> None:
+        """Remove endpoints.json only when it is this host's (its pid and router): a host that
+        did not write it, or whose file another host has replaced, leaves it alone."""
+        path = self.data_dir / "endpoints.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if (isinstance(data, dict) and data.get("pid") == os.getpid()
+                and data.get("router") == self.endpoints.get("router")):
+            path.unlink(missing_ok=True)
 
     def _load_state(self) -> None:
         """Rebuild scheduler, dependencies and caches from the store (host restart)."""
