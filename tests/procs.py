@@ -137,14 +137,17 @@ class RoleProcess:
     """One ``zriver host`` or ``zriver runner`` subprocess and its log file."""
 
     def __init__(self, role: str, name: str, config: Path, log: Path, env: dict[str, str],
-                 cwd: Path) -> None:
+                 cwd: Path, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+        """``wrap`` turns the command line into the one to run (e.g. ``NetNamespace.command``:
+        inside a network namespace); it must exec the role, so that ``pid`` is the role's."""
         self.role, self.name, self.config, self.log = role, name, config, log
         self.expected_exit = False
+        command = [sys.executable, "-m", "zriver", role, "--config", str(config)]
         with open(log, "ab") as out:
             out.write(f"---- starting {role} {name} ----\n".encode())
             out.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "zriver", role, "--config", str(config)],
+                wrap(command) if wrap else command,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
             )
 
@@ -224,10 +227,14 @@ class HostProcess(RoleProcess):
 
 
 class RunnerProcess(RoleProcess):
-    def __init__(self, data_dir: Path, settings: dict[str, Any], **kwargs: Any) -> None:
+    """A runner; ``netns`` is the network namespace it runs in (None: the machine's own)."""
+
+    def __init__(self, data_dir: Path, settings: dict[str, Any], netns: Any = None,
+                 **kwargs: Any) -> None:
         self.data_dir = data_dir
         self.settings = settings
-        super().__init__(**kwargs)
+        self.netns = netns
+        super().__init__(wrap=netns.command if netns is not None else None, **kwargs)
 
 
 # ---- a whole cluster -----------------------------------------------------------------------
@@ -280,17 +287,26 @@ class Cluster:
         assert old is not None and not old.alive(), "stop the host before restarting it"
         return self.start_host(wait, **{**old.settings, **old.ports()})
 
-    def start_runner(self, name: str, wait: bool = True, **settings: Any) -> RunnerProcess:
-        """Start runner ``name`` connected to the current host; wait until it is online."""
+    def start_runner(self, name: str, wait: bool = True, netns: Any = None,
+                     **settings: Any) -> RunnerProcess:
+        """Start runner ``name`` connected to the current host; wait until it is online.
+
+        ``netns`` (a ``netns.NetNamespace``) runs it inside that network namespace; the host
+        must then be bound to an address the namespace reaches (its ``host_addr``, or the
+        ``host_addr`` of another namespace, to which a route is added)."""
         assert self.host is not None and self.host.endpoints, "start the host first"
         ports = self.host.ports()
-        settings = {"host": "127.0.0.1", "router_port": ports["router_port"],
+        address = self.host.settings.get("bind_address", "127.0.0.1")
+        if netns is not None and address != netns.host_addr:
+            assert address.startswith("10.213."), f"a namespace cannot reach {address}"
+            netns.route_to(address)
+        settings = {"host": address, "router_port": ports["router_port"],
                     "xsub_port": ports["xsub_port"], "name": name,
                     "data_dir": str(self.base / f"runner-{name}"), **settings}
         config = write_config(self.base / "config" / f"runner-{name}.toml", settings)
-        runner = RunnerProcess(Path(settings["data_dir"]), settings, role="runner", name=name,
-                               config=config, log=self._log("runner", name), env=self.env,
-                               cwd=self.base)
+        runner = RunnerProcess(Path(settings["data_dir"]), settings, netns=netns, role="runner",
+                               name=name, config=config, log=self._log("runner", name),
+                               env=self.env, cwd=self.base)
         self.runners[name] = runner
         self.processes.append(runner)
         if wait:
@@ -304,7 +320,7 @@ class Cluster:
         assert not old.alive(), "stop the runner before restarting it"
         settings = {key: value for key, value in old.settings.items()
                     if key not in ("name", "host", "router_port", "xsub_port")}
-        return self.start_runner(name, wait, **settings)
+        return self.start_runner(name, wait, netns=old.netns, **settings)
 
     # -- talking to the host -------------------------------------------------------------
     @property
