@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from zriver.errors import BadRequest, InvalidArgument
-from zriver.protocol import arg
+from zriver.protocol import INT64, arg
 
 _TARGET = re.compile(r"^([A-Za-z0-9_.@+-]{1,64})(?::(\d+)?(?::(\d+(?:,\d+)*))?)?$")
 
@@ -43,6 +43,8 @@ BACKENDS = (NATIVE, DOCKER, AUTO)
 _NAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_CORES = 4096
+MAX_TIME_LIMIT = 100 * 365 * 86400.0
+"""Time limits must be finite: a NaN or infinite one would break the host's timers."""
 
 
 @dataclass(slots=True)
@@ -137,10 +139,14 @@ class TaskSpec:
         if not -1000 <= self.priority <= 1000:
             raise InvalidArgument(f"priority must be between -1000 and 1000, got {self.priority}")
         for dep in (*self.after, *self.after_any):
-            if not isinstance(dep, int) or isinstance(dep, bool) or dep <= 0:
+            if not isinstance(dep, int) or isinstance(dep, bool) or not 0 < dep < INT64:
                 raise InvalidArgument(f"dependencies are task ids, got {dep!r}")
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise InvalidArgument(f"time limit must be positive, got {self.time_limit}")
+        if self.time_limit is not None and not 0 < self.time_limit < MAX_TIME_LIMIT:
+            raise InvalidArgument(f"time limit must be positive and under 100 years, got "
+                                  f"{self.time_limit}")
+        for value, what in ((self.memory, "memory"), (self.max_parallel, "max_parallel")):
+            if value is not None and value >= INT64:
+                raise InvalidArgument(f"{what} is out of range (64-bit integers only)")
         if not 0 <= self.retries <= 100:
             raise InvalidArgument(f"retries must be between 0 and 100, got {self.retries}")
         if self.max_parallel < 0:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
+import uuid
 from typing import Any, Iterable
 
 import zmq
@@ -20,6 +22,8 @@ from zriver.errors import Unavailable, error_from_reply
 from zriver.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode, encode
 
 DEFAULT_TIMEOUT = 10.0
+SUBMIT_TRY = 2.0
+"""Seconds one attempt of ``Client.submit`` waits before the request is sent again."""
 
 
 def resolve_endpoint(flag: str | None = None) -> str:
@@ -76,6 +80,23 @@ class Client:
             if env.op == "error":
                 raise error_from_reply(env.code, env.msg)
             return env.body
+
+    def submit(self, specs: list[dict[str, Any]], key: str | None = None,
+               timeout: float | None = None) -> dict[str, Any]:
+        """``task.submit`` exactly once: one idempotency ``key`` (a fresh uuid4 unless given)
+        for every send, and the same request resent when an attempt gets no answer, until
+        ``timeout`` (the client's) has passed in all. A submit the host stored but could not
+        acknowledge (it crashed) is answered from the store by a resend; it is never stored
+        twice. Returns ``{ids, batch_id}``."""
+        body = {"tasks": specs, "key": key or uuid.uuid4().hex}
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self.call("task.submit", body, timeout=max(0.05, min(left, SUBMIT_TRY)))
+            except Unavailable:
+                if deadline - time.monotonic() <= 0:
+                    raise
 
     def hello(self) -> dict[str, Any]:
         if self._hello is None:

@@ -121,7 +121,7 @@ def submit(ctx: Context, args) -> int:
     commands = expand(command_line)
     specs = [{**base, "command": command, "target": target}
              for target in (args.target or [None]) for command in commands]
-    reply = ctx.client.call("task.submit", {"tasks": specs})
+    reply = ctx.client.submit(specs)  # one idempotency key, resent on silence
     ids = reply["ids"]
     if args.json and not (args.wait or args.follow):
         ctx.print(as_json({"ids": ids, "batch_id": reply["batch_id"]}))

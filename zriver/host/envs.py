@@ -19,7 +19,7 @@ thread (``zriver.host.envdocker``); handlers touching the database do so on the 
 inside the tick's transaction (``host.begin()``).
 
 Ops: ``env.create``, ``env.upload``, ``env.commit``, ``env.list``, ``env.rm``, ``env.shell``
-(clients); ``env.version``, ``env.fetch`` (runners syncing, clients may use them too);
+(clients); ``env.version``, ``env.fetch`` (runners syncing; a client is refused);
 ``env.syncing`` (runners: progress shown as the detail of the tasks that wait for it).
 """
 
@@ -40,7 +40,7 @@ import structlog
 
 from zriver.errors import BadRequest, Conflict, InvalidArgument, NotFound
 from zriver.host import lifecycle as lc
-from zriver.protocol import arg
+from zriver.protocol import arg, arg_list
 
 log = structlog.get_logger("zriver.host")
 
@@ -438,6 +438,7 @@ def _nodes_having(host, name: str) -> dict[str, dict[str, Any]]:
 # ---- runner ops ----------------------------------------------------------------------------
 def version_info(host, caller, body: dict) -> dict:
     """What a runner needs to sync one version: digest, size and archive location."""
+    _runner_only(caller)
     _state(host)
     name, version = arg(body, "name", str), arg(body, "version", str)
     row = _version(host, name, version)
@@ -448,6 +449,7 @@ def version_info(host, caller, body: dict) -> dict:
 
 async def fetch(host, caller, body: dict) -> dict:
     """A slice of a version archive (at most 1 MiB), with the archive's size and digest."""
+    _runner_only(caller)
     _state(host)
     name, version = arg(body, "name", str), arg(body, "version", str)
     offset = arg(body, "offset", int)
@@ -472,17 +474,22 @@ async def fetch(host, caller, body: dict) -> dict:
 
 def syncing(host, caller, body: dict) -> dict:
     """A runner says tasks wait for an env sync: show it as their detail."""
-    node = caller.node
-    if node is None:
-        raise BadRequest("only runners may send this op")
+    node = _runner_only(caller)
     name, version = arg(body, "name", str), arg(body, "version", str)
     phase = arg(body, "phase", str)
     detail = f"syncing env {name} {version} on {node}: {phase}"
-    for task_id in arg(body, "tasks", list, []):
-        task = host.tasks.get(task_id) if isinstance(task_id, int) else None
+    for task_id in arg_list(body, "tasks", int, []):
+        task = host.tasks.get(task_id)
         if task is not None and task.node == node and task.state == lc.ASSIGNED:
             host.store.update_task(task_id, detail=detail)
     return {}
+
+
+def _runner_only(caller) -> str:
+    """The calling runner's node name; ``BadRequest`` for a client."""
+    if caller.node is None:
+        raise BadRequest("only runners may send this op")
+    return caller.node
 
 
 ENV_HANDLERS = {

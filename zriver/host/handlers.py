@@ -22,11 +22,15 @@ from zriver.host.scheduler import DEGRADED, ONLINE
 from zriver.host.service import (DEFERRED, Caller, Host, LiveTask, NodeRecord, gpu_change,
                                  node_spec)
 from zriver.logfiles import SUFFIX as STREAMS, log_path, read_slice
-from zriver.protocol import arg
+from zriver.protocol import arg, arg_list
 from zriver.spec import AUTO, DOCKER, NATIVE, TaskSpec
 
 MAX_SUBMIT = 100_000
 MAX_LOG_READ = 1024 * 1024
+MAX_LOG_OFFSET = 1 << 53
+MAX_SUBMIT_KEY = 128
+SUBMIT_KEY_TTL = 24 * 3600.0
+"""Seconds an idempotency key of ``task.submit`` is remembered."""
 
 
 # ---- clients: tasks ------------------------------------------------------------------------
@@ -35,7 +39,17 @@ def hello(host: Host, caller: Caller, body: dict) -> dict:
 
 
 def submit(host: Host, caller: Caller, body: dict) -> dict:
-    """Validate every spec first, then insert them all (one batch id when several)."""
+    """Validate every spec first, then insert them all (one batch id when several).
+
+    With an idempotency ``key`` (a string of at most 128 characters), a submit whose key is
+    already stored answers the stored ``ids``/``batch_id`` and stores nothing new; the key is
+    stored in the same transaction as the tasks."""
+    key = _submit_key(body)
+    if key is not None:
+        host.store.prune_submit_keys(time.time() - SUBMIT_KEY_TTL)
+        known = host.store.submitted(key)
+        if known is not None:
+            return {"ids": known[0], "batch_id": known[1]}
     raw = arg(body, "tasks", list)
     if not raw:
         raise InvalidArgument("submit needs at least one task")
@@ -66,7 +80,16 @@ def submit(host: Host, caller: Caller, body: dict) -> dict:
         publish_task(host, task, lc.PENDING, "submitted", None)
         enqueue(host, task)
         ids.append(task_id)
+    if key is not None:
+        host.store.remember_submit(key, ids, batch_id, now)
     return {"ids": ids, "batch_id": batch_id}
+
+
+def _submit_key(body: dict) -> str | None:
+    key = arg(body, "key", str, None)
+    if key is not None and not 1 <= len(key) <= MAX_SUBMIT_KEY:
+        raise InvalidArgument(f"an idempotency key is 1 to {MAX_SUBMIT_KEY} characters")
+    return key
 
 
 def resolve_backend(host: Host, spec: TaskSpec) -> None:
@@ -85,7 +108,7 @@ def resolve_backend(host: Host, spec: TaskSpec) -> None:
 
 
 def list_tasks(host: Host, caller: Caller, body: dict) -> dict:
-    states = arg(body, "states", list, None)
+    states = arg_list(body, "states", str, None)
     if states and not set(states) <= set(lc.ALL_STATES):
         raise InvalidArgument(f"unknown state in {states}; states are {', '.join(lc.ALL_STATES)}")
     limit = arg(body, "limit", int, 200)
@@ -129,8 +152,8 @@ def _pause_or_resume(host: Host, task_id: int, action: str, allowed: tuple[str, 
 
 
 def wait(host: Host, caller: Caller, body: dict) -> Any:
-    ids = arg(body, "ids", list)
-    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    ids = arg_list(body, "ids", int)
+    if not ids:
         raise InvalidArgument("ids must be a non-empty list of task ids")
     known = host.store.task_outcomes([i for i in ids if i not in host.tasks])
     missing = sorted({i for i in ids if i not in host.tasks and i not in known})
@@ -151,8 +174,9 @@ async def logs(host: Host, caller: Caller, body: dict) -> dict:
         raise InvalidArgument("stream must be stdout or stderr")
     offset = arg(body, "offset", int, 0)
     limit = min(arg(body, "limit", int, MAX_LOG_READ), MAX_LOG_READ)
-    if offset < 0 or limit < 0:
-        raise InvalidArgument("offset and limit must not be negative")
+    if offset < 0 or limit < 0 or offset > MAX_LOG_OFFSET:
+        raise InvalidArgument(f"offset and limit must not be negative, and offset at most "
+                              f"{MAX_LOG_OFFSET}")
     final = lc.is_final(row["state"])
     if host.settings.shared_dir:
         path = log_path(Path(host.settings.shared_dir) / "logs", row["id"], stream)

@@ -60,6 +60,16 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tasks_by_batch ON tasks(batch_id) WHERE batch_id IS NOT NULL;
     CREATE INDEX tasks_by_owner ON tasks(owner);
     """,
+    # 3: idempotency keys of task.submit (a resent submit returns what the first one stored)
+    """
+    CREATE TABLE submit_keys(
+        key TEXT PRIMARY KEY,
+        ids BLOB NOT NULL,
+        batch_id INTEGER,
+        at REAL NOT NULL
+    );
+    CREATE INDEX submit_keys_by_at ON submit_keys(at);
+    """,
 ]
 
 TASK_COLUMNS = (
@@ -232,6 +242,23 @@ class Store:
             task["alloc"] = unpack(task["alloc"])
             tasks.append(task)
         return tasks
+
+    # ---- idempotency keys of task.submit -----------------------------------------------
+    def submitted(self, key: str) -> tuple[list[int], int | None] | None:
+        """``(ids, batch_id)`` stored under submit key ``key``, or ``None``."""
+        rows = self.conn.execute("SELECT ids, batch_id FROM submit_keys WHERE key=?",
+                                 (key,)).fetchall()
+        return (unpack(rows[0][0]), rows[0][1]) if rows else None
+
+    def remember_submit(self, key: str, ids: list[int], batch_id: int | None,
+                        at: float) -> None:
+        """Store what the submit with ``key`` made (inside the caller's transaction)."""
+        self.conn.execute("INSERT INTO submit_keys(key, ids, batch_id, at) VALUES (?, ?, ?, ?)",
+                          (key, pack(ids), batch_id, at))
+
+    def prune_submit_keys(self, before: float) -> None:
+        """Forget keys stored before ``before`` (an index range: nothing to do costs ~1 us)."""
+        self.conn.execute("DELETE FROM submit_keys WHERE at < ?", (before,))
 
     # ---- nodes -------------------------------------------------------------------------
     def save_node(self, name: str, info: dict, state: str, registered_at: float,
