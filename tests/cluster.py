@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from procs import end_keepers
+
 from zriver.client.api import Client
 from zriver.config import HostSettings, RunnerSettings
 from zriver.host.service import Host
@@ -37,6 +39,7 @@ class Cluster:
         self.host: Host | None = None
         self.runners: dict[str, Runner] = {}
         self._clients: list[Client] = []
+        self._runner_dirs: set[Path] = set()
 
     # ---- control -----------------------------------------------------------------------
     def run(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
@@ -66,6 +69,7 @@ class Cluster:
         settings = RunnerSettings(name=name, data_dir=str(self.root / name), kill_grace=2.0,
                                   request_timeout=1.0, log_poll_interval=0.05)
         settings = replace(settings, **overrides)
+        self._runner_dirs.add(Path(settings.data_dir))
 
         async def start() -> Runner:
             runner = runner_for(self.host, settings)
@@ -90,6 +94,7 @@ class Cluster:
                 self.call_soon(self.host.scheduler.validate)
                 self.run(self.host.stop)
         finally:
+            end_keepers(sorted(self._runner_dirs))
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()

@@ -122,6 +122,34 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def keepers_of(data_dirs: list[Path]) -> list[psutil.Process]:
+    """The live task keepers (``zriver.runner.keeper``) serving any of ``data_dirs``."""
+    wanted = {os.path.realpath(str(d)) for d in data_dirs}
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if (proc.info["status"] != psutil.STATUS_ZOMBIE and len(cmdline) >= 2
+                and "zriver.runner.keeper" in cmdline and
+                os.path.realpath(cmdline[-1]) in wanted):
+            found.append(proc)
+    return found
+
+
+def end_keepers(data_dirs: list[Path]) -> None:
+    """SIGKILL the task groups of the keepers of ``data_dirs``, then the keepers (a runner
+    stopped without ``--kill-tasks`` leaves its tasks to its keeper: a test must not)."""
+    for keeper in keepers_of(data_dirs):
+        try:
+            for child in keeper.children():
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            keeper.kill()
+        except psutil.Error:
+            pass
+
+
 def role_environment(home: Path) -> dict[str, str]:
     """The environment of a role or CLI process: ``ZRIVER_HOME`` set, nothing inherited that
     points at another cluster, and this checkout importable whatever the working directory."""
@@ -430,6 +458,7 @@ class Cluster:
                 proc.terminate()
             except (OSError, subprocess.TimeoutExpired):
                 pass
+        end_keepers([proc.data_dir for proc in self.processes if proc.role == "runner"])
         for pgid in self.groups:
             try:
                 os.killpg(pgid, signal.SIGKILL)

@@ -13,7 +13,7 @@ import sys
 from procs import wait_until
 
 from zriver.protocol import decode
-from zriver.runner.backends.native import CommandPaths, pin_tree
+from zriver.runner.spawn import CommandPaths, pin_tree
 from zriver.runner.cgroups import RLIMIT, MemoryLimiter
 
 
@@ -34,7 +34,7 @@ def test_a_start_that_cannot_be_delivered_goes_back_to_the_queue(make_cluster):
     sub.close(linger=0)
     assert seen == ["assigned", "pending"]  # in the order they happened
     nodes = {n["name"]: n["state"] for n in cluster.client().call("node.list")["nodes"]}
-    assert nodes["n1"] == "offline"  # ROUTER_MANDATORY told the host at once
+    assert nodes["n1"] == "unreachable"  # ROUTER_MANDATORY told the host at once
     events = cluster.client().call("task.get", {"id": task_id})["events"]
     assert [e["state"] for e in events] == ["pending", "assigned", "pending"]
     assert "unreachable" in events[-1]["detail"]
@@ -122,12 +122,12 @@ def test_a_command_gone_since_its_path_was_remembered_is_reported_not_found(clus
     program = tmp_path / "zriver-vanishing"
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(0o755)
-    # the in-process runner looks commands up on its own PATH
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    first = cluster.submit(["zriver-vanishing"])
+    # a command is looked up on the task's PATH (the runner's, unless the task sets one)
+    path = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    first = cluster.submit(["zriver-vanishing"], env=path)
     assert cluster.wait(first)[0]["state"] == "completed"
     program.unlink()
-    second = cluster.submit(["zriver-vanishing"])
+    second = cluster.submit(["zriver-vanishing"], env=path)
     [summary] = cluster.wait(second)
     assert (summary["state"], summary["exit_code"]) == ("failed", 127)
     assert "command not found" in cluster.task(second)["detail"]

@@ -105,8 +105,10 @@ class PrivateDocker:
         dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
         started = time.monotonic()
         with open(self.log, "ab") as out:
+            # In a network namespace of its own: a dockerd with "--bridge none" deletes the
+            # machine's docker0, which the shared daemon's containers need.
             self.proc = subprocess.Popen(
-                [dockerd, "--host", self.url, "--data-root", str(self.root / "data"),
+                ["unshare", "--net", "--", dockerd, "--host", self.url, "--data-root", str(self.root / "data"),
                  "--exec-root", str(self.root / "x"), "--pidfile", str(self.root / "d.pid"),
                  "--bridge", "none", "--iptables=false", "--ip-masq=false",
                  "--ip-forward=false", "--shutdown-timeout", "2"],

@@ -87,14 +87,14 @@ def test_logs_live_in_the_shared_dir_and_the_host_reads_them(make_cluster, tmp_p
     assert cluster.log(task_id) == b"shared\n"
 
 
-def test_offline_node_comes_back_online(make_cluster):
+def test_unreachable_node_comes_back_online(make_cluster):
     cluster = make_cluster({"n1": {}})
     cluster.stop_runner("n1", kill_tasks=True)
     client = cluster.client()
     sub = client.subscribe(["evt.node.n1"])
     try:
-        while client.call("node.list")["nodes"][0]["state"] != "offline":
-            assert sub.poll(5000), "node never went offline"
+        while client.call("node.list")["nodes"][0]["state"] != "unreachable":
+            assert sub.poll(5000), "node never went unreachable"
             sub.recv_multipart()
         cluster.start_runner("n1")
         assert client.call("node.list")["nodes"][0]["state"] == "online"

@@ -19,6 +19,11 @@ SERVER_VERBS = {"up", "host", "runner"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_keeper"]:  # the node's task keeper, started by a runner (not a verb)
+        from zriver.runner.keeper import main as keeper_main
+
+        return keeper_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     command = getattr(args, "_command", None)

@@ -56,11 +56,20 @@ class HostSettings:
     placement: str = "spread"
     gpu_placement: str = "pack"
     prefetch: bool = True
+    unreachable_grace: float = 600.0
+    """Seconds a silent node's tasks stay ``unreachable`` before they are ``lost`` (and
+    retried); its runner ends them by itself before that (self-fencing)."""
 
     def resolved(self) -> "HostSettings":
         for key in ("placement", "gpu_placement"):
             if getattr(self, key) not in ("pack", "spread"):
                 raise InvalidArgument(f"{key} must be 'pack' or 'spread', got {getattr(self, key)!r}")
+        lease = self.heartbeat_interval * self.heartbeat_misses
+        if self.unreachable_grace < 2 * lease:
+            raise InvalidArgument(
+                f"unreachable_grace ({self.unreachable_grace:g} s) must be at least twice "
+                f"heartbeat_interval x heartbeat_misses ({lease:g} s): a cut-off runner "
+                f"needs that long to end its tasks before the host gives them up")
         return replace(self, data_dir=self.data_dir or str(zriver_home()))
 
 

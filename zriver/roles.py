@@ -21,7 +21,7 @@ import structlog
 
 from zriver import dirlock
 from zriver.config import HostSettings, RunnerSettings
-from zriver.errors import BadVersion
+from zriver.errors import BadVersion, error_from_reply
 from zriver.host.service import Host
 from zriver.runner.agent import Runner
 
@@ -79,28 +79,31 @@ async def serve_host(settings: HostSettings) -> None:
         await _until_signalled(host.start, host.stop)
 
 
-async def serve_runner(settings: RunnerSettings) -> None:
-    """Run a runner; raise ``BadVersion`` when the host speaks another protocol, and
+async def serve_runner(settings: RunnerSettings, kill_tasks: bool = False) -> None:
+    """Run a runner until signalled; its native tasks run on under the node's keeper unless
+    ``kill_tasks``. Raise what made it give up (``BadVersion`` when the host speaks another
+    protocol, ``Conflict`` when another live runner holds its node name), and
     ``DirectoryInUse`` (nothing opened, no task touched) when its data dir is locked."""
     with lock_runner_dir(settings, "zriver runner"):
         runner = Runner(settings)
-        await _until_signalled(runner.start, runner.stop, lambda: runner.failed)
+        await _until_signalled(runner.start, lambda: runner.stop(kill_tasks),
+                               lambda: runner.failed)
     if runner.fatal:
-        raise BadVersion(runner.fatal)
+        raise error_from_reply(runner.fatal_code or BadVersion.code, runner.fatal)
 
 
 async def serve_both(host_settings: HostSettings, runner_settings: RunnerSettings,
-                     announce: Callable[[Host, Runner], None]) -> None:
+                     announce: Callable[[Host, Runner], None], kill_tasks: bool = False) -> None:
     """``zriver up``: a host and one runner in this process.
 
     Locks both data dirs (the host's, then the runner's) before starting anything; raises
     ``DirectoryInUse`` when either is taken (the other is released again)."""
     with lock_host_dir(host_settings, "zriver up"), lock_runner_dir(runner_settings, "zriver up"):
-        await _serve_both(host_settings, runner_settings, announce)
+        await _serve_both(host_settings, runner_settings, announce, kill_tasks)
 
 
 async def _serve_both(host_settings: HostSettings, runner_settings: RunnerSettings,
-                      announce: Callable[[Host, Runner], None]) -> None:
+                      announce: Callable[[Host, Runner], None], kill_tasks: bool) -> None:
     """``serve_both`` once the data dirs are locked."""
     host = Host(host_settings)
     runner: Runner | None = None
@@ -115,7 +118,7 @@ async def _serve_both(host_settings: HostSettings, runner_settings: RunnerSettin
 
     async def stopping() -> None:
         if runner is not None:
-            await runner.stop()
+            await runner.stop(kill_tasks)
         await host.stop()
 
     await _until_signalled(started, stopping)

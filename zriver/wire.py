@@ -196,6 +196,10 @@ class Channel:
                     raise
             self._backlog.popleft()
 
+    def drain(self) -> None:
+        """Receive everything waiting now (as a readable FD would)."""
+        self._on_readable()
+
     def _on_readable(self) -> None:
         self._drain_scheduled = False
         if self.sock.closed:

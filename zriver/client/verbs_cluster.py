@@ -73,6 +73,9 @@ def health(ctx: Context, args) -> int:
         help="router port; events use the next two (0: any free ports)"),
     arg("--cores", type=int, default=0, help="cores to offer (default: all)"),
     arg("--memory", default="", help="memory to offer, e.g. 8G (default: all)"),
+    arg("--kill-tasks", action="store_true",
+        help="on stop, end the running native tasks (default: they run on and the next start "
+             "re-adopts them)"),
     needs_cluster=False,
 )
 def up(ctx: Context, args) -> int:
@@ -90,7 +93,9 @@ def up(ctx: Context, args) -> int:
     def announce(h, r) -> None:
         ctx.print(f"zriver is up: host {h.endpoints['router']}, node {r.name} with "
                   f"{len(r.info['cores'])} cores and {format_size(r.info['memory'])}, "
-                  f"data in {h.data_dir}. Ctrl-C stops it.")
+                  f"data in {h.data_dir}. Ctrl-C stops it"
+                  + (" and ends its tasks." if args.kill_tasks else
+                     " (running tasks carry on; the next start takes them back)."))
         if "docker" not in r.info.get("backends", []):
             docker = r.backends.get("docker")
             reason = docker.error if docker is not None else "no Docker support in this build"
@@ -99,7 +104,7 @@ def up(ctx: Context, args) -> int:
             h.settings.default_container = ""
             ctx.print(f"Docker is not available here ({reason}): tasks run natively{fallback}.")
 
-    run(serve_both(host, runner, announce))
+    run(serve_both(host, runner, announce, args.kill_tasks))
     return 0
 
 
@@ -117,6 +122,9 @@ def host(ctx: Context, args) -> int:
          arg("--config", help="runner.toml (default: $ZRIVER_HOME/runner.toml when present)"),
          arg("--name", help="node name (overrides the config)"),
          arg("--connect", metavar="HOST", help="host address (overrides the config)"),
+         arg("--kill-tasks", action="store_true",
+             help="on SIGTERM/Ctrl-C, end the native tasks (default: they run on under the "
+                  "node's keeper and the next start re-adopts them)"),
          needs_cluster=False)
 def runner(ctx: Context, args) -> int:
     from zriver.roles import run, serve_runner
@@ -126,7 +134,7 @@ def runner(ctx: Context, args) -> int:
         settings = replace(settings, name=args.name)
     if args.connect:
         settings = replace(settings, host=args.connect)
-    run(serve_runner(settings))
+    run(serve_runner(settings, args.kill_tasks))
     return 0
 
 

@@ -16,7 +16,7 @@ import msgpack
 import structlog
 
 from zriver.host import lifecycle as lc
-from zriver.host.scheduler import OFFLINE, Placement
+from zriver.host.scheduler import OFFLINE, UNREACHABLE, Placement
 from zriver.sizes import format_duration
 
 if TYPE_CHECKING:
@@ -153,6 +153,10 @@ def apply_update(host: "Host", node: str, update: dict[str, Any]) -> None:
     if task is None or task.node != node or update.get("attempt", 1) != task.attempt:
         return  # already final (a resend), another attempt's, or not this runner's task
     state, detail = update.get("state"), update.get("detail", "")
+    if state == lc.PENDING:  # the runner never started it, or revoked a start we never saw
+        if task.state != lc.PENDING:
+            requeue(host, task, f"back to the queue: {detail or 'not started on ' + node}")
+        return
     if task.timing_out and state == lc.KILLED:
         state, detail = lc.TIMEOUT, f"time limit of {format_duration(task.spec.time_limit)} reached"
     move(host, task, state, at=update.get("at"), detail=detail,
@@ -173,8 +177,13 @@ def _time_limit_reached(host: "Host", task_id: int, attempt: int) -> None:
     task = host.tasks.get(task_id)
     if task is None or task.attempt != attempt or task.state not in lc.ACTIVE:
         return
-    task.timing_out = True
     node = host.nodes.get(task.node)
+    if node is not None and node.state == UNREACHABLE:
+        # It may run on, cut off: killing it waits until its node is back (or given up).
+        task.limit_timer = asyncio.get_running_loop().call_later(
+            host.settings.heartbeat_interval, _time_limit_reached, host, task_id, attempt)
+        return
+    task.timing_out = True
     host.begin()
     if node is None or node.state == OFFLINE:
         move(host, task, lc.TIMEOUT, detail="time limit reached while its node was offline")
@@ -183,24 +192,56 @@ def _time_limit_reached(host: "Host", task_id: int, attempt: int) -> None:
     host.schedule_flush()
 
 
-def node_lost(host: "Host", node: "NodeRecord", reason: str) -> None:
-    """A node stopped answering: mark it offline and its active tasks lost."""
-    if node.state != OFFLINE:
-        host.set_node_state(node, OFFLINE, reason)
-    for task in [t for t in host.tasks.values() if t.node == node.name]:
-        if task.state in lc.ACTIVE:
+def tasks_on(host: "Host", name: str) -> list["LiveTask"]:
+    return [t for t in host.tasks.values() if t.node == name]
+
+
+def node_unreachable(host: "Host", node: "NodeRecord", reason: str) -> None:
+    """A node fell silent: nothing new goes there, and what runs there shows ``unreachable``
+    (not final: it may well run on, and reconciles when the node is back)."""
+    if node.state == UNREACHABLE:
+        return
+    host.set_node_state(node, UNREACHABLE, reason)
+    node.unstarted_requeued = False
+    for task in tasks_on(host, node.name):
+        if task.state in (lc.RUNNING, lc.PAUSED):
+            move(host, task, lc.UNREACHABLE, detail=f"node {node.name} unreachable: {reason}")
+
+
+def requeue_unstarted(host: "Host", node: "NodeRecord") -> None:
+    """The node's lease has surely run out, so it starts nothing more: its assigned and
+    staged tasks that never reported a start go back to the queue (a start it made but that
+    we never heard of was killed by its keeper when the lease ran out)."""
+    node.unstarted_requeued = True
+    for task in tasks_on(host, node.name):
+        if task.state == lc.ASSIGNED:
+            host.begin()
+            requeue(host, task, f"node {node.name} unreachable before it started this task")
+
+
+def node_given_up(host: "Host", node: "NodeRecord", reason: str) -> None:
+    """Past the grace: the node is offline and its tasks are ``lost`` (its runner has ended
+    them by itself by now: self-fencing), so their retries may run elsewhere."""
+    node.given_up = True
+    host.set_node_state(node, OFFLINE, reason)
+    for task in tasks_on(host, node.name):
+        if task.state == lc.ASSIGNED:
+            requeue(host, task, f"node {node.name} offline before it started this task")
+        elif task.state in lc.ACTIVE:
             move(host, task, lc.LOST, detail=f"node {node.name} lost: {reason}")
 
 
 def runner_unreachable(host: "Host", name: str, frames: list[bytes]) -> None:
-    """A command could not be delivered: a start goes back to the queue, the node offline."""
+    """A command could not be delivered (the runner is not connected): the node is
+    unreachable, and a start in it goes back to the queue at once (it never left)."""
     try:
         env = msgpack.unpackb(frames[1], raw=False)
     except Exception:
         return
     node = host.nodes.get(name)
-    if node is not None and node.state != OFFLINE:
-        host.set_node_state(node, OFFLINE, "not connected")
+    if node is not None and node.state not in (OFFLINE, UNREACHABLE):
+        host.begin()
+        node_unreachable(host, node, "not connected")
     body = env.get("body") or {}
     commands = body.get("commands") or [env]  # runner.batch, an ack carrying commands, or one
     for command in commands:
@@ -212,9 +253,14 @@ def runner_unreachable(host: "Host", name: str, frames: list[bytes]) -> None:
 
 
 def requeue(host: "Host", task: "LiveTask", reason: str) -> None:
+    """Back to the queue, same attempt: the task never ran (or its run was revoked)."""
+    host.begin()
     host.scheduler.release(task.id)
+    if task.limit_timer is not None:
+        task.limit_timer.cancel()
+    task.started_at = None
     task.node, task.alloc = None, None
-    host.store.update_task(task.id, node=None, alloc=None)
+    host.store.update_task(task.id, node=None, alloc=None, started_at=None)
     move(host, task, lc.PENDING, detail=reason)
     host.scheduler.submit(task.request())
     host.request_schedule()

@@ -240,44 +240,90 @@ def usage(host: Host, caller: Caller, body: dict) -> dict:
 
 # ---- runners -------------------------------------------------------------------------------
 def register(host: Host, caller: Caller, body: dict) -> dict:
-    """A runner (re)joins: record it, reconcile what it runs with what the host believes."""
+    """A runner (re)joins: record it, reconcile what it runs with what the host believes.
+
+    A second runner claiming the name of a node whose runner is connected is refused
+    (``conflict``) and changes nothing."""
     name = _runner_name(caller, body)
     info = arg(body, "info", dict)
     for key in ("cores", "memory"):
         arg(info, key, (list, int))
-    known = {int(t["id"]): t for t in arg(body, "tasks", list, [])
-             if isinstance(t, dict) and isinstance(t.get("id"), int)}
+    known = _known_tasks(arg(body, "tasks", list, []))
+    node = host.nodes.get(name)
+    if node is not None and node.identity not in (None, caller.identity) and host.connected(node):
+        raise Conflict(f"node {name!r} is already connected from another runner "
+                       f"({node.info.get('hostname', '?')}, pid {node.info.get('pid', '?')}); "
+                       f"stop that one first, or give this runner another name")
     now = time.time()
-    node = host.nodes.get(name) or NodeRecord(name, info)
-    node.info, node.registered, node.registered_at, node.last_seen = info, True, now, now
+    node = node or NodeRecord(name, info)
+    node.info, node.registered, node.registered_at = info, True, now
+    node.identity, node.given_up = caller.identity, False
+    host.touch(node)
     node.heartbeat = arg(body, "usage", dict, node.heartbeat)
     host.nodes[name] = node
     host.scheduler.set_node(name, node_spec(info))
     host.store.save_node(name, info, node.state, now, now)
-    stop = [tid for tid, t in known.items() if tid not in host.tasks
-            or host.tasks[tid].node != name or host.tasks[tid].attempt != t.get("attempt", 1)]
+    stop = [tid for tid, attempt in known.items() if tid not in host.tasks
+            or host.tasks[tid].node != name or host.tasks[tid].attempt != attempt[0]]
     for task in [t for t in host.tasks.values() if t.node == name]:
-        if task.id in known and known[task.id].get("attempt", 1) == task.attempt:
-            continue
-        if task.state == lc.ASSIGNED:
-            host.command(name, "task.start", start_body(host, task))  # the start never arrived
-        elif task.state in lc.ACTIVE:
-            move(host, task, lc.LOST, detail=f"runner {name} restarted and no longer has it")
+        _reconcile(host, name, task, known.get(task.id))
     changed = gpu_change(info, node.heartbeat)
     node.degraded = changed
     host.set_node_state(node, DEGRADED if changed else ONLINE, changed or "registered")
     return {"heartbeat_interval": host.settings.heartbeat_interval, "stop": stop,
+            "lease": host.lease, "grace": host.settings.unreachable_grace,
             "incarnation": host.incarnation, "shared_dir": host.settings.shared_dir}
+
+
+def _known_tasks(items: list) -> dict[int, tuple[int, str]]:
+    """A registration's task list as ``id -> (attempt, state)`` (malformed entries refused)."""
+    known = {}
+    for item in items:
+        if not isinstance(item, dict):
+            raise BadRequest("each registered task must be a map")
+        task_id, attempt = arg(item, "id", int), arg(item, "attempt", int, 1)
+        known[task_id] = (attempt, arg(item, "state", str, lc.RUNNING))
+    return known
+
+
+def _reconcile(host: Host, name: str, task: LiveTask, known: tuple[int, str] | None) -> None:
+    """One task the host places on ``name``, against what the registering runner has."""
+    if known is not None and known[0] == task.attempt:
+        if task.state == lc.UNREACHABLE:
+            state = lc.PAUSED if known[1] == lc.PAUSED else lc.RUNNING
+            move(host, task, state, detail=f"node {name} is back; the task ran on")
+        return
+    if task.state == lc.ASSIGNED:
+        host.command(name, "task.start", start_body(host, task))  # the start never arrived
+    elif task.state in lc.ACTIVE:
+        move(host, task, lc.LOST, detail=f"runner {name} came back without it")
+
+
+def ping(host: Host, caller: Caller, body: dict) -> dict:
+    """A runner renews its lease (the reply is the point); ``registered`` false asks it to
+    register with this host."""
+    name = _runner_name(caller, body)
+    node = host.nodes.get(name)
+    if node is not None and node.identity not in (None, caller.identity):
+        raise Conflict(f"this runner is not the registered runner of node {name!r}")
+    return {"registered": bool(node is not None and node.registered
+                               and node.identity == caller.identity)}
 
 
 def task_update(host: Host, caller: Caller, body: dict) -> dict:
     name = _runner_name(caller, body)
+    node = host.nodes.get(name)
+    if node is not None and node.identity not in (None, caller.identity):
+        raise Conflict(f"this runner is not the registered runner of node {name!r}; "
+                       f"its updates are refused")
     updates = arg(body, "updates", list)
     for update in updates:
         if not isinstance(update, dict) or not isinstance(update.get("id"), int):
             raise BadRequest("each update must be a map with an integer 'id'")
         if update.get("state") not in lc.ALL_STATES:
             raise BadRequest(f"unknown state {update.get('state')!r} in update")
+        if not isinstance(update.get("attempt", 1), int):
+            raise BadRequest("an update's 'attempt' must be an integer")
     for update in updates:
         apply_update(host, name, update)
     return {"count": len(updates)}
@@ -381,6 +427,7 @@ HANDLERS = {
     "node.undrain": undrain,
     "usage.report": usage,
     "runner.register": register,
+    "runner.ping": ping,
     "task.update": task_update,
 }
 

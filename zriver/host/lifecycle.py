@@ -2,7 +2,10 @@
 
     pending -> assigned -> running -> completed | failed | killed | killed_oom | lost | timeout
                                   <-> paused
+    running | paused <-> unreachable (its node is silent; not final) -> lost past the grace
     pending | assigned -> killed | lost | failed (start refused, failed dependency)
+    assigned | running | paused | unreachable -> pending (a start that never ran, or that the
+        runner revoked because the host had not recorded it: it runs again, same attempt)
 
 A task with retries left does not enter a final state when it fails: it goes back to
 ``pending`` with its attempt count raised (``dispatch.retry``), and the failed attempt is
@@ -24,19 +27,21 @@ KILLED = "killed"
 KILLED_OOM = "killed_oom"
 LOST = "lost"
 TIMEOUT = "timeout"
+UNREACHABLE = "unreachable"
 
 FINAL = frozenset({COMPLETED, FAILED, KILLED, KILLED_OOM, LOST, TIMEOUT})
 RETRYABLE = frozenset({FAILED, KILLED_OOM, LOST, TIMEOUT})
 """Ends that ``--retries`` retries (a kill on request is never retried)."""
-ACTIVE = frozenset({ASSIGNED, RUNNING, PAUSED})
-ALL_STATES = (PENDING, ASSIGNED, RUNNING, PAUSED, COMPLETED, FAILED, KILLED, KILLED_OOM, LOST,
-              TIMEOUT)
+ACTIVE = frozenset({ASSIGNED, RUNNING, PAUSED, UNREACHABLE})
+ALL_STATES = (PENDING, ASSIGNED, RUNNING, PAUSED, UNREACHABLE, COMPLETED, FAILED, KILLED,
+              KILLED_OOM, LOST, TIMEOUT)
 
 _ALLOWED: dict[str, frozenset[str]] = {
     PENDING: frozenset({ASSIGNED, KILLED, LOST, FAILED}),
     ASSIGNED: frozenset({PENDING, RUNNING, PAUSED} | FINAL),
-    RUNNING: frozenset({PAUSED} | FINAL),
-    PAUSED: frozenset({RUNNING} | FINAL),
+    RUNNING: frozenset({PAUSED, UNREACHABLE, PENDING} | FINAL),
+    PAUSED: frozenset({RUNNING, UNREACHABLE, PENDING} | FINAL),
+    UNREACHABLE: frozenset({RUNNING, PAUSED, PENDING} | FINAL),
 }
 
 

@@ -41,6 +41,8 @@ from zriver.errors import Impossible, NotFound
 ONLINE = "online"
 OFFLINE = "offline"
 DEGRADED = "degraded"
+UNREACHABLE = "unreachable"
+"""Silent for longer than the lease: not usable; its tasks wait for it (or the grace)."""
 PACK = "pack"
 SPREAD = "spread"
 CHAIN_DEPTH = 3

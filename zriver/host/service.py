@@ -25,8 +25,8 @@ import structlog
 from zriver import PROTOCOL_VERSION, __version__
 from zriver.config import HostSettings
 from zriver.errors import Internal, Unavailable, ZriverError, error_from_reply
-from zriver.host.scheduler import (DEGRADED, OFFLINE, ONLINE, Allocation, NodeSpec, Request,
-                                   Scheduler)
+from zriver.host.scheduler import (DEGRADED, OFFLINE, ONLINE, UNREACHABLE, Allocation,
+                                   NodeSpec, Request, Scheduler)
 from zriver.host.deps import Dependencies
 from zriver.host.store import Store
 from zriver.protocol import decode, encode, encode_error, encode_ok, peek_rid, Envelope
@@ -74,6 +74,15 @@ class NodeRecord:
     info: dict[str, Any]
     state: str = OFFLINE
     last_seen: float = 0.0
+    """Wall-clock time of its last message (shown to people; never used to judge liveness)."""
+    seen: float = 0.0
+    """``time.monotonic()`` of its last message: liveness is judged on this."""
+    sent: float = 0.0
+    """``time.monotonic()`` of the host's last message to it (the lease: see runner/lease.py)."""
+    identity: bytes | None = None
+    """The ROUTER identity of its registered runner (``r:<name>:<instance>``), new per life."""
+    unstarted_requeued: bool = False
+    given_up: bool = False
     registered_at: float = 0.0
     registered: bool = False
     heartbeat: dict[str, Any] = field(default_factory=dict)
@@ -93,9 +102,19 @@ class Caller:
 
     @property
     def node(self) -> str | None:
-        if self.identity.startswith(RUNNER_PREFIX):
-            return self.identity[len(RUNNER_PREFIX):].decode(errors="replace")
+        return node_of(self.identity)
+
+
+def node_of(identity: bytes) -> str | None:
+    """The node name in a runner identity ``r:<name>:<instance>``; ``None`` for a client."""
+    if not identity.startswith(RUNNER_PREFIX):
         return None
+    name = identity[len(RUNNER_PREFIX):].decode(errors="replace")
+    return name.rsplit(":", 1)[0] if ":" in name else name
+
+
+def runner_identity(name: str, instance: str) -> bytes:
+    return f"r:{name}:{instance}".encode()
 
 
 class Host:
@@ -124,6 +143,8 @@ class Host:
         self._flush_scheduled = False
         self._needs_schedule = False
         self._next_rid = 1
+        self.foreign_heartbeats = 0
+        """Heartbeats that named a node registered to another runner (dropped)."""
         self._timers: list[asyncio.Task] = []
         self.store: Store | None = None
         self.wire: Wire | None = None
@@ -190,6 +211,7 @@ class Host:
             info = row["info"]
             self.nodes[row["name"]] = NodeRecord(row["name"], info, OFFLINE,
                                                  last_seen=self.started_at,
+                                                 seen=time.monotonic(), sent=time.monotonic(),
                                                  drained=row["drained"])
             self.scheduler.set_node(row["name"], node_spec(info))
             self.scheduler.set_drained(row["name"], row["drained"] is not None)
@@ -234,6 +256,11 @@ class Host:
             log.warning("host.bad_message", error=str(exc), code=exc.code)
             self._send_to(identity, encode_error(peek_rid(frame), exc.code, str(exc)))
             return
+        name = node_of(identity)
+        if name is not None:
+            node = self.nodes.get(name)
+            if node is not None and node.identity in (None, identity):
+                self.touch(node)
         if env.is_reply:
             self._on_runner_reply(env)
             return
@@ -295,34 +322,44 @@ class Host:
             self._on_heartbeat(frames[0][3:].decode(errors="replace"), env.body)
 
     def _on_heartbeat(self, name: str, body: dict[str, Any]) -> None:
+        """A heartbeat counts for the node's registered runner only; a runner that is not
+        registered with this host (or whose node is unreachable or given up) is asked to
+        register, which reconciles its tasks."""
         node = self.nodes.get(name)
-        now = time.time()
-        if node is None or not node.registered:
-            if node is not None:
-                node.last_seen = now  # alive: not lost, just not registered with us yet
-            asked = node.reregister_asked if node else 0.0
-            if now - asked > self.settings.heartbeat_interval:
-                self._ask_reregister(name)
+        identity = runner_identity(name, str(body.get("instance", "")))
+        if node is not None and node.identity not in (None, identity):
+            self.foreign_heartbeats += 1
             return
-        node.last_seen = now
+        if node is None or not node.registered or node.state in (UNREACHABLE, OFFLINE):
+            if node is not None:
+                self.touch(node)  # alive: not lost, just not registered with us yet
+            asked = node.reregister_asked if node else 0.0
+            if time.monotonic() - asked > self.settings.heartbeat_interval:
+                self._ask_reregister(name, identity)
+            return
+        self.touch(node)
         node.heartbeat = body
         changed = gpu_change(node.info, body)
         if changed and node.state != DEGRADED:
             node.degraded = changed
             self.set_node_state(node, DEGRADED, changed)
-        elif not changed and node.state in (OFFLINE, DEGRADED):
+        elif not changed and node.state == DEGRADED:
             node.degraded = ""
-            self.set_node_state(node, ONLINE, "heartbeat resumed" if node.state == OFFLINE
-                                else "GPU set back to normal")
+            self.set_node_state(node, ONLINE, "GPU set back to normal")
 
-    def _ask_reregister(self, name: str) -> None:
+    def touch(self, node: NodeRecord) -> None:
+        """A message from ``node``'s runner arrived now."""
+        node.seen, node.last_seen = time.monotonic(), time.time()
+
+    def _ask_reregister(self, name: str, identity: bytes) -> None:
         """Ask a runner seen only by its heartbeats to register (retried while unreachable)."""
         try:
-            self.router.send([RUNNER_PREFIX + name.encode(), encode("runner.reregister")])
+            self.router.send([identity, encode("runner.reregister")])
         except Unreachable:
             return
         if name in self.nodes:
-            self.nodes[name].reregister_asked = time.time()
+            self.nodes[name].reregister_asked = time.monotonic()
+            self.nodes[name].sent = time.monotonic()
 
     # ---- sending -----------------------------------------------------------------------
     def reply(self, caller: Caller, body: dict[str, Any] | None) -> None:
@@ -363,7 +400,7 @@ class Host:
         future = asyncio.get_running_loop().create_future()
         self.runner_calls[rid] = future
         try:
-            self.router.send([RUNNER_PREFIX + node.encode(), encode(op, rid, body)])
+            self.router.send([self.identity_of(node), encode(op, rid, body)])
             return await asyncio.wait_for(future, timeout)
         except (Unreachable, asyncio.TimeoutError):
             raise Unavailable(f"node {node} did not answer") from None
@@ -445,7 +482,7 @@ class Host:
             else:
                 plain.append((self.router, [caller.identity, encode_ok(caller.rid, body)]))
         for node, commands in cmds.items():
-            identity = RUNNER_PREFIX + node.encode()
+            identity = self.identity_of(node)
             if len(commands) == 1:
                 frame = encode(commands[0]["op"], 0, commands[0]["body"])
             else:
@@ -454,12 +491,35 @@ class Host:
         return commanding, plain
 
     def _on_unreachable(self, frames: list[bytes]) -> None:
-        identity = frames[0]
-        if not identity.startswith(RUNNER_PREFIX):
+        name = node_of(frames[0])
+        if name is None:
             return  # a client that left: nothing to do
         from zriver.host.dispatch import runner_unreachable
 
-        runner_unreachable(self, identity[len(RUNNER_PREFIX):].decode(errors="replace"), frames)
+        runner_unreachable(self, name, frames)
+
+    def identity_of(self, name: str) -> bytes:
+        """Where commands for node ``name`` go: its registered runner."""
+        node = self.nodes.get(name)
+        if node is None or node.identity is None:
+            return runner_identity(name, "")
+        node.sent = time.monotonic()
+        return node.identity
+
+    def connected(self, node: NodeRecord) -> bool:
+        """Whether ``node``'s registered runner is connected and was heard within a lease."""
+        if node.identity is None or time.monotonic() - node.seen > self.lease:
+            return False
+        try:
+            self.router.send([node.identity, encode("runner.probe")])
+        except Unreachable:
+            return False
+        return True
+
+    @property
+    def lease(self) -> float:
+        """Seconds of silence after which a node is unreachable (runner/lease.py)."""
+        return self.settings.heartbeat_interval * self.settings.heartbeat_misses
 
     # ---- nodes -------------------------------------------------------------------------
     def set_node_state(self, node: NodeRecord, state: str, reason: str) -> None:
@@ -473,19 +533,44 @@ class Host:
         self.request_schedule()
 
     async def _liveness_loop(self) -> None:
-        from zriver.host.dispatch import node_lost
-
         interval = self.settings.heartbeat_interval
+        last = time.monotonic()
         while True:
             await asyncio.sleep(interval / 2)
-            deadline = time.time() - interval * self.settings.heartbeat_misses
-            for node in list(self.nodes.values()):
-                overdue = node.last_seen < deadline
-                if node.state == ONLINE and overdue:
-                    node_lost(self, node, "missed heartbeats")
-                elif not node.registered and overdue and node.last_seen >= 0:
-                    node_lost(self, node, "did not come back after host restart")
-                    node.last_seen = -1.0  # report its tasks lost once
+            # Read what waited first (a stalled host must not blame the nodes whose words
+            # are queued), and shift every node's clock by the time the loop did not look.
+            self.router.drain()
+            self.xsub.drain()
+            now = time.monotonic()
+            stalled = now - last - interval
+            last = now
+            if stalled > 0:
+                log.warning("host.stalled", seconds=round(stalled + interval / 2, 2))
+                for node in self.nodes.values():
+                    node.seen += stalled
+                    node.sent += stalled
+            self.judge_liveness(now)
+
+    def judge_liveness(self, now: float) -> None:
+        """Mark silent nodes unreachable, requeue their unstarted work once the lease has
+        surely run out on the runner, and give their tasks up past the grace."""
+        from zriver.host.dispatch import node_given_up, node_unreachable, requeue_unstarted
+
+        lease, grace = self.lease, self.settings.unreachable_grace
+        for node in list(self.nodes.values()):
+            quiet = now - node.seen
+            watched = node.state in (ONLINE, DEGRADED) or (
+                node.state == OFFLINE and not node.registered and not node.given_up)
+            if watched and quiet > lease:
+                node_unreachable(self, node, f"no word from it for {quiet:.1f} s")
+            if node.state != UNREACHABLE:
+                continue
+            if (not node.unstarted_requeued
+                    and now - max(node.seen, node.sent) > lease + self.settings.heartbeat_interval):
+                requeue_unstarted(self, node)
+            if quiet > grace:
+                node_given_up(self, node, f"unreachable for longer than the grace of "
+                                          f"{grace:.0f} s")
 
     def hello(self) -> dict[str, Any]:
         return {"version": __version__, "protocol": PROTOCOL_VERSION,

@@ -16,12 +16,22 @@ the host marks such tasks ``lost``.
 
 A host restart is noticed by the host, which asks every runner whose heartbeat it sees but that
 has not registered with it to register again (``runner.reregister``).
+
+Native tasks are owned by the node's keeper (``zriver.runner.keeper``), which outlives this
+agent: a restarted agent re-adopts them before it registers. The lease: every reply of the host
+renews the runner's contact with it from the time the request left (``_lease_from``); a start,
+staged or not, is launched only while ``lease_from + lease`` lies ahead, and the keeper kills
+starts the host never recorded once it has passed, and every task at ``fence_at`` (the host's
+grace, less the kill grace and one lease), so that no task runs beside its retry elsewhere.
+The DEALER identity ``r:<node>:<instance>`` is new in every life: the host refuses a second
+live runner claiming a connected node's name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -32,13 +42,14 @@ import structlog
 
 from zriver import bundle
 from zriver.config import RunnerSettings
-from zriver.errors import BadVersion, ZriverError, error_from_reply
+from zriver.errors import BadVersion, Conflict, ZriverError, error_from_reply
 from zriver.logfiles import log_path, read_slice
 from zriver.protocol import arg, decode, encode, encode_error, encode_ok
 from zriver.runner import resources
 from zriver.runner.backends import Exit, Job, StartError
 from zriver.runner.backends.native import NativeBackend
 from zriver.runner.cgroups import MemoryLimiter
+from zriver.runner.lease import Lease
 from zriver.runner.ledger import Ledger
 from zriver.runner.logtail import LogTail
 from zriver.spec import TaskSpec
@@ -49,6 +60,8 @@ MAX_BATCH = 2000
 RUNNING_HOLD = 0.002
 WRITE_DELAY = 0.005
 """New outbox rows and start records reach the ledger at most this long after their tick."""
+CONFLICT_PATIENCE = 3.0
+"""Seconds a runner whose node name is held by a connected runner keeps asking."""
 ACK_WRITE_DELAY = 0.5
 """Written rows the host acknowledged are deleted with the next writes, or after this long."""
 
@@ -62,15 +75,23 @@ class Runner:
         self.data_dir = Path(self.settings.data_dir)
         self.registered = asyncio.Event()
         self.fatal: str | None = None
+        self.fatal_code = ""
         self.failed = asyncio.Event()
+        self.instance = secrets.token_hex(4)
         self.heartbeat_interval = 2.0
+        self.lease = Lease(self.settings.kill_grace)
+        self._needs_register = False
+        self._pings: dict[int, float] = {}  # rid of a runner.ping in flight -> when it left
+        self._call_sent: dict[int, float] = {}  # rid of a request in flight -> when it left
         self.shared_dir = self.settings.shared_dir
         self._calls: dict[int, asyncio.Future] = {}
         self._next_rid = 1
         self._unsent: list[dict[str, Any]] = []
         self._acked: list[int] = []
         self._persisted: list[tuple[int, dict[str, Any]]] = []
-        self._inflight: tuple[int, list[int]] | None = None
+        self._inflight: tuple[int, list[int], float] | None = None
+        """The ``task.update`` in flight: its rid, outbox rows and the time it left."""
+        self._registering = False
         self._resend: asyncio.TimerHandle | None = None
         self._hold: asyncio.TimerHandle | None = None
         self._delayed_flush: asyncio.TimerHandle | None = None
@@ -86,6 +107,8 @@ class Runner:
         self._log_dirs: dict[str, str] = {}  # shared_dir -> its log directory
         self._paths: dict[int, tuple[str, str]] = {}
         self._chained: dict[int, dict] = {}  # running task -> start body of the one behind it
+        self._adopted: set[int] = set()  # re-adopted tasks, confirmed once registered again
+        self.stopping = False
         self._base_env = bundle.child_environment()
         self._known: set[tuple[int, int]] = set()  # (task id, attempt) started in this life
         self._attempts: dict[int, int] = {}
@@ -94,8 +117,9 @@ class Runner:
             "task.start": self._start_task,
             "task.signal": self._signal_task,
             "log.read": self._read_log,
-            "runner.reregister": lambda body: self._spawn(self.register()),
+            "runner.reregister": lambda body: self._spawn(self._reregister()),
             "runner.batch": self._run_commands,
+            "runner.probe": lambda body: None,
         }
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -103,7 +127,6 @@ class Runner:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self.ledger = Ledger(self.data_dir / "runner.db")
-        self._end_leftovers()
         self.limiter = MemoryLimiter(self.name)
         self.memory_limit_method = self.limiter.probe()
         self.backends = self._make_backends()
@@ -113,13 +136,14 @@ class Runner:
         self.wire = Wire(self.settings.max_message_bytes)
         host = self.settings.host
         dealer = self.wire.dealer(f"tcp://{host}:{self.settings.router_port}",
-                                  identity=b"r:" + self.name.encode())
+                                  identity=f"r:{self.name}:{self.instance}".encode())
         self.channel = Channel(dealer, self._on_message)
         self.pub = self.wire.pub(f"tcp://{host}:{self.settings.xsub_port}")
         self.logtail = LogTail(self.publish)
         self._persisted = self.ledger.pending()
         self._known = {(u["id"], u.get("attempt", 1)) for _, u in self._persisted}
         await self._adopt_leftovers()
+        self._end_leftovers()
         self._loops.append(self._spawn(self._register_until_done()))
         self._loops.append(self._spawn(self._every(lambda: self.settings.log_poll_interval,
                                                    self.logtail.poll)))
@@ -129,7 +153,9 @@ class Runner:
 
     def _make_backends(self) -> dict[str, Any]:
         """The execution backends this node offers, by name."""
-        native = NativeBackend(self._on_exit, self.limiter, self.settings.kill_grace)
+        native = NativeBackend(self._on_started, self._on_exit, self.data_dir, self.name,
+                               self.settings.kill_grace)
+        native.on_keeper_lost = lambda: self._spawn(self._readopt(native))
         backends: dict[str, Any] = {native.name: native}
         try:
             from zriver.runner.backends.dockerlink import make_backend
@@ -152,21 +178,35 @@ class Runner:
                 self._attempts[task_id] = attempt
                 self._known.add((task_id, attempt))
                 self._backend_of[task_id] = backend
-                self.logtail.watch(task_id, *self.log_paths(task_id))
+                if status in ("running", "paused"):
+                    self._adopted.add(task_id)
+                    self.logtail.watch(task_id, *self.log_paths(task_id))
                 if status == "running":
                     self.report({"id": task_id, "state": "running", "at": time.time(),
                                  "detail": "re-attached after a runner restart"})
         self.info["backends"] = sorted(name for name, backend in self.backends.items()
                                        if getattr(backend, "available", True))
 
-    async def stop(self, kill_tasks: bool = True) -> None:
-        """Stop loops; with ``kill_tasks`` end every native task and record its end first."""
+    async def _readopt(self, native: NativeBackend) -> None:
+        """The keeper died (its tasks were ended and reported): start and adopt a new one."""
+        try:
+            await native.adopt()
+        except Exception as exc:
+            log.error("runner.keeper_unavailable", error=str(exc))
+
+    async def stop(self, kill_tasks: bool = False) -> None:
+        """Stop taking work and disconnect. Native tasks run on under the keeper (a restarted
+        runner re-adopts them); with ``kill_tasks`` they are ended first (SIGTERM, SIGKILL
+        after ``kill_grace``), recorded ``killed`` with this runner named, and the ends are
+        given up to ``kill_grace + 2`` seconds to reach the host."""
         native = self.backends["native"]
-        self._chained.clear()  # staged starts never start once we are stopping
+        self._drop_staged()  # staged starts never start once we are stopping
+        self.stopping = True
         if kill_tasks and native.running():
-            native.kill_all()
-            deadline = time.monotonic() + 2.0
-            while native.running() and time.monotonic() < deadline:
+            native.kill_all(f"killed by runner {self.name} on shutdown (--kill-tasks)")
+            deadline = time.monotonic() + self.settings.kill_grace + 2.0
+            while (native.running() or self._persisted) and time.monotonic() < deadline:
+                self._flush()
                 await asyncio.sleep(0.01)
         self._flush()
         self._write_ledger(everything=True)
@@ -195,8 +235,11 @@ class Runner:
             await asyncio.sleep(interval())
 
     def _end_leftovers(self) -> None:
-        """Kill process groups a crashed previous run of this runner left behind."""
+        """Kill process groups a previous life of this runner started that no keeper owns
+        (the keeper died with it, so nobody can read their status)."""
         for task_id, pid, started in self.ledger.started():
+            if task_id in self._backend_of:
+                continue  # the keeper still has it: adopted
             try:
                 proc = psutil.Process(pid)
                 if abs(proc.create_time() - started) < 2.0 and os.getpgid(pid) == pid:
@@ -205,7 +248,8 @@ class Runner:
             except (psutil.Error, ProcessLookupError, PermissionError):
                 pass
         with self.ledger.conn:
-            self.ledger.forget([row[0] for row in self.ledger.started()])
+            self.ledger.forget([row[0] for row in self.ledger.started()
+                                if row[0] not in self._backend_of])
 
     # ---- talking to the host -----------------------------------------------------------
     async def request(self, op: str, body: dict, timeout: float | None = None) -> dict:
@@ -213,35 +257,76 @@ class Runner:
         self._next_rid += 1
         future = asyncio.get_running_loop().create_future()
         self._calls[rid] = future
+        self._call_sent[rid] = time.monotonic()
         try:
             self.channel.send([encode(op, rid, body)])
             return await asyncio.wait_for(future, timeout or self.settings.request_timeout)
         finally:
             self._calls.pop(rid, None)
+            self._call_sent.pop(rid, None)
 
     async def _register_until_done(self) -> None:
+        """Register, retrying on silence and errors (0.5 s apart). A name held by another
+        live runner is retried for ``CONFLICT_PATIENCE`` seconds (the host may not have
+        seen a previous life of this runner go yet), then this runner gives up."""
+        refused_since: float | None = None
         while not self.registered.is_set():
             try:
                 await self.register()
             except BadVersion as exc:
-                self.fatal = str(exc)
-                log.error("runner.incompatible_host", error=str(exc))
-                self.failed.set()
+                self._fail(str(exc), exc.code, "runner.incompatible_host")
                 return
-            except (asyncio.TimeoutError, ZriverError) as exc:
-                log.warning("runner.register_retry", error=str(exc) or "timeout")
+            except Conflict as exc:
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since > CONFLICT_PATIENCE:
+                    self._fail(str(exc), exc.code, "runner.refused")
+                    return
+                await asyncio.sleep(0.5)
+            except asyncio.TimeoutError:
+                log.warning("runner.register_retry", error="timeout")
+            except ZriverError as exc:
+                log.warning("runner.register_retry", error=str(exc))
+                await asyncio.sleep(0.5)
+
+    def _fail(self, message: str, code: str, event: str) -> None:
+        """Something this runner cannot go on with: say it, and let the role exit."""
+        self.fatal, self.fatal_code = message, code
+        log.error(event, error=message)
+        self.failed.set()
+
+    async def _reregister(self) -> None:
+        """Register again (the host asked, or contact came back after the lease ran out)."""
+        if self._registering or self.stopping:
+            return
+        self._registering = True
+        try:
+            await self.register()
+        except Conflict as exc:
+            self._fail(str(exc), exc.code, "runner.refused")
+        except (asyncio.TimeoutError, ZriverError) as exc:
+            log.warning("runner.reregister_failed", error=str(exc) or "timeout")
+        finally:
+            self._registering = False
 
     async def register(self) -> None:
-        known = [{"id": tid, "state": "running", "attempt": self._attempts.get(tid, 1)}
-                 for tid in self.running()]
+        paused = self.backends["native"].paused()
+        known = [{"id": tid, "state": "paused" if tid in paused else "running",
+                  "attempt": self._attempts.get(tid, 1)} for tid in self.running()]
         known += [{"id": u["id"], "state": u["state"], "attempt": u.get("attempt", 1)}
                   for _, u in self._persisted]
         known += [{"id": b["id"], "state": "assigned", "attempt": b.get("attempt", 1)}
                   for b in self._chained.values()]
+        self._needs_register = False
         reply = await self.request("runner.register", {"name": self.name, "info": self.info,
                                                       "tasks": known,
                                                       "usage": self._usage()})
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 2.0))
+        self.lease.configure(reply.get("lease") or self.heartbeat_interval * 3,
+                             reply.get("grace") or 600.0)
+        self._tell_keeper_lease()
+        stopped = set(reply.get("stop", []))
+        self.backends["native"].acked([tid for tid in self._adopted if tid not in stopped], [])
+        self._adopted.clear()
         self.shared_dir = self.settings.shared_dir or reply.get("shared_dir", "")
         for task_id in reply.get("stop", []):
             if task_id in self._backend_of:
@@ -262,7 +347,7 @@ class Runner:
     def _usage(self) -> dict[str, Any]:
         body = resources.usage()
         body.update(running=len(self.running()), memory_limit=self.memory_limit_method,
-                    gpu_uuids=self._gpu_uuids(body["gpus"]),
+                    gpu_uuids=self._gpu_uuids(body["gpus"]), instance=self.instance,
                     at=time.time())
         docker = self.backends.get("docker")
         body["docker"] = docker.status() if docker is not None else {
@@ -277,6 +362,42 @@ class Runner:
 
     def _heartbeat(self) -> None:
         self.publish(f"hb.{self.name}", self._usage())
+        self._keep_lease()
+
+    def _keep_lease(self) -> None:
+        """Once a heartbeat interval: ask the host for a reply when none came for that long
+        (a ``runner.ping``: it renews the lease), and notice a lease that ran out."""
+        now = time.monotonic()
+        if not self.lease.fresh(now) and (self._chained or not self._needs_register):
+            if self._chained:
+                log.warning("runner.lease_expired", staged=len(self._chained))
+            self._drop_staged()  # the host requeues them once this lease has surely passed
+            self._needs_register = True
+        if self.lease.start is None or now - self.lease.start >= self.heartbeat_interval:
+            rid = self._next_rid
+            self._next_rid += 1
+            self._pings = {r: t for r, t in self._pings.items() if now - t < 60}
+            self._pings[rid] = now
+            self.channel.send([encode("runner.ping", rid, {"name": self.name})])
+
+    def _renew_lease(self, sent_at: float) -> None:
+        """A reply to a request sent at ``sent_at`` arrived."""
+        self.lease.renew(sent_at)
+        if self.lease.worth_telling():
+            self._tell_keeper_lease()
+        if self._needs_register and self.registered.is_set():
+            self._needs_register = False
+            self._spawn(self._reregister())
+
+    def _tell_keeper_lease(self) -> None:
+        if self.lease.start is None or self.lease.length <= 0:
+            return
+        self.lease.told = self.lease.start
+        self.backends["native"].lease(
+            self.lease.provisional_until, self.lease.fence_at, self.lease.fence_grace,
+            f"ended by node {self.name} itself: no contact with the host for "
+            f"{self.lease.fence_at - self.lease.start:.0f} s (self-fencing; the host may "
+            f"run it again elsewhere)")
 
     def _on_message(self, frames: list[bytes]) -> None:
         try:
@@ -321,8 +442,15 @@ class Runner:
 
     def _on_reply(self, env) -> None:
         if self._inflight is not None and env.rid == self._inflight[0]:
+            self._renew_lease(self._inflight[2])
             self._on_batch_acked(env)
             return
+        sent = self._pings.pop(env.rid, None) or self._call_sent.get(env.rid)
+        if sent is not None:
+            self._renew_lease(sent)
+            if (env.body.get("registered") is False if env.op == "ok"
+                    else env.code == "conflict"):
+                self._spawn(self._reregister())  # a host that forgot us, or another claims us
         future = self._calls.get(env.rid)
         if future is not None and not future.done():
             if env.op == "ok":
@@ -433,7 +561,7 @@ class Runner:
         batch = self._persisted[:end]
         rid = self._next_rid
         self._next_rid += 1
-        self._inflight = (rid, [seq for seq, _ in batch])
+        self._inflight = (rid, [seq for seq, _ in batch], time.monotonic())
         self.channel.send([encode("task.update", rid, {"name": self.name,
                                                       "updates": [u for _, u in batch]})])
         self._resend = asyncio.get_running_loop().call_later(
@@ -464,7 +592,7 @@ class Runner:
         self._send_next_batch()
 
     def _on_batch_acked(self, env) -> None:
-        rid, seqs = self._inflight
+        rid, seqs, _ = self._inflight
         self._inflight = None
         if self._resend is not None:
             self._resend.cancel()
@@ -476,9 +604,16 @@ class Runner:
             if self._unwritten.pop(seq, None) is None:
                 self._acked.append(seq)
         self._arm_write()
+        confirm, forget = [], []
         for seq, update in self._persisted:
-            if seq in done and update["state"] not in ("running", "paused"):
-                self._known.discard((update["id"], update.get("attempt", 1)))
+            if seq in done:
+                if update["state"] not in ("running", "paused"):
+                    self._known.discard((update["id"], update.get("attempt", 1)))
+                    forget.append(update["id"])
+                elif env.op == "ok":
+                    confirm.append(update["id"])
+        if env.op == "ok":
+            self.backends["native"].acked(confirm, forget)
         self._persisted = [(s, u) for s, u in self._persisted if s not in done]
         self._run_commands(env.body)
         self._send_next_batch()
@@ -488,6 +623,14 @@ class Runner:
         task_id, attempt = arg(body, "id", int), arg(body, "attempt", int, 1)
         if (task_id, attempt) in self._known:
             return  # a re-sent start of an attempt already under way or finished
+        if self.stopping:
+            return
+        if not self.lease.fresh(time.monotonic()):
+            # It may be a stale start that waited in a queue while we were cut off: the host
+            # may have given it to another node since. Register again; it re-sends what holds.
+            log.warning("runner.start_refused_lease", task=task_id)
+            self._needs_register = True
+            return
         self._attempts[task_id] = attempt
         behind = arg(body, "behind", int, None)
         if behind is not None and (behind in self._backend_of or any(
@@ -529,7 +672,7 @@ class Runner:
         if gpus or alloc.get("gpus") is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         return Job(task_id, spec, tuple(alloc["cores"]), int(alloc.get("memory") or 0),
-                   stdout, stderr, env, gpus, alloc.get("numa"))
+                   stdout, stderr, env, gpus, alloc.get("numa"), self._attempts[task_id])
 
     def _on_started(self, task_id: int, detail: str) -> None:
         """A backend says the job runs now (synchronously or later)."""
@@ -596,5 +739,24 @@ class Runner:
         self.report({"id": task_id, "state": outcome.state, "at": time.time(),
                      "exit_code": outcome.exit_code, "detail": outcome.detail})
         chained = self._chained.pop(task_id, None)
-        if chained is not None:
-            self._launch(chained)
+        if chained is not None and not self.stopping:
+            if self.lease.fresh(time.monotonic()):
+                self._launch(chained)
+            else:  # the host requeues it once our lease has surely passed
+                log.warning("runner.staged_dropped_lease", task=chained["id"])
+                self._needs_register = True
+                self._known.discard((chained["id"], chained.get("attempt", 1)))
+                self._drop_chain(chained["id"])
+
+    def _drop_chain(self, task_id: int) -> None:
+        """Forget the staged starts behind ``task_id`` (which will not start here)."""
+        while task_id in self._chained:
+            body = self._chained.pop(task_id)
+            self._known.discard((body["id"], body.get("attempt", 1)))
+            task_id = body["id"]
+
+    def _drop_staged(self) -> None:
+        """Forget every staged start (a start the host sends again is taken again)."""
+        for body in self._chained.values():
+            self._known.discard((body["id"], body.get("attempt", 1)))
+        self._chained.clear()

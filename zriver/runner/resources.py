@@ -62,6 +62,7 @@ def detect(settings: RunnerSettings, memory_limit_method: str) -> dict[str, Any]
     memory = parse_size(settings.memory) if settings.memory else psutil.virtual_memory().total
     return {
         "hostname": socket.gethostname(),
+        "pid": os.getpid(),
         "version": __version__,
         "cores": [c for zone in zones for c in zone],
         "zones": zones,

@@ -30,6 +30,7 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     gpus: tuple[int, ...] = ()
     numa: int | None = None
+    attempt: int = 1
 
 
 @dataclass(slots=True)

@@ -1,303 +1,262 @@
-"""The native backend: a task is a process group spawned with ``os.posix_spawnp``.
+"""The native backend: the agent's side of the node's keeper (``zriver.runner.keeper``).
 
-* Spawning: ``posix_spawnp`` with file actions redirecting stdin from ``/dev/null`` and
-  stdout/stderr to the task's log files, in a new process group. This costs a fraction of
-  ``subprocess``/asyncio subprocesses (see docs/performance.md). A command name is looked up on
-  PATH by ``CommandPaths`` (remembered for 2 s) and spawned by its path, so the vfork'd child
-  makes one ``execve`` rather than one per PATH entry before the right one.
-* Cores: when the loop thread is running on one of the task's cores, it takes the task's mask
-  for the duration of the spawn (no migration is needed) and the child inherits it from its
-  first instruction. Otherwise the child is pinned the moment ``posix_spawnp`` returns (its
-  ``execve`` has just completed) by ``pin_tree``, which pins it, its threads and anything it
-  already started. The loop thread never moves to another core: pinning it to a core it is not
-  on migrates the event loop on every start, which cost a quarter of the dispatch throughput.
-* Working directory: the process changes into ``workdir`` around the spawn (the loop thread
-  is the only one that spawns or uses relative paths).
-* Memory: ``MemoryLimiter.apply`` right after the spawn (cgroup, or rlimit fallback). A task
-  bound to a NUMA zone runs under ``numactl --membind`` when numactl is installed.
-* Exit: a pidfd registered with the loop; ``waitpid`` on readiness. No SIGCHLD handler.
-* kill: SIGTERM to the group (and SIGCONT, so a paused group can act on it), SIGKILL after the
-  grace period. pause/resume: SIGSTOP/SIGCONT to the group.
+A native task is a process group that the keeper spawns, owns and reaps, so that it outlives
+any restart of the agent. This backend connects to the keeper of the runner's data dir (and
+starts one when none answers), asks it to spawn and signal, and turns its ``started`` and
+``exit`` events into the backend callbacks. ``start`` returns ``None``: the job runs once the
+keeper says so (``on_started``), or ends at once with ``failed`` when it could not start.
+
+The keeper keeps a task's end until ``acked(forget=...)`` says the host has it, and kills a
+start the host has not recorded (``acked(confirm=...)``) once the lease given by ``lease``
+runs out: see the keeper's docstring. When the keeper dies, the tasks it owned lose the only
+process that could read their exit status: this backend kills their process groups and
+reports them ``killed``, saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import collections
 import os
-import shutil
 import signal
+import socket
+import subprocess
 import time
-from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import structlog
 
 from zriver.host import lifecycle as lc
-from zriver.runner.backends import Exit, Job, OnExit, StartError
-from zriver.runner.cgroups import MemoryLimiter
+from zriver.runner import keeper as keeper_protocol
+from zriver.runner.backends import Exit, Job, OnExit, OnStarted
+from zriver.runner.spawn import membind_prefix
 
 log = structlog.get_logger("zriver.runner")
 
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)  # Python ignores SIGPIPE
-_NUMACTL = shutil.which("numactl")
+KEEPER_START_TIMEOUT = 10.0
 
 
-def membind_prefix(zone: int | None) -> list[str]:
-    """``numactl --membind=ZONE --`` when the task is bound to a real NUMA zone and numactl
-    is installed; otherwise nothing (the task is still pinned to the zone's cores)."""
-    if zone is None or _NUMACTL is None or not os.path.isdir(f"/sys/devices/system/node/node{zone}"):
-        return []
-    return [_NUMACTL, f"--membind={zone}", "--"]
-
-
-def _load_getcpu() -> Callable[[], int]:
-    """``sched_getcpu`` from libc (the CPU the calling thread runs on), or one answering -1."""
-    try:
-        getcpu = ctypes.CDLL(None).sched_getcpu
-        getcpu.restype, getcpu.argtypes = ctypes.c_int, []
-        return getcpu
-    except (OSError, AttributeError):
-        return lambda: -1
-
-
-_current_cpu = _load_getcpu()
-
-
-class CommandPaths:
-    """Command name -> its absolute path on the runner's PATH, remembered for ``ttl`` seconds
-    (like a shell's command hash; a program installed meanwhile is seen after that). Names
-    with a slash are not looked up: they are paths, relative to the task's directory."""
-
-    def __init__(self, ttl: float = 2.0) -> None:
-        self._ttl = ttl
-        self._known: dict[str, tuple[str, float]] = {}
-
-    def resolve(self, name: str) -> str | None:
-        if "/" in name:
-            return None
-        now = time.monotonic()
-        known = self._known.get(name)
-        if known is not None and known[1] > now:
-            return known[0]
-        path = shutil.which(name)
-        if path is None or not os.path.isabs(path):
-            self._known.pop(name, None)
-            return None
-        self._known[name] = (path, now + self._ttl)
-        return path
-
-    def forget(self, name: str) -> None:
-        self._known.pop(name, None)
-
-
-def pin_tree(pid: int, cores: list[int]) -> None:
-    """Pin process ``pid``, its threads and all its descendants to ``cores``.
-
-    Each thread is pinned before its children are listed (``/proc/<pid>/task/<tid>/children``):
-    a child started after the pin inherits the mask, one started before is in the list. Threads
-    or processes that end meanwhile, or that changed user (EPERM), are passed over."""
-    todo = [pid]
-    while todo:
-        process = todo.pop()
-        for tid in _threads(process):
-            try:
-                os.sched_setaffinity(tid, cores)
-                todo.extend(int(child) for child in
-                            _read_proc(f"/proc/{process}/task/{tid}/children").split())
-            except (ProcessLookupError, PermissionError, FileNotFoundError):
-                continue
-
-
-def _threads(pid: int) -> list[int]:
-    """Thread ids of ``pid`` (a fresh process has one: its ``stat`` says so, no listing)."""
-    try:
-        stat = _read_proc(f"/proc/{pid}/stat")
-        if stat.rsplit(b")", 1)[1].split()[17] == b"1":  # num_threads, after "(comm)"
-            return [pid]
-        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except (OSError, IndexError, ValueError):
-        return [pid]
-
-
-def _read_proc(path: str) -> bytes:
-    """A small /proc file in one read (no buffered file object: this runs for every start)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
-
-
-@dataclass(slots=True)
-class _Proc:
-    task_id: int
-    pid: int
-    pidfd: int
-    killing: bool = False
-    limited: bool = False
-    kill_timer: asyncio.TimerHandle | None = None
+class KeeperUnavailable(Exception):
+    """No keeper could be reached or started for this data dir."""
 
 
 class NativeBackend:
-    """Runs jobs as local process groups; see the module docstring."""
+    """Runs jobs through the node's keeper; see the module docstring."""
 
     name = "native"
 
-    def __init__(self, on_exit: OnExit, limiter: MemoryLimiter, kill_grace: float) -> None:
+    def __init__(self, on_started: OnStarted, on_exit: OnExit, data_dir: Path, node: str,
+                 kill_grace: float) -> None:
+        self._on_started = on_started
         self._on_exit = on_exit
-        self._limiter = limiter
+        self._data_dir = data_dir
+        self._node = node
         self._grace = kill_grace
-        self._procs: dict[int, _Proc] = {}
         self._loop = asyncio.get_running_loop()
-        self._usable = os.sched_getaffinity(0)
-        self._paths = CommandPaths()
+        self._sock: socket.socket | None = None
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._pids: dict[int, int] = {}  # task id -> pid, for every task the keeper runs
+        self._attempts: dict[int, int] = {}
+        self._starting: set[int] = set()
+        self._paused: set[int] = set()
+        self._hello: asyncio.Future | None = None
+        self.keeper_pid = 0
+        self.on_keeper_lost: Callable[[], None] = lambda: None
 
+    # ---- connecting ----------------------------------------------------------------------
+    async def adopt(self) -> list[tuple[int, int, str]]:
+        """Connect to the keeper (starting one if needed) and take back what it owns:
+        ``(task id, attempt, status)`` for running, paused and ended tasks; the ends are then
+        reported through ``on_exit`` on the next loop turns."""
+        await self._connect()
+        self._hello = self._loop.create_future()
+        self._send({"op": "hello", "node": self._node, "kill_grace": self._grace})
+        reply = await asyncio.wait_for(self._hello, KEEPER_START_TIMEOUT)
+        self.keeper_pid = int(reply.get("pid") or 0)
+        found = []
+        for task in reply.get("tasks") or []:
+            task_id = int(task["id"])
+            self._pids[task_id], self._attempts[task_id] = int(task["pid"]), int(task["attempt"])
+            if task.get("paused"):
+                self._paused.add(task_id)
+            found.append((task_id, self._attempts[task_id],
+                          "paused" if task.get("paused") else "running"))
+        for end in reply.get("exits") or []:
+            found.append((int(end["id"]), int(end.get("attempt") or 1), "exited"))
+            self._loop.call_soon(self._ended, end)
+        log.info("keeper.connected", pid=self.keeper_pid, running=len(self._pids),
+                 ended=len(reply.get("exits") or []))
+        return found
+
+    async def _connect(self) -> None:
+        address = keeper_protocol.socket_address(self._data_dir)
+        started = False
+        deadline = time.monotonic() + KEEPER_START_TIMEOUT
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                sock.connect(address)
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                sock.close()
+            if not started:
+                await self._loop.run_in_executor(None, self._start_keeper)
+                started = True
+            if time.monotonic() > deadline:
+                raise KeeperUnavailable(f"no task keeper answers for {self._data_dir} (see "
+                                        f"{self._data_dir / keeper_protocol.LOG_FILE})")
+            await asyncio.sleep(0.01)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, keeper_protocol.MAX_PACKET)
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _start_keeper(self) -> None:
+        """Start a keeper for the data dir; it detaches (its first process exits at once)."""
+        with open(self._data_dir / keeper_protocol.LOG_FILE, "ab") as out:
+            starter = subprocess.Popen(keeper_protocol.command(self._data_dir),
+                                       stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                       start_new_session=True, close_fds=True)
+        starter.wait(KEEPER_START_TIMEOUT)
+        log.info("keeper.started", data_dir=str(self._data_dir))
+
+    # ---- the backend interface -----------------------------------------------------------
     def running(self) -> list[int]:
-        return list(self._procs)
+        return list(self._pids) + list(self._starting)
 
     def pid_of(self, task_id: int) -> int | None:
-        proc = self._procs.get(task_id)
-        return None if proc is None else proc.pid
+        return self._pids.get(task_id)
 
-    def start(self, job: Job) -> str:
-        """Spawn now; return ``"pid N"`` (the job is running on return)."""
-        pid = self._spawn(job)
-        if job.memory:
-            try:
-                self._limiter.apply(job.task_id, pid, job.memory)
-            except OSError as exc:
-                os.killpg(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise StartError(f"could not apply the memory limit: {exc}", 126) from None
-        pidfd = os.pidfd_open(pid)
-        self._procs[job.task_id] = _Proc(job.task_id, pid, pidfd, limited=bool(job.memory))
-        self._loop.add_reader(pidfd, self._reap, job.task_id)
-        return f"pid {pid}"
+    def paused(self) -> set[int]:
+        return self._paused
 
-    def _spawn(self, job: Job) -> int:
-        actions = [
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, job.stdout, _OUT_FLAGS, 0o644),
-            (os.POSIX_SPAWN_OPEN, 2, job.stderr, _OUT_FLAGS, 0o644),
-        ]
-        cores = [c for c in job.cores if c in self._usable]
-        if len(cores) == len(self._usable):
-            cores = []  # all of them: the runner's own mask, inherited
-        inherit = bool(cores) and _current_cpu() in cores
-        cwd = os.getcwd() if job.spec.workdir else None
-        try:
-            if job.spec.workdir:
-                os.chdir(job.spec.workdir)
-            if inherit:
-                os.sched_setaffinity(0, cores)  # no migration: this thread is on one of them
-            argv = membind_prefix(job.numa) + job.spec.command
-            pid = self._spawn_argv(argv, job.env, actions)
-        except FileNotFoundError as exc:
-            if job.spec.workdir and cwd is not None and os.getcwd() == cwd:
-                raise StartError(f"working directory {job.spec.workdir} does not exist", 126)
-            raise StartError(f"command not found: {job.spec.command[0]}", 127) from exc
-        except PermissionError:
-            raise StartError(f"permission denied: {job.spec.command[0]}", 126) from None
-        except NotADirectoryError:
-            raise StartError(f"working directory {job.spec.workdir} is not a directory", 126)
-        except OSError as exc:
-            raise StartError(f"cannot start {job.spec.command[0]}: {exc.strerror}", 126) from None
-        finally:
-            if inherit:
-                os.sched_setaffinity(0, self._usable)
-            if cwd is not None:
-                os.chdir(cwd)
-        if cores and not inherit:
-            pin_tree(pid, cores)
-        return pid
+    def start(self, job: Job) -> None:
+        """Ask the keeper to spawn ``job``; ``on_started`` or ``on_exit`` follows."""
+        self._starting.add(job.task_id)
+        self._attempts[job.task_id] = job.attempt
+        self._send({"op": "spawn", "id": job.task_id, "attempt": job.attempt,
+                    "argv": membind_prefix(job.numa) + job.spec.command, "env": job.env,
+                    "workdir": job.spec.workdir, "stdout": job.stdout, "stderr": job.stderr,
+                    "cores": list(job.cores), "memory": job.memory, "fence": True})
+        return None
 
-    def _spawn_argv(self, argv: list[str], env: dict[str, str], actions: list) -> int:
-        """``posix_spawn`` of the command's remembered path (one ``execve`` in the child
-        instead of one per PATH entry before the right one); ``posix_spawnp`` otherwise, and
-        once more when a remembered path has gone."""
-        path = self._paths.resolve(argv[0])
-        if path is not None:
-            try:
-                return os.posix_spawn(path, argv, env, file_actions=actions, setpgroup=0,
-                                      setsigdef=_DEFAULT_SIGNALS)
-            except FileNotFoundError:
-                self._paths.forget(argv[0])
-        return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setpgroup=0,
-                               setsigdef=_DEFAULT_SIGNALS)
-
-    def signal(self, task_id: int, action: str) -> None:
-        proc = self._procs.get(task_id)
-        if proc is None:
+    def signal(self, task_id: int, action: str, reason: str = "") -> None:
+        if task_id not in self._pids and task_id not in self._starting:
             return
-        if action == "kill":
-            proc.killing = True
-            self._killpg(proc, signal.SIGTERM)
-            self._killpg(proc, signal.SIGCONT)
-            proc.kill_timer = self._loop.call_later(self._grace, self._killpg, proc, signal.SIGKILL)
-        elif action == "pause":
-            self._killpg(proc, signal.SIGSTOP)
+        if action == "pause":
+            self._paused.add(task_id)
         elif action == "resume":
-            self._killpg(proc, signal.SIGCONT)
+            self._paused.discard(task_id)
+        self._send({"op": "signal", "id": task_id, "action": action, "reason": reason})
 
-    @staticmethod
-    def _killpg(proc: _Proc, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+    def acked(self, confirm: list[int], forget: list[int]) -> None:
+        """The host has recorded ``confirm`` running and has the ends of ``forget``."""
+        if confirm or forget:
+            self._send({"op": "acked", "confirm": confirm, "forget": forget})
 
-    def _reap(self, task_id: int) -> None:
-        proc = self._procs.get(task_id)
-        if proc is None:
-            return
-        try:
-            pid, status = os.waitpid(proc.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status = proc.pid, 0
-        if pid == 0:
-            return  # woken early; a stopped (paused) child is not an exit
-        self._loop.remove_reader(proc.pidfd)
-        os.close(proc.pidfd)
-        if proc.kill_timer is not None:
-            proc.kill_timer.cancel()
-        del self._procs[task_id]
-        if proc.killing:  # make sure no straggler of the group survives
-            self._killpg(proc, signal.SIGKILL)
-        outcome = self._outcome(proc, status)
-        if proc.limited:
-            self._limiter.remove(task_id)
-        self._on_exit(task_id, outcome)
+    def lease(self, provisional_until: float, fence_at: float, fence_grace: float,
+              reason: str) -> None:
+        self._send({"op": "lease", "provisional_until": provisional_until,
+                    "fence_at": fence_at, "fence_grace": fence_grace, "reason": reason})
 
-    def _outcome(self, proc: _Proc, status: int) -> Exit:
-        if os.WIFEXITED(status):
-            code = os.WEXITSTATUS(status)
-            if proc.killing:
-                return Exit(lc.KILLED, code, "killed on request")
-            if code == 0:
-                return Exit(lc.COMPLETED, 0, "")
-            return Exit(lc.FAILED, code, f"exit code {code}")
-        sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        if proc.limited and self._limiter.oom_killed(proc.task_id):
-            return Exit(lc.KILLED_OOM, 128 + sig, "killed by the OOM killer (memory limit)")
-        if proc.killing:
-            return Exit(lc.KILLED, 128 + sig, f"killed on request ({name})")
-        return Exit(lc.FAILED, 128 + sig, f"killed by signal {name}")
-
-    def kill_all(self) -> None:
-        """SIGKILL every group (runner shutdown)."""
-        for proc in list(self._procs.values()):
-            self._killpg(proc, signal.SIGKILL)
+    def kill_all(self, reason: str) -> None:
+        self._send({"op": "kill_all", "reason": reason})
 
     def close(self) -> None:
-        for proc in list(self._procs.values()):
+        """Disconnect (the keeper and its tasks carry on)."""
+        if self._sock is not None:
             try:
-                self._loop.remove_reader(proc.pidfd)
-                os.close(proc.pidfd)
-            except (OSError, ValueError):
+                self._loop.remove_reader(self._sock.fileno())
+                self._loop.remove_writer(self._sock.fileno())
+            except (ValueError, OSError):
                 pass
-            if proc.kill_timer is not None:
-                proc.kill_timer.cancel()
-        self._procs.clear()
+            self._sock.close()
+            self._sock = None
+
+    # ---- messages ------------------------------------------------------------------------
+    def _send(self, message: dict[str, Any]) -> None:
+        data = keeper_protocol.pack(message)
+        if self._sock is None:
+            return
+        if self._backlog:
+            self._backlog.append(data)
+            return
+        try:
+            self._sock.send(data)
+        except BlockingIOError:
+            self._backlog.append(data)
+            self._loop.add_writer(self._sock.fileno(), self._flush_backlog)
+        except OSError as exc:
+            log.error("keeper.send_failed", error=str(exc))
+            self._keeper_lost()
+
+    def _flush_backlog(self) -> None:
+        while self._backlog and self._sock is not None:
+            try:
+                self._sock.send(self._backlog[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self._keeper_lost()
+                return
+            self._backlog.popleft()
+        if self._sock is not None:
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _on_readable(self) -> None:
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(keeper_protocol.MAX_PACKET)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._keeper_lost()
+                return
+            message = keeper_protocol.unpack(data)
+            op = message.get("op")
+            if op == "started":
+                self._started(message)
+            elif op == "exit":
+                self._ended(message)
+            elif op == "hello" and self._hello is not None and not self._hello.done():
+                self._hello.set_result(message)
+            elif op == "refused" and self._hello is not None and not self._hello.done():
+                self._hello.set_exception(KeeperUnavailable(message.get("msg", "refused")))
+
+    def _started(self, message: dict[str, Any]) -> None:
+        task_id = int(message["id"])
+        if task_id not in self._starting:
+            return
+        self._starting.discard(task_id)
+        self._pids[task_id] = int(message["pid"])
+        self._on_started(task_id, f"pid {message['pid']}")
+
+    def _ended(self, message: dict[str, Any]) -> None:
+        task_id = int(message["id"])
+        self._starting.discard(task_id)
+        self._pids.pop(task_id, None)
+        self._paused.discard(task_id)
+        self._on_exit(task_id, Exit(str(message["state"]), message.get("exit_code"),
+                                    str(message.get("detail") or "")))
+
+    def _keeper_lost(self) -> None:
+        """The keeper went away: nobody can read its tasks' status any more; end them."""
+        if self._sock is None:
+            return
+        log.error("keeper.lost", pid=self.keeper_pid, tasks=len(self._pids))
+        self.close()
+        self._backlog.clear()
+        for task_id, pid in list(self._pids.items()):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._ended({"id": task_id, "state": lc.KILLED, "exit_code": None,
+                         "detail": "killed: the node's task keeper ended unexpectedly"})
+        for task_id in list(self._starting):
+            self._ended({"id": task_id, "state": lc.PENDING, "exit_code": None,
+                         "detail": "not started: the node's task keeper ended"})
+        self.on_keeper_lost()

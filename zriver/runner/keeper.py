@@ -1,0 +1,457 @@
+"""The keeper: a small long-lived process per node that owns the native tasks' processes.
+
+The agent (``zriver runner``) talks to the host and may restart at any time: an upgrade, a
+crash, SIGTERM. The keeper spawns every native task, is its parent, reaps it and keeps its exit
+status until the agent says the host has it, so a restarted agent re-adopts the tasks that
+still run and reports the ends that happened while it was away (as ``slurmstepd`` outlives
+``slurmd``). The keeper is started by the first agent that finds none, detaches from it
+(its own session, reparented to init), and exits once no agent is connected and it owns no
+task; the exits nobody collected are then in ``keeper-exits`` in the data dir, which the next
+keeper reads at start.
+
+Wire: a ``SOCK_SEQPACKET`` Unix socket in the abstract namespace named after the data dir
+(``socket_address``), one msgpack map per message, one agent connection at a time (a second
+is refused: one runner per data directory), only from the keeper's own uid. Requests:
+
+* ``hello {node, kill_grace}`` -> ``hello {tasks, exits}``: what runs and what ended unseen;
+* ``spawn {id, attempt, argv, env, workdir, stdout, stderr, cores, memory, fence}`` ->
+  ``started {id, pid, started}``, or an ``exit`` when it could not start;
+* ``signal {id, action, reason}``: ``kill`` (SIGTERM + SIGCONT, SIGKILL after the grace, even
+  if the agent goes away meanwhile), ``pause``, ``resume``;
+* ``acked {confirm, forget}``: the host has recorded these tasks running (``confirm``) / has
+  these ends (``forget``: the keeper drops them);
+* ``lease {provisional_until, fence_at, fence_grace, reason}`` (``time.monotonic`` values, one
+  clock for every process of the machine): see below;
+* ``kill_all {reason}``: end every task (``zriver runner --kill-tasks``).
+
+Events: ``exit {id, attempt, state, exit_code, detail, at}``.
+
+The lease keeps at most one live run of a task even when the agent is dead. A task started
+while the host had not yet recorded it (not ``confirm``-ed) is killed at ``provisional_until``
+(the agent's contact with the host ran out: the host requeues such work once that time has
+surely passed) and its end says ``pending``: it must run again. Every task started with
+``fence`` is ended at ``fence_at`` (self-fencing: past it, the host has given the node's
+tasks up and may run their retries elsewhere). Spawns after ``provisional_until`` are refused.
+
+If the keeper itself dies, its tasks run on without a parent that can read their status: the
+agent sees the connection close and kills their process groups (``docs/reliability.md``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from zriver.runner.spawn import SpawnError, Spawner
+
+MAX_PACKET = 4 * 1024 * 1024
+"""The largest message either side sends (a spawn carries the task's environment)."""
+EXITS_FILE = "keeper-exits"
+LOCK_FILE = "keeper.lock"
+LOG_FILE = "keeper.log"
+START_WAIT = 30.0
+"""A keeper no agent connects to within this many seconds exits."""
+
+COMPLETED, FAILED, KILLED, KILLED_OOM, PENDING = (
+    "completed", "failed", "killed", "killed_oom", "pending")
+
+
+def socket_address(data_dir: str | Path) -> bytes:
+    """The keeper's abstract socket name for ``data_dir`` (no path length limit, no file)."""
+    digest = hashlib.sha256(os.path.realpath(str(data_dir)).encode()).hexdigest()[:20]
+    return b"\0zriver-keeper-" + digest.encode()
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    return msgpack.packb(message)
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if not isinstance(message, dict):
+        raise ValueError("a keeper message is a map")
+    return message
+
+
+def signal_name(sig: int) -> str:
+    return signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+
+
+@dataclass(slots=True)
+class Task:
+    """One process group the keeper owns."""
+
+    id: int
+    attempt: int
+    pid: int
+    pidfd: int
+    started: float
+    fence: bool
+    confirmed: bool = False
+    limited: bool = False
+    killing: str | None = None
+    """Why it is being ended (its ``exit`` says so), or ``None``."""
+    requeue: bool = False
+    """Killed as a provisional start: its end is ``pending``."""
+    kill_at: float | None = None
+
+
+class Keeper:
+    """The keeper's state and loop; ``serve`` returns when it is time to exit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.spawner = Spawner()
+        self.selector = selectors.DefaultSelector()
+        self.tasks: dict[int, Task] = {}
+        self.exits: dict[int, dict[str, Any]] = self._load_exits()
+        self.conn: socket.socket | None = None
+        self.node = ""
+        self.grace = 10.0
+        self.limiter = None
+        self.provisional_until: float | None = None
+        self.fence_at: float | None = None
+        self.fence_reason = ""
+        self.fence_grace = 0.0
+        self.served = False
+        self.born = time.monotonic()
+        self.stopping = False
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(socket_address(data_dir))
+        self.listener.listen(8)
+        self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+
+    # ---- the loop ----------------------------------------------------------------------
+    def serve(self) -> None:
+        """Run until no agent is connected and no task is left, once an agent came (or
+        ``START_WAIT`` passed without one)."""
+        while self.conn is not None or self.tasks or self._waiting_for_first():
+            timeout = self._next_deadline()
+            for key, _ in self.selector.select(timeout):
+                key.data(key.fileobj)
+            self._enforce(time.monotonic())
+        self._save_exits()
+
+    def _waiting_for_first(self) -> bool:
+        return not self.served and not self.stopping and (
+            time.monotonic() < self.born + START_WAIT)
+
+    def stop_on_signal(self, wakeup: socket.socket) -> None:
+        """SIGTERM to the keeper itself: end every task (with the grace), then exit."""
+        wakeup.recv(64)
+        self.stopping = True
+        _log("SIGTERM: ending every task")
+        for task in list(self.tasks.values()):
+            self._kill(task, "killed: the node's task keeper was stopped (SIGTERM)")
+
+    def _next_deadline(self) -> float | None:
+        """Seconds until the next kill, lease or fence action (``None``: nothing due)."""
+        due = [t.kill_at for t in self.tasks.values() if t.kill_at is not None]
+        if self._waiting_for_first():
+            due.append(self.born + START_WAIT)
+        if self.provisional_until is not None and any(not t.confirmed and t.killing is None
+                                                      for t in self.tasks.values()):
+            due.append(self.provisional_until)
+        if self.fence_at is not None and any(t.fence and t.killing is None
+                                             for t in self.tasks.values()):
+            due.append(self.fence_at)
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _enforce(self, now: float) -> None:
+        for task in list(self.tasks.values()):
+            if task.kill_at is not None and now >= task.kill_at:
+                task.kill_at = None
+                _killpg(task.pid, signal.SIGKILL)
+            elif task.killing is not None:
+                continue
+            elif (not task.confirmed and self.provisional_until is not None
+                  and now >= self.provisional_until):
+                task.requeue = True
+                self._kill(task, "started while the host was out of reach, and ended when "
+                                 "the runner's lease ran out; it will run again", grace=0.0)
+            elif task.fence and self.fence_at is not None and now >= self.fence_at:
+                self._kill(task, self.fence_reason or "self-fenced", grace=self.fence_grace)
+
+    # ---- the agent's connection ----------------------------------------------------------
+    def _accept(self, listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  struct.calcsize("3i")))[1]
+        if uid != os.getuid():
+            conn.close()
+            return
+        if self.conn is not None:
+            try:
+                conn.send(pack({"op": "refused", "msg": "another runner is connected to this "
+                                                        "data directory's keeper"}))
+            finally:
+                conn.close()
+            return
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_PACKET)
+        self.conn = conn
+        self.served = True
+        self.selector.register(conn, selectors.EVENT_READ, self._receive)
+
+    def _receive(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(MAX_PACKET)
+        except OSError:
+            data = b""
+        if not data:
+            self._disconnect()
+            return
+        try:
+            message = unpack(data)
+            handler = getattr(self, "_op_" + str(message.get("op")), None)
+            if handler is not None:
+                handler(message)
+        except Exception as exc:  # never let one bad message end the tasks' owner
+            _log(f"bad message from the agent: {exc!r}")
+
+    def _disconnect(self) -> None:
+        if self.conn is not None:
+            self.selector.unregister(self.conn)
+            self.conn.close()
+            self.conn = None
+        self._save_exits()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.send(pack(message))
+        except OSError:
+            self._disconnect()
+
+    # ---- requests ----------------------------------------------------------------------
+    def _op_hello(self, message: dict[str, Any]) -> None:
+        self.node = str(message.get("node") or "")
+        self.grace = float(message.get("kill_grace") or self.grace)
+        if self.limiter is None and self.node:
+            from zriver.runner.cgroups import MemoryLimiter
+
+            self.limiter = MemoryLimiter(self.node)
+            self.limiter.probe()
+        self._send({"op": "hello", "pid": os.getpid(),
+                    "tasks": [{"id": t.id, "attempt": t.attempt, "pid": t.pid,
+                               "started": t.started, "confirmed": t.confirmed,
+                               "paused": _stopped(t.pid)} for t in self.tasks.values()],
+                    "exits": list(self.exits.values())})
+
+    def _op_spawn(self, message: dict[str, Any]) -> None:
+        task_id, attempt = int(message["id"]), int(message.get("attempt") or 1)
+        if task_id in self.tasks:
+            return  # a resent spawn of what already runs
+        if self.provisional_until is not None and time.monotonic() >= self.provisional_until:
+            self._report(task_id, attempt, PENDING, None,
+                         "not started: the runner's contact with the host had run out")
+            return
+        try:
+            pid = self.spawner.spawn(list(message["argv"]), dict(message["env"]),
+                                     message.get("workdir") or None, message["stdout"],
+                                     message["stderr"], list(message.get("cores") or []))
+        except SpawnError as exc:
+            self._report(task_id, attempt, FAILED, exc.exit_code, exc.detail)
+            return
+        memory = int(message.get("memory") or 0)
+        if memory and self.limiter is not None:
+            try:
+                self.limiter.apply(task_id, pid, memory)
+            except OSError as exc:
+                _killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                self._report(task_id, attempt, FAILED, 126,
+                             f"could not apply the memory limit: {exc}")
+                return
+        pidfd = os.pidfd_open(pid)
+        task = Task(task_id, attempt, pid, pidfd, time.time(), bool(message.get("fence", True)),
+                    limited=bool(memory and self.limiter is not None))
+        self.tasks[task_id] = task
+        self.selector.register(pidfd, selectors.EVENT_READ, lambda _fd, t=task: self._reap(t))
+        self._send({"op": "started", "id": task_id, "pid": pid, "started": task.started})
+
+    def _op_signal(self, message: dict[str, Any]) -> None:
+        task = self.tasks.get(int(message["id"]))
+        if task is None:
+            return
+        action = message.get("action")
+        if action == "kill":
+            self._kill(task, str(message.get("reason") or "killed on request"))
+        elif action == "pause":
+            _killpg(task.pid, signal.SIGSTOP)
+        elif action == "resume":
+            _killpg(task.pid, signal.SIGCONT)
+
+    def _op_acked(self, message: dict[str, Any]) -> None:
+        for task_id in message.get("confirm") or []:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                task.confirmed = True
+        forget = [tid for tid in message.get("forget") or [] if tid in self.exits]
+        for task_id in forget:
+            del self.exits[task_id]
+        if forget and not self.exits:
+            self._save_exits()
+
+    def _op_lease(self, message: dict[str, Any]) -> None:
+        self.provisional_until = float(message["provisional_until"])
+        self.fence_at = float(message["fence_at"])
+        self.fence_grace = float(message.get("fence_grace", self.grace))
+        self.fence_reason = str(message.get("reason") or "")
+
+    def _op_kill_all(self, message: dict[str, Any]) -> None:
+        reason = str(message.get("reason") or "killed by its runner")
+        for task in list(self.tasks.values()):
+            self._kill(task, reason)
+
+    # ---- task ends -----------------------------------------------------------------------
+    def _kill(self, task: Task, reason: str, grace: float | None = None) -> None:
+        """SIGTERM (+ SIGCONT: a paused group can act on it), SIGKILL after the grace."""
+        if task.killing is None:
+            task.killing = reason
+        grace = self.grace if grace is None else grace
+        if grace <= 0:
+            _killpg(task.pid, signal.SIGKILL)
+            _killpg(task.pid, signal.SIGCONT)
+            return
+        _killpg(task.pid, signal.SIGTERM)
+        _killpg(task.pid, signal.SIGCONT)
+        if task.kill_at is None:
+            task.kill_at = time.monotonic() + grace
+
+    def _reap(self, task: Task) -> None:
+        try:
+            pid, status = os.waitpid(task.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = task.pid, 0
+        if pid == 0:
+            return  # woken early; a stopped (paused) child is not an exit
+        self.selector.unregister(task.pidfd)
+        os.close(task.pidfd)
+        del self.tasks[task.id]
+        if task.killing is not None:  # make sure no straggler of the group survives
+            _killpg(task.pid, signal.SIGKILL)
+        state, code, detail = self._outcome(task, status)
+        if task.limited:
+            self.limiter.remove(task.id)
+        self._report(task.id, task.attempt, state, code, detail)
+
+    def _outcome(self, task: Task, status: int) -> tuple[str, int | None, str]:
+        if task.requeue:
+            return PENDING, None, task.killing or ""
+        if os.WIFEXITED(status):
+            code = os.WEXITSTATUS(status)
+            if task.killing is not None:
+                return KILLED, code, task.killing
+            return (COMPLETED, 0, "") if code == 0 else (FAILED, code, f"exit code {code}")
+        sig = os.WTERMSIG(status)
+        if task.limited and self.limiter.oom_killed(task.id):
+            return KILLED_OOM, 128 + sig, "killed by the OOM killer (memory limit)"
+        if task.killing is not None:
+            return KILLED, 128 + sig, f"{task.killing} ({signal_name(sig)})"
+        return FAILED, 128 + sig, f"killed by signal {signal_name(sig)}"
+
+    def _report(self, task_id: int, attempt: int, state: str, code: int | None,
+                detail: str) -> None:
+        """Keep the end until the agent says the host has it; send it now if one listens."""
+        end = {"op": "exit", "id": task_id, "attempt": attempt, "state": state,
+               "exit_code": code, "detail": detail, "at": time.time()}
+        self.exits[task_id] = end
+        if self.conn is None:
+            self._save_exits()
+        else:
+            self._send(end)
+
+    # ---- the exits file ------------------------------------------------------------------
+    def _load_exits(self) -> dict[int, dict[str, Any]]:
+        try:
+            ends = msgpack.unpackb((self.data_dir / EXITS_FILE).read_bytes(), raw=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return {}
+        return {int(end["id"]): end for end in ends if isinstance(end, dict) and "id" in end}
+
+    def _save_exits(self) -> None:
+        """Write the uncollected ends (atomically), or remove the file when there are none."""
+        path = self.data_dir / EXITS_FILE
+        try:
+            if not self.exits:
+                path.unlink(missing_ok=True)
+                return
+            tmp = path.with_name(EXITS_FILE + ".tmp")
+            tmp.write_bytes(msgpack.packb(list(self.exits.values())))
+            tmp.replace(path)
+        except OSError as exc:
+            _log(f"cannot write {path}: {exc}")
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (a paused task)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"T"
+    except (OSError, IndexError):
+        return False
+
+
+def _log(line: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} zriver keeper[{os.getpid()}]: "
+                     f"{line}\n")
+    sys.stderr.flush()
+
+
+def command(data_dir: str | Path) -> list[str]:
+    """How to start a keeper for ``data_dir``: the binary's hidden verb, or this module."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "_keeper", str(data_dir)]
+    return [sys.executable, "-m", "zriver.runner.keeper", str(data_dir)]
+
+
+def main(argv: list[str]) -> int:
+    """``zriver _keeper DATA_DIR``: detach, take the data dir's keeper lock, serve."""
+    data_dir = Path(argv[0])
+    if os.fork():  # the starting agent waits for this parent only: the keeper is init's child
+        os._exit(0)
+    lock = open(data_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another keeper serves this data dir
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the agent
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        keeper = Keeper(data_dir)
+    except OSError as exc:  # the name is taken: a keeper of this dir is still winding down
+        _log(f"cannot listen: {exc}")
+        return 1
+    wake_read, wake_write = socket.socketpair()
+    wake_write.setblocking(False)
+    signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    keeper.selector.register(wake_read, selectors.EVENT_READ, keeper.stop_on_signal)
+    _log(f"serving {data_dir}")
+    keeper.serve()
+    _log("no agent and no task left: exiting")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

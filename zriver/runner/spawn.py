@@ -1,0 +1,193 @@
+"""Spawning one native task's process group: the keeper's hot path (no asyncio, no I/O but the
+spawn itself).
+
+* ``posix_spawn`` with file actions redirecting stdin from ``/dev/null`` and stdout/stderr to
+  the task's log files, in a new process group. This costs a fraction of ``subprocess``
+  (see docs/performance.md). A command name is looked up on PATH by ``CommandPaths``
+  (remembered for 2 s) and spawned by its path, so the vfork'd child makes one ``execve``
+  rather than one per PATH entry before the right one.
+* Cores: when the calling thread runs on one of the task's cores, it takes the task's mask for
+  the duration of the spawn (no migration is needed) and the child inherits it from its first
+  instruction. Otherwise the child is pinned the moment ``posix_spawn`` returns (its ``execve``
+  has just completed) by ``pin_tree``, which pins it, its threads and anything it already
+  started. The calling thread never moves to another core.
+* Working directory: checked first (a missing one is its own error, never "command not
+  found"), then the process changes into it around the spawn (the keeper is single-threaded).
+* A task bound to a NUMA zone runs under ``numactl --membind`` when numactl is installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import time
+from typing import Callable
+
+
+class SpawnError(Exception):
+    """The task could not start; ``exit_code`` follows shell conventions (126, 127)."""
+
+    def __init__(self, detail: str, exit_code: int = 127) -> None:
+        super().__init__(detail)
+        self.detail, self.exit_code = detail, exit_code
+
+
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)  # Python ignores SIGPIPE
+_NUMACTL = shutil.which("numactl")
+
+
+def membind_prefix(zone: int | None) -> list[str]:
+    """``numactl --membind=ZONE --`` when the task is bound to a real NUMA zone and numactl
+    is installed; otherwise nothing (the task is still pinned to the zone's cores)."""
+    if zone is None or _NUMACTL is None or not os.path.isdir(f"/sys/devices/system/node/node{zone}"):
+        return []
+    return [_NUMACTL, f"--membind={zone}", "--"]
+
+
+def _load_getcpu() -> Callable[[], int]:
+    """``sched_getcpu`` from libc (the CPU the calling thread runs on), or one answering -1."""
+    try:
+        getcpu = ctypes.CDLL(None).sched_getcpu
+        getcpu.restype, getcpu.argtypes = ctypes.c_int, []
+        return getcpu
+    except (OSError, AttributeError):
+        return lambda: -1
+
+
+_current_cpu = _load_getcpu()
+
+
+class CommandPaths:
+    """Command name -> its absolute path on a PATH (the task's own, which is the runner's
+    unless the task sets one), remembered for ``ttl`` seconds (like a shell's command hash; a
+    program installed meanwhile is seen after that). Names with a slash are not looked up:
+    they are paths, relative to the task's directory."""
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self._ttl = ttl
+        self._known: dict[tuple[str, str | None], tuple[str, float]] = {}
+
+    def resolve(self, name: str, search: str | None = None) -> str | None:
+        """The path of ``name`` on ``search`` (a PATH value; ``None``: this process's)."""
+        if "/" in name:
+            return None
+        now = time.monotonic()
+        key = (name, search)
+        known = self._known.get(key)
+        if known is not None and known[1] > now:
+            return known[0]
+        path = shutil.which(name, path=search)
+        if path is None or not os.path.isabs(path):
+            self._known.pop(key, None)
+            return None
+        self._known[key] = (path, now + self._ttl)
+        return path
+
+    def forget(self, name: str, search: str | None = None) -> None:
+        self._known.pop((name, search), None)
+
+
+def pin_tree(pid: int, cores: list[int]) -> None:
+    """Pin process ``pid``, its threads and all its descendants to ``cores``.
+
+    Each thread is pinned before its children are listed (``/proc/<pid>/task/<tid>/children``):
+    a child started after the pin inherits the mask, one started before is in the list. Threads
+    or processes that end meanwhile, or that changed user (EPERM), are passed over."""
+    todo = [pid]
+    while todo:
+        process = todo.pop()
+        for tid in _threads(process):
+            try:
+                os.sched_setaffinity(tid, cores)
+                todo.extend(int(child) for child in
+                            _read_proc(f"/proc/{process}/task/{tid}/children").split())
+            except (ProcessLookupError, PermissionError, FileNotFoundError):
+                continue
+
+
+def _threads(pid: int) -> list[int]:
+    """Thread ids of ``pid`` (a fresh process has one: its ``stat`` says so, no listing)."""
+    try:
+        stat = _read_proc(f"/proc/{pid}/stat")
+        if stat.rsplit(b")", 1)[1].split()[17] == b"1":  # num_threads, after "(comm)"
+            return [pid]
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, IndexError, ValueError):
+        return [pid]
+
+
+def _read_proc(path: str) -> bytes:
+    """A small /proc file in one read (no buffered file object: this runs for every start)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+class Spawner:
+    """Spawns task process groups (see the module docstring); one per keeper."""
+
+    def __init__(self) -> None:
+        self._usable = os.sched_getaffinity(0)
+        self._paths = CommandPaths()
+
+    def spawn(self, argv: list[str], env: dict[str, str], workdir: str | None, stdout: str,
+              stderr: str, cores: list[int]) -> int:
+        """Start ``argv`` as a new process group; return its pid or raise ``SpawnError``."""
+        if workdir and not os.path.isdir(workdir):
+            if os.path.exists(workdir):
+                raise SpawnError(f"working directory {workdir} is not a directory", 126)
+            raise SpawnError(f"working directory {workdir} does not exist", 126)
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, stdout, _OUT_FLAGS, 0o644),
+            (os.POSIX_SPAWN_OPEN, 2, stderr, _OUT_FLAGS, 0o644),
+        ]
+        cores = [c for c in cores if c in self._usable]
+        if len(cores) == len(self._usable):
+            cores = []  # all of them: the keeper's own mask, inherited
+        inherit = bool(cores) and _current_cpu() in cores
+        cwd = os.getcwd() if workdir else None
+        try:
+            if workdir:
+                os.chdir(workdir)
+            if inherit:
+                os.sched_setaffinity(0, cores)  # no migration: this thread is on one of them
+            pid = self._spawn_argv(argv, env, actions)
+        except FileNotFoundError:
+            raise SpawnError(f"command not found: {argv[0]}", 127) from None
+        except PermissionError:
+            raise SpawnError(f"permission denied: {argv[0]}", 126) from None
+        except OSError as exc:
+            raise SpawnError(f"cannot start {argv[0]}: {exc.strerror}", 126) from None
+        finally:
+            if inherit:
+                os.sched_setaffinity(0, self._usable)
+            if cwd is not None:
+                os.chdir(cwd)
+        if cores and not inherit:
+            pin_tree(pid, cores)
+        return pid
+
+    def _spawn_argv(self, argv: list[str], env: dict[str, str], actions: list) -> int:
+        """``posix_spawn`` of the command's path on the task's PATH (remembered: one
+        ``execve`` in the child instead of one per PATH entry before the right one), looked
+        up once more when a remembered path has gone. ``FileNotFoundError`` when none."""
+        if "/" in argv[0]:
+            return os.posix_spawn(argv[0], argv, env, file_actions=actions, setpgroup=0,
+                                  setsigdef=_DEFAULT_SIGNALS)
+        search = env.get("PATH", os.defpath)
+        for _ in range(2):
+            path = self._paths.resolve(argv[0], search)
+            if path is None:
+                break
+            try:
+                return os.posix_spawn(path, argv, env, file_actions=actions, setpgroup=0,
+                                      setsigdef=_DEFAULT_SIGNALS)
+            except FileNotFoundError:
+                self._paths.forget(argv[0], search)
+        raise FileNotFoundError(argv[0])
