@@ -294,6 +294,7 @@ def test_full_disk_while_a_task_writes_its_log(tmp_path: Path) -> None:
         assert (after_task["state"], after_task["exit_code"]) == ("completed", 0), after_task
         assert (data / "logs" / f"{after}.out").read_text() == "after\n"
         assert runner.alive() and cluster.nodes()["n1"]["state"] == "online"
+        assert "Traceback" not in runner.log.read_text(errors="replace"), runner.tail()
 
 
 # ---- 3. the host's store unwritable ------------------------------------------------------
@@ -302,12 +303,6 @@ def store_ids(cluster: Cluster) -> set[int]:
         return {t["id"] for t in client.call("task.list", {"limit": 100_000})["tasks"]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: when the host's COMMIT fails (apsw.FullError, disk full) Host.flush raises "
-    "out of the loop callback (traceback in the log), yet the tick's replies go out with the "
-    "next flush: every submit is acknowledged although nothing was stored, the same ids are "
-    "handed out again (2000 acks, 50 distinct ids) and reused for later tasks once space is "
-    "back; the acknowledged tasks are lost and no client ever gets an error"))
 def test_host_store_full_under_a_running_host(tmp_path: Path) -> None:
     home = tmp_path / "c" / "host"
     with tmpfs(home, "24m"), Cluster(tmp_path / "c") as cluster:
@@ -325,8 +320,8 @@ def test_host_store_full_under_a_running_host(tmp_path: Path) -> None:
                 try:
                     acked_full += client.call("task.submit", {"tasks": [spec] * 50})["ids"]
                     outcome = "acknowledged"
-                except Unavailable:
-                    outcome = "no reply"
+                except Unavailable as exc:
+                    outcome = "error unavailable" if "store" in str(exc) else "no reply"
                 except ZriverError as exc:
                     outcome = f"error {exc.code}"
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -355,6 +350,10 @@ def test_host_store_full_under_a_running_host(tmp_path: Path) -> None:
             "FullError tracebacks in the host log": log.count("apsw.FullError")})
 
         assert not lost, f"{len(lost)} acknowledged submits are not in the store: {lost[:10]}"
+        assert host_alive, "the host died of a full disk"
+        assert set(outcomes) <= {"acknowledged", "error unavailable"}, outcomes
+        assert outcomes.get("error unavailable"), f"nothing was refused while full: {outcomes}"
+        assert "Traceback" not in log, "a traceback in the host's log"
         tasks = cluster.wait_final(acked, 30)
         assert all(t["state"] == "completed" for t in tasks.values()), counts(tasks)
         print("all final", round(time.monotonic() - freed_at, 2), "s after space came back")

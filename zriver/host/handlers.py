@@ -245,9 +245,7 @@ def register(host: Host, caller: Caller, body: dict) -> dict:
     A second runner claiming the name of a node whose runner is connected is refused
     (``conflict``) and changes nothing."""
     name = _runner_name(caller, body)
-    info = arg(body, "info", dict)
-    for key in ("cores", "memory"):
-        arg(info, key, (list, int))
+    info = _runner_info(arg(body, "info", dict))
     known = _known_tasks(arg(body, "tasks", list, []))
     node = host.nodes.get(name)
     if node is not None and node.identity not in (None, caller.identity) and host.connected(node):
@@ -273,6 +271,21 @@ def register(host: Host, caller: Caller, body: dict) -> dict:
     return {"heartbeat_interval": host.settings.heartbeat_interval, "stop": stop,
             "lease": host.lease, "grace": host.settings.unreachable_grace,
             "incarnation": host.incarnation, "shared_dir": host.settings.shared_dir}
+
+
+def _runner_info(info: dict) -> dict:
+    """A registration's ``info`` checked field by field (what the scheduler reads)."""
+    arg_list(info, "cores", int, max_len=1 << 16)
+    arg(info, "memory", int)
+    for index, zone in enumerate(arg_list(info, "zones", list, [], max_len=1 << 10)):
+        arg_list({"zone": zone}, "zone", int)
+    for gpu in arg_list(info, "gpus", dict, [], max_len=1 << 10):
+        arg(gpu, "index", int)
+        arg(gpu, "uuid", str, "")
+    arg_list(info, "backends", str, [], max_len=16)
+    for key in ("hostname", "version"):
+        arg(info, key, str, "")
+    return info
 
 
 def _known_tasks(items: list) -> dict[int, tuple[int, str]]:
@@ -322,8 +335,10 @@ def task_update(host: Host, caller: Caller, body: dict) -> dict:
             raise BadRequest("each update must be a map with an integer 'id'")
         if update.get("state") not in lc.ALL_STATES:
             raise BadRequest(f"unknown state {update.get('state')!r} in update")
-        if not isinstance(update.get("attempt", 1), int):
-            raise BadRequest("an update's 'attempt' must be an integer")
+        arg(update, "attempt", int, 1)
+        arg(update, "at", (int, float), 0.0)
+        arg(update, "exit_code", int, None)
+        arg(update, "detail", str, "")
     for update in updates:
         apply_update(host, name, update)
     return {"count": len(updates)}

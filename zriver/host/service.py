@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import apsw
 import structlog
 
 from zriver import PROTOCOL_VERSION, __version__
@@ -280,6 +281,12 @@ class Host:
             self.store.discard_pending()
             self.reply_error(caller, exc.code, str(exc))
             return
+        except apsw.Error as exc:  # the store cannot be written (disk full, read-only)
+            self.store.discard_pending()
+            log.error("host.store_write_failed", op=env.op, error=str(exc))
+            self.reply_error(caller, Unavailable.code, f"the host could not write its store "
+                                                       f"({exc}); nothing was changed")
+            return
         except Exception as exc:  # a bug: answer, log, keep serving
             self.store.discard_pending()
             log.exception("host.handler_crashed", op=env.op)
@@ -449,8 +456,12 @@ class Host:
             for placement in self.scheduler.schedule(time.time()):
                 place(self, placement)
         if self.store.conn.in_transaction:
-            self.store.write_pending()
-            self.store.conn.execute("COMMIT")
+            try:
+                self.store.write_pending()
+                self.store.conn.execute("COMMIT")
+            except apsw.Error as exc:
+                self._commit_failed(exc)
+                return
         # Commands first (starts gate the runners' next work), then task events (what clients
         # wait for), then plain acknowledgements and replies.
         outgoing, acks = self._runner_messages()
@@ -465,6 +476,48 @@ class Host:
                 channel.send(frames)
             except Unreachable:
                 self._on_unreachable(frames)
+
+    def _commit_failed(self, exc: apsw.Error) -> None:
+        """The tick's transaction could not be written (disk full, read-only store): roll it
+        back, tell every client answered in it that nothing was kept, drop its commands,
+        events and runner acknowledgements (runners resend their updates), and rebuild the
+        in-memory model from the store, which is what stands."""
+        log.error("host.store_write_failed", error=str(exc))
+        self.store.discard_pending()
+        if self.store.conn.in_transaction:
+            self.store.conn.execute("ROLLBACK")
+        message = (f"the host could not write its store ({exc}); nothing of this request "
+                   f"was kept: try again once the host's disk has room")
+        refusals = []
+        for channel, frames in self._outgoing:
+            if channel is self.router and node_of(frames[0]) is None:
+                refusals.append([frames[0], encode_error(peek_rid(frames[1]), "unavailable",
+                                                         message)])
+        self._outgoing, self._runner_cmds, self._runner_acks = [], {}, {}
+        self._task_events = {}
+        self._reload_state()
+        for frames in refusals:
+            self._send_to(frames[0], frames[1])
+
+    def _reload_state(self) -> None:
+        """Rebuild tasks, scheduler and dependencies from the store; nodes keep what the
+        host knows of their runners (registration, liveness)."""
+        for task in self.tasks.values():
+            if task.limit_timer is not None:
+                task.limit_timer.cancel()
+        known, self.nodes = self.nodes, {}
+        self.tasks = {}
+        self.scheduler = Scheduler(self.settings.placement, self.settings.gpu_placement,
+                                   self.settings.prefetch)
+        self.deps = Dependencies()
+        self._load_state()
+        for name, node in known.items():
+            if name in self.nodes:
+                self.nodes[name] = node
+                self.scheduler.set_node(name, node_spec(node.info))
+                self.scheduler.set_node_state(name, node.state)
+                self.scheduler.set_drained(name, node.drained is not None)
+        self.schedule_flush()
 
     def _runner_messages(self) -> tuple[list[tuple[Channel, list[bytes]]], list[tuple]]:
         """This tick's runner messages, one per runner where possible: those carrying

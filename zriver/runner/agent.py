@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import apsw
 import psutil
 import structlog
 
@@ -60,6 +61,8 @@ MAX_BATCH = 2000
 RUNNING_HOLD = 0.002
 WRITE_DELAY = 0.005
 """New outbox rows and start records reach the ledger at most this long after their tick."""
+LEDGER_RETRY = 1.0
+"""Seconds before a ledger write that failed (disk full) is tried again."""
 CONFLICT_PATIENCE = 3.0
 """Seconds a runner whose node name is held by a connected runner keeps asking."""
 ACK_WRITE_DELAY = 0.5
@@ -536,13 +539,21 @@ class Runner:
         starts = [(task_id, pid, at) for task_id, (made, pid, at) in self._starts.items()
                   if made <= cutoff]
         if rows or starts or self._acked or self._forgets:
-            with self.ledger.conn:
-                for row in starts:
-                    self.ledger.record_start(*row)
-                self.ledger.forget(self._forgets)
-                self.ledger.acknowledge(self._acked)
-                for seq, updates in rows:
-                    self.ledger.append(seq, updates)
+            try:
+                with self.ledger.conn:
+                    for row in starts:
+                        self.ledger.record_start(*row)
+                    self.ledger.forget(self._forgets)
+                    self.ledger.acknowledge(self._acked)
+                    for seq, updates in rows:
+                        self.ledger.append(seq, updates)
+            except apsw.Error as exc:  # disk full, read-only: keep it all and try again
+                log.warning("runner.ledger_write_failed", error=str(exc), rows=len(rows),
+                            retry_in=LEDGER_RETRY)
+                self._write_due = asyncio.get_running_loop().time() + LEDGER_RETRY
+                self._write_timer = asyncio.get_running_loop().call_at(self._write_due,
+                                                                       self._write_ledger)
+                return
             for seq, _ in rows:
                 del self._unwritten[seq]
             for task_id, _, _ in starts:
