@@ -129,6 +129,16 @@ def family_cpu(pids: list[int]) -> float:
     return total
 
 
+def keeper_pid(data_dir: Path) -> int:
+    """The task keeper serving the runner data dir ``data_dir``."""
+    wanted = os.path.realpath(data_dir)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "zriver.runner.keeper" in cmdline and os.path.realpath(cmdline[-1]) == wanted:
+            return proc.pid
+    raise BenchError(f"no task keeper runs for {data_dir}")
+
+
 def busy_seconds() -> float:
     """CPU seconds the whole machine spent not idle (all cores)."""
     times = psutil.cpu_times()
@@ -234,6 +244,10 @@ class Cluster:
             time.sleep(0.05)
 
     def pid(self, role: str) -> int:
+        """The pid of ``host``, ``runner`` (the agent) or ``keeper`` (the runner's task keeper:
+        native tasks are its children, so their CPU is counted with it)."""
+        if role == "keeper":
+            return keeper_pid(self.root / "runner")
         return self.procs[role].pid
 
     def spy_start(self, tag: str) -> None:
@@ -458,10 +472,12 @@ class Zriver:
 
     def throughput(self, count: int, deadline: Deadline) -> dict[str, float]:
         host_pid, runner_pid = self.cluster.pid("host"), self.cluster.pid("runner")
+        keeper = self.cluster.pid("keeper")
         specs = [self.spec] * count
-        load = Load([host_pid, runner_pid, os.getpid()])
+        load = Load([host_pid, runner_pid, keeper, os.getpid()])
         cpu_host, cpu_runner = cpu_seconds(host_pid), cpu_seconds(runner_pid)
-        family0 = family_cpu([host_pid, runner_pid])
+        cpu_keeper = cpu_seconds(keeper)
+        family0 = family_cpu([host_pid, runner_pid, keeper])
         t0 = time.perf_counter()
         ids = self.client.call("task.submit", {"tasks": specs}, timeout=60)["ids"]
         t_submitted = time.perf_counter()
@@ -475,7 +491,8 @@ class Zriver:
         other_load = load.other_share()
         cpu_host = cpu_seconds(host_pid) - cpu_host
         cpu_runner = cpu_seconds(runner_pid) - cpu_runner
-        total = family_cpu([host_pid, runner_pid]) - family0
+        cpu_keeper = cpu_seconds(keeper) - cpu_keeper
+        total = family_cpu([host_pid, runner_pid, keeper]) - family0
         bad = [t for t in reply["tasks"] if t["state"] != lc.COMPLETED]
         if bad or len(reply["tasks"]) != count:
             raise BenchError(f"{len(bad)} of {count} tasks did not complete: {bad[:3]}")
@@ -483,6 +500,7 @@ class Zriver:
                 "submit_call_s": t_submitted - t0,
                 "host_cpu_us_per_task": cpu_host / count * 1e6,
                 "runner_cpu_us_per_task": cpu_runner / count * 1e6,
+                "keeper_cpu_us_per_task": cpu_keeper / count * 1e6,
                 "total_cpu_us_per_task": total / count * 1e6,
                 "other_load": other_load}
 
@@ -518,7 +536,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_latency:
             bare.latency(10, deadline)
             zr.latency(10, deadline)
-        pids = [cluster.pid("host"), cluster.pid("runner"), os.getpid()]
+        pids = [cluster.pid("host"), cluster.pid("runner"), cluster.pid("keeper"), os.getpid()]
         clean = number = 0
         while clean < args.rounds and number < args.rounds + args.extra_rounds:
             number += 1
@@ -607,6 +625,8 @@ def summary(all_rounds: list[dict[str, Any]]) -> dict[str, float]:
         "host_cpu_us_per_task": med(lambda r: r["zriver_throughput"]["host_cpu_us_per_task"]),
         "runner_cpu_us_per_task": med(
             lambda r: r["zriver_throughput"]["runner_cpu_us_per_task"]),
+        "keeper_cpu_us_per_task": med(
+            lambda r: r["zriver_throughput"]["keeper_cpu_us_per_task"]),
         "submit_call_ms": med(lambda r: r["zriver_throughput"]["submit_call_s"] * 1e3),
         "other_load_bare": med(lambda r: r["bare_throughput"]["other_load"]),
         "other_load_zriver": med(lambda r: r["zriver_throughput"]["other_load"]),
@@ -641,7 +661,7 @@ def noise_note(s: dict[str, Any]) -> str:
 def table(result: dict[str, Any]) -> str:
     s, m, a = result["summary"], result["machine"], result["args"]
     tasks_cpu = (s["zriver_total_cpu_us_per_task"] - s["host_cpu_us_per_task"]
-                 - s["runner_cpu_us_per_task"])
+                 - s["runner_cpu_us_per_task"] - s["keeper_cpu_us_per_task"])
     lines = [
         f"zriver dispatch benchmark: medians of {s['rounds_used']} interleaved rounds "
         f"{noise_note(s)}; {a['tasks']} tasks per batch, {a['samples']} latency samples "
@@ -672,7 +692,9 @@ def table(result: dict[str, Any]) -> str:
         f"{s['cpu_ratio']:>9.2f}  (bare/zriver: CPU-bound ceiling)",
         f"{'   launcher / host process':<44}{s['bare_cpu_us_per_task']:>10.0f}"
         f"{s['host_cpu_us_per_task']:>10.0f}",
-        f"{'   runner process':<44}{'':>10}{s['runner_cpu_us_per_task']:>10.0f}",
+        f"{'   runner process (the agent)':<44}{'':>10}{s['runner_cpu_us_per_task']:>10.0f}",
+        f"{'   task keeper process (spawns, reaps)':<44}{'':>10}"
+        f"{s['keeper_cpu_us_per_task']:>10.0f}",
         f"{'   the tasks themselves (true)':<44}"
         f"{s['bare_total_cpu_us_per_task'] - s['bare_cpu_us_per_task']:>10.0f}"
         f"{tasks_cpu:>10.0f}",
