@@ -157,7 +157,7 @@ class Runner:
     def _make_backends(self) -> dict[str, Any]:
         """The execution backends this node offers, by name."""
         native = NativeBackend(self._on_started, self._on_exit, self.data_dir, self.name,
-                               self.settings.kill_grace)
+                               self.settings.kill_grace, self._base_env)
         native.on_keeper_lost = lambda: self._spawn(self._readopt(native))
         backends: dict[str, Any] = {native.name: native}
         try:
@@ -324,8 +324,8 @@ class Runner:
                                                       "tasks": known,
                                                       "usage": self._usage()})
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 2.0))
-        self.lease.configure(reply.get("lease") or self.heartbeat_interval * 3,
-                             reply.get("grace") or 600.0)
+        if self.lease.length <= 0:  # a host that sent no lease: the default heartbeat rule
+            self.lease.configure(self.heartbeat_interval * 3, 600.0)
         self._tell_keeper_lease()
         stopped = set(reply.get("stop", []))
         self.backends["native"].acked([tid for tid in self._adopted if tid not in stopped], [])
@@ -449,6 +449,8 @@ class Runner:
             self._on_batch_acked(env)
             return
         sent = self._pings.pop(env.rid, None) or self._call_sent.get(env.rid)
+        if env.op == "ok" and "lease" in env.body:  # a registration reply: before its commands
+            self.lease.configure(env.body["lease"], env.body.get("grace") or 600.0)
         if sent is not None:
             self._renew_lease(sent)
             if (env.body.get("registered") is False if env.op == "ok"

@@ -10,10 +10,12 @@ task; the exits nobody collected are then in ``keeper-exits`` in the data dir, w
 keeper reads at start.
 
 Wire: a ``SOCK_SEQPACKET`` Unix socket in the abstract namespace named after the data dir
-(``socket_address``), one msgpack map per message, one agent connection at a time (a second
-is refused: one runner per data directory), only from the keeper's own uid. Requests:
+(``socket_address``), one msgpack map per packet (``batch {messages}`` when one side has
+several in one loop turn), one agent connection at a time (a second is refused: one runner per
+data directory), only from the keeper's own uid. Requests:
 
-* ``hello {node, kill_grace}`` -> ``hello {tasks, exits}``: what runs and what ended unseen;
+* ``hello {node, kill_grace, env_base}`` -> ``hello {tasks, exits}``: what runs and what ended
+  unseen; ``env_base`` is the runner's environment, which every spawn's ``env`` amends;
 * ``spawn {id, attempt, argv, env, workdir, stdout, stderr, cores, memory, fence}`` ->
   ``started {id, pid, started}``, or an ``exit`` when it could not start;
 * ``signal {id, action, reason}``: ``kill`` (SIGTERM + SIGCONT, SIGKILL after the grace, even
@@ -74,8 +76,25 @@ def socket_address(data_dir: str | Path) -> bytes:
     return b"\0zriver-keeper-" + digest.encode()
 
 
+MAX_BATCH = 256
+"""At most this many messages ride in one packet."""
+
+
 def pack(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message)
+
+
+def pack_batch(messages: list[dict[str, Any]]) -> bytes:
+    """One message as itself, several as ``batch {messages}`` (one packet a loop turn)."""
+    if len(messages) == 1:
+        return pack(messages[0])
+    return pack({"op": "batch", "messages": messages})
+
+
+def unbatch(message: dict[str, Any]) -> list[dict[str, Any]]:
+    if message.get("op") == "batch":
+        return [m for m in message.get("messages") or [] if isinstance(m, dict)]
+    return [message]
 
 
 def unpack(data: bytes) -> dict[str, Any]:
@@ -118,6 +137,8 @@ class Keeper:
         self.tasks: dict[int, Task] = {}
         self.exits: dict[int, dict[str, Any]] = self._load_exits()
         self.conn: socket.socket | None = None
+        self.out: list[dict[str, Any]] = []
+        self.env_base: dict[str, str] = {}
         self.node = ""
         self.grace = 10.0
         self.limiter = None
@@ -142,6 +163,7 @@ class Keeper:
             for key, _ in self.selector.select(timeout):
                 key.data(key.fileobj)
             self._enforce(time.monotonic())
+            self._send_out()
         self._save_exits()
 
     def _waiting_for_first(self) -> bool:
@@ -213,32 +235,46 @@ class Keeper:
             self._disconnect()
             return
         try:
-            message = unpack(data)
-            handler = getattr(self, "_op_" + str(message.get("op")), None)
-            if handler is not None:
-                handler(message)
-        except Exception as exc:  # never let one bad message end the tasks' owner
-            _log(f"bad message from the agent: {exc!r}")
+            messages = unbatch(unpack(data))
+        except Exception as exc:
+            _log(f"bad packet from the agent: {exc!r}")
+            return
+        for message in messages:
+            try:
+                handler = getattr(self, "_op_" + str(message.get("op")), None)
+                if handler is not None:
+                    handler(message)
+            except Exception as exc:  # never let one bad message end the tasks' owner
+                _log(f"bad message from the agent: {exc!r}")
 
     def _disconnect(self) -> None:
         if self.conn is not None:
             self.selector.unregister(self.conn)
             self.conn.close()
             self.conn = None
+        self.out = []
         self._save_exits()
 
     def _send(self, message: dict[str, Any]) -> None:
-        if self.conn is None:
-            return
-        try:
-            self.conn.send(pack(message))
-        except OSError:
-            self._disconnect()
+        """Queue ``message`` for the agent; sent at the end of the loop turn."""
+        if self.conn is not None:
+            self.out.append(message)
+
+    def _send_out(self) -> None:
+        messages, self.out = self.out, []
+        for start in range(0, len(messages), MAX_BATCH):
+            if self.conn is None:
+                return
+            try:
+                self.conn.send(pack_batch(messages[start:start + MAX_BATCH]))
+            except OSError:
+                self._disconnect()
 
     # ---- requests ----------------------------------------------------------------------
     def _op_hello(self, message: dict[str, Any]) -> None:
         self.node = str(message.get("node") or "")
         self.grace = float(message.get("kill_grace") or self.grace)
+        self.env_base = dict(message.get("env_base") or {})
         if self.limiter is None and self.node:
             from zriver.runner.cgroups import MemoryLimiter
 
@@ -259,7 +295,7 @@ class Keeper:
                          "not started: the runner's contact with the host had run out")
             return
         try:
-            pid = self.spawner.spawn(list(message["argv"]), dict(message["env"]),
+            pid = self.spawner.spawn(list(message["argv"]), {**self.env_base, **message["env"]},
                                      message.get("workdir") or None, message["stdout"],
                                      message["stderr"], list(message.get("cores") or []))
         except SpawnError as exc:

@@ -47,12 +47,14 @@ class NativeBackend:
     name = "native"
 
     def __init__(self, on_started: OnStarted, on_exit: OnExit, data_dir: Path, node: str,
-                 kill_grace: float) -> None:
+                 kill_grace: float, base_env: dict[str, str]) -> None:
         self._on_started = on_started
         self._on_exit = on_exit
         self._data_dir = data_dir
         self._node = node
         self._grace = kill_grace
+        self._base_env = base_env
+        self._out: list[dict[str, Any]] = []
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
         self._backlog: collections.deque[bytes] = collections.deque()
@@ -71,7 +73,8 @@ class NativeBackend:
         reported through ``on_exit`` on the next loop turns."""
         await self._connect()
         self._hello = self._loop.create_future()
-        self._send({"op": "hello", "node": self._node, "kill_grace": self._grace})
+        self._send({"op": "hello", "node": self._node, "kill_grace": self._grace,
+                    "env_base": self._base_env})
         reply = await asyncio.wait_for(self._hello, KEEPER_START_TIMEOUT)
         self.keeper_pid = int(reply.get("pid") or 0)
         found = []
@@ -135,8 +138,10 @@ class NativeBackend:
         """Ask the keeper to spawn ``job``; ``on_started`` or ``on_exit`` follows."""
         self._starting.add(job.task_id)
         self._attempts[job.task_id] = job.attempt
+        base = self._base_env
+        env = {key: value for key, value in job.env.items() if base.get(key) != value}
         self._send({"op": "spawn", "id": job.task_id, "attempt": job.attempt,
-                    "argv": membind_prefix(job.numa) + job.spec.command, "env": job.env,
+                    "argv": membind_prefix(job.numa) + job.spec.command, "env": env,
                     "workdir": job.spec.workdir, "stdout": job.stdout, "stderr": job.stderr,
                     "cores": list(job.cores), "memory": job.memory, "fence": True})
         return None
@@ -176,7 +181,18 @@ class NativeBackend:
 
     # ---- messages ------------------------------------------------------------------------
     def _send(self, message: dict[str, Any]) -> None:
-        data = keeper_protocol.pack(message)
+        """Queue ``message``; the messages of one loop tick leave as one packet."""
+        if not self._out:
+            self._loop.call_soon(self._send_out)
+        self._out.append(message)
+
+    def _send_out(self) -> None:
+        messages, self._out = self._out, []
+        for start in range(0, len(messages), keeper_protocol.MAX_BATCH):
+            self._send_packet(keeper_protocol.pack_batch(
+                messages[start:start + keeper_protocol.MAX_BATCH]))
+
+    def _send_packet(self, data: bytes) -> None:
         if self._sock is None:
             return
         if self._backlog:
@@ -215,16 +231,19 @@ class NativeBackend:
             if not data:
                 self._keeper_lost()
                 return
-            message = keeper_protocol.unpack(data)
-            op = message.get("op")
-            if op == "started":
-                self._started(message)
-            elif op == "exit":
-                self._ended(message)
-            elif op == "hello" and self._hello is not None and not self._hello.done():
-                self._hello.set_result(message)
-            elif op == "refused" and self._hello is not None and not self._hello.done():
-                self._hello.set_exception(KeeperUnavailable(message.get("msg", "refused")))
+            for message in keeper_protocol.unbatch(keeper_protocol.unpack(data)):
+                self._on_message(message)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "started":
+            self._started(message)
+        elif op == "exit":
+            self._ended(message)
+        elif op == "hello" and self._hello is not None and not self._hello.done():
+            self._hello.set_result(message)
+        elif op == "refused" and self._hello is not None and not self._hello.done():
+            self._hello.set_exception(KeeperUnavailable(message.get("msg", "refused")))
 
     def _started(self, message: dict[str, Any]) -> None:
         task_id = int(message["id"])
