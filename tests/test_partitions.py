@@ -365,9 +365,11 @@ def test_a_host_stopped_for_10s_marks_nothing(cluster: Cluster, tmp_path: Path) 
     assert not {"unreachable", "offline"} & set(node_states), node_states
     ran = marks_of(marks)
     assert sorted(ran) == sorted(running + staged), f"each once, got {ran}"
+    stalls = re.findall(r"host\.stalled\s+seconds=([\d.]+)", cluster.host.log.read_text())
+    assert stalls and max(map(float, stalls)) >= 9.5, f"the host did not notice: {stalls}"
     figures("host-sigstop", submitted=4, completed=3, failed_with_own_code=1, lost=0,
             run_twice=len(ran) - len(set(ran)), stuck=0, stall_s=f"{stall:.2f}",
-            node_states_seen=node_states or "none",
+            node_states_seen=node_states or "none", host_logged_stall_s=max(map(float, stalls)),
             host_answered_after_sigcont_s=f"{answered_after:.3f}",
             all_final_after_sigcont_s=f"{done_after:.2f}")
 
