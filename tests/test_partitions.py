@@ -375,11 +375,6 @@ def test_a_host_stopped_for_10s_marks_nothing(cluster: Cluster, tmp_path: Path) 
 
 
 # ---- 4: the host stalls for longer than the grace ------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "a host stall longer than the grace makes the runner self-fence its tasks (it cannot tell "
-    "a stall from a partition), but the host, which shifts its clocks and never gives the node "
-    "up, records the fenced end as a final 'killed' ('the host may run it again elsewhere') and "
-    "never retries it, even with retries: 1: the work is gone"))
 def test_a_host_stalled_past_the_grace_retries_what_the_runner_fenced(
         cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_host(unreachable_grace=2.0, **HB)

@@ -399,7 +399,7 @@ class Runner:
         self.backends["native"].lease(
             self.lease.provisional_until, self.lease.fence_at, self.lease.fence_grace,
             f"ended by node {self.name} itself: no contact with the host for "
-            f"{self.lease.fence_at - self.lease.start:.0f} s (self-fencing; the host may "
+            f"{self.lease.fence_at - self.lease.start:.3g} s (self-fencing; the host may "
             f"run it again elsewhere)")
 
     def _on_message(self, frames: list[bytes]) -> None:

@@ -33,7 +33,8 @@ while the host had not yet recorded it (not ``confirm``-ed) is killed at ``provi
 (the agent's contact with the host ran out: the host requeues such work once that time has
 surely passed) and its end says ``pending``: it must run again. Every task started with
 ``fence`` is ended at ``fence_at`` (self-fencing: past it, the host has given the node's
-tasks up and may run their retries elsewhere). Spawns after ``provisional_until`` are refused.
+tasks up and may run their retries elsewhere), and its end says ``lost``, which the host
+retries when the task asked for retries. Spawns after ``provisional_until`` are refused.
 
 If the keeper itself dies, its tasks run on without a parent that can read their status: the
 agent sees the connection close and kills their process groups (``docs/reliability.md``).
@@ -66,8 +67,8 @@ LOG_FILE = "keeper.log"
 START_WAIT = 30.0
 """A keeper no agent connects to within this many seconds exits."""
 
-COMPLETED, FAILED, KILLED, KILLED_OOM, PENDING = (
-    "completed", "failed", "killed", "killed_oom", "pending")
+COMPLETED, FAILED, KILLED, KILLED_OOM, LOST, PENDING = (
+    "completed", "failed", "killed", "killed_oom", "lost", "pending")
 
 
 def socket_address(data_dir: str | Path) -> bytes:
@@ -124,6 +125,8 @@ class Task:
     """Why it is being ended (its ``exit`` says so), or ``None``."""
     requeue: bool = False
     """Killed as a provisional start: its end is ``pending``."""
+    fenced: bool = False
+    """Ended by the fence: its end is ``lost`` (the host may retry it; never ``killed``)."""
     kill_at: float | None = None
 
 
@@ -204,6 +207,7 @@ class Keeper:
                 self._kill(task, "started while the host was out of reach, and ended when "
                                  "the runner's lease ran out; it will run again", grace=0.0)
             elif task.fence and self.fence_at is not None and now >= self.fence_at:
+                task.fenced = True
                 self._kill(task, self.fence_reason or "self-fenced", grace=self.fence_grace)
 
     # ---- the agent's connection ----------------------------------------------------------
@@ -387,6 +391,8 @@ class Keeper:
     def _outcome(self, task: Task, status: int) -> tuple[str, int | None, str]:
         if task.requeue:
             return PENDING, None, task.killing or ""
+        if task.fenced:
+            return LOST, None, task.killing or "self-fenced"
         if os.WIFEXITED(status):
             code = os.WEXITSTATUS(status)
             if task.killing is not None:

@@ -73,8 +73,10 @@ class NativeBackend:
         reported through ``on_exit`` on the next loop turns."""
         await self._connect()
         self._hello = self._loop.create_future()
-        self._send({"op": "hello", "node": self._node, "kill_grace": self._grace,
-                    "env_base": self._base_env})
+        # First in the queue: what was asked while the keeper was away follows it.
+        self._out.insert(0, {"op": "hello", "node": self._node, "kill_grace": self._grace,
+                             "env_base": self._base_env})
+        self._loop.call_soon(self._send_out)
         reply = await asyncio.wait_for(self._hello, KEEPER_START_TIMEOUT)
         self.keeper_pid = int(reply.get("pid") or 0)
         found = []
@@ -187,14 +189,16 @@ class NativeBackend:
         self._out.append(message)
 
     def _send_out(self) -> None:
+        if self._sock is None:
+            return  # (re)connecting: ``adopt`` sends them once the keeper is there
         messages, self._out = self._out, []
         for start in range(0, len(messages), keeper_protocol.MAX_BATCH):
+            if self._sock is None:
+                return  # lost meanwhile: ``_keeper_lost`` accounted for these
             self._send_packet(keeper_protocol.pack_batch(
                 messages[start:start + keeper_protocol.MAX_BATCH]))
 
     def _send_packet(self, data: bytes) -> None:
-        if self._sock is None:
-            return
         if self._backlog:
             self._backlog.append(data)
             return
@@ -268,6 +272,7 @@ class NativeBackend:
         log.error("keeper.lost", pid=self.keeper_pid, tasks=len(self._pids))
         self.close()
         self._backlog.clear()
+        self._out.clear()  # void: its spawns are reported "pending" below, never sent on
         for task_id, pid in list(self._pids.items()):
             try:
                 os.killpg(pid, signal.SIGKILL)
