@@ -216,7 +216,7 @@ def test_runner_restart_reattaches_to_running_containers(dcluster, docker_client
 
 
 def test_restarted_runner_removes_containers_the_host_forgot(dcluster, docker_client):
-    cluster = dcluster()
+    cluster = dcluster(host={"unreachable_grace": 1.5})
     make_env(cluster)
     task_id = submit_docker(cluster, ["sleep", "300"])
     cluster.wait_state(task_id, {"running"})

@@ -231,7 +231,7 @@ class FakeSource:
     ("kill 12 ", {"12", "11", "3"}),
     ("tasks --st", {"--state"}),
     ("tasks --state ", {"pending", "assigned", "running", "paused", "completed", "failed",
-                        "killed", "killed_oom", "lost", "timeout"}),
+                        "killed", "killed_oom", "lost", "timeout", "unreachable"}),
     ("tasks --state r", {"running"}),
     ("health ", {"gpu1", "cpu1"}),
     ("submit --target g", {"gpu1", "gpu1:0", "gpu1:1", "gpu1::0", "gpu1::1"}),

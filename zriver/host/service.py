@@ -37,6 +37,9 @@ from zriver.wire import Channel, Unreachable, Wire
 log = structlog.get_logger("zriver.host")
 
 RUNNER_PREFIX = b"r:"
+RECONNECT_GRACE = 2.0
+"""After a host restart, runners need up to their DEALER's longest reconnect interval (2 s,
+``wire.py``) to be heard again: their silence is counted from that much after the start."""
 DEFERRED = object()
 """A handler returns this when it will answer later through ``Host.reply``."""
 
@@ -212,7 +215,8 @@ class Host:
             info = row["info"]
             self.nodes[row["name"]] = NodeRecord(row["name"], info, OFFLINE,
                                                  last_seen=self.started_at,
-                                                 seen=time.monotonic(), sent=time.monotonic(),
+                                                 seen=time.monotonic() + RECONNECT_GRACE,
+                                                 sent=time.monotonic() + RECONNECT_GRACE,
                                                  drained=row["drained"])
             self.scheduler.set_node(row["name"], node_spec(info))
             self.scheduler.set_drained(row["name"], row["drained"] is not None)

@@ -59,6 +59,10 @@ from zriver.wire import Channel, Wire, send_frames
 log = structlog.get_logger("zriver.runner")
 MAX_BATCH = 2000
 RUNNING_HOLD = 0.002
+BUSY_GAP = 0.002
+"""Under load, an update batch leaves at most this long after the host's last reply..."""
+MIN_BATCH = 32
+"""... unless it has this many updates (see ``Runner._hold_small``)."""
 WRITE_DELAY = 0.005
 """New outbox rows and start records reach the ledger at most this long after their tick."""
 LEDGER_RETRY = 1.0
@@ -95,6 +99,8 @@ class Runner:
         self._inflight: tuple[int, list[int], float] | None = None
         """The ``task.update`` in flight: its rid, outbox rows and the time it left."""
         self._registering = False
+        self._busy_until = 0.0  # loop time until which small update batches wait (under load)
+        self._small_hold: asyncio.TimerHandle | None = None
         self._resend: asyncio.TimerHandle | None = None
         self._hold: asyncio.TimerHandle | None = None
         self._delayed_flush: asyncio.TimerHandle | None = None
@@ -111,6 +117,7 @@ class Runner:
         self._paths: dict[int, tuple[str, str]] = {}
         self._chained: dict[int, dict] = {}  # running task -> start body of the one behind it
         self._adopted: set[int] = set()  # re-adopted tasks, confirmed once registered again
+        self._fenced: set[int] = set()  # container tasks this runner ended by self-fencing
         self.stopping = False
         self._base_env = bundle.child_environment()
         self._known: set[tuple[int, int]] = set()  # (task id, attempt) started in this life
@@ -216,7 +223,8 @@ class Runner:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        for timer in (self._resend, self._hold, self._delayed_flush, self._write_timer):
+        for timer in (self._resend, self._hold, self._delayed_flush, self._write_timer,
+                      self._small_hold):
             if timer is not None:
                 timer.cancel()
         for backend in self.backends.values():
@@ -291,6 +299,29 @@ class Runner:
                 log.warning("runner.register_retry", error=str(exc))
                 await asyncio.sleep(0.5)
 
+    def _stop_unwanted(self, task_ids: list) -> None:
+        """The registration's ``stop`` list (before the commands of the same reply, which
+        may start some of these again): what the host does not place here. A staged start is
+        dropped without a word (it never ran; its start may come again), a running task is
+        killed."""
+        for task_id in task_ids:
+            if not isinstance(task_id, int):
+                continue
+            for front, body in list(self._chained.items()):
+                if body["id"] == task_id:
+                    self._unstage_quietly(front, body)
+                    break
+            else:
+                self._signal_task({"id": task_id, "action": "kill"})
+
+    def _unstage_quietly(self, front: int, body: dict) -> None:
+        del self._chained[front]
+        if body["id"] in self._chained:  # what waited behind it moves up
+            self._chained[front] = self._chained.pop(body["id"])
+        self._known.discard((body["id"], body.get("attempt", 1)))
+        if body.get("keeper"):
+            self.backends["native"].unstage(body["id"])
+
     def _fail(self, message: str, code: str, event: str) -> None:
         """Something this runner cannot go on with: say it, and let the role exit."""
         self.fatal, self.fatal_code = message, code
@@ -331,9 +362,6 @@ class Runner:
         self.backends["native"].acked([tid for tid in self._adopted if tid not in stopped], [])
         self._adopted.clear()
         self.shared_dir = self.settings.shared_dir or reply.get("shared_dir", "")
-        for task_id in reply.get("stop", []):
-            if task_id in self._backend_of:
-                self._backend_of[task_id].signal(task_id, "kill")
         if not self.registered.is_set():
             self._loops.append(self._spawn(self._every(lambda: self.heartbeat_interval,
                                                        self._heartbeat)))
@@ -369,8 +397,11 @@ class Runner:
 
     def _keep_lease(self) -> None:
         """Once a heartbeat interval: ask the host for a reply when none came for that long
-        (a ``runner.ping``: it renews the lease), and notice a lease that ran out."""
+        (a ``runner.ping``: it renews the lease), notice a lease that ran out, and fence the
+        tasks the keeper does not own (containers) once ``fence_at`` has passed."""
         now = time.monotonic()
+        if self.lease.start is not None and self.lease.length > 0 and now >= self.lease.fence_at:
+            self._fence_others()
         if not self.lease.fresh(now) and (self._chained or not self._needs_register):
             if self._chained:
                 log.warning("runner.lease_expired", staged=len(self._chained))
@@ -382,6 +413,15 @@ class Runner:
             self._pings = {r: t for r, t in self._pings.items() if now - t < 60}
             self._pings[rid] = now
             self.channel.send([encode("runner.ping", rid, {"name": self.name})])
+
+    def _fence_others(self) -> None:
+        """Self-fencing of container tasks (the keeper fences native ones by itself): kill
+        them; their ends are reported ``lost`` (see ``_on_exit``)."""
+        for task_id, backend in list(self._backend_of.items()):
+            if backend is not self.backends["native"] and task_id not in self._fenced:
+                self._fenced.add(task_id)
+                log.warning("runner.fenced", task=task_id)
+                backend.signal(task_id, "kill")
 
     def _renew_lease(self, sent_at: float) -> None:
         """A reply to a request sent at ``sent_at`` arrived."""
@@ -451,6 +491,7 @@ class Runner:
         sent = self._pings.pop(env.rid, None) or self._call_sent.get(env.rid)
         if env.op == "ok" and "lease" in env.body:  # a registration reply: before its commands
             self.lease.configure(env.body["lease"], env.body.get("grace") or 600.0)
+            self._stop_unwanted(env.body.get("stop") or [])
         if sent is not None:
             self._renew_lease(sent)
             if (env.body.get("registered") is False if env.op == "ok"
@@ -566,7 +607,7 @@ class Runner:
     def _send_next_batch(self) -> None:
         if self._inflight is not None or not self._persisted or not self.registered.is_set():
             return
-        if self._hold_running():
+        if self._hold_running() or self._hold_small():
             return
         end = min(MAX_BATCH, len(self._persisted))
         while end < len(self._persisted) and self._persisted[end][0] == self._persisted[end - 1][0]:
@@ -579,6 +620,26 @@ class Runner:
                                                       "updates": [u for _, u in batch]})])
         self._resend = asyncio.get_running_loop().call_later(
             self.settings.request_timeout, self._resend_batch)
+
+    def _hold_small(self) -> bool:
+        """While the host keeps us fed (its last acknowledgement, under ``BUSY_GAP`` ago,
+        carried new starts), a batch of fewer than ``MIN_BATCH`` updates waits out that gap:
+        each host message has a fixed cost, so under load fewer, larger ones are faster. An
+        idle runner never waits (a lone task's end leaves at once)."""
+        if self._small_hold is not None:
+            return True
+        if len(self._persisted) >= MIN_BATCH:
+            return False
+        wait = self._busy_until - asyncio.get_running_loop().time()
+        if wait <= 0:
+            return False
+        self._small_hold = asyncio.get_running_loop().call_later(wait, self._release_small)
+        return True
+
+    def _release_small(self) -> None:
+        self._small_hold = None
+        self._busy_until = 0.0
+        self._send_next_batch()
 
     def _hold_running(self) -> bool:
         """Hold a batch of fresh ``running`` updates for ``RUNNING_HOLD`` seconds, so that a
@@ -628,6 +689,8 @@ class Runner:
         if env.op == "ok":
             self.backends["native"].acked(confirm, forget)
         self._persisted = [(s, u) for s, u in self._persisted if s not in done]
+        if env.op == "ok" and env.body.get("commands"):
+            self._busy_until = asyncio.get_running_loop().time() + BUSY_GAP
         self._run_commands(env.body)
         self._send_next_batch()
 
@@ -650,8 +713,20 @@ class Runner:
                 chained["id"] == behind for chained in self._chained.values())):
             self._known.add((task_id, attempt))
             self._chained[behind] = body  # starts the moment ``behind`` ends, on its cores
+            self._stage_in_keeper(body, behind)
             return
         self._launch(body)
+
+    def _stage_in_keeper(self, body: dict, behind: int) -> None:
+        """A native task staged behind a native one waits in the keeper, which starts it in
+        the turn that reaps the one in front (no round trip to the agent; the keeper refuses
+        it past the lease). ``body["keeper"]`` marks it so."""
+        native = self.backends["native"]
+        spec = TaskSpec.trusted(arg(body, "spec", dict))
+        if spec.backend != native.name or not native.holds(behind):
+            return
+        body["keeper"] = True
+        native.stage(self._job(body["id"], spec, arg(body, "alloc", dict)), behind)
 
     def _launch(self, body: dict) -> None:
         task_id, attempt = body["id"], body.get("attempt", 1)
@@ -677,8 +752,7 @@ class Runner:
 
     def _job(self, task_id: int, spec: TaskSpec, alloc: dict) -> Job:
         stdout, stderr = self._paths[task_id] = self.log_paths(task_id)
-        env = dict(self._base_env) if spec.backend == "native" else {}
-        env.update(spec.env)
+        env = dict(spec.env)  # native: on top of the runner's own (the keeper has it)
         env.update(ZRIVER_TASK_ID=str(task_id), ZRIVER_NODE=self.name,
                    ZRIVER_CORES=",".join(map(str, alloc["cores"])))
         gpus = tuple(alloc.get("gpus") or ())
@@ -711,6 +785,9 @@ class Runner:
                 if task_id in self._chained:  # what waited behind it moves up
                     self._chained[behind] = self._chained.pop(task_id)
                 self._attempts[task_id] = chained.get("attempt", 1)
+                if chained.get("keeper"):  # the keeper drops it and reports the kill
+                    self.backends["native"].signal(task_id, "kill")
+                    return
                 self.report({"id": task_id, "state": "killed", "at": time.time(),
                              "detail": "killed before it started"})
                 return
@@ -749,10 +826,18 @@ class Runner:
         self.logtail.finish(task_id)
         if self._starts.pop(task_id, None) is None:  # its start record was written
             self._forgets.append(task_id)
+        if task_id in self._fenced:
+            self._fenced.discard(task_id)
+            outcome = Exit("lost", None, f"ended by node {self.name} itself: no contact with "
+                                         f"the host for too long (self-fencing; the host may "
+                                         f"run it again elsewhere)")
         self.report({"id": task_id, "state": outcome.state, "at": time.time(),
                      "exit_code": outcome.exit_code, "detail": outcome.detail})
         chained = self._chained.pop(task_id, None)
-        if chained is not None and not self.stopping:
+        if chained is not None and chained.get("keeper"):  # the keeper is starting it
+            self._backend_of[chained["id"]] = self.backends["native"]
+            self.backends["native"].promote(chained["id"])
+        elif chained is not None and not self.stopping:
             if self.lease.fresh(time.monotonic()):
                 self._launch(chained)
             else:  # the host requeues it once our lease has surely passed
@@ -769,7 +854,10 @@ class Runner:
             task_id = body["id"]
 
     def _drop_staged(self) -> None:
-        """Forget every staged start (a start the host sends again is taken again)."""
-        for body in self._chained.values():
-            self._known.discard((body["id"], body.get("attempt", 1)))
-        self._chained.clear()
+        """Forget every staged start (a start the host sends again is taken again), but
+        those the keeper holds: it refuses them itself past the lease, and drops them when
+        this agent disconnects."""
+        for front, body in list(self._chained.items()):
+            if not body.get("keeper"):
+                self._known.discard((body["id"], body.get("attempt", 1)))
+                del self._chained[front]

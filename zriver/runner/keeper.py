@@ -16,10 +16,16 @@ data directory), only from the keeper's own uid. Requests:
 
 * ``hello {node, kill_grace, env_base}`` -> ``hello {tasks, exits}``: what runs and what ended
   unseen; ``env_base`` is the runner's environment, which every spawn's ``env`` amends;
-* ``spawn {id, attempt, argv, env, workdir, stdout, stderr, cores, memory, fence}`` ->
-  ``started {id, pid, started}``, or an ``exit`` when it could not start;
-* ``signal {id, action, reason}``: ``kill`` (SIGTERM + SIGCONT, SIGKILL after the grace, even
-  if the agent goes away meanwhile), ``pause``, ``resume``;
+* ``spawn {id, attempt, argv, env, workdir, stdout, stderr, cores, memory, fence, behind?}``
+  -> ``started {id, pid, started}``, or an ``exit`` when it could not start. With ``behind``
+  (a task this keeper runs or holds staged) it is staged: spawned the moment that one ends,
+  in the same turn that reaps it (a chained start costs no round trip to the agent); staged
+  starts are dropped when the agent disconnects (the host sends them again or requeues them);
+  a ``kill`` of a staged task ends it ``killed`` "before it started", and what waited behind it
+  moves up;
+* ``signal {id, action, reason, quiet?}``: ``kill`` (SIGTERM + SIGCONT, SIGKILL after the
+  grace, even if the agent goes away meanwhile; a staged one is dropped, silently with
+  ``quiet``), ``pause``, ``resume``;
 * ``acked {confirm, forget}``: the host has recorded these tasks running (``confirm``) / has
   these ends (``forget``: the keeper drops them);
 * ``lease {provisional_until, fence_at, fence_grace, reason}`` (``time.monotonic`` values, one
@@ -64,6 +70,9 @@ MAX_PACKET = 4 * 1024 * 1024
 EXITS_FILE = "keeper-exits"
 LOCK_FILE = "keeper.lock"
 LOG_FILE = "keeper.log"
+STARTED_HOLD = 0.001
+"""A ``started`` event waits this long for the task's exit, so that a task that ends at once
+costs the agent one wake-up, not two (the agent holds ``running`` updates longer anyway)."""
 START_WAIT = 30.0
 """A keeper no agent connects to within this many seconds exits."""
 
@@ -138,9 +147,12 @@ class Keeper:
         self.spawner = Spawner()
         self.selector = selectors.DefaultSelector()
         self.tasks: dict[int, Task] = {}
+        self.staged: dict[int, dict[str, Any]] = {}  # task id -> the spawn waiting behind it
+        self.staged_ids: dict[int, int] = {}  # staged task id -> the id it waits behind
         self.exits: dict[int, dict[str, Any]] = self._load_exits()
         self.conn: socket.socket | None = None
         self.out: list[dict[str, Any]] = []
+        self.held: dict[int, tuple[float, dict[str, Any]]] = {}  # task id -> (due, started)
         self.env_base: dict[str, str] = {}
         self.node = ""
         self.grace = 10.0
@@ -165,8 +177,11 @@ class Keeper:
             timeout = self._next_deadline()
             for key, _ in self.selector.select(timeout):
                 key.data(key.fileobj)
-            self._enforce(time.monotonic())
+            now = time.monotonic()
+            self._enforce(now)
+            self._release_started(now)
             self._send_out()
+        self.listener.close()  # an agent coming now finds no keeper and starts one
         self._save_exits()
 
     def _waiting_for_first(self) -> bool:
@@ -184,6 +199,8 @@ class Keeper:
     def _next_deadline(self) -> float | None:
         """Seconds until the next kill, lease or fence action (``None``: nothing due)."""
         due = [t.kill_at for t in self.tasks.values() if t.kill_at is not None]
+        if self.held:
+            due.append(next(iter(self.held.values()))[0])
         if self._waiting_for_first():
             due.append(self.born + START_WAIT)
         if self.provisional_until is not None and any(not t.confirmed and t.killing is None
@@ -193,6 +210,15 @@ class Keeper:
                                              for t in self.tasks.values()):
             due.append(self.fence_at)
         return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _release_started(self, now: float) -> None:
+        """Send the ``started`` events whose hold is over (oldest first)."""
+        while self.held:
+            task_id, (due, message) = next(iter(self.held.items()))
+            if due > now:
+                return
+            del self.held[task_id]
+            self._send(message)
 
     def _enforce(self, now: float) -> None:
         for task in list(self.tasks.values()):
@@ -257,6 +283,9 @@ class Keeper:
             self.conn.close()
             self.conn = None
         self.out = []
+        self.held.clear()
+        self.staged.clear()  # the host sends them again, or requeues them
+        self.staged_ids.clear()
         self._save_exits()
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -292,8 +321,16 @@ class Keeper:
 
     def _op_spawn(self, message: dict[str, Any]) -> None:
         task_id, attempt = int(message["id"]), int(message.get("attempt") or 1)
-        if task_id in self.tasks:
-            return  # a resent spawn of what already runs
+        if task_id in self.tasks or task_id in self.staged_ids:
+            return  # a resent spawn of what already runs or waits
+        behind = message.get("behind")
+        if behind is not None and (behind in self.tasks or behind in self.staged_ids):
+            self.staged[behind] = message
+            self.staged_ids[task_id] = behind
+            return
+        self._spawn(task_id, attempt, message)
+
+    def _spawn(self, task_id: int, attempt: int, message: dict[str, Any]) -> None:
         if self.provisional_until is not None and time.monotonic() >= self.provisional_until:
             self._report(task_id, attempt, PENDING, None,
                          "not started: the runner's contact with the host had run out")
@@ -320,10 +357,16 @@ class Keeper:
                     limited=bool(memory and self.limiter is not None))
         self.tasks[task_id] = task
         self.selector.register(pidfd, selectors.EVENT_READ, lambda _fd, t=task: self._reap(t))
-        self._send({"op": "started", "id": task_id, "pid": pid, "started": task.started})
+        self.held[task_id] = (time.monotonic() + STARTED_HOLD,
+                              {"op": "started", "id": task_id, "pid": pid,
+                               "started": task.started})
 
     def _op_signal(self, message: dict[str, Any]) -> None:
-        task = self.tasks.get(int(message["id"]))
+        task_id = int(message["id"])
+        if task_id in self.staged_ids and message.get("action") == "kill":
+            self._unstage(task_id, quiet=bool(message.get("quiet")))
+            return
+        task = self.tasks.get(task_id)
         if task is None:
             return
         action = message.get("action")
@@ -353,8 +396,32 @@ class Keeper:
 
     def _op_kill_all(self, message: dict[str, Any]) -> None:
         reason = str(message.get("reason") or "killed by its runner")
+        self.staged.clear()
+        self.staged_ids.clear()
         for task in list(self.tasks.values()):
             self._kill(task, reason)
+
+    def _unstage(self, task_id: int, quiet: bool = False) -> None:
+        """A staged task is killed before it started (reported unless ``quiet``); the one
+        behind it moves up."""
+        front = self.staged_ids.pop(task_id)
+        message = self.staged.pop(front)
+        follower = self.staged.pop(task_id, None)
+        if follower is not None:
+            self.staged[front] = follower
+            self.staged_ids[int(follower["id"])] = front
+        if not quiet:
+            self._report(task_id, int(message.get("attempt") or 1), KILLED, None,
+                         "killed before it started")
+
+    def _start_next(self, front: int) -> None:
+        """``front`` ended: spawn what was staged behind it (refused past the lease, and
+        then the next in line is refused the same way)."""
+        message = self.staged.pop(front, None)
+        if message is not None:
+            task_id = int(message["id"])
+            del self.staged_ids[task_id]
+            self._spawn(task_id, int(message.get("attempt") or 1), message)
 
     # ---- task ends -----------------------------------------------------------------------
     def _kill(self, task: Task, reason: str, grace: float | None = None) -> None:
@@ -407,14 +474,19 @@ class Keeper:
 
     def _report(self, task_id: int, attempt: int, state: str, code: int | None,
                 detail: str) -> None:
-        """Keep the end until the agent says the host has it; send it now if one listens."""
+        """Keep the end until the agent says the host has it; send it now if one listens.
+        Then start what was staged behind it."""
         end = {"op": "exit", "id": task_id, "attempt": attempt, "state": state,
                "exit_code": code, "detail": detail, "at": time.time()}
         self.exits[task_id] = end
+        held = self.held.pop(task_id, None)
         if self.conn is None:
             self._save_exits()
         else:
+            if held is not None:  # it ended within the hold: its start rides along
+                self._send(held[1])
             self._send(end)
+        self._start_next(task_id)
 
     # ---- the exits file ------------------------------------------------------------------
     def _load_exits(self) -> dict[int, dict[str, Any]]:

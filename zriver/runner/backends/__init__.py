@@ -19,7 +19,9 @@ from zriver.spec import TaskSpec
 
 @dataclass(slots=True)
 class Job:
-    """Everything a backend needs to run one task."""
+    """Everything a backend needs to run one task. ``env`` is what the task sets and zriver
+    adds (``ZRIVER_*``, ``CUDA_VISIBLE_DEVICES``): a native task gets it on top of the runner's
+    own environment, a container on top of its image's."""
 
     task_id: int
     spec: TaskSpec

@@ -35,10 +35,16 @@ from zriver.runner.spawn import membind_prefix
 log = structlog.get_logger("zriver.runner")
 
 KEEPER_START_TIMEOUT = 10.0
+ACK_DELAY = 0.05
+"""Confirmations and forgets reach the keeper at most this late (far below any lease)."""
 
 
 class KeeperUnavailable(Exception):
     """No keeper could be reached or started for this data dir."""
+
+
+class KeeperGone(KeeperUnavailable):
+    """The keeper closed the connection while we greeted it (it was exiting)."""
 
 
 class NativeBackend:
@@ -55,12 +61,16 @@ class NativeBackend:
         self._grace = kill_grace
         self._base_env = base_env
         self._out: list[dict[str, Any]] = []
+        self._confirm: list[int] = []
+        self._forget: list[int] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
         self._backlog: collections.deque[bytes] = collections.deque()
         self._pids: dict[int, int] = {}  # task id -> pid, for every task the keeper runs
         self._attempts: dict[int, int] = {}
         self._starting: set[int] = set()
+        self._staged: set[int] = set()
         self._paused: set[int] = set()
         self._hello: asyncio.Future | None = None
         self.keeper_pid = 0
@@ -70,14 +80,22 @@ class NativeBackend:
     async def adopt(self) -> list[tuple[int, int, str]]:
         """Connect to the keeper (starting one if needed) and take back what it owns:
         ``(task id, attempt, status)`` for running, paused and ended tasks; the ends are then
-        reported through ``on_exit`` on the next loop turns."""
-        await self._connect()
-        self._hello = self._loop.create_future()
-        # First in the queue: what was asked while the keeper was away follows it.
-        self._out.insert(0, {"op": "hello", "node": self._node, "kill_grace": self._grace,
-                             "env_base": self._base_env})
-        self._loop.call_soon(self._send_out)
-        reply = await asyncio.wait_for(self._hello, KEEPER_START_TIMEOUT)
+        reported through ``on_exit`` on the next loop turns. A keeper that goes away during
+        the greeting (it was exiting as we came) is replaced by a new one."""
+        for attempt in range(3):
+            await self._connect()
+            self._hello = self._loop.create_future()
+            # First in the queue: what was asked while the keeper was away follows it.
+            self._out.insert(0, {"op": "hello", "node": self._node, "kill_grace": self._grace,
+                                 "env_base": self._base_env})
+            self._loop.call_soon(self._send_out)
+            try:
+                reply = await asyncio.wait_for(self._hello, KEEPER_START_TIMEOUT)
+                break
+            except KeeperGone:
+                log.info("keeper.gone_while_greeting", attempt=attempt + 1)
+        else:
+            raise KeeperUnavailable(f"the task keeper of {self._data_dir} keeps going away")
         self.keeper_pid = int(reply.get("pid") or 0)
         found = []
         for task in reply.get("tasks") or []:
@@ -96,7 +114,7 @@ class NativeBackend:
 
     async def _connect(self) -> None:
         address = keeper_protocol.socket_address(self._data_dir)
-        started = False
+        started = 0.0
         deadline = time.monotonic() + KEEPER_START_TIMEOUT
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -105,9 +123,9 @@ class NativeBackend:
                 break
             except (ConnectionRefusedError, FileNotFoundError):
                 sock.close()
-            if not started:
+            if time.monotonic() - started > 0.5:  # again if one exiting held the lock
                 await self._loop.run_in_executor(None, self._start_keeper)
-                started = True
+                started = time.monotonic()
             if time.monotonic() > deadline:
                 raise KeeperUnavailable(f"no task keeper answers for {self._data_dir} (see "
                                         f"{self._data_dir / keeper_protocol.LOG_FILE})")
@@ -140,16 +158,41 @@ class NativeBackend:
         """Ask the keeper to spawn ``job``; ``on_started`` or ``on_exit`` follows."""
         self._starting.add(job.task_id)
         self._attempts[job.task_id] = job.attempt
-        base = self._base_env
-        env = {key: value for key, value in job.env.items() if base.get(key) != value}
-        self._send({"op": "spawn", "id": job.task_id, "attempt": job.attempt,
-                    "argv": membind_prefix(job.numa) + job.spec.command, "env": env,
-                    "workdir": job.spec.workdir, "stdout": job.stdout, "stderr": job.stderr,
-                    "cores": list(job.cores), "memory": job.memory, "fence": True})
+        self._send(self._spawn_message(job))
         return None
 
+    @staticmethod
+    def _spawn_message(job: Job) -> dict[str, Any]:
+        return {"op": "spawn", "id": job.task_id, "attempt": job.attempt,
+                "argv": membind_prefix(job.numa) + job.spec.command, "env": job.env,
+                "workdir": job.spec.workdir, "stdout": job.stdout, "stderr": job.stderr,
+                "cores": list(job.cores), "memory": job.memory, "fence": True}
+
+    def stage(self, job: Job, behind: int) -> None:
+        """Have the keeper start ``job`` the moment task ``behind`` (which it runs or holds
+        staged) ends; ``promote`` it then. ``on_started`` or ``on_exit`` follows."""
+        self._staged.add(job.task_id)
+        self._attempts[job.task_id] = job.attempt
+        self._send(self._spawn_message(job) | {"behind": behind})
+
+    def unstage(self, task_id: int) -> None:
+        """Drop a staged job without a word (the host does not place it here)."""
+        if task_id in self._staged:
+            self._staged.discard(task_id)
+            self._send({"op": "signal", "id": task_id, "action": "kill", "quiet": True})
+
+    def promote(self, task_id: int) -> None:
+        """The task a staged job waited behind has ended: the keeper is starting it."""
+        if task_id in self._staged:
+            self._staged.discard(task_id)
+            self._starting.add(task_id)
+
+    def holds(self, task_id: int) -> bool:
+        """Whether ``task_id`` runs here or waits staged in the keeper."""
+        return task_id in self._pids or task_id in self._starting or task_id in self._staged
+
     def signal(self, task_id: int, action: str, reason: str = "") -> None:
-        if task_id not in self._pids and task_id not in self._starting:
+        if not self.holds(task_id):
             return
         if action == "pause":
             self._paused.add(task_id)
@@ -158,8 +201,22 @@ class NativeBackend:
         self._send({"op": "signal", "id": task_id, "action": action, "reason": reason})
 
     def acked(self, confirm: list[int], forget: list[int]) -> None:
-        """The host has recorded ``confirm`` running and has the ends of ``forget``."""
-        if confirm or forget:
+        """The host has recorded ``confirm`` running and has the ends of ``forget``. Told to
+        the keeper within ``ACK_DELAY`` (with other messages when there are some): the
+        keeper needs a confirmation only before the lease runs out."""
+        self._confirm.extend(confirm)
+        self._forget.extend(forget)
+        if self._out:
+            self._pass_acks()
+        elif self._ack_timer is None and (self._confirm or self._forget):
+            self._ack_timer = self._loop.call_later(ACK_DELAY, self._pass_acks)
+
+    def _pass_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if self._confirm or self._forget:
+            confirm, forget, self._confirm, self._forget = self._confirm, self._forget, [], []
             self._send({"op": "acked", "confirm": confirm, "forget": forget})
 
     def lease(self, provisional_until: float, fence_at: float, fence_grace: float,
@@ -172,6 +229,9 @@ class NativeBackend:
 
     def close(self) -> None:
         """Disconnect (the keeper and its tasks carry on)."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if self._sock is not None:
             try:
                 self._loop.remove_reader(self._sock.fileno())
@@ -251,15 +311,17 @@ class NativeBackend:
 
     def _started(self, message: dict[str, Any]) -> None:
         task_id = int(message["id"])
-        if task_id not in self._starting:
+        if task_id not in self._starting and task_id not in self._staged:
             return
         self._starting.discard(task_id)
+        self._staged.discard(task_id)
         self._pids[task_id] = int(message["pid"])
         self._on_started(task_id, f"pid {message['pid']}")
 
     def _ended(self, message: dict[str, Any]) -> None:
         task_id = int(message["id"])
         self._starting.discard(task_id)
+        self._staged.discard(task_id)
         self._pids.pop(task_id, None)
         self._paused.discard(task_id)
         self._on_exit(task_id, Exit(str(message["state"]), message.get("exit_code"),
@@ -268,6 +330,11 @@ class NativeBackend:
     def _keeper_lost(self) -> None:
         """The keeper went away: nobody can read its tasks' status any more; end them."""
         if self._sock is None:
+            return
+        if self._hello is not None and not self._hello.done():  # still greeting: try again
+            self.close()
+            self._backlog.clear()
+            self._hello.set_exception(KeeperGone())
             return
         log.error("keeper.lost", pid=self.keeper_pid, tasks=len(self._pids))
         self.close()
@@ -280,7 +347,7 @@ class NativeBackend:
                 pass
             self._ended({"id": task_id, "state": lc.KILLED, "exit_code": None,
                          "detail": "killed: the node's task keeper ended unexpectedly"})
-        for task_id in list(self._starting):
+        for task_id in list(self._starting) + list(self._staged):
             self._ended({"id": task_id, "state": lc.PENDING, "exit_code": None,
                          "detail": "not started: the node's task keeper ended"})
         self.on_keeper_lost()
