@@ -761,15 +761,16 @@ class Runner:
         return Job(task_id, spec, tuple(alloc["cores"]), int(alloc.get("memory") or 0),
                    stdout, stderr, env, gpus, alloc.get("numa"), self._attempts[task_id])
 
-    def _on_started(self, task_id: int, detail: str) -> None:
-        """A backend says the job runs now (synchronously or later)."""
+    def _on_started(self, task_id: int, detail: str, at: float | None = None) -> None:
+        """A backend says the job runs now (synchronously or later), or since ``at``."""
         stdout, stderr = self._paths.get(task_id) or self.log_paths(task_id)
         backend = self._backend_of.get(task_id)
         pid = getattr(backend, "pid_of", lambda _: None)(task_id)
         if pid is not None:
             self._starts[task_id] = (asyncio.get_running_loop().time(), pid, time.time())
         self.logtail.watch(task_id, stdout, stderr)
-        self.report({"id": task_id, "state": "running", "at": time.time(), "detail": detail})
+        self.report({"id": task_id, "state": "running", "at": at or time.time(),
+                     "detail": detail})
 
     def running(self) -> list[int]:
         """Ids of the tasks some backend is running now."""

@@ -53,7 +53,8 @@ class StartError(Exception):
 
 
 OnExit = Callable[[int, Exit], None]
-OnStarted = Callable[[int, str], None]
+OnStarted = Callable[..., None]
+"""``on_started(task_id, detail[, at])``: ``at`` is when it started (default: now)."""
 
 
 class Backend(Protocol):

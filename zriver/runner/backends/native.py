@@ -316,7 +316,7 @@ class NativeBackend:
         self._starting.discard(task_id)
         self._staged.discard(task_id)
         self._pids[task_id] = int(message["pid"])
-        self._on_started(task_id, f"pid {message['pid']}")
+        self._on_started(task_id, f"pid {message['pid']}", message.get("started"))
 
     def _ended(self, message: dict[str, Any]) -> None:
         task_id = int(message["id"])
