@@ -177,9 +177,14 @@ router_port = {DEFAULT_ROUTER_PORT}   # requests, replies and host->runner comma
 xsub_port = {DEFAULT_XSUB_PORT}     # runners publish heartbeats and log chunks here
 xpub_port = {DEFAULT_XPUB_PORT}     # clients subscribe to events and live logs here
 
-# A runner is marked offline after this many heartbeat intervals without a heartbeat.
+# A node silent for heartbeat_interval x heartbeat_misses (its lease) is "unreachable": its
+# tasks wait for it, and its unstarted work goes back to the queue.
 heartbeat_interval = 2.0
 heartbeat_misses = 3
+
+# Seconds an unreachable node's tasks wait before they are "lost" (and retried); its runner
+# ends them by itself before that. At least twice the lease.
+unreachable_grace = 600.0
 
 # A directory every node mounts at the same path (NFS, ...). Task logs are written there when set.
 # shared_dir = "/mnt/cluster"

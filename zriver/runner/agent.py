@@ -88,6 +88,7 @@ class Runner:
         self.heartbeat_interval = 2.0
         self.lease = Lease(self.settings.kill_grace)
         self._needs_register = False
+        self._lapsed = False  # the lease ran out and nothing renewed it since
         self._pings: dict[int, float] = {}  # rid of a runner.ping in flight -> when it left
         self._call_sent: dict[int, float] = {}  # rid of a request in flight -> when it left
         self.shared_dir = self.settings.shared_dir
@@ -402,9 +403,9 @@ class Runner:
         now = time.monotonic()
         if self.lease.start is not None and self.lease.length > 0 and now >= self.lease.fence_at:
             self._fence_others()
-        if not self.lease.fresh(now) and (self._chained or not self._needs_register):
-            if self._chained:
-                log.warning("runner.lease_expired", staged=len(self._chained))
+        if not self.lease.fresh(now) and not self._lapsed:
+            self._lapsed = True
+            log.warning("runner.lease_expired", staged=len(self._chained))
             self._drop_staged()  # the host requeues them once this lease has surely passed
             self._needs_register = True
         if self.lease.start is None or now - self.lease.start >= self.heartbeat_interval:
@@ -426,6 +427,7 @@ class Runner:
     def _renew_lease(self, sent_at: float) -> None:
         """A reply to a request sent at ``sent_at`` arrived."""
         self.lease.renew(sent_at)
+        self._lapsed = not self.lease.fresh(time.monotonic())
         if self.lease.worth_telling():
             self._tell_keeper_lease()
         if self._needs_register and self.registered.is_set():
