@@ -245,3 +245,11 @@ def test_a_dead_keeper_takes_no_task_with_it_unseen(cluster) -> None:
     fresh = cluster.submit(["true"])
     assert cluster.wait(fresh)[0]["state"] == "completed"
     assert [k.pid for k in keepers_of([cluster.root / "n1"])] != [old.pid]
+
+
+def test_a_mistyped_command_is_not_found_even_in_the_runners_own_directory(cluster) -> None:
+    """The README's quick start submits from the directory the runner was started in."""
+    task_id = cluster.submit(["zriver-no-such-command"], workdir=os.getcwd())
+    [summary] = cluster.wait(task_id)
+    assert (summary["state"], summary["exit_code"]) == ("failed", 127)
+    assert cluster.task(task_id)["detail"] == "command not found: zriver-no-such-command"

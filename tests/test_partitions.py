@@ -38,6 +38,7 @@ import zmq
 
 import netns
 from netns import NetNamespace
+from marks import gated, marks_of, quick, running_and_staged
 from procs import Cluster, pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -71,17 +72,6 @@ def cluster(tmp_path: Path):
 
 
 # ---- tasks ---------------------------------------------------------------------------------
-def gated(cluster: Cluster, marks: Path, gate: Path, code: int, **spec) -> int:
-    """Appends its id to ``marks``, runs until ``gate`` exists, exits ``code``."""
-    script = (f"echo $ZRIVER_TASK_ID >> '{marks}'; "
-              f"while [ ! -e '{gate}' ]; do sleep 0.05; done; exit {code}")
-    return cluster.submit(["sh", "-c", script], cores=1, **spec)
-
-
-def quick(cluster: Cluster, marks: Path) -> int:
-    return cluster.submit(["sh", "-c", f"echo $ZRIVER_TASK_ID >> '{marks}'"], cores=1)
-
-
 def timed(cluster: Cluster, marks: Path, gate: Path, **spec) -> int:
     """Writes ``start <id> <node> <time> <pid>`` when it starts, ``term <id> <node> <time>``
     when SIGTERM ends it and ``end <id> <node> <time>`` when it sees ``gate``."""
@@ -91,13 +81,6 @@ def timed(cluster: Cluster, marks: Path, gate: Path, **spec) -> int:
               f"while [ ! -e '{gate}' ]; do sleep 0.05; done; "
               f"echo \"end {line}\" >> '{marks}'")
     return cluster.submit(["sh", "-c", script], cores=1, **spec)
-
-
-def marks_of(marks: Path) -> list[int]:
-    try:
-        return [int(line) for line in marks.read_text().split()]
-    except FileNotFoundError:
-        return []
 
 
 def timed_marks(marks: Path) -> list[tuple[str, int, str, float]]:
@@ -308,15 +291,7 @@ def test_a_host_stopped_for_10s_marks_nothing(cluster: Cluster, tmp_path: Path) 
     events: list[tuple[str, dict]] = []
     try:
         marks, gate = tmp_path / "marks", tmp_path / "gate"
-        running = [gated(cluster, marks, gate, code) for code in (0, 7)]
-        for task_id in running:
-            cluster.wait_task_state(task_id, "running", timeout=10)
-        staged = [quick(cluster, marks) for _ in range(2)]
-        for task_id in staged:
-            task = cluster.wait_task_state(task_id, "assigned", timeout=10)
-            assert "starts when task" in task["detail"], task
-        cluster.wait_for(lambda: sorted(marks_of(marks)) == sorted(running), 10,
-                         "both gated tasks to start")
+        running, staged = running_and_staged(cluster, marks, gate, (0, 7), 2)
 
         def subscribed() -> bool:  # the SUB sees the host's events (a task event has come)
             events.extend(drain(sub))

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+import marks
+from marks import gated, marks_of
 from procs import Cluster, keepers_of, pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -39,35 +41,10 @@ def cluster(tmp_path: Path):
         print(cluster.diagnostics())
 
 
-def gated(cluster: Cluster, marks: Path, gate: Path, code: int) -> int:
-    script = (f"echo $ZRIVER_TASK_ID >> '{marks}'; "
-              f"while [ ! -e '{gate}' ]; do sleep 0.05; done; exit {code}")
-    return cluster.submit(["sh", "-c", script], cores=1)
-
-
-def quick(cluster: Cluster, marks: Path) -> int:
-    return cluster.submit(["sh", "-c", f"echo $ZRIVER_TASK_ID >> '{marks}'"], cores=1)
-
-
-def marks_of(marks: Path) -> list[int]:
-    try:
-        return [int(line) for line in marks.read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
 def running_and_staged(cluster: Cluster, tmp_path: Path) -> tuple[list[int], list[int], Path]:
     """Two gated tasks running (confirmed by the host) and four staged behind them."""
-    marks, gate = tmp_path / "marks", tmp_path / "gate"
-    running = [gated(cluster, marks, gate, code) for code in CODES]
-    for task_id in running:
-        cluster.wait_task_state(task_id, "running", timeout=10)
-    staged = [quick(cluster, marks) for _ in range(4)]
-    for task_id in staged:
-        task = cluster.wait_task_state(task_id, "assigned", timeout=10)
-        assert "starts when task" in task["detail"], task
-    cluster.wait_for(lambda: sorted(marks_of(marks)) == sorted(running), 10,
-                     "both gated tasks to start")
+    gate = tmp_path / "gate"
+    running, staged = marks.running_and_staged(cluster, tmp_path / "marks", gate, CODES, 4)
     return running, staged, gate
 
 
@@ -76,7 +53,7 @@ def task_pids(cluster: Cluster, task_ids: list[int]) -> list[int]:
 
 
 def check_all_ran_once(cluster: Cluster, running: list[int], staged: list[int],
-                       marks: Path) -> dict:
+                       marks_file: Path) -> dict:
     tasks = cluster.wait_final(running + staged, timeout=20)
     for task_id, code in zip(running, CODES):
         task = tasks[task_id]
@@ -84,7 +61,7 @@ def check_all_ran_once(cluster: Cluster, running: list[int], staged: list[int],
         assert task["state"] == ("completed" if code == 0 else "failed"), task
     for task_id in staged:
         assert (tasks[task_id]["state"], tasks[task_id]["exit_code"]) == ("completed", 0)
-    ran = marks_of(marks)
+    ran = marks_of(marks_file)
     assert sorted(ran) == sorted(running + staged), f"each task once, got {ran}"
     return tasks
 
@@ -157,3 +134,27 @@ def test_runner_kill_tasks_ends_them_and_says_who(cluster: Cluster, tmp_path: Pa
     task = cluster.wait_task_state(task_id, {"killed", "failed", "completed"}, timeout=10)
     assert task["state"] == "killed", task
     assert "killed by runner n1 on shutdown (--kill-tasks)" in task["detail"], task
+
+
+def test_a_second_runner_with_a_connected_nodes_name_is_refused_and_changes_nothing(
+        cluster: Cluster, tmp_path: Path) -> None:
+    marks_file, gate = tmp_path / "marks", tmp_path / "gate"
+    task_id = gated(cluster, marks_file, gate, 0)
+    cluster.wait_task_state(task_id, "running", timeout=10)
+    config = tmp_path / "config" / "impostor.toml"
+    first = cluster.runners["n1"].config.read_text()
+    config.write_text(first.replace(str(cluster.runners["n1"].data_dir),
+                                    str(tmp_path / "impostor")))
+    second = subprocess.run([sys.executable, "-m", "zriver", "runner", "--config", str(config)],
+                            env=cluster.env, cwd=cluster.base, capture_output=True, text=True,
+                            timeout=30)
+    assert second.returncode != 0
+    assert "node 'n1' is already connected from another runner" in second.stderr
+    assert "stop that one first" in second.stderr
+    task = cluster.task(task_id)
+    assert task["state"] == "running" and [e["state"] for e in task["events"]] == [
+        "pending", "assigned", "running"], task["events"]
+    assert cluster.nodes()["n1"]["state"] == "online"
+    gate.touch()
+    assert cluster.wait_final([task_id], timeout=10)[task_id]["state"] == "completed"
+    assert marks_of(marks_file) == [task_id]

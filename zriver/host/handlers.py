@@ -289,13 +289,16 @@ def _runner_info(info: dict) -> dict:
 
 
 def _known_tasks(items: list) -> dict[int, tuple[int, str]]:
-    """A registration's task list as ``id -> (attempt, state)`` (malformed entries refused)."""
-    known = {}
+    """A registration's task list as ``id -> (attempt, state)`` (malformed entries refused).
+    An id listed twice (a retry running beside the unacknowledged end of the attempt before
+    it) counts with its newest attempt."""
+    known: dict[int, tuple[int, str]] = {}
     for item in items:
         if not isinstance(item, dict):
             raise BadRequest("each registered task must be a map")
         task_id, attempt = arg(item, "id", int), arg(item, "attempt", int, 1)
-        known[task_id] = (attempt, arg(item, "state", str, lc.RUNNING))
+        if task_id not in known or attempt > known[task_id][0]:
+            known[task_id] = (attempt, arg(item, "state", str, lc.RUNNING))
     return known
 
 
