@@ -836,6 +836,8 @@ class Runner:
                                          f"run it again elsewhere)")
         self.report({"id": task_id, "state": outcome.state, "at": time.time(),
                      "exit_code": outcome.exit_code, "detail": outcome.detail})
+        if outcome.state == "pending":  # it never ran here: the host may place it here again
+            self._known.discard((task_id, self._attempts.get(task_id, 1)))
         chained = self._chained.pop(task_id, None)
         if chained is not None and chained.get("keeper"):  # the keeper is starting it
             self._backend_of[chained["id"]] = self.backends["native"]
