@@ -49,7 +49,7 @@ from dispatch import BenchError, die_with_parent, percentile, stop_roles  # noqa
 from docker_images import docker_available, ensure_busybox_image  # noqa: E402
 
 from zriver.client.api import Client  # noqa: E402
-from zriver.host import lifecycle as lc  # noqa: E402
+from zriver import lifecycle as lc  # noqa: E402
 from zriver.protocol import decode  # noqa: E402
 
 COMMAND = ["true"]

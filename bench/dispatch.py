@@ -72,7 +72,7 @@ import psutil
 import zmq
 
 from zriver.client.api import Client
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.protocol import decode, encode
 
 MAX_FRAME = 64 * 1024 * 1024

@@ -28,7 +28,7 @@ from prompt_toolkit.document import Document
 
 from zriver.client.commands import REGISTRY  # every verb registered
 from zriver.client.registry import Arg, Command, lookup, takes_value
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 
 #: Words the shell understands itself, with what they do.
 BUILTINS = {"help": "list the commands, or explain one: help VERB",

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import zmq
 
 from zriver.client.api import Client
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.protocol import decode
 
 IDLE_CHECK = 2.0

@@ -28,7 +28,7 @@ import structlog
 
 from zriver.client.api import Client
 from zriver.errors import ZriverError
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.protocol import decode
 
 log = structlog.get_logger("zriver.client")

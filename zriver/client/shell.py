@@ -42,7 +42,7 @@ from zriver.client.registry import Context, ShellParser, UsageError, build_parse
 from zriver.client.topmodel import ClusterModel
 from zriver.config import zriver_home
 from zriver.errors import ZriverError
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 
 PROMPT = "zriver> "
 HISTORY_FILE = "shell_history"

@@ -28,7 +28,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 
 NODES, TASKS, EVENTS = "nodes", "tasks", "events"
 VIEWS = (NODES, TASKS, EVENTS)

@@ -10,7 +10,7 @@ from zriver.client.follow import follow
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, shorten, size, table, when
 from zriver.errors import InvalidArgument
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.sizes import parse_duration, parse_size
 from zriver.sweep import expand
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import structlog
 
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.host.scheduler import OFFLINE, UNREACHABLE, Placement
 from zriver.sizes import format_duration
 

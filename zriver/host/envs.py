@@ -39,7 +39,7 @@ import msgpack
 import structlog
 
 from zriver.errors import BadRequest, Conflict, InvalidArgument, NotFound
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.protocol import arg, arg_list
 
 log = structlog.get_logger("zriver.host")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zriver.errors import BadRequest, Conflict, InvalidArgument, NotFound, Unavailable
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.host import waiting
 from zriver.host.dispatch import (apply_update, enqueue, move, publish_task, signal,
                                   start_body)

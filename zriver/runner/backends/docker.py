@@ -58,7 +58,7 @@ import structlog
 
 from zriver.config import RunnerSettings
 from zriver.errors import ZriverError
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.runner.backends import Exit, Job, OnExit, OnStarted, StartError
 from zriver.runner.backends.dockererrors import short_reason, start_failure
 from zriver.runner.envsync import EnvSync, EnvSyncError

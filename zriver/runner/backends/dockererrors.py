@@ -11,7 +11,7 @@ import re
 
 import docker
 
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.runner.backends import Exit, Job
 
 _EXEC = re.compile(r'exec: "([^"]+)"')

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import structlog
 
-from zriver.host import lifecycle as lc
+from zriver import lifecycle as lc
 from zriver.runner import keeper as keeper_protocol
 from zriver.runner.backends import Exit, Job, OnExit, OnStarted
 from zriver.runner.spawn import membind_prefix
