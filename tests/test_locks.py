@@ -13,7 +13,6 @@ synchronise. Every process a test starts is ended when it finishes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -30,6 +29,7 @@ from zriver import dirlock
 from zriver.client.api import Client
 from zriver.config import HostSettings
 from zriver.host.service import Host
+from zriver.roles import run
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -206,10 +206,10 @@ def test_host_stop_removes_endpoints_json_only_when_it_is_its_own(tmp_path: Path
             path.write_text(json.dumps({**host.endpoints, **replace_with}))
         await host.stop()
 
-    asyncio.run(start_stop(None))
+    run(start_stop(None))  # on the loop the roles run (uvloop)
     assert not path.exists()
     foreign = {"pid": os.getpid() + 100000, "router": "tcp://127.0.0.1:1"}
-    asyncio.run(start_stop(foreign))
+    run(start_stop(foreign))
     assert json.loads(path.read_text())["pid"] == foreign["pid"]
 
 

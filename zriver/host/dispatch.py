@@ -215,7 +215,6 @@ def requeue_unstarted(host: "Host", node: "NodeRecord") -> None:
     node.unstarted_requeued = True
     for task in tasks_on(host, node.name):
         if task.state == lc.ASSIGNED:
-            host.begin()
             requeue(host, task, f"node {node.name} unreachable before it started this task")
 
 

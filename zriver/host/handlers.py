@@ -277,7 +277,7 @@ def _runner_info(info: dict) -> dict:
     """A registration's ``info`` checked field by field (what the scheduler reads)."""
     arg_list(info, "cores", int, max_len=1 << 16)
     arg(info, "memory", int)
-    for index, zone in enumerate(arg_list(info, "zones", list, [], max_len=1 << 10)):
+    for zone in arg_list(info, "zones", list, [], max_len=1 << 10):
         arg_list({"zone": zone}, "zone", int)
     for gpu in arg_list(info, "gpus", dict, [], max_len=1 << 10):
         arg(gpu, "index", int)
