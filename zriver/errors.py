@@ -11,6 +11,7 @@ The tree::
     ├── NotFound            "not_found"         unknown task id, node name, ...
     ├── Impossible          "impossible"        a request no node could ever satisfy
     ├── Conflict            "conflict"          the object is not in a state that allows this
+    ├── Forbidden           "forbidden"         the caller's role or key may not do this
     ├── Unavailable         "unavailable"       the host or a runner cannot be reached / timed out
     └── Internal            "internal"          a bug: the handler raised something unexpected
 
@@ -60,6 +61,10 @@ class Conflict(ZriverError):
     code = "conflict"
 
 
+class Forbidden(ZriverError):
+    code = "forbidden"
+
+
 class Unavailable(ZriverError):
     code = "unavailable"
 
@@ -72,7 +77,7 @@ _BY_CODE = {
     cls.code: cls
     for cls in (
         ZriverError, BadRequest, TooLarge, UnknownOp, BadVersion, InvalidArgument,
-        NotFound, Impossible, Conflict, Unavailable, Internal,
+        NotFound, Impossible, Conflict, Forbidden, Unavailable, Internal,
     )
 }
 

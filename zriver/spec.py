@@ -42,6 +42,7 @@ BACKENDS = (NATIVE, DOCKER, AUTO)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ACCOUNT = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
 MAX_CORES = 4096
 MAX_TIME_LIMIT = 100 * 365 * 86400.0
 """Time limits must be finite: a NaN or infinite one would break the host's timers."""
@@ -77,6 +78,9 @@ class TaskSpec:
     retries: int = 0
     max_parallel: int = 0
     """Of the task's batch, at most this many hold resources at once (0: no limit)."""
+    user: str | None = None
+    """The Unix account a native task runs as on its node (``--user``, admins only; ``root``
+    allowed). ``None``: the owner's own account there, else the node's ``task_user``."""
 
     def to_wire(self) -> dict[str, Any]:
         """A plain dict of every field (shares the lists: pack it, don't mutate it)."""
@@ -156,6 +160,8 @@ class TaskSpec:
             if not 2 <= len(parts) <= 3 or not all(parts[:2]) or (
                     len(parts) == 3 and parts[2] not in ("ro", "rw")):
                 raise InvalidArgument(f"bad mount {mount!r}: use HOST:CONTAINER[:ro]")
+        if self.user is not None and not _ACCOUNT.match(self.user):
+            raise InvalidArgument(f"bad account name {self.user!r}")
         if self.workdir is not None and not self.workdir.startswith("/"):
             raise InvalidArgument(f"workdir must be an absolute path, got {self.workdir!r}")
 
@@ -173,5 +179,6 @@ _WIRE: tuple[tuple[str, frozenset[type], Any], ...] = (
     ("priority", frozenset({int}), 0), ("after", frozenset({list}), list),
     ("after_any", frozenset({list}), list), ("time_limit", frozenset({int, float}), None),
     ("retries", frozenset({int}), 0), ("max_parallel", frozenset({int}), 0),
+    ("user", frozenset({str}), None),
 )
 assert tuple(name for name, _, _ in _WIRE) == _FIELDS, "_WIRE must list every field in order"

@@ -10,15 +10,26 @@ and is deliberately done on the loop. Schema changes are migrations keyed by
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import apsw
 import msgpack
 
 from zriver.errors import Internal
 
-MIGRATIONS: list[str] = [
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """Schema step ``number`` (``PRAGMA user_version`` after it), owned by ``owner`` (the core
+    or an extension). Numbers are global: each is taken once, in the order they are applied."""
+
+    number: int
+    owner: str
+    script: str
+
+
+_CORE_SCRIPTS: list[str] = [
     # 1: the first schema
     """
     CREATE TABLE nodes(
@@ -72,6 +83,19 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+CORE_MIGRATIONS = [Migration(number, "core", script)
+                   for number, script in enumerate(_CORE_SCRIPTS, start=1)]
+
+
+def ordered(migrations: Sequence[Migration]) -> list[Migration]:
+    """``migrations`` by number, checked to be 1..N with each number taken once."""
+    steps = sorted(migrations, key=lambda m: m.number)
+    numbers = [m.number for m in steps]
+    if numbers != list(range(1, len(steps) + 1)):
+        raise ValueError(f"migration numbers must be 1..{len(steps)} once each, got {numbers}")
+    return steps
+
+
 TASK_COLUMNS = (
     "id", "name", "owner", "state", "node", "spec", "alloc", "exit_code", "detail",
     "submitted_at", "started_at", "finished_at", "batch_id", "attempt",
@@ -96,8 +120,10 @@ class Store:
     ``executemany`` of events. A task that starts and ends within one tick costs one UPDATE.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path,
+                 migrations: Sequence[Migration] = tuple(CORE_MIGRATIONS)) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.migrations = ordered(migrations)
         self._updates: dict[int, dict[str, Any]] = {}
         self._events: list[tuple[int, str, float, str]] = []
         self.conn = apsw.Connection(str(path))
@@ -114,15 +140,15 @@ class Store:
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]
-        if version > len(MIGRATIONS):
+        if version > len(self.migrations):
             raise Internal(
                 f"the database is at schema {version}, newer than this zriver "
-                f"({len(MIGRATIONS)}): upgrade zriver"
+                f"({len(self.migrations)}): upgrade zriver"
             )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        for step in self.migrations[version:]:
             with self.conn:
-                self.conn.execute(script)
-                self.conn.execute(f"PRAGMA user_version={number}")
+                self.conn.execute(step.script)
+                self.conn.execute(f"PRAGMA user_version={step.number}")
 
     @property
     def schema_version(self) -> int:
