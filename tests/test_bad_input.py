@@ -49,8 +49,8 @@ BAD = [
     ("task not a map", envelope(op="task.submit", body={"tasks": [3]}), "bad_request"),
     ("command of ints", envelope(op="task.submit", body={"tasks": [{"command": [1]}]}),
      "invalid_argument"),
-    ("runner op from a client", envelope(op="task.update", body={"updates": []}), "bad_request"),
-    ("register from a client", envelope(op="runner.register", body={"info": {}}), "bad_request"),
+    ("runner op from a client", envelope(op="task.update", body={"updates": []}), "forbidden"),
+    ("register from a client", envelope(op="runner.register", body={"info": {}}), "forbidden"),
     ("unknown state filter", envelope(op="task.list", body={"states": ["weird"]}),
      "invalid_argument"),
 ]

@@ -10,7 +10,7 @@ import pytest
 
 from zriver.config import RunnerSettings
 from zriver.errors import Internal
-from zriver.host.store import MIGRATIONS, Store
+from zriver.host.store import CORE_MIGRATIONS as MIGRATIONS, Store
 from zriver.roles import runner_for
 
 

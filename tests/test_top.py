@@ -135,8 +135,8 @@ def big_cluster(make_cluster):
     cluster = make_cluster({}, host={"prefetch": False})  # every task is pending or placed
 
     def never_lost():  # fake runners send no heartbeats; keep them online for the test
-        cluster.host.settings = dataclasses.replace(cluster.host.settings,
-                                                    heartbeat_misses=1_000_000)
+        cluster.host.settings = cluster.host.core.settings = dataclasses.replace(
+            cluster.host.settings, heartbeat_misses=1_000_000)
 
     cluster.call_soon(never_lost)
     fakes = FakeRunners(cluster.endpoint, FAKE_NODES)

@@ -1,29 +1,35 @@
-"""The host's handler table: one small function per op, keyed by op name.
+"""The core's ops: one small pure function per op, and the table of who may call each.
 
-A handler gets ``(host, caller, body)``, validates ``body`` with ``protocol.arg``, and returns
-the reply body, ``DEFERRED`` (it answers later), or a coroutine (awaited, then answered). It
-raises a ``ZriverError`` for a clear error reply; the service rolls its writes back then.
-Handlers of ``runner.*``/``task.update`` only accept runner identities.
+A handler gets ``(core, request, body)``, validates ``body`` with ``protocol.arg``, and returns
+the reply body or ``DEFERRED`` (it answers later through an effect). It raises a
+``ZriverError`` for a clear error reply; the core then drops the call's effects. The role
+check has already run (``OpTable.resolve``); handlers check ownership (a user's own task)
+where the op acts on one task. ``register_core_ops`` puts them in an ``OpTable``.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-from typing import Any
+import posixpath
+from typing import TYPE_CHECKING, Any
 
-from zriver.errors import BadRequest, Conflict, InvalidArgument, NotFound, Unavailable
+from zriver import PROTOCOL_VERSION, __version__
 from zriver import lifecycle as lc
+from zriver.errors import (BadRequest, Conflict, Forbidden, InvalidArgument, NotFound,
+                           Unavailable)
 from zriver.host import waiting
-from zriver.host.dispatch import (apply_update, enqueue, move, publish_task, signal,
-                                  start_body)
+from zriver.host.accounting import usage_report
+from zriver.host.dispatch import apply_update, enqueue, move, publish_task, signal, start_body
+from zriver.host.effects import ReadLog, Request
+from zriver.host.model import LiveTask, NodeRecord, gpu_change, node_spec
+from zriver.host.ops import ADMINS, DEFERRED, EVERYONE, PEOPLE_ONLY, RUNNERS, OpTable
 from zriver.host.scheduler import DEGRADED, ONLINE
-from zriver.host.service import (DEFERRED, Caller, Host, LiveTask, NodeRecord, gpu_change,
-                                 node_spec)
-from zriver.logfiles import SUFFIX as STREAMS, log_path, read_slice
+from zriver.logfiles import SUFFIX as STREAMS, log_path
+from zriver.principal import Principal
 from zriver.protocol import arg, arg_list
 from zriver.spec import AUTO, DOCKER, NATIVE, TaskSpec
+
+if TYPE_CHECKING:
+    from zriver.host.core import HostCore
 
 MAX_SUBMIT = 100_000
 MAX_LOG_READ = 1024 * 1024
@@ -31,23 +37,28 @@ MAX_LOG_OFFSET = 1 << 53
 MAX_SUBMIT_KEY = 128
 SUBMIT_KEY_TTL = 24 * 3600.0
 """Seconds an idempotency key of ``task.submit`` is remembered."""
+STANDARD_MOUNTS = ("/shared", "/local_temp")
 
 
 # ---- clients: tasks ------------------------------------------------------------------------
-def hello(host: Host, caller: Caller, body: dict) -> dict:
-    return host.hello()
+def hello(core: "HostCore", request: Request, body: dict) -> dict:
+    principal = request.principal
+    return {"version": __version__, "protocol": PROTOCOL_VERSION, **core.hello(),
+            "principal": {"name": principal.name, "role": principal.role}}
 
 
-def submit(host: Host, caller: Caller, body: dict) -> dict:
+def submit(core: "HostCore", request: Request, body: dict) -> dict:
     """Validate every spec first, then insert them all (one batch id when several).
 
-    With an idempotency ``key`` (a string of at most 128 characters), a submit whose key is
-    already stored answers the stored ``ids``/``batch_id`` and stores nothing new; the key is
-    stored in the same transaction as the tasks."""
+    The owner of each task is the caller (with ``security = "none"``, whoever it says it
+    is). With an idempotency ``key`` (a string of at most 128 characters), a submit whose key
+    is already stored answers the stored ``ids``/``batch_id`` and stores nothing new; the key
+    is stored in the same transaction as the tasks."""
+    now = core.now.wall
     key = _submit_key(body)
     if key is not None:
-        host.store.prune_submit_keys(time.time() - SUBMIT_KEY_TTL)
-        known = host.store.submitted(key)
+        core.rows.prune_submit_keys(now - SUBMIT_KEY_TTL)
+        known = core.records.submitted(key)
         if known is not None:
             return {"ids": known[0], "batch_id": known[1]}
     raw = arg(body, "tasks", list)
@@ -57,32 +68,41 @@ def submit(host: Host, caller: Caller, body: dict) -> dict:
         raise InvalidArgument(f"at most {MAX_SUBMIT} tasks in one submit")
     specs = [TaskSpec.from_wire(item) for item in raw]
     deps = sorted({d for spec in specs for d in spec.after + spec.after_any})
-    missing = sorted(set(deps) - set(host.store.task_states(deps)))
+    missing = sorted(set(deps) - set(core.records.task_states(deps))) if deps else []
     if missing:
         raise NotFound(f"no task {', '.join(map(str, missing))} to depend on")
     for spec in specs:
-        resolve_backend(host, spec)
-        host.scheduler.check_possible(LiveTask(0, spec, lc.PENDING).request())
-    now = time.time()
+        spec.owner = owner_of(request.principal, spec)
+        resolve_backend(core, spec)
+        check_allowed(core, request.principal, spec)
+        for check in core.submit_checks:
+            check(request, spec)
+        core.scheduler.check_possible(LiveTask(0, spec, lc.PENDING).request())
     ids: list[int] = []
-    batch_id = None
+    batch_id = core.next_task_id if len(specs) > 1 else None
     for spec in specs:
+        task_id = core.next_task_id
+        core.next_task_id += 1
         wire = spec.to_wire()
-        task_id = host.store.insert_task({"name": spec.name, "owner": spec.owner,
-                                          "state": lc.PENDING, "spec": wire,
-                                          "submitted_at": now, "batch_id": batch_id})
-        if len(specs) > 1 and batch_id is None:
-            batch_id = task_id
-            host.store.update_task(task_id, batch_id=batch_id)
-        host.store.add_event(task_id, lc.PENDING, now, "submitted")
+        core.rows.insert_task({"id": task_id, "name": spec.name, "owner": spec.owner,
+                               "state": lc.PENDING, "spec": wire, "submitted_at": now,
+                               "batch_id": batch_id})
+        core.rows.add_event(task_id, lc.PENDING, now, "submitted")
         task = LiveTask(task_id, spec, lc.PENDING, batch_id=batch_id, wire=wire)
-        host.tasks[task_id] = task
-        publish_task(host, task, lc.PENDING, "submitted", None)
-        enqueue(host, task)
+        core.tasks[task_id] = task
+        publish_task(core, task, lc.PENDING, "submitted", None)
+        enqueue(core, task)
         ids.append(task_id)
     if key is not None:
-        host.store.remember_submit(key, ids, batch_id, now)
+        core.rows.remember_submit(key, ids, batch_id, now)
     return {"ids": ids, "batch_id": batch_id}
+
+
+def owner_of(principal: Principal, spec: TaskSpec) -> str:
+    """The authenticated caller; with security off (no key), the owner the client names."""
+    if principal.key:
+        return principal.name
+    return spec.owner or principal.name
 
 
 def _submit_key(body: dict) -> str | None:
@@ -92,83 +112,112 @@ def _submit_key(body: dict) -> str | None:
     return key
 
 
-def resolve_backend(host: Host, spec: TaskSpec) -> None:
-    """Decide native or docker for an ``auto`` spec; pin a docker spec's env version."""
+def resolve_backend(core: "HostCore", spec: TaskSpec) -> None:
+    """Decide native or docker for an ``auto`` spec."""
     if spec.backend == AUTO:
-        spec.backend = DOCKER if host.settings.default_container else NATIVE
+        spec.backend = DOCKER if core.settings.default_container else NATIVE
         if spec.backend == DOCKER:
-            spec.container = host.settings.default_container
+            spec.container = core.settings.default_container
         elif spec.mounts or spec.privileged:
             raise InvalidArgument("--mount and --privileged need a container, and this cluster "
                                   "has no default_container")
-    if spec.backend == DOCKER:
-        from zriver.host import envs
-
-        envs.pin_version(host, spec)
 
 
-def list_tasks(host: Host, caller: Caller, body: dict) -> dict:
+def check_allowed(core: "HostCore", principal: Principal, spec: TaskSpec) -> None:
+    """What only an admin may ask of a node: another Unix account (root included), a
+    privileged container, a bind mount of a host path outside every runner's
+    ``allowed_mounts``. ``Forbidden`` names the role or the setting needed."""
+    if principal.is_admin:
+        return
+    if spec.user is not None:
+        raise Forbidden(f"--user {spec.user} needs the admin role; a user's native tasks run "
+                        f"as their own account on the node, else its task_user")
+    if spec.privileged:
+        raise Forbidden("--privileged needs the admin role")
+    allowed = sorted({path for node in core.nodes.values()
+                      for path in node.info.get("allowed_mounts") or []})
+    for mount in spec.mounts:
+        source = posixpath.normpath(mount.split(":", 1)[0])
+        if source in STANDARD_MOUNTS or any(_inside(source, root) for root in allowed):
+            continue
+        where = (f"inside a runner's allowed_mounts ({', '.join(allowed)})" if allowed
+                 else "listed in a runner's allowed_mounts (none is)")
+        raise Forbidden(f"--mount {mount}: mounting host path {source} needs the admin role, "
+                        f"or a directory {where}")
+
+
+def _inside(path: str, root: str) -> bool:
+    root = posixpath.normpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def list_tasks(core: "HostCore", request: Request, body: dict) -> dict:
     states = arg_list(body, "states", str, None)
     if states and not set(states) <= set(lc.ALL_STATES):
         raise InvalidArgument(f"unknown state in {states}; states are {', '.join(lc.ALL_STATES)}")
     limit = arg(body, "limit", int, 200)
-    rows = host.store.list_tasks(states, max(1, min(limit, 100_000)),
-                                 batch=arg(body, "batch", int, None),
-                                 owner=arg(body, "owner", str, None))
-    return {"tasks": [public_task(host, row) for row in rows]}
+    rows = core.records.list_tasks(states, max(1, min(limit, 100_000)),
+                                   batch=arg(body, "batch", int, None),
+                                   owner=arg(body, "owner", str, None))
+    return {"tasks": [public_task(core, row) for row in rows]}
 
 
-def get_task(host: Host, caller: Caller, body: dict) -> dict:
-    row = _row(host, arg(body, "id", int))
-    return {"task": public_task(host, row), "events": host.store.task_events(row["id"])}
+def get_task(core: "HostCore", request: Request, body: dict) -> dict:
+    row = _row(core, arg(body, "id", int))
+    return {"task": public_task(core, row), "events": core.records.task_events(row["id"])}
 
 
-def kill(host: Host, caller: Caller, body: dict) -> dict:
-    task = _live(host, arg(body, "id", int), "killed")
+def kill(core: "HostCore", request: Request, body: dict) -> dict:
+    task = _own_live(core, request, arg(body, "id", int), "killed")
     if task.state == lc.PENDING:
-        move(host, task, lc.KILLED, detail="killed while pending")
-    elif host.nodes.get(task.node) is None or host.nodes[task.node].state != ONLINE:
-        move(host, task, lc.KILLED, detail=f"killed; node {task.node} is offline")
+        move(core, task, lc.KILLED, detail="killed while pending")
+    elif core.nodes.get(task.node) is None or core.nodes[task.node].state != ONLINE:
+        move(core, task, lc.KILLED, detail=f"killed; node {task.node} is offline")
     else:
-        signal(host, task, "kill")
+        signal(core, task, "kill")
     return {"id": task.id, "state": task.state}
 
 
-def pause(host: Host, caller: Caller, body: dict) -> dict:
-    return _pause_or_resume(host, arg(body, "id", int), "pause", (lc.RUNNING,))
+def pause(core: "HostCore", request: Request, body: dict) -> dict:
+    return _pause_or_resume(core, request, arg(body, "id", int), "pause", (lc.RUNNING,))
 
 
-def resume(host: Host, caller: Caller, body: dict) -> dict:
-    return _pause_or_resume(host, arg(body, "id", int), "resume", (lc.PAUSED,))
+def resume(core: "HostCore", request: Request, body: dict) -> dict:
+    return _pause_or_resume(core, request, arg(body, "id", int), "resume", (lc.PAUSED,))
 
 
-def _pause_or_resume(host: Host, task_id: int, action: str, allowed: tuple[str, ...]) -> dict:
-    task = _live(host, task_id, f"{action}d")
+def _pause_or_resume(core: "HostCore", request: Request, task_id: int, action: str,
+                     allowed: tuple[str, ...]) -> dict:
+    task = _own_live(core, request, task_id, f"{action}d")
     if task.state not in allowed:
         raise Conflict(f"task {task_id} is {task.state}; only a {' or '.join(allowed)} task "
                        f"can be {action}d")
-    signal(host, task, action)
+    signal(core, task, action)
     return {"id": task.id, "state": task.state}
 
 
-def wait(host: Host, caller: Caller, body: dict) -> Any:
+def wait(core: "HostCore", request: Request, body: dict) -> Any:
     ids = arg_list(body, "ids", int)
     if not ids:
         raise InvalidArgument("ids must be a non-empty list of task ids")
-    known = host.store.task_outcomes([i for i in ids if i not in host.tasks])
-    missing = sorted({i for i in ids if i not in host.tasks and i not in known})
+    known = core.records.task_outcomes([i for i in ids if i not in core.tasks])
+    missing = sorted({i for i in ids if i not in core.tasks and i not in known})
     if missing:
         raise NotFound(f"no task {', '.join(map(str, missing))}")
+    if not request.principal.is_admin:
+        _check_owned(core, request.principal, ids, "wait on")
     timeout = float(arg(body, "timeout", (int, float), 30.0))
-    if waiting.all_final(host, ids):
-        return {"done": True, "tasks": waiting.summaries(host, ids, known)}
-    waiting.add(host, caller, ids, max(0.01, min(timeout, 300.0)))
+    if waiting.all_final(core, ids):
+        return {"done": True, "tasks": waiting.summaries(core, ids, known)}
+    core.waiters.add(request, ids, max(0.01, min(timeout, 300.0)))
     return DEFERRED
 
 
-async def logs(host: Host, caller: Caller, body: dict) -> dict:
-    """A slice of a task's stdout/stderr from the shared dir or from its runner."""
-    row = _row(host, arg(body, "id", int))
+def logs(core: "HostCore", request: Request, body: dict) -> Any:
+    """A slice of a task's stdout/stderr: from the shared dir, else from its runner (the
+    adapter reads it: ``ReadLog``). Its owner and admins only."""
+    row = _row(core, arg(body, "id", int))
+    check_owner(request.principal, row["owner"], row["id"], "read the logs of")
     stream = arg(body, "stream", str, "stdout")
     if stream not in STREAMS:
         raise InvalidArgument("stream must be stdout or stderr")
@@ -178,99 +227,102 @@ async def logs(host: Host, caller: Caller, body: dict) -> dict:
         raise InvalidArgument(f"offset and limit must not be negative, and offset at most "
                               f"{MAX_LOG_OFFSET}")
     final = lc.is_final(row["state"])
-    if host.settings.shared_dir:
-        path = log_path(Path(host.settings.shared_dir) / "logs", row["id"], stream)
-        if os.path.exists(path):
-            return read_slice(path, offset, limit) | {"final": final}
-    if not row["node"] or row["state"] == lc.PENDING:
-        return {"data": b"", "offset": offset, "size": 0, "final": final}
-    node = host.nodes.get(row["node"])
-    if node is None or node.state != ONLINE:
-        raise Unavailable(f"the logs of task {row['id']} are on node {row['node']}, which is offline")
-    reply = await host.call_runner(row["node"], "log.read",
-                                   {"id": row["id"], "stream": stream, "offset": offset,
-                                    "limit": limit})
-    return reply | {"final": final}
+    shared = core.settings.shared_dir
+    path = log_path(f"{shared}/logs", row["id"], stream) if shared else None
+    node = row["node"] if row["node"] and row["state"] != lc.PENDING else None
+    if node is not None and path is None:
+        record = core.nodes.get(node)
+        if record is None or record.state != ONLINE:
+            raise_offline(row)
+    read = {"id": row["id"], "stream": stream, "offset": offset, "limit": limit}
+    core.out.append(ReadLog(request, path, node, read, final))
+    return DEFERRED
+
+
+def raise_offline(row: dict) -> None:
+    raise Unavailable(f"the logs of task {row['id']} are on node {row['node']}, which is offline")
 
 
 # ---- clients: nodes ------------------------------------------------------------------------
-def list_nodes(host: Host, caller: Caller, body: dict) -> dict:
-    return {"nodes": [public_node(host, node) for node in sorted(host.nodes.values(),
-                                                                 key=lambda n: n.name)]}
+def list_nodes(core: "HostCore", request: Request, body: dict) -> dict:
+    return {"nodes": [public_node(core, node) for node in sorted(core.nodes.values(),
+                                                                 key=lambda n: n.name)],
+            "security": core.hello_info.get("security", "curve")}
 
 
-def health(host: Host, caller: Caller, body: dict) -> dict:
+def health(core: "HostCore", request: Request, body: dict) -> dict:
     name = arg(body, "name", str, None)
-    nodes = [_node(host, name)] if name else sorted(host.nodes.values(), key=lambda n: n.name)
+    nodes = [_node(core, name)] if name else sorted(core.nodes.values(), key=lambda n: n.name)
     return {"nodes": [{"name": n.name, "state": n.state, "last_seen": n.last_seen,
-                       **n.heartbeat} for n in nodes]}
+                       **n.heartbeat} for n in nodes],
+            "security": core.hello_info.get("security", "curve"),
+            "dropped_publications": core.dropped_publications,
+            "foreign_heartbeats": core.foreign_heartbeats}
 
 
-def drain(host: Host, caller: Caller, body: dict) -> dict:
+def drain(core: "HostCore", request: Request, body: dict) -> dict:
     """No new tasks on the node; what runs there finishes."""
-    return _set_drained(host, arg(body, "name", str), arg(body, "reason", str, "") or "drained")
+    return _set_drained(core, arg(body, "name", str), arg(body, "reason", str, "") or "drained")
 
 
-def undrain(host: Host, caller: Caller, body: dict) -> dict:
-    return _set_drained(host, arg(body, "name", str), None)
+def undrain(core: "HostCore", request: Request, body: dict) -> dict:
+    return _set_drained(core, arg(body, "name", str), None)
 
 
-def _set_drained(host: Host, name: str, reason: str | None) -> dict:
-    node = _node(host, name)
+def _set_drained(core: "HostCore", name: str, reason: str | None) -> dict:
+    node = _node(core, name)
     node.drained = reason
-    host.scheduler.set_drained(node.name, reason is not None)
-    host.store.set_node_drained(node.name, reason)
-    host.publish(f"evt.node.{node.name}", "node.state",
+    core.scheduler.set_drained(node.name, reason is not None)
+    core.rows.set_node_drained(node.name, reason)
+    core.publish(f"evt.node.{node.name}", "node.state",
                  {"name": node.name, "state": node.state, "drained": reason})
-    host.request_schedule()
-    return public_node(host, node)
+    core.needs_schedule = True
+    return public_node(core, node)
 
 
-def usage(host: Host, caller: Caller, body: dict) -> dict:
+def usage(core: "HostCore", request: Request, body: dict) -> dict:
     """Core-hours, GPU-hours and task counts since ``since`` (epoch seconds), grouped."""
-    from zriver.host.accounting import usage_report
-
     by = arg(body, "by", str, "user")
     if by not in ("user", "node"):
         raise InvalidArgument("by must be 'user' or 'node'")
     since = float(arg(body, "since", (int, float), 0.0))
-    return {"rows": usage_report(host.store.tasks_since(since), since, time.time(), by),
+    return {"rows": usage_report(core.records.tasks_since(since), since, core.now.wall, by),
             "since": since, "by": by}
 
 
 # ---- runners -------------------------------------------------------------------------------
-def register(host: Host, caller: Caller, body: dict) -> dict:
+def register(core: "HostCore", request: Request, body: dict) -> dict:
     """A runner (re)joins: record it, reconcile what it runs with what the host believes.
 
     A second runner claiming the name of a node whose runner is connected is refused
     (``conflict``) and changes nothing."""
-    name = _runner_name(caller, body)
+    name = _runner_name(request, body)
     info = _runner_info(arg(body, "info", dict))
     known = _known_tasks(arg(body, "tasks", list, []))
-    node = host.nodes.get(name)
-    if node is not None and node.identity not in (None, caller.identity) and host.connected(node):
+    node = core.nodes.get(name)
+    if node is not None and node.link not in (None, request.link) and core.connected(node):
         raise Conflict(f"node {name!r} is already connected from another runner "
                        f"({node.info.get('hostname', '?')}, pid {node.info.get('pid', '?')}); "
                        f"stop that one first, or give this runner another name")
-    now = time.time()
+    now = core.now.wall
     node = node or NodeRecord(name, info)
     node.info, node.registered, node.registered_at = info, True, now
-    node.identity, node.given_up = caller.identity, False
-    host.touch(node)
+    node.link, node.given_up = request.link, False
+    core.nodes[name] = node
+    core.touch(name, request.link, core.now)
     node.heartbeat = arg(body, "usage", dict, node.heartbeat)
-    host.nodes[name] = node
-    host.scheduler.set_node(name, node_spec(info))
-    host.store.save_node(name, info, node.state, now, now)
-    stop = [tid for tid, attempt in known.items() if tid not in host.tasks
-            or host.tasks[tid].node != name or host.tasks[tid].attempt != attempt[0]]
-    for task in [t for t in host.tasks.values() if t.node == name]:
-        _reconcile(host, name, task, known.get(task.id))
+    core.scheduler.set_node(name, node_spec(info))
+    core.rows.save_node(name, info, node.state, now, now)
+    stop = [tid for tid, attempt in known.items() if tid not in core.tasks
+            or core.tasks[tid].node != name or core.tasks[tid].attempt != attempt[0]]
+    for task in [t for t in core.tasks.values() if t.node == name]:
+        _reconcile(core, name, task, known.get(task.id))
     changed = gpu_change(info, node.heartbeat)
     node.degraded = changed
-    host.set_node_state(node, DEGRADED if changed else ONLINE, changed or "registered")
-    return {"heartbeat_interval": host.settings.heartbeat_interval, "stop": stop,
-            "lease": host.lease, "grace": host.settings.unreachable_grace,
-            "incarnation": host.incarnation, "shared_dir": host.settings.shared_dir}
+    core.set_node_state(node, DEGRADED if changed else ONLINE, changed or "registered")
+    return {"heartbeat_interval": core.settings.heartbeat_interval, "stop": stop,
+            "lease": core.lease, "grace": core.settings.unreachable_grace,
+            "incarnation": core.incarnation, "shared_dir": core.settings.shared_dir}
 
 
 def _runner_info(info: dict) -> dict:
@@ -283,6 +335,7 @@ def _runner_info(info: dict) -> dict:
         arg(gpu, "index", int)
         arg(gpu, "uuid", str, "")
     arg_list(info, "backends", str, [], max_len=16)
+    arg_list(info, "allowed_mounts", str, [], max_len=256)
     for key in ("hostname", "version"):
         arg(info, key, str, "")
     return info
@@ -302,34 +355,35 @@ def _known_tasks(items: list) -> dict[int, tuple[int, str]]:
     return known
 
 
-def _reconcile(host: Host, name: str, task: LiveTask, known: tuple[int, str] | None) -> None:
+def _reconcile(core: "HostCore", name: str, task: LiveTask,
+               known: tuple[int, str] | None) -> None:
     """One task the host places on ``name``, against what the registering runner has."""
     if known is not None and known[0] == task.attempt:
         if task.state == lc.UNREACHABLE:
             state = lc.PAUSED if known[1] == lc.PAUSED else lc.RUNNING
-            move(host, task, state, detail=f"node {name} is back; the task ran on")
+            move(core, task, state, detail=f"node {name} is back; the task ran on")
         return
     if task.state == lc.ASSIGNED:
-        host.command(name, "task.start", start_body(host, task))  # the start never arrived
+        core.command(name, "task.start", start_body(core, task))  # the start never arrived
     elif task.state in lc.ACTIVE:
-        move(host, task, lc.LOST, detail=f"runner {name} came back without it")
+        move(core, task, lc.LOST, detail=f"runner {name} came back without it")
 
 
-def ping(host: Host, caller: Caller, body: dict) -> dict:
+def ping(core: "HostCore", request: Request, body: dict) -> dict:
     """A runner renews its lease (the reply is the point); ``registered`` false asks it to
     register with this host."""
-    name = _runner_name(caller, body)
-    node = host.nodes.get(name)
-    if node is not None and node.identity not in (None, caller.identity):
+    name = _runner_name(request, body)
+    node = core.nodes.get(name)
+    if node is not None and node.link not in (None, request.link):
         raise Conflict(f"this runner is not the registered runner of node {name!r}")
     return {"registered": bool(node is not None and node.registered
-                               and node.identity == caller.identity)}
+                               and node.link == request.link)}
 
 
-def task_update(host: Host, caller: Caller, body: dict) -> dict:
-    name = _runner_name(caller, body)
-    node = host.nodes.get(name)
-    if node is not None and node.identity not in (None, caller.identity):
+def task_update(core: "HostCore", request: Request, body: dict) -> dict:
+    name = _runner_name(request, body)
+    node = core.nodes.get(name)
+    if node is not None and node.link not in (None, request.link):
         raise Conflict(f"this runner is not the registered runner of node {name!r}; "
                        f"its updates are refused")
     updates = arg(body, "updates", list)
@@ -343,44 +397,66 @@ def task_update(host: Host, caller: Caller, body: dict) -> dict:
         arg(update, "exit_code", int, None)
         arg(update, "detail", str, "")
     for update in updates:
-        apply_update(host, name, update)
+        apply_update(core, name, update)
     return {"count": len(updates)}
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def _runner_name(caller: Caller, body: dict) -> str:
-    name = caller.node
+def _runner_name(request: Request, body: dict) -> str:
+    name = request.principal.node
     if name is None:
         raise BadRequest("only runners may send this op")
     claimed = arg(body, "name", str, name)
     if claimed != name:
-        raise BadRequest(f"runner identity {name!r} does not match name {claimed!r}")
+        raise Forbidden(f"this runner's key is for node {name!r}; it may not speak as "
+                        f"{claimed!r}")
     return name
 
 
-def _row(host: Host, task_id: int) -> dict:
-    row = host.store.get_task(task_id)
+def _row(core: "HostCore", task_id: int) -> dict:
+    row = core.records.get_task(task_id)
     if row is None:
         raise NotFound(f"no task {task_id}")
     return row
 
 
-def _live(host: Host, task_id: int, verb: str) -> LiveTask:
-    task = host.tasks.get(task_id)
+def check_owner(principal: Principal, owner: str, task_id: int, verb: str) -> None:
+    """``Forbidden`` unless ``principal`` may act on a task of ``owner``."""
+    if not principal.may_act_on(owner):
+        raise Forbidden(f"task {task_id} belongs to {owner!r}: only its owner or an admin may "
+                        f"{verb} it")
+
+
+def _check_owned(core: "HostCore", principal: Principal, ids: list[int], verb: str) -> None:
+    owners = core.records.task_owners([i for i in ids if i not in core.tasks])
+    for task_id in ids:
+        live = core.tasks.get(task_id)
+        check_owner(principal, live.spec.owner if live else owners.get(task_id, ""), task_id,
+                    verb)
+
+
+def _own_live(core: "HostCore", request: Request, task_id: int, verb: str) -> LiveTask:
+    task = core.tasks.get(task_id)
     if task is None:
-        row = _row(host, task_id)
+        row = _row(core, task_id)
+        check_owner(request.principal, row["owner"], task_id, _infinitive(verb))
         raise Conflict(f"task {task_id} is already {row['state']}; it cannot be {verb}")
+    check_owner(request.principal, task.spec.owner, task_id, _infinitive(verb))
     return task
 
 
-def _node(host: Host, name: str) -> NodeRecord:
-    node = host.nodes.get(name)
+def _infinitive(verb: str) -> str:
+    return {"killed": "kill", "paused": "pause", "resumed": "resume"}.get(verb, verb)
+
+
+def _node(core: "HostCore", name: str) -> NodeRecord:
+    node = core.nodes.get(name)
     if node is None:
-        raise NotFound(f"unknown node {name!r}; known: {', '.join(sorted(host.nodes)) or 'none'}")
+        raise NotFound(f"unknown node {name!r}; known: {', '.join(sorted(core.nodes)) or 'none'}")
     return node
 
 
-def public_task(host: Host, row: dict) -> dict:
+def public_task(core: "HostCore", row: dict) -> dict:
     """The stable JSON shape of a task (``zriver tasks --json``, ``zriver status --json``)."""
     spec = row["spec"]
     alloc = row["alloc"] or {}
@@ -393,28 +469,29 @@ def public_task(host: Host, row: dict) -> dict:
         "priority": spec.get("priority", 0), "after": spec.get("after", []),
         "after_any": spec.get("after_any", []), "time_limit": spec.get("time_limit"),
         "retries": spec.get("retries", 0), "attempt": row["attempt"],
-        "max_parallel": spec.get("max_parallel", 0),
+        "max_parallel": spec.get("max_parallel", 0), "user": spec.get("user"),
         "allocated_cores": alloc.get("cores"), "allocated_gpus": alloc.get("gpus"),
         "numa_zone": alloc.get("numa"),
-        "exit_code": row["exit_code"], "detail": pending_reason(host, row) or row["detail"],
+        "exit_code": row["exit_code"], "detail": pending_reason(core, row) or row["detail"],
         "submitted_at": row["submitted_at"], "started_at": row["started_at"],
         "finished_at": row["finished_at"], "batch_id": row["batch_id"],
     }
 
 
-def pending_reason(host: Host, row: dict) -> str | None:
+def pending_reason(core: "HostCore", row: dict) -> str | None:
     """Why a pending task waits: dependencies first, else the scheduler's reason."""
     if row["state"] != lc.PENDING:
         return None
-    waiting = host.deps.waiting_for(row["id"])
-    if waiting:
-        return f"waiting for task{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))}"
-    return host.scheduler.pending_reason(row["id"])
+    waiting_for = core.deps.waiting_for(row["id"])
+    if waiting_for:
+        return (f"waiting for task{'s' if len(waiting_for) > 1 else ''} "
+                f"{', '.join(map(str, waiting_for))}")
+    return core.scheduler.pending_reason(row["id"])
 
 
-def public_node(host: Host, node: NodeRecord) -> dict:
+def public_node(core: "HostCore", node: NodeRecord) -> dict:
     info = node.info
-    used_cores, used_memory = host.scheduler.node_usage(node.name)
+    used_cores, used_memory = core.scheduler.node_usage(node.name)
     return {
         "name": node.name, "state": node.state, "hostname": info.get("hostname", ""),
         "version": info.get("version", ""), "cores": len(info.get("cores", [])),
@@ -423,32 +500,32 @@ def public_node(host: Host, node: NodeRecord) -> dict:
         "labels": info.get("labels", {}), "last_seen": node.last_seen,
         "memory_limit": info.get("memory_limit", ""), "drained": node.drained,
         "degraded": node.degraded or None, "backends": info.get("backends", ["native"]),
-        "gpus_free": host.scheduler.free_gpus(node.name),
+        "gpus_free": core.scheduler.free_gpus(node.name),
         "docker": (node.heartbeat.get("docker") or {}).get("available"),
         "docker_error": (node.heartbeat.get("docker") or {}).get("error") or None,
+        "allowed_mounts": info.get("allowed_mounts", []),
     }
 
 
-HANDLERS = {
-    "cluster.hello": hello,
-    "task.submit": submit,
-    "task.list": list_tasks,
-    "task.get": get_task,
-    "task.kill": kill,
-    "task.pause": pause,
-    "task.resume": resume,
-    "task.wait": wait,
-    "task.logs": logs,
-    "node.list": list_nodes,
-    "node.health": health,
-    "node.drain": drain,
-    "node.undrain": undrain,
-    "usage.report": usage,
-    "runner.register": register,
-    "runner.ping": ping,
-    "task.update": task_update,
-}
-
-from zriver.host.envs import ENV_HANDLERS  # noqa: E402  (the env ops: zriver/host/envs.py)
-
-HANDLERS.update(ENV_HANDLERS)
+def register_core_ops(ops: OpTable) -> None:
+    """The core's ops and who may call each (the one table of roles: docs/security.md)."""
+    for name, handler, roles in (
+        ("cluster.hello", hello, EVERYONE),
+        ("task.submit", submit, PEOPLE_ONLY),
+        ("task.list", list_tasks, PEOPLE_ONLY),
+        ("task.get", get_task, PEOPLE_ONLY),
+        ("task.kill", kill, PEOPLE_ONLY),
+        ("task.pause", pause, PEOPLE_ONLY),
+        ("task.resume", resume, PEOPLE_ONLY),
+        ("task.wait", wait, PEOPLE_ONLY),
+        ("task.logs", logs, PEOPLE_ONLY),
+        ("node.list", list_nodes, PEOPLE_ONLY),
+        ("node.health", health, PEOPLE_ONLY),
+        ("node.drain", drain, ADMINS),
+        ("node.undrain", undrain, ADMINS),
+        ("usage.report", usage, PEOPLE_ONLY),
+        ("runner.register", register, RUNNERS),
+        ("runner.ping", ping, RUNNERS),
+        ("task.update", task_update, RUNNERS),
+    ):
+        ops.add(name, handler, roles)

@@ -66,7 +66,7 @@ class OpTable:
             raise UnknownOp(f"unknown op {name!r}")
         if principal.role not in op.roles:
             raise Forbidden(f"{name} needs the role {' or '.join(sorted(op.roles))}; "
-                            f"{principal.name!r} is a {principal.role}")
+                            f"{principal.name!r} has the role {principal.role}")
         return op
 
     def __contains__(self, name: str) -> bool:

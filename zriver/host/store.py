@@ -18,6 +18,7 @@ import apsw
 import msgpack
 
 from zriver.errors import Internal
+from zriver.host.effects import WRITE_METHODS
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -166,14 +167,29 @@ class Store:
 
     # ---- tasks -------------------------------------------------------------------------
     def insert_task(self, row: dict[str, Any]) -> int:
-        """Insert a pending task; return its new id. ``row['spec']`` is a dict."""
+        """Insert a pending task (with ``row['id']`` when the caller chose it); return its id.
+        ``row['spec']`` is a dict."""
         self.conn.execute(
-            "INSERT INTO tasks(name, owner, state, spec, submitted_at, batch_id, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (row["name"], row["owner"], row["state"], pack(row["spec"]), row["submitted_at"],
-             row.get("batch_id"), row.get("detail", "")),
+            "INSERT INTO tasks(id, name, owner, state, spec, submitted_at, batch_id, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.get("id"), row["name"], row["owner"], row["state"], pack(row["spec"]),
+             row["submitted_at"], row.get("batch_id"), row.get("detail", "")),
         )
         return self.conn.last_insert_rowid()
+
+    def last_task_id(self) -> int:
+        """The highest task id ever given (ids are never reused)."""
+        self.write_pending()
+        rows = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='tasks'").fetchall()
+        top = self.conn.execute("SELECT max(id) FROM tasks").fetchall()[0][0] or 0
+        return max(top, rows[0][0] if rows else 0)
+
+    def apply(self, method: str, args: tuple, fields: dict | None) -> None:
+        """Carry out one ``Write`` effect of the core (a write method named in
+        ``effects.WRITE_METHODS``)."""
+        if method not in WRITE_METHODS:
+            raise Internal(f"not a store write: {method}")
+        getattr(self, method)(*args, **(fields or {}))
 
     def update_task(self, task_id: int, **fields: Any) -> None:
         """Set columns of one task (written behind; ``alloc`` is packed)."""
@@ -246,6 +262,17 @@ class Store:
                     f"SELECT id, state, exit_code FROM tasks WHERE id IN "
                     f"({','.join('?' * len(chunk))})", chunk):
                 result[task_id] = (state, code)
+        return result
+
+    def task_owners(self, ids: list[int]) -> dict[int, str]:
+        """The owner of each existing task among ``ids``."""
+        self.write_pending()
+        result = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start:start + 500]
+            result.update(self.conn.execute(
+                f"SELECT id, owner FROM tasks WHERE id IN ({','.join('?' * len(chunk))})", chunk))
         return result
 
     def task_events(self, task_id: int) -> list[dict[str, Any]]:
