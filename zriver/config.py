@@ -105,6 +105,12 @@ class RunnerSettings:
     """Mounted at ``/local_temp`` in every container; default ``<data_dir>/local_temp``."""
     docker_probe_interval: float = 5.0
     """Seconds between checks that the Docker daemon answers (reported in heartbeats)."""
+    task_user: str = "nobody"
+    """The Unix account of native tasks that name none (``--user``) and whose owner has no
+    non-root account of that name on this node. Only a runner running as root switches."""
+    allowed_mounts: list[str] = field(default_factory=list)
+    """Directories users may bind-mount from (and below), e.g. ``/data``; the host enforces it
+    at submit."""
 
     def resolved(self) -> "RunnerSettings":
         return replace(
@@ -242,6 +248,16 @@ gpus = -1
 
 # Seconds between SIGTERM and SIGKILL when a task is killed.
 kill_grace = 10.0
+
+# The Unix account native tasks run as when they name none (`zriver submit --user`, admins
+# only) and their owner has no account of that name on this node (root never counts). A name
+# that does not exist here fails those tasks; it never falls back to root. Only a runner
+# running as root switches accounts; otherwise every task runs as the runner's own account.
+task_user = "nobody"
+
+# Directories users may bind-mount into containers from (those and below), e.g. ["/data"].
+# Checked by the host at submit; empty: none.
+allowed_mounts = []
 
 # Container tasks (docs/environments.md). Docker is used when its daemon answers.
 # docker_host = ""                  # default: $DOCKER_HOST, else the local socket
