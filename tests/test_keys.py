@@ -91,6 +91,18 @@ def test_create_if_missing_is_idempotent_and_force_replaces(tmp_path):
     assert server.secret not in repr(server)
 
 
+def test_a_local_cluster_gets_its_keys_once(tmp_path):
+    args = (tmp_path / "data", "alice", tmp_path / "k" / "client.key_secret", "node1",
+            tmp_path / "k" / "runner.key_secret")
+    first = keys.ensure_local_cluster(*args)
+    assert keys.ensure_local_cluster(*args) == first
+    assert first.bootstrap == [("alice", "admin", first.admin_public),
+                               ("node1", "runner", first.runner_public)]
+    runner = first.runner_client_keys()
+    assert runner.public == first.runner_public and runner.server == first.server.public
+    assert keys.server_keys(tmp_path / "data") == first.server
+
+
 def test_a_secret_key_others_may_read_is_refused(tmp_path):
     path = tmp_path / "client.key_secret"
     keys.create_pair(path)
@@ -135,6 +147,10 @@ def test_who_speaks_curve(tmp_path):
     assert got.public == other_public
     with pytest.raises(InvalidArgument, match="host key"):
         keys.resolve_client_keys("", "not a key", default_key_file=default)
+    # key = "none": plain whatever files exist (a host with security = "none")
+    assert keys.resolve_client_keys("none", "", default_key_file=default) is None
+    with pytest.raises(InvalidArgument, match="both"):
+        keys.resolve_client_keys("none", host_public, default_key_file=default)
     runner = SimpleNamespace(key=str(other), host_key=host_public)
     assert keys.runner_client_keys(runner).public == other_public
     assert keys.endpoints_fields(None) == {}

@@ -43,6 +43,8 @@ KEYS_DIR = "keys"
 HOST = "host"
 CLIENT = "client"
 RUNNER = "runner"
+NO_KEY = "none"
+"""``key = "none"``: connect without CURVE even when key files exist (security = "none")."""
 ADMIN_FILE = "admin.key"
 """Under the host's keys dir: the public key ``zriver init keys`` made for the local admin."""
 
@@ -102,6 +104,15 @@ def client_secret_file() -> Path:
 def runner_secret_file() -> Path:
     """A node's default secret key file: ``$ZRIVER_HOME/keys/runner.key_secret``."""
     return zriver_home() / KEYS_DIR / f"{RUNNER}.key_secret"
+
+
+def client_key_file(flag: str | None = None) -> Path:
+    """Where this machine's client reads its secret key: ``--key`` (``flag``),
+    ``$ZRIVER_KEY``, ``key`` in ``$ZRIVER_HOME/client.toml``, then the default."""
+    from zriver.config import ClientSettings, load
+
+    settings = load(None, ClientSettings, "client.toml")
+    return Path(choose(flag, "ZRIVER_KEY", settings.key) or client_secret_file()).expanduser()
 
 
 # ---- checks ------------------------------------------------------------------------------
@@ -306,7 +317,13 @@ def resolve_client_keys(key_file: str, host_key: str, *, default_key_file: Path,
 
     Plain only when there is no host key and no key file: a key file with no host key, or a
     host key with no key file, is an error that says what to do (``config`` names the file
-    whose ``host_key``/``key`` to set)."""
+    whose ``host_key``/``key`` to set). ``key_file == "none"`` asks for plain whatever
+    files exist (a host with security = "none"; ``zriver up`` without CURVE)."""
+    if key_file == NO_KEY:
+        if host_key:
+            raise InvalidArgument(f"key = \"none\" (no CURVE) and a host key are both set: "
+                                  f"drop one of them ({config}, --key, $ZRIVER_KEY)")
+        return None
     path = Path(key_file).expanduser() if key_file else default_key_file
     server = host_key or fallback_host_key
     if not server and not path.exists():
@@ -337,3 +354,38 @@ def runner_client_keys(settings) -> ClientKeys | None:
     ``$ZRIVER_KEY``/``$ZRIVER_HOST_KEY``; ``None``: plain."""
     return resolve_client_keys(settings.key, settings.host_key,
                                default_key_file=runner_secret_file(), config="runner.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCluster:
+    """The keys of a one-machine cluster (``zriver up``): the host's pair, the local admin's
+    public key, the embedded runner's public key and secret file."""
+
+    server: ServerKeys
+    admin_name: str
+    admin_public: str
+    runner_name: str
+    runner_public: str
+    runner_key_file: Path
+
+    @property
+    def bootstrap(self) -> list[tuple[str, str, str]]:
+        """For ``Keys(bootstrap=...)``: the admin and the runner, trusted at attach."""
+        return [(self.admin_name, "admin", self.admin_public),
+                (self.runner_name, RUNNER, self.runner_public)]
+
+    def runner_client_keys(self) -> ClientKeys:
+        _, secret = load_pair(self.runner_key_file)
+        return ClientKeys(self.runner_public, secret, self.server.public)
+
+
+def ensure_local_cluster(data_dir: str | Path, admin_name: str, admin_key_file: Path,
+                         runner_name: str, runner_key_file: Path) -> LocalCluster:
+    """Make what ``zriver up`` needs when missing (idempotent): the host pair under
+    ``data_dir``, the admin's client pair at ``admin_key_file`` (``client_key_file()``), the
+    runner's pair at ``runner_key_file`` (runner.toml's ``key`` or ``runner_secret_file()``)."""
+    server, _ = ensure_server_keys(data_dir)
+    admin_public, _ = ensure_client_pair(admin_key_file, check_name(admin_name), "admin")
+    runner_public, _ = ensure_client_pair(runner_key_file, check_name(runner_name), RUNNER)
+    return LocalCluster(server, admin_name, admin_public, runner_name, runner_public,
+                        Path(runner_key_file).expanduser())

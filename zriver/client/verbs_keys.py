@@ -22,11 +22,7 @@ def _host_data_dir(config: str | None) -> Path:
 
 
 def _client_key_file(ctx: Context) -> Path:
-    """Where this machine's client reads its secret key (``--key``, ``$ZRIVER_KEY``,
-    client.toml, the default)."""
-    settings = cfg.load(None, cfg.ClientSettings, "client.toml")
-    return Path(keys.choose(ctx.key, "ZRIVER_KEY", settings.key)
-                or keys.client_secret_file()).expanduser()
+    return keys.client_key_file(ctx.key)
 
 
 @command(
