@@ -113,7 +113,10 @@ class Cluster:
         return self.submit_many([{"command": command, **spec}])[0]
 
     def submit_many(self, specs: list[dict[str, Any]]) -> list[int]:
-        full = [{"workdir": str(self.root), "owner": "test", **spec} for spec in specs]
+        """Submit ``specs``; a spec that names no ``user`` runs as root (the tests write into
+        root-only temporary directories); pass ``user=None`` for the node's own choice."""
+        full = [{"workdir": str(self.root), "owner": "test", "user": "root", **spec}
+                for spec in specs]
         return self.client().call("task.submit", {"tasks": full})["ids"]
 
     def wait(self, *ids: int) -> list[dict[str, Any]]:

@@ -377,7 +377,7 @@ class Cluster:
 
     def submit(self, command: list[str], **spec: Any) -> int:
         body = {"command": command, "cores": 1, "workdir": str(self.base), "owner": "test",
-                **spec}
+                "user": "root", **spec}  # root: tests write into root-only temporary dirs
         return self.call("task.submit", {"tasks": [body]})["ids"][0]
 
     # -- waiting on state ----------------------------------------------------------------

@@ -53,7 +53,8 @@ class Agent:
     def spawn(self, task_id: int, script: str, tmp: Path) -> int:
         self.send(op="spawn", id=task_id, attempt=1, argv=["sh", "-c", script], env={},
                   workdir=str(tmp), stdout=str(tmp / f"{task_id}.out"),
-                  stderr=str(tmp / f"{task_id}.err"), cores=[], memory=0, fence=True)
+                  stderr=str(tmp / f"{task_id}.err"), cores=[], memory=0, fence=True,
+                  user="root")  # root: the scripts use the test's root-only tmp dir
         return self.next("started")["pid"]
 
     def close(self) -> None:
@@ -191,7 +192,8 @@ def test_a_missing_workdir_and_a_missing_command_are_told_apart(data_dir: Path,
             (1, tmp_path / "nowhere", ["true"], (126, "working directory")),
             (2, tmp_path, ["zriver-no-such-command"], (127, "command not found"))):
         agent.send(op="spawn", id=task_id, attempt=1, argv=argv, env={}, workdir=str(workdir),
-                   stdout=os.devnull, stderr=os.devnull, cores=[], memory=0, fence=True)
+                   stdout=os.devnull, stderr=os.devnull, cores=[], memory=0, fence=True,
+                   user="root")
         end = agent.next("exit")
         assert (end["exit_code"], end["detail"].split(" ")[0]) == (
             expected[0], expected[1].split(" ")[0]), end

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logsetup.configure(args.log_json, "info" if command.name in SERVER_VERBS else "warning")
-    ctx = Context(host=args.host, timeout=args.timeout, log_json=args.log_json)
+    ctx = Context(host=args.host, timeout=args.timeout, log_json=args.log_json, key=args.key,
+                  host_key=args.host_key)
     try:
         return command.run(ctx, args)
     except DirectoryInUse as exc:

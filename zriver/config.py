@@ -26,6 +26,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEFAULT_ROUTER_PORT = 8620
 DEFAULT_XSUB_PORT = 8621
 DEFAULT_XPUB_PORT = 8622
+SECURITY_MODES = ("curve", "none")
 
 
 def zriver_home() -> Path:
@@ -59,8 +60,13 @@ class HostSettings:
     unreachable_grace: float = 600.0
     """Seconds a silent node's tasks stay ``unreachable`` before they are ``lost`` (and
     retried); its runner ends them by itself before that (self-fencing)."""
+    security: str = "curve"
+    """``curve``: every socket is CURVE-encrypted and only known keys connect (``zriver
+    keys``); ``none``: no encryption, no authentication (a trusted network only)."""
 
     def resolved(self) -> "HostSettings":
+        if self.security not in SECURITY_MODES:
+            raise InvalidArgument(f"security must be 'curve' or 'none', got {self.security!r}")
         for key in ("placement", "gpu_placement"):
             if getattr(self, key) not in ("pack", "spread"):
                 raise InvalidArgument(f"{key} must be 'pack' or 'spread', got {getattr(self, key)!r}")
@@ -105,6 +111,16 @@ class RunnerSettings:
     """Mounted at ``/local_temp`` in every container; default ``<data_dir>/local_temp``."""
     docker_probe_interval: float = 5.0
     """Seconds between checks that the Docker daemon answers (reported in heartbeats)."""
+    key: str = ""
+    """This node's secret key file; default ``$ZRIVER_HOME/keys/runner.key_secret``."""
+    host_key: str = ""
+    """The host's z85 public key (``zriver keys host`` on the host prints it)."""
+    task_user: str = "nobody"
+    """The Unix account of native tasks that name none (``--user``) and whose owner has no
+    non-root account of that name on this node. Only a runner running as root switches."""
+    allowed_mounts: list[str] = field(default_factory=list)
+    """Directories users may bind-mount from (and below), e.g. ``/data``; the host enforces it
+    at submit."""
 
     def resolved(self) -> "RunnerSettings":
         return replace(
@@ -112,6 +128,20 @@ class RunnerSettings:
             name=self.name or socket.gethostname(),
             data_dir=self.data_dir or str(zriver_home() / "runner"),
         )
+
+
+@dataclass(slots=True)
+class ClientSettings:
+    """``$ZRIVER_HOME/client.toml``: how a person's client reaches a host (flags and the
+    environment override each key)."""
+
+    host: str = ""
+    """``tcp://HOST:PORT`` or ``HOST[:PORT]`` (``--host``, ``$ZRIVER_HOST``)."""
+    host_key: str = ""
+    """The host's z85 public key (``--host-key``, ``$ZRIVER_HOST_KEY``)."""
+    key: str = ""
+    """Your secret key file (``--key``, ``$ZRIVER_KEY``); default
+    ``$ZRIVER_HOME/keys/client.key_secret``."""
 
 
 def load(path: str | Path | None, cls: type, default_name: str) -> Any:
@@ -210,6 +240,12 @@ default_container = ""
 env_keep_versions = 5
 # env_image_prefix = "zriver-env"   # images are tagged <prefix>/<env>:<version>
 # docker_host = ""                  # default: $DOCKER_HOST, else the local socket
+
+# "curve": every connection is encrypted and only keys the host knows may connect
+# (`zriver init keys`, `zriver keys add`; docs/security.md). "none" turns encryption and
+# authentication off: anyone who can reach the ports can do anything. Use it only on a
+# network you trust completely.
+security = "curve"
 """
 
 RUNNER_TEMPLATE = f"""\
@@ -243,6 +279,16 @@ gpus = -1
 # Seconds between SIGTERM and SIGKILL when a task is killed.
 kill_grace = 10.0
 
+# The Unix account native tasks run as when they name none (`zriver submit --user`, admins
+# only) and their owner has no account of that name on this node (root never counts). A name
+# that does not exist here fails those tasks; it never falls back to root. Only a runner
+# running as root switches accounts; otherwise every task runs as the runner's own account.
+task_user = "nobody"
+
+# Directories users may bind-mount into containers from (those and below), e.g. ["/data"].
+# Checked by the host at submit; empty: none.
+allowed_mounts = []
+
 # Container tasks (docs/environments.md). Docker is used when its daemon answers.
 # docker_host = ""                  # default: $DOCKER_HOST, else the local socket
 # image_prefix = "zriver-env"       # env images are loaded as <prefix>/<env>:<version>
@@ -252,4 +298,25 @@ allow_privileged = false            # let tasks ask for --privileged containers
 # additional_mounts = ["/data:/data:ro"]
 # Mounted at /local_temp in every container. Default: <data_dir>/local_temp
 # local_temp_dir = "/scratch/zriver"
+
+# CURVE (docs/security.md): this node's secret key file (`zriver keys new --runner` makes it;
+# an admin adds its public key with `zriver keys add NODE --role runner KEY`), and the host's
+# public key (`zriver keys host` on the host; $ZRIVER_HOST_KEY overrides it). With neither a
+# key file nor a host key the runner connects without CURVE (a host with security = "none").
+# key = "~/.zriver/keys/runner.key_secret"
+# host_key = ""
+"""
+
+CLIENT_TEMPLATE = """\
+# zriver client configuration (TOML), $ZRIVER_HOME/client.toml. Flags and the environment
+# ($ZRIVER_HOST, $ZRIVER_HOST_KEY, $ZRIVER_KEY) override each key.
+
+# The host: tcp://HOST:PORT or HOST[:PORT]. Default: a host on this machine, else 127.0.0.1:8620
+# host = "tcp://cluster.example:8620"
+
+# The host's public key (`zriver keys host` on the host; `zriver keys add` prints it too).
+# host_key = ""
+
+# Your secret key file (`zriver keys new` makes it). Default: $ZRIVER_HOME/keys/client.key_secret
+# key = "~/.zriver/keys/client.key_secret"
 """

@@ -83,8 +83,10 @@ class Feed:
 
     def __init__(self, host: str | None, sink: Sink, *, resync: float = 30.0,
                  timeout: float = 2.0, tick: float = 0.1, limit: int = 100_000,
-                 envs: bool = False) -> None:
+                 envs: bool = False, key: str | None = None,
+                 host_key: str | None = None) -> None:
         self.host, self.sink, self.resync, self.timeout, self.tick = host, sink, resync, timeout, tick
+        self.key, self.host_key = key, host_key  # --key / --host-key (see ``Client``)
         self.limit, self.envs = limit, envs
         self._stop = threading.Event()
         self._resync_now = threading.Event()
@@ -119,7 +121,12 @@ class Feed:
     # ---- the thread --------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            client = Client(self.host, self.timeout)
+            try:
+                client = Client(self.host, self.timeout, key=self.key, host_key=self.host_key)
+            except ZriverError as exc:  # a key file that cannot be used: say so, try again
+                self.sink.status(False, str(exc))
+                self._stop.wait(1.0)
+                continue
             sub = None
             try:
                 sub = self._connect(client)

@@ -62,20 +62,28 @@ def command(name: str, summary: str, *args: Arg, description: str = "",
 
 @dataclass
 class Context:
-    """What a verb may use: the host address, output streams, and a lazily made client."""
+    """What a verb may use: the host address and keys, output streams, and a lazily made
+    client (``key``: a secret key file, ``host_key``: z85, from ``--key``/``--host-key``)."""
 
     host: str | None = None
     timeout: float = 10.0
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
     log_json: bool = False
+    key: str | None = None
+    host_key: str | None = None
     _client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.host, self.timeout)
+            self._client = self.new_client()
         return self._client
+
+    def new_client(self, timeout: float | None = None) -> Client:
+        """A fresh ``Client`` with this context's host and keys (the caller closes it)."""
+        return Client(self.host, self.timeout if timeout is None else timeout,
+                      key=self.key, host_key=self.host_key)
 
     def close(self) -> None:
         if self._client is not None:
@@ -124,6 +132,12 @@ def build_parser(prog: str = "zriver", *, with_globals: bool = True,
         parser.add_argument("--version", action="version", version=f"zriver {__version__}")
         parser.add_argument("--host", help="host address (tcp://HOST:PORT or HOST[:PORT]); "
                             "default: $ZRIVER_HOST, then the local cluster")
+        parser.add_argument("--key", metavar="FILE",
+                            help="your secret key file (default: $ZRIVER_KEY, client.toml, "
+                                 "then $ZRIVER_HOME/keys/client.key_secret)")
+        parser.add_argument("--host-key", metavar="KEY",
+                            help="the host's public key, z85 (default: $ZRIVER_HOST_KEY, "
+                                 "client.toml, then a host on this machine)")
         parser.add_argument("--timeout", type=float, default=10.0,
                             help="seconds to wait for the host to answer (default 10)")
         parser.add_argument("--log-json", action="store_true",

@@ -348,7 +348,8 @@ class InteractiveShell(Shell):
             auto_suggest=AutoSuggestFromHistory(), bottom_toolbar=self.state.toolbar,
             style=STYLE)
         self.state.on_change = self.session.app.invalidate
-        self.feed = Feed(ctx.host, self.state, timeout=min(ctx.timeout, 3.0), envs=True)
+        self.feed = Feed(ctx.host, self.state, timeout=min(ctx.timeout, 3.0), envs=True,
+                         key=ctx.key, host_key=ctx.host_key)
         self.state.feed = self.feed
         self.after_submit = self.feed.resync_soon  # the host publishes nothing for a submit
 

@@ -167,7 +167,8 @@ class Top:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_pending = False
-        self.feed = Feed(ctx.host, self, resync=resync, timeout=min(ctx.timeout, 3.0))
+        self.feed = Feed(ctx.host, self, resync=resync, timeout=min(ctx.timeout, 3.0),
+                         key=ctx.key, host_key=ctx.host_key)
         self.filter_buffer = Buffer(multiline=False, on_text_changed=self._filter_changed)
         self.app = self._build()
 

@@ -9,6 +9,7 @@ from zriver import config as cfg
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, size, table
 from zriver.errors import Conflict, InvalidArgument
+from zriver.keys import choose
 from zriver.sizes import format_size
 
 
@@ -134,6 +135,9 @@ def runner(ctx: Context, args) -> int:
         settings = replace(settings, name=args.name)
     if args.connect:
         settings = replace(settings, host=args.connect)
+    # CURVE: --key/--host-key, then $ZRIVER_KEY/$ZRIVER_HOST_KEY, then runner.toml
+    settings = replace(settings, key=choose(ctx.key, "ZRIVER_KEY", settings.key),
+                       host_key=choose(ctx.host_key, "ZRIVER_HOST_KEY", settings.host_key))
     run(serve_runner(settings, args.kill_tasks))
     return 0
 
@@ -142,13 +146,16 @@ def runner(ctx: Context, args) -> int:
     "init config", "write a commented default config file",
     arg("--host", dest="role", action="store_const", const="host", help="host.toml"),
     arg("--runner", dest="role", action="store_const", const="runner", help="runner.toml"),
+    arg("--client", dest="role", action="store_const", const="client",
+        help="client.toml (host address and keys)"),
     arg("--output", "-o", help="where to write (default: $ZRIVER_HOME/<role>.toml; - for stdout)"),
     arg("--force", action="store_true", help="overwrite an existing file"),
     needs_cluster=False,
 )
 def init_config(ctx: Context, args) -> int:
     role = args.role or "host"
-    text = cfg.HOST_TEMPLATE if role == "host" else cfg.RUNNER_TEMPLATE
+    text = {"host": cfg.HOST_TEMPLATE, "runner": cfg.RUNNER_TEMPLATE,
+            "client": cfg.CLIENT_TEMPLATE}[role]
     if args.output == "-":
         ctx.print(text.rstrip())
         return 0

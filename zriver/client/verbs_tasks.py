@@ -90,6 +90,8 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     arg("--time-limit", metavar="DURATION", help="kill after this long, e.g. 90m, 2h (state timeout)"),
     arg("--retries", type=int, default=0, help="run again this many times on failure or loss"),
     arg("--max-parallel", type=int, default=0, help="at most this many of the batch at once"),
+    arg("--user", metavar="ACCOUNT",
+        help="run a native task as this Unix account on the node (admins only; root allowed)"),
     arg("--container", complete="env",
         help="run in this Docker environment (default: the cluster's default_container; "
              "NULL: native)"),
@@ -117,7 +119,8 @@ def submit(ctx: Context, args) -> int:
             "owner": owner(), "gpus": args.gpus, "priority": args.priority,
             "after": parse_ids(args.after), "after_any": parse_ids(args.after_any),
             "time_limit": parse_duration(args.time_limit) if args.time_limit else None,
-            "retries": args.retries, "max_parallel": args.max_parallel, **backend_fields(args)}
+            "retries": args.retries, "max_parallel": args.max_parallel, "user": args.user,
+            **backend_fields(args)}
     commands = expand(command_line)
     specs = [{**base, "command": command, "target": target}
              for target in (args.target or [None]) for command in commands]

@@ -44,9 +44,11 @@ import structlog
 from zriver import bundle
 from zriver.config import RunnerSettings
 from zriver.errors import BadVersion, Conflict, ZriverError, error_from_reply
+from zriver.keys import runner_client_keys
 from zriver.logfiles import log_path, read_slice
 from zriver.protocol import arg, decode, encode, encode_error, encode_ok
 from zriver.runner import resources
+from zriver.runner.accounts import can_switch, own_name
 from zriver.runner.backends import Exit, Job, StartError
 from zriver.runner.backends.native import NativeBackend
 from zriver.runner.cgroups import MemoryLimiter
@@ -135,6 +137,7 @@ class Runner:
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
+        client_keys = runner_client_keys(self.settings)  # before anything: a key error is fatal
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self.ledger = Ledger(self.data_dir / "runner.db")
@@ -144,7 +147,13 @@ class Runner:
         self._backend_of: dict[int, Any] = {}
         self.info = resources.detect(self.settings, self.memory_limit_method)
         self.info["backends"] = sorted(self.backends)
-        self.wire = Wire(self.settings.max_message_bytes)
+        self.info.update(task_user=self.settings.task_user, can_switch_accounts=can_switch(),
+                         allowed_mounts=list(self.settings.allowed_mounts))
+        if not can_switch():
+            log.warning("runner.no_account_switch", account=own_name(),
+                        detail="the runner is not root: native tasks run as its own account, "
+                               "whatever their --user, owner or task_user")
+        self.wire = Wire(self.settings.max_message_bytes, client_keys=client_keys)
         host = self.settings.host
         dealer = self.wire.dealer(f"tcp://{host}:{self.settings.router_port}",
                                   identity=f"r:{self.name}:{self.instance}".encode())
@@ -165,7 +174,8 @@ class Runner:
     def _make_backends(self) -> dict[str, Any]:
         """The execution backends this node offers, by name."""
         native = NativeBackend(self._on_started, self._on_exit, self.data_dir, self.name,
-                               self.settings.kill_grace, self._base_env)
+                               self.settings.kill_grace, self._base_env,
+                               self.settings.task_user)
         native.on_keeper_lost = lambda: self._spawn(self._readopt(native))
         backends: dict[str, Any] = {native.name: native}
         try:

@@ -14,10 +14,18 @@ Wire: a ``SOCK_SEQPACKET`` Unix socket in the abstract namespace named after the
 several in one loop turn), one agent connection at a time (a second is refused: one runner per
 data directory), only from the keeper's own uid. Requests:
 
-* ``hello {node, kill_grace, env_base}`` -> ``hello {tasks, exits}``: what runs and what ended
-  unseen; ``env_base`` is the runner's environment, which every spawn's ``env`` amends;
-* ``spawn {id, attempt, argv, env, workdir, stdout, stderr, cores, memory, fence, behind?}``
-  -> ``started {id, pid, started}``, or an ``exit`` when it could not start. With ``behind``
+* ``hello {node, kill_grace, env_base, task_user}`` -> ``hello {tasks, exits, switches}``:
+  what runs and what ended unseen; ``env_base`` is the runner's environment, which every
+  spawn's ``env`` amends; ``task_user`` is the account of tasks that name none and whose
+  owner has none here (``nobody`` until a hello says otherwise); ``switches``: whether this
+  keeper runs tasks as other accounts (it runs as root);
+* ``spawn {id, attempt, argv, env, workdir, stdout, stderr, cores, memory, fence, user?,
+  owner?, behind?}`` -> ``started {id, pid, started}``, or an ``exit`` when it could not
+  start. The task runs as ``user`` when given, else as ``owner``'s own account when one
+  exists here and is not root, else as ``task_user`` (``zriver.runner.accounts``), with
+  ``HOME``, ``USER`` and ``LOGNAME`` set for it unless its ``env`` sets them; an account that
+  does not exist fails the start (126). A keeper not running as root runs every task as
+  itself. With ``behind``
   (a task this keeper runs or holds staged) it is staged: spawned the moment that one ends,
   in the same turn that reaps it (a chained start costs no round trip to the agent); staged
   starts are dropped when the agent disconnects (the host sends them again or requeues them);
@@ -63,6 +71,7 @@ from typing import Any
 
 import msgpack
 
+from zriver.runner import accounts
 from zriver.runner.spawn import SpawnError, Spawner
 
 MAX_PACKET = 4 * 1024 * 1024
@@ -154,6 +163,8 @@ class Keeper:
         self.out: list[dict[str, Any]] = []
         self.held: dict[int, tuple[float, dict[str, Any]]] = {}  # task id -> (due, started)
         self.env_base: dict[str, str] = {}
+        self.accounts = accounts.Accounts()
+        self.task_user = "nobody"
         self.node = ""
         self.grace = 10.0
         self.limiter = None
@@ -308,12 +319,13 @@ class Keeper:
         self.node = str(message.get("node") or "")
         self.grace = float(message.get("kill_grace") or self.grace)
         self.env_base = dict(message.get("env_base") or {})
+        self.task_user = str(message.get("task_user") or self.task_user)
         if self.limiter is None and self.node:
             from zriver.runner.cgroups import MemoryLimiter
 
             self.limiter = MemoryLimiter(self.node)
             self.limiter.probe()
-        self._send({"op": "hello", "pid": os.getpid(),
+        self._send({"op": "hello", "pid": os.getpid(), "switches": self.spawner.switches,
                     "tasks": [{"id": t.id, "attempt": t.attempt, "pid": t.pid,
                                "started": t.started, "confirmed": t.confirmed,
                                "paused": _stopped(t.pid)} for t in self.tasks.values()],
@@ -336,9 +348,13 @@ class Keeper:
                          "not started: the runner's contact with the host had run out")
             return
         try:
-            pid = self.spawner.spawn(list(message["argv"]), {**self.env_base, **message["env"]},
+            account = self._account(message)
+            env = {**self.env_base, **account.environment(), **message["env"]} if (
+                account is not None) else {**self.env_base, **message["env"]}
+            pid = self.spawner.spawn(list(message["argv"]), env,
                                      message.get("workdir") or None, message["stdout"],
-                                     message["stderr"], list(message.get("cores") or []))
+                                     message["stderr"], list(message.get("cores") or []),
+                                     account)
         except SpawnError as exc:
             self._report(task_id, attempt, FAILED, exc.exit_code, exc.detail)
             return
@@ -360,6 +376,20 @@ class Keeper:
         self.held[task_id] = (time.monotonic() + STARTED_HOLD,
                               {"op": "started", "id": task_id, "pid": pid,
                                "started": task.started})
+
+    def _account(self, message: dict[str, Any]) -> accounts.Account | None:
+        """The account a spawn runs as (``None``: as this keeper, which is not root)."""
+        if not self.spawner.switches:
+            return None
+        name, why = accounts.choose(message.get("user") or None, str(message.get("owner") or ""),
+                                    self.task_user, self.accounts.get)
+        account = self.accounts.get(name)
+        if account is None:
+            asked = {accounts.USER: "asked for with --user",
+                     accounts.TASK_USER: "the runner's task_user setting"}.get(why, why)
+            where = f" node {self.node}" if self.node else " this node"
+            raise SpawnError(f"no account {name!r} on{where} ({asked}); not started", 126)
+        return account
 
     def _op_signal(self, message: dict[str, Any]) -> None:
         task_id = int(message["id"])

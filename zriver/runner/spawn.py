@@ -2,8 +2,8 @@
 spawn itself).
 
 * ``posix_spawn`` with file actions redirecting stdin from ``/dev/null`` and stdout/stderr to
-  the task's log files, in a new process group. This costs a fraction of ``subprocess``
-  (see docs/performance.md). A command name is looked up on PATH by ``CommandPaths``
+  the task's log files (opened here, owned by the task's account), in a new process group.
+  This costs a fraction of ``subprocess`` (see docs/performance.md). A command name is looked up on PATH by ``CommandPaths``
   (remembered for 2 s) and spawned by its path, so the vfork'd child makes one ``execve``
   rather than one per PATH entry before the right one.
 * Cores: when the calling thread runs on one of the task's cores, it takes the task's mask for
@@ -14,6 +14,15 @@ spawn itself).
 * Working directory: checked first (a missing one is its own error, never "command not
   found"), then the process changes into it around the spawn (the keeper is single-threaded).
 * A task bound to a NUMA zone runs under ``numactl --membind`` when numactl is installed.
+* Accounts: a task given an ``Account`` other than the caller's runs as it without a process
+  of its own. The caller (root) sets its *real* ids to the account's around the spawn
+  (``setresgid``, ``setgroups``, ``setresuid`` with the effective and saved ids left at 0) and
+  spawns with ``resetids``: the vfork'd child sets its effective ids to those real ones, and
+  its ``execve`` then makes real = effective = saved = the account, with no capabilities left.
+  The caller takes its real ids and groups back at once (its effective uid stayed 0). glibc
+  resets the ids before the file actions, so the log files are opened (and chowned) here as
+  root and only ``dup2``-ed in the child; the working directory is checked with the
+  account's ids (``access``, inside the switch: a directory it cannot enter is refused).
 """
 
 from __future__ import annotations
@@ -22,8 +31,11 @@ import ctypes
 import os
 import shutil
 import signal
+import stat
 import time
 from typing import Callable
+
+from zriver.runner.accounts import Account
 
 
 class SpawnError(Exception):
@@ -34,7 +46,8 @@ class SpawnError(Exception):
         self.detail, self.exit_code = detail, exit_code
 
 
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+"""Opened as root: never through a symbolic link someone planted at a log's path."""
 _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)  # Python ignores SIGPIPE
 _NUMACTL = shutil.which("numactl")
 
@@ -134,52 +147,91 @@ class Spawner:
     def __init__(self) -> None:
         self._usable = os.sched_getaffinity(0)
         self._paths = CommandPaths()
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self._groups = os.getgroups()
+        self.switches = os.geteuid() == 0
+        """Whether tasks can run as other accounts (this process is root)."""
 
     def spawn(self, argv: list[str], env: dict[str, str], workdir: str | None, stdout: str,
-              stderr: str, cores: list[int]) -> int:
-        """Start ``argv`` as a new process group; return its pid or raise ``SpawnError``."""
+              stderr: str, cores: list[int], account: Account | None = None) -> int:
+        """Start ``argv`` as a new process group (as ``account`` when given and this process
+        can switch); return its pid or raise ``SpawnError``."""
         if workdir and not os.path.isdir(workdir):
             if os.path.exists(workdir):
                 raise SpawnError(f"working directory {workdir} is not a directory", 126)
             raise SpawnError(f"working directory {workdir} does not exist", 126)
+        switch = account is not None and self.switches and (
+            account.uid != self._uid or account.gid != self._gid)
+        owner = account if switch else None
+        out = _open_log(stdout, owner)
+        try:
+            err = _open_log(stderr, owner)
+        except SpawnError:
+            os.close(out)
+            raise
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, stdout, _OUT_FLAGS, 0o644),
-            (os.POSIX_SPAWN_OPEN, 2, stderr, _OUT_FLAGS, 0o644),
+            (os.POSIX_SPAWN_DUP2, out, 1),
+            (os.POSIX_SPAWN_DUP2, err, 2),
         ]
         cores = [c for c in cores if c in self._usable]
         if len(cores) == len(self._usable):
             cores = []  # all of them: the keeper's own mask, inherited
         inherit = bool(cores) and _current_cpu() in cores
         cwd = os.getcwd() if workdir else None
+        switched = False
         try:
             if workdir:
                 os.chdir(workdir)
             if inherit:
                 os.sched_setaffinity(0, cores)  # no migration: this thread is on one of them
-            pid = self._spawn_argv(argv, env, actions)
+            if switch:
+                switched = True
+                self._become(account)
+                if workdir and not os.access(workdir, os.X_OK):  # with the account's ids
+                    raise SpawnError(f"working directory {workdir} is not accessible to "
+                                     f"account {account.name}", 126)
+            pid = self._spawn_argv(argv, env, actions, switch)
         except FileNotFoundError:
             raise SpawnError(f"command not found: {argv[0]}", 127) from None
         except PermissionError:
-            raise SpawnError(f"permission denied: {argv[0]}", 126) from None
+            raise SpawnError(f"permission denied: {argv[0]}"
+                             + (f" (as account {account.name})" if switch else ""), 126) from None
         except OSError as exc:
             raise SpawnError(f"cannot start {argv[0]}: {exc.strerror}", 126) from None
         finally:
+            if switched:
+                self._restore()
             if inherit:
                 os.sched_setaffinity(0, self._usable)
             if cwd is not None:
                 os.chdir(cwd)
+            os.close(out)
+            os.close(err)
         if cores and not inherit:
             pin_tree(pid, cores)
         return pid
 
-    def _spawn_argv(self, argv: list[str], env: dict[str, str], actions: list) -> int:
+    def _become(self, account: Account) -> None:
+        """Take the account's real ids and groups; the effective and saved ids stay root's."""
+        os.setresgid(account.gid, -1, -1)
+        os.setgroups(account.groups)
+        os.setresuid(account.uid, -1, -1)
+
+    def _restore(self) -> None:
+        """Take this process's own real ids and groups back (allowed: its euid is 0)."""
+        os.setresuid(self._uid, -1, -1)
+        os.setgroups(self._groups)
+        os.setresgid(self._gid, -1, -1)
+
+    def _spawn_argv(self, argv: list[str], env: dict[str, str], actions: list,
+                    resetids: bool) -> int:
         """``posix_spawn`` of the command's path on the task's PATH (remembered: one
         ``execve`` in the child instead of one per PATH entry before the right one), looked
         up once more when a remembered path has gone. ``FileNotFoundError`` when none."""
         if "/" in argv[0]:
             return os.posix_spawn(argv[0], argv, env, file_actions=actions, setpgroup=0,
-                                  setsigdef=_DEFAULT_SIGNALS)
+                                  setsigdef=_DEFAULT_SIGNALS, resetids=resetids)
         search = env.get("PATH", os.defpath)
         for _ in range(2):
             path = self._paths.resolve(argv[0], search)
@@ -187,7 +239,23 @@ class Spawner:
                 break
             try:
                 return os.posix_spawn(path, argv, env, file_actions=actions, setpgroup=0,
-                                      setsigdef=_DEFAULT_SIGNALS)
+                                      setsigdef=_DEFAULT_SIGNALS, resetids=resetids)
             except FileNotFoundError:
                 self._paths.forget(argv[0], search)
         raise FileNotFoundError(argv[0])
+
+
+def _open_log(path: str, account: Account | None) -> int:
+    """Create (or truncate) a task's log file, owned by ``account`` when given."""
+    try:
+        fd = os.open(path, _OUT_FLAGS, 0o644)
+    except OSError as exc:
+        raise SpawnError(f"cannot open the log file {path}: {exc.strerror}", 126) from None
+    if account is not None:
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and (st.st_uid, st.st_gid) != (account.uid, account.gid):
+                os.fchown(fd, account.uid, account.gid)  # never /dev/null or a pipe's owner
+        except PermissionError:  # e.g. a root-squashed network file system: writable anyway
+            pass
+    return fd

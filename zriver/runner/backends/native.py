@@ -6,6 +6,10 @@ starts one when none answers), asks it to spawn and signal, and turns its ``star
 ``exit`` events into the backend callbacks. ``start`` returns ``None``: the job runs once the
 keeper says so (``on_started``), or ends at once with ``failed`` when it could not start.
 
+The keeper picks the Unix account each task runs as (the spec's ``user``, else its owner's
+own account there, else ``task_user``) and switches to it without a process of its own:
+see ``zriver.runner.accounts`` and ``zriver.runner.spawn``.
+
 The keeper keeps a task's end until ``acked(forget=...)`` says the host has it, and kills a
 start the host has not recorded (``acked(confirm=...)``) once the lease given by ``lease``
 runs out: see the keeper's docstring. When the keeper dies, the tasks it owned lose the only
@@ -53,13 +57,15 @@ class NativeBackend:
     name = "native"
 
     def __init__(self, on_started: OnStarted, on_exit: OnExit, data_dir: Path, node: str,
-                 kill_grace: float, base_env: dict[str, str]) -> None:
+                 kill_grace: float, base_env: dict[str, str],
+                 task_user: str = "nobody") -> None:
         self._on_started = on_started
         self._on_exit = on_exit
         self._data_dir = data_dir
         self._node = node
         self._grace = kill_grace
         self._base_env = base_env
+        self._task_user = task_user
         self._out: list[dict[str, Any]] = []
         self._confirm: list[int] = []
         self._forget: list[int] = []
@@ -87,7 +93,7 @@ class NativeBackend:
             self._hello = self._loop.create_future()
             # First in the queue: what was asked while the keeper was away follows it.
             self._out.insert(0, {"op": "hello", "node": self._node, "kill_grace": self._grace,
-                                 "env_base": self._base_env})
+                                 "env_base": self._base_env, "task_user": self._task_user})
             self._loop.call_soon(self._send_out)
             try:
                 reply = await asyncio.wait_for(self._hello, KEEPER_START_TIMEOUT)
@@ -166,7 +172,8 @@ class NativeBackend:
         return {"op": "spawn", "id": job.task_id, "attempt": job.attempt,
                 "argv": membind_prefix(job.numa) + job.spec.command, "env": job.env,
                 "workdir": job.spec.workdir, "stdout": job.stdout, "stderr": job.stderr,
-                "cores": list(job.cores), "memory": job.memory, "fence": True}
+                "cores": list(job.cores), "memory": job.memory, "fence": True,
+                "user": job.spec.user, "owner": job.spec.owner}
 
     def stage(self, job: Job, behind: int) -> None:
         """Have the keeper start ``job`` the moment task ``behind`` (which it runs or holds
