@@ -15,7 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from procs import end_keepers
+from procs import ADMIN, end_keepers
+
+from zriver import keys as keyfiles
 
 from zriver.client.api import Client
 from zriver.config import HostSettings, RunnerSettings
@@ -61,13 +63,41 @@ class Cluster:
             self.start_runner(name, **overrides)
         return self
 
+    @property
+    def secure(self) -> bool:
+        return self.host_settings.security != "none"
+
     async def _start_host(self) -> None:
-        self.host = Host(self.host_settings)
+        bootstrap = []
+        if self.secure:
+            self.server_keys, _ = keyfiles.ensure_server_keys(self.host_settings.data_dir)
+            public, _ = keyfiles.ensure_client_pair(self.admin_key, ADMIN, "admin")
+            bootstrap = [(ADMIN, "admin", public)]
+        self.host = Host(self.host_settings, bootstrap=bootstrap)
         await self.host.start()
+
+    @property
+    def admin_key(self) -> Path:
+        return self.root / "keys" / "admin.key_secret"
+
+    def key_for(self, name: str, role: str) -> Path:
+        """A key pair for ``name`` trusted by the host with ``role`` (``key.add`` by the
+        admin, as ``zriver keys add`` does)."""
+        secret = self.root / "keys" / f"{role}-{name}.key_secret"
+        public, _ = keyfiles.ensure_client_pair(secret, name, role)
+        known = {k["public_key"] for k in self.client().call("key.list")["keys"]}
+        if public not in known:
+            self.client().call("key.add", {"name": name, "role": role, "public_key": public})
+        return secret
 
     def start_runner(self, name: str, **overrides: Any) -> Runner:
         settings = RunnerSettings(name=name, data_dir=str(self.root / name), kill_grace=2.0,
                                   request_timeout=1.0, log_poll_interval=0.05)
+        if self.secure:
+            settings = replace(settings, key=str(self.key_for(name, "runner")),
+                               host_key=self.server_keys.public)
+        else:
+            settings = replace(settings, key="none")
         settings = replace(settings, **overrides)
         self._runner_dirs.add(Path(settings.data_dir))
 
@@ -104,8 +134,20 @@ class Cluster:
     def endpoint(self) -> str:
         return self.host.endpoints["router"]
 
-    def client(self, timeout: float = 10.0) -> Client:
-        client = Client(self.endpoint, timeout)
+    def cli_flags(self, key: Path | None = None) -> list[str]:
+        """The CLI's flags that reach this cluster as its admin (or with ``key``)."""
+        if not self.secure:
+            return ["--host", self.endpoint, "--key", "none"]
+        return ["--host", self.endpoint, "--key", str(key or self.admin_key),
+                "--host-key", self.server_keys.public]
+
+    def client(self, timeout: float = 10.0, key: Path | None = None) -> Client:
+        """A client with ``key`` (a secret key file; default: the admin's)."""
+        if self.secure:
+            client = Client(self.endpoint, timeout, key=str(key or self.admin_key),
+                            host_key=self.server_keys.public)
+        else:
+            client = Client(self.endpoint, timeout, key="none")
         self._clients.append(client)
         return client
 

@@ -38,6 +38,7 @@ from typing import Any, Callable, TypeVar
 import psutil
 
 import zriver
+from zriver import keys as keyfiles
 from zriver.client.api import Client
 from zriver.errors import Unavailable, ZriverError
 
@@ -150,6 +151,23 @@ def end_keepers(data_dirs: list[Path]) -> None:
             pass
 
 
+ADMIN = "test"
+"""The admin key's name in test clusters (tasks submitted with it are owned by "test")."""
+
+
+def admin_key_file(home: Path) -> Path:
+    return home / "keys" / "client.key_secret"
+
+
+def make_admin_key(home: Path) -> Path:
+    """What ``zriver init keys`` makes for the admin: a pair where the CLI finds it
+    (``$ZRIVER_HOME/keys/client.key_secret``) and the copy the host imports at start."""
+    secret = admin_key_file(home)
+    public, _ = keyfiles.ensure_client_pair(secret, ADMIN, "admin")
+    keyfiles.ensure_admin_import(home, public, ADMIN)
+    return secret
+
+
 def role_environment(home: Path) -> dict[str, str]:
     """The environment of a role or CLI process: ``ZRIVER_HOME`` set, nothing inherited that
     points at another cluster, and this checkout importable whatever the working directory."""
@@ -220,13 +238,26 @@ class RoleProcess:
 
 
 class HostProcess(RoleProcess):
-    """A host; ``endpoints`` is what it wrote to ``endpoints.json`` once ready."""
+    """A host; ``endpoints`` is what it wrote to ``endpoints.json`` once ready. Clients of it
+    made here use the admin key of its data dir (see ``Cluster``)."""
 
     def __init__(self, data_dir: Path, settings: dict[str, Any], **kwargs: Any) -> None:
         self.data_dir = data_dir
         self.settings = settings
         self.endpoints: dict[str, Any] = {}
         super().__init__(**kwargs)
+
+    @property
+    def host_key(self) -> str:
+        return self.endpoints.get("host_key", "")
+
+    def client(self, timeout: float = 2.0, key: Path | None = None) -> Client:
+        """A client with ``key`` (a secret key file; default: the admin's), or a plain one
+        when the host runs with ``security = "none"``."""
+        if not self.host_key:
+            return Client(self.endpoint, timeout=timeout, key="none")
+        return Client(self.endpoint, timeout=timeout, key=str(key or admin_key_file(self.data_dir)),
+                      host_key=self.host_key)
 
     @property
     def endpoint(self) -> str:
@@ -248,7 +279,7 @@ class HostProcess(RoleProcess):
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         self.endpoints = wait_until(self._read_endpoints, timeout,
                                     f"host {self.name} to write its endpoints.json", self.tail)
-        with Client(self.endpoint, timeout=2) as client:
+        with self.client() as client:
             wait_until(lambda: client.call("cluster.hello", timeout=1), timeout,
                        f"host {self.name} to answer", self.tail)
         return self.endpoints
@@ -277,6 +308,7 @@ class Cluster:
         self.base = Path(base)
         self.home = self.base / "host"
         self.home.mkdir(parents=True, exist_ok=True)
+        make_admin_key(self.home)
         (self.base / "logs").mkdir(exist_ok=True)
         self.env = role_environment(self.home)
         self.host: HostProcess | None = None
@@ -330,7 +362,8 @@ class Cluster:
             netns.route_to(address)
         settings = {"host": address, "router_port": ports["router_port"],
                     "xsub_port": ports["xsub_port"], "name": name,
-                    "data_dir": str(self.base / f"runner-{name}"), **settings}
+                    "data_dir": str(self.base / f"runner-{name}"),
+                    **self._runner_key(name), **settings}
         config = write_config(self.base / "config" / f"runner-{name}.toml", settings)
         runner = RunnerProcess(Path(settings["data_dir"]), settings, netns=netns, role="runner",
                                name=name, config=config, log=self._log("runner", name),
@@ -347,8 +380,28 @@ class Cluster:
         old = self.runners[name]
         assert not old.alive(), "stop the runner before restarting it"
         settings = {key: value for key, value in old.settings.items()
-                    if key not in ("name", "host", "router_port", "xsub_port")}
+                    if key not in ("name", "host", "router_port", "xsub_port", "host_key")}
         return self.start_runner(name, wait, netns=old.netns, **settings)
+
+    def _runner_key(self, name: str) -> dict[str, str]:
+        """Runner ``name``'s key settings: its own pair (made once, under ``base/keys``),
+        trusted by the host as node ``name`` (``key.add`` by the admin, as a person would
+        with ``zriver keys add NAME --role runner KEY``)."""
+        if not self.host.host_key:
+            return {"key": "none"}
+        secret = self.base / "keys" / f"runner-{name}.key_secret"
+        public, _ = keyfiles.ensure_client_pair(secret, name, "runner")
+        listed = {k["public_key"] for k in self.call("key.list")["keys"]}
+        if public not in listed:
+            self.call("key.add", {"name": name, "role": "runner", "public_key": public})
+        return {"key": str(secret), "host_key": self.host.host_key}
+
+    def user_key(self, name: str, role: str = "user") -> Path:
+        """A person's key pair, trusted by the host as ``name`` with ``role``."""
+        secret = self.base / "keys" / f"{role}-{name}.key_secret"
+        public, _ = keyfiles.ensure_client_pair(secret, name, role)
+        self.call("key.add", {"name": name, "role": role, "public_key": public})
+        return secret
 
     # -- talking to the host -------------------------------------------------------------
     @property
@@ -356,15 +409,16 @@ class Cluster:
         assert self.host is not None
         return self.host.endpoint
 
-    def client(self, timeout: float = 2.0) -> Client:
-        """A client of the current host, closed with the cluster."""
-        client = Client(self.endpoint, timeout=timeout)
+    def client(self, timeout: float = 2.0, key: Path | None = None) -> Client:
+        """A client of the current host (the admin's, unless ``key``), closed with the
+        cluster."""
+        client = self.host.client(timeout, key)
         self._clients.append(client)
         return client
 
     def call(self, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One request on a fresh short-lived connection (safe across host restarts)."""
-        with Client(self.endpoint, timeout=2) as client:
+        with self.host.client(timeout=2) as client:
             return client.call(op, body)
 
     def nodes(self) -> dict[str, dict[str, Any]]:

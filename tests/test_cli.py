@@ -28,7 +28,7 @@ def zriver(*args: str, home=None, check: bool = False, timeout: float = 60) -> s
 @pytest.fixture
 def cli(cluster):
     def run(*args: str, **kw) -> subprocess.CompletedProcess:
-        return zriver("--host", cluster.endpoint, *args, **kw)
+        return zriver(*cluster.cli_flags(), *args, **kw)
 
     return run
 
@@ -120,7 +120,7 @@ def test_logs_follow_prints_output_while_the_task_runs(cluster, tmp_path):
     gate = tmp_path / "gate"
     task_id = cluster.submit(["sh", "-c", f"echo first; while [ ! -e {gate} ]; do sleep 0.05; done;"
                                           " echo second"])
-    proc = subprocess.Popen([sys.executable, "-m", "zriver", "--host", cluster.endpoint, "logs",
+    proc = subprocess.Popen([sys.executable, "-m", "zriver", *cluster.cli_flags(), "logs",
                              "-f", str(task_id)], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert proc.stdout.readline() == "first\n"  # printed before the task can finish

@@ -98,7 +98,7 @@ def test_logs_follow_a_running_container_live(dcluster):
     go = cluster.root / "n1" / "local_temp" / "go"
     task_id = submit_docker(cluster, ["sh", "-c", "echo first; while [ ! -e /local_temp/go ]; "
                                                   "do sleep 0.05; done; echo second"])
-    follow = subprocess.Popen([sys.executable, "-m", "zriver", "--host", cluster.endpoint, "logs",
+    follow = subprocess.Popen([sys.executable, "-m", "zriver", *cluster.cli_flags(), "logs",
                                "-f", str(task_id)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

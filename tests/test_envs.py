@@ -25,7 +25,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "xterm"}
 
 
 def zriver(cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "zriver", "--host", cluster.endpoint, *args],
+    result = subprocess.run([sys.executable, "-m", "zriver", *cluster.cli_flags(), *args],
                             capture_output=True, text=True, env=ENV, timeout=timeout)
     assert result.returncode == 0, f"zriver {args}: {result.stdout}{result.stderr}"
     return result
@@ -61,7 +61,7 @@ def test_create_shell_commit_run_list_rm_through_the_cli(dcluster, docker_client
     cluster = dcluster()
     out = zriver(cluster, "env", "create", "bb", "--image", "zriver-test-busybox").stdout
     assert out.startswith("env bb created from image zriver-test-busybox")
-    shell = pexpect.spawn(sys.executable, ["-m", "zriver", "--host", cluster.endpoint, "env",
+    shell = pexpect.spawn(sys.executable, ["-m", "zriver", *cluster.cli_flags(), "env",
                                            "shell", "bb"], env=ENV, timeout=60,
                           dimensions=(40, 120))
     try:
@@ -132,12 +132,12 @@ def test_env_from_rootfs_tarball_and_from_dockerfile(dcluster, tmp_path, docker_
     assert cluster.wait(task_id)[0]["exit_code"] == 127
     assert "command not found in env bad" in cluster.task(task_id)["detail"]
     assert "/missing-entrypoint" in cluster.task(task_id)["detail"]
-    broken = subprocess.run([sys.executable, "-m", "zriver", "--host", cluster.endpoint, "env",
+    broken = subprocess.run([sys.executable, "-m", "zriver", *cluster.cli_flags(), "env",
                              "build", "broken", "-f", str(context / "Dockerfile.broken")],
                             capture_output=True, text=True, env=ENV, timeout=60)
     assert broken.returncode == 1 and "is not a file" in broken.stderr
     (context / "Dockerfile.broken").write_text("FROM zriver-test-busybox\nRUN exit 3\n")
-    broken = subprocess.run([sys.executable, "-m", "zriver", "--host", cluster.endpoint, "env",
+    broken = subprocess.run([sys.executable, "-m", "zriver", *cluster.cli_flags(), "env",
                              "build", "broken", "-f", str(context / "Dockerfile.broken")],
                             capture_output=True, text=True, env=ENV, timeout=60)
     assert broken.returncode == 1 and "did not build" in broken.stderr

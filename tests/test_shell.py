@@ -137,7 +137,7 @@ def screens():
 
 
 def zriver_argv(cluster, *verb: str) -> list[str]:
-    return [sys.executable, "-m", "zriver", "--host", cluster.endpoint, *verb]
+    return [sys.executable, "-m", "zriver", *cluster.cli_flags(), *verb]
 
 
 def prompt_line(screen: Screen) -> str:

@@ -12,14 +12,17 @@ stopped, and released by the kernel if the process dies.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import signal
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import structlog
 
 from zriver import dirlock
+from zriver import keys as keyfiles
 from zriver.config import HostSettings, RunnerSettings
 from zriver.errors import BadVersion, error_from_reply
 from zriver.host.service import Host
@@ -102,10 +105,35 @@ async def serve_both(host_settings: HostSettings, runner_settings: RunnerSetting
         await _serve_both(host_settings, runner_settings, announce, kill_tasks)
 
 
+def local_keys(host_settings: HostSettings,
+               runner_settings: RunnerSettings) -> tuple[list, RunnerSettings]:
+    """``zriver up`` needs no set-up: with authentication on, make (once) the host's key pair,
+    an admin key for the local user (where local clients look for it) and the embedded
+    runner's key; return the keys the host trusts at start, and the runner's settings with
+    its key and the host's. With ``security = "none"``: nothing, and a plain runner."""
+    if host_settings.resolved().security == "none":
+        return [], replace(runner_settings, key="none")
+    resolved = runner_settings.resolved()
+    made = keyfiles.ensure_local_cluster(
+        host_settings.resolved().data_dir, local_user(), keyfiles.client_key_file(),
+        resolved.name, Path(runner_settings.key or keyfiles.runner_secret_file()))
+    return made.bootstrap, replace(runner_settings, key=str(made.runner_key_file),
+                                   host_key=made.server.public)
+
+
+def local_user() -> str:
+    """The local account's name, as the admin key of ``zriver up`` is called."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "admin"
+
+
 async def _serve_both(host_settings: HostSettings, runner_settings: RunnerSettings,
                       announce: Callable[[Host, Runner], None], kill_tasks: bool) -> None:
     """``serve_both`` once the data dirs are locked."""
-    host = Host(host_settings)
+    bootstrap, runner_settings = local_keys(host_settings, runner_settings)
+    host = Host(host_settings, bootstrap=bootstrap)
     runner: Runner | None = None
 
     async def started() -> None:

@@ -35,6 +35,7 @@ import apsw
 import msgpack
 import structlog
 
+from zriver import keys as keyfiles
 from zriver.config import HostSettings
 from zriver.errors import (Forbidden, Internal, NotFound, Unavailable, ZriverError,
                            error_from_reply)
@@ -44,6 +45,8 @@ from zriver.host.effects import (ArmTimer, CallService, CancelTimer, Command, No
                                  ReadLog, Refuse, Reply, Request, TaskEvent, Write)
 from zriver.host.envs import Environments
 from zriver.host.followers import Followers
+from zriver.host.keytable import Keys
+from zriver.host.zap import Authenticator
 from zriver.host.handlers import check_owner, register_core_ops
 from zriver.host.model import node_of, runner_identity
 from zriver.host.ops import DEFERRED, PEOPLE_ONLY, SERVICE, OpTable
@@ -66,12 +69,17 @@ def now() -> Now:
 class Host:
     """The coordinator. ``start`` binds and loads state; ``stop`` closes everything."""
 
-    def __init__(self, settings: HostSettings, extensions: list[Any] | None = None) -> None:
+    def __init__(self, settings: HostSettings, extensions: list[Any] | None = None,
+                 bootstrap: list[tuple[str, str, str]] = ()) -> None:
+        """``bootstrap``: (name, role, public key) trusted at start (``zriver up``'s local
+        admin and runner)."""
         self.settings = settings.resolved()
         self.data_dir = Path(self.settings.data_dir)
         self.incarnation = secrets.token_hex(4)
-        self.extensions = extensions if extensions is not None else [
-            Environments(self.settings)]
+        self.secure = self.settings.security != "none"
+        self.keys = Keys(bootstrap)
+        self.extensions = [self.keys] + (extensions if extensions is not None else [
+            Environments(self.settings)])
         self.ops = OpTable()
         register_core_ops(self.ops)
         self.ops.add("task.follow", follow, PEOPLE_ONLY, SERVICE)
@@ -96,6 +104,8 @@ class Host:
         self._loops: list[asyncio.Task] = []
         self.store: Store | None = None
         self.wire: Wire | None = None
+        self.server_keys: keyfiles.ServerKeys | None = None
+        self.zap: Authenticator | None = None
 
     # ---- the model, for tests and extensions -------------------------------------------
     @property
@@ -123,17 +133,30 @@ class Host:
                              linked=self._linked)
         for extension in self.extensions:
             extension.attach(self)
-        self.wire = Wire(self.settings.max_message_bytes)
+        if self.secure:
+            self.server_keys, created = keyfiles.ensure_server_keys(self.data_dir)
+            if created:
+                log.info("host.key_created", public_key=self.server_keys.public)
+        else:
+            log.warning("host.security_off", security="none",
+                        warning="authentication is OFF: anyone who can reach these ports can "
+                                "run anything on every node as any user. Use only on a "
+                                "trusted network (security = \"curve\" turns it on)")
+        self.wire = Wire(self.settings.max_message_bytes, server_keys=self.server_keys)
+        if self.secure:
+            self.zap = Authenticator(self.wire, lambda key: self.keys.table.allowed(key))
+            self.zap.start()
         addr = self.settings.bind_address
         router, self.endpoints["router"] = self.wire.router(f"tcp://{addr}:{self.settings.router_port}")
         xsub, self.endpoints["xsub"] = self.wire.xsub(f"tcp://{addr}:{self.settings.xsub_port}")
         xpub, self.endpoints["xpub"] = self.wire.xpub(f"tcp://{addr}:{self.settings.xpub_port}")
-        self.core.hello_info = {"endpoints": self.endpoints, "security": "none"}
+        self.core.hello_info = {"endpoints": self.endpoints, "security": self.settings.security,
+                                "host_key": self.server_keys.public if self.secure else ""}
         self.begin()
         self._execute(self.core.load(now()))
-        self.router = Channel(router, self._on_router, self.flush)
+        self.router = Channel(router, self._on_router, self.flush, with_user=self.secure)
         self.xpub = Channel(xpub, lambda frames: None, lossy=True)
-        self.xsub = Channel(xsub, self._on_published, self.flush)
+        self.xsub = Channel(xsub, self._on_published, self.flush, with_user=self.secure)
         self._write_endpoints()
         self._loops.append(asyncio.ensure_future(self._liveness_loop()))
         log.info("host.started", endpoints=self.endpoints, tasks=len(self.core.tasks),
@@ -164,7 +187,9 @@ class Host:
         """Let clients on this machine find the host with no flags (atomic rename)."""
         path = self.data_dir / "endpoints.json"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**self.endpoints, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({**self.endpoints, "pid": os.getpid(),
+                                   "security": self.settings.security,
+                                   "host_key": self.server_keys.public if self.secure else ""}))
         tmp.replace(path)
 
     def _remove_endpoints(self) -> None:
@@ -180,7 +205,7 @@ class Host:
             path.unlink(missing_ok=True)
 
     # ---- receiving ---------------------------------------------------------------------
-    def _on_router(self, frames: list[bytes]) -> None:
+    def _on_router(self, frames: list[bytes], user: str | None = None) -> None:
         if len(frames) != 2:
             log.warning("host.bad_frames", count=len(frames))
             if len(frames) >= 2:
@@ -194,7 +219,12 @@ class Host:
             log.warning("host.bad_message", error=str(exc), code=exc.code)
             self._send_to(identity, encode_error(peek_rid(frame), exc.code, str(exc)))
             return
-        principal = self._principal(identity)
+        try:
+            principal = self._principal(identity, user)
+        except Forbidden as exc:
+            if not env.is_reply:
+                self._send_to(identity, encode_error(env.rid, exc.code, str(exc)))
+            return
         if principal.role == RUNNER:
             self.core.touch(principal.name, identity, now())
         if env.is_reply:
@@ -203,10 +233,24 @@ class Host:
             return
         self._handle(Request(principal, env.rid, identity), env.op, env.body)
 
-    def _principal(self, identity: bytes) -> Principal:
-        """Who sent a ROUTER message (``security = "none"``: what its identity claims)."""
+    def _principal(self, identity: bytes, user: str | None) -> Principal:
+        """Who sent a ROUTER message: the principal of its CURVE key, looked up per message
+        (a key revoked on an open connection is refused at its next request); with
+        ``security = "none"``, what its identity claims. A runner identity
+        (``r:<node>:<instance>``) must carry that node's runner key, and only runner keys
+        may use one."""
         name = node_of(identity)
-        return Principal(name, RUNNER) if name is not None else TRUSTED
+        if not self.secure:
+            return Principal(name, RUNNER) if name is not None else TRUSTED
+        principal = self.keys.table.principal(user or "")
+        if principal is None:
+            raise Forbidden("this key is not (or no longer) authorised on this host")
+        if name is not None and principal.node != name:
+            raise Forbidden(f"only the runner key of node {name!r} may speak as its runner; "
+                            f"this key is {principal.name!r} ({principal.role})")
+        if name is None and principal.role == RUNNER:
+            raise Forbidden("a runner key must connect with its runner identity")
+        return principal
 
     def _handle(self, request: Request, op: str, body: dict[str, Any]) -> None:
         """Run one request inside its own SAVEPOINT of the tick's transaction."""
@@ -246,9 +290,11 @@ class Host:
         else:
             future.set_exception(error_from_reply(env.code, env.msg))
 
-    def _on_published(self, frames: list[bytes]) -> None:
-        """Everything runners publish passes here on its way to subscribers."""
-        if len(frames) != 2:
+    def _on_published(self, frames: list[bytes], user: str | None = None) -> None:
+        """Everything runners publish passes here on its way to subscribers. With
+        authentication, only runner keys publish, and a runner only ``hb.<its node>`` and
+        ``log.<a task placed on its node>``: anything else is dropped (and counted)."""
+        if len(frames) != 2 or (self.secure and not self._may_publish(frames[0], user)):
             self.core.dropped_publications += 1
             return
         topic = frames[0]
@@ -268,10 +314,25 @@ class Host:
                                               now()))
             self.schedule_flush()
 
+    def _may_publish(self, topic: bytes, user: str | None) -> bool:
+        principal = self.keys.table.principal(user or "")
+        if principal is None or principal.role != RUNNER:
+            return False
+        if topic.startswith(b"hb."):
+            return topic[3:].decode(errors="replace") == principal.name
+        if topic.startswith(b"log."):
+            try:
+                task_id = int(topic[4:])
+            except ValueError:
+                return False
+            return self.core.task_node(task_id) == principal.name
+        return False
+
     def _forward_log(self, topic: bytes, frames: list[bytes]) -> None:
         """A log chunk: to its followers over the ROUTER, the bus, and (security off) the
         XPUB."""
-        self.xpub.send(frames)
+        if not self.secure:
+            self.xpub.send(frames)
         if self.bus:
             self.bus.publish(topic, frames[1])
         for link in self.followers.of(topic, time.monotonic()):
