@@ -19,6 +19,10 @@ each beside a baseline measured in the same run and on the same machine:
   ``waitpid`` when its pidfd becomes readable;
 * bare latency: one such spawn + wait at a time.
 
+The owner ``bench`` has no account on the machine, so a runner running as root runs the
+tasks as its ``task_user`` (``nobody``): the account switch is in what zriver is measured
+doing, not in the baseline.
+
 Rounds are interleaved (bare, zriver, bare, zriver, ...) and the table shows medians over the
 rounds and the ratios (median of the per-round ratios). Beside wall-clock rates it shows the
 CPU time per task of every process involved (bare: the launcher and its children; zriver: the
@@ -514,6 +518,7 @@ def summarize(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     deadline = Deadline(args.max_seconds)
     root = Path(tempfile.mkdtemp(prefix="zriver-bench-"))
+    root.chmod(0o711)  # a root runner runs the tasks as its task_user: they enter work/
     profile_dir = None
     if args.profile != "none":
         profile_dir = Path(args.profile_dir or root / "profile").resolve()

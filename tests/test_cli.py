@@ -55,7 +55,7 @@ def test_submit_wait_prints_id_and_passes_exit_code(cli):
 
 def test_submit_options_reach_the_task(cli, tmp_path):
     result = cli("submit", "--wait", "--cores", "2", "--memory", "1G", "--env", "SEED=3",
-                 "--name", "train", "--workdir", str(tmp_path), "--",
+                 "--name", "train", "--workdir", str(tmp_path), "--user", "root", "--",
                  "sh", "-c", "echo $SEED; pwd", check=True)
     task_id = result.stdout.strip()
     status = json.loads(cli("status", task_id, "--json", check=True).stdout)

@@ -15,6 +15,7 @@ import pwd
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,9 +56,16 @@ def assert_runs_as(lines: list[str], uid: int, gid: int, name: str, home: str) -
         assert int(proc["CapPrm"][0], 16) == 0 and int(proc["CapEff"][0], 16) == 0, proc
 
 
-def keeper_ids(cluster) -> dict[str, list[str]]:
-    pid = cluster.runners["n1"].backends["native"].keeper_pid
-    return status_fields(Path(f"/proc/{pid}/status").read_text().splitlines())
+def keeper_pid(cluster) -> int:
+    return cluster.runners["n1"].backends["native"].keeper_pid
+
+
+def keeper_threads(cluster) -> list[dict[str, list[str]]]:
+    """``/proc`` status of each of the keeper's threads, its main thread first."""
+    pid = keeper_pid(cluster)
+    tids = sorted(os.listdir(f"/proc/{pid}/task"), key=lambda tid: int(tid) != pid)
+    return [status_fields(Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines())
+            for tid in tids]
 
 
 @pytest.fixture
@@ -133,10 +141,12 @@ def test_a_task_with_no_account_of_its_owner_runs_as_the_task_user(cluster) -> N
     task, lines = run_ids(cluster, user=None, owner="nobody-here")
     assert task["state"] == "completed", task
     assert_runs_as(lines, NOBODY.pw_uid, NOBODY.pw_gid, "nobody", NOBODY.pw_dir)
-    # The keeper took its own ids back at once.
-    proc = keeper_ids(cluster)
-    assert proc["Uid"] == ["0"] * 4 and proc["Gid"] == ["0"] * 4, proc
-    assert proc["Groups"] == [str(g) for g in os.getgroups()], proc
+    # The keeper took its own ids back at once (its main thread never changed them).
+    threads = keeper_threads(cluster)
+    assert len(threads) == 2, threads
+    for proc in threads:
+        assert proc["Uid"] == ["0"] * 4 and proc["Gid"] == ["0"] * 4, proc
+        assert proc["Groups"] == [str(g) for g in os.getgroups()], proc
 
 
 def test_an_owner_named_root_gets_the_task_user_and_user_root_gets_root(cluster) -> None:
@@ -152,6 +162,29 @@ def test_an_owner_with_an_account_on_the_node_runs_as_it(cluster, account) -> No
     task, lines = run_ids(cluster, user=None, owner=account.pw_name)
     assert task["state"] == "completed", task
     assert_runs_as(lines, account.pw_uid, account.pw_gid, account.pw_name, account.pw_dir)
+
+
+def test_a_task_cannot_signal_the_keeper_while_it_spawns_as_the_same_account(
+        make_cluster, account, open_dir) -> None:
+    """While the keeper's spawning thread has the account's real uid, ``kill(pid)`` and
+    ``kill(-1)`` by that account still meet the main thread's ids and are refused."""
+    # (no chained starts: the burst must not wait behind the killer)
+    cluster = make_cluster({"n1": {"cores": 2, "memory": "4G"}}, host={"prefetch": False})
+    keeper, stop = keeper_pid(cluster), open_dir / "stop"
+    script = (f"while [ ! -e {stop} ]; do kill -KILL {keeper} 2>/dev/null && echo hit; "
+              f"kill -KILL -1 2>/dev/null; done; echo done")
+    killer = cluster.submit(["sh", "-c", script], workdir=str(open_dir), user=None,
+                            owner=account.pw_name)
+    cluster.wait_state(killer, {"running"})
+    burst = cluster.submit_many([{"command": ["true"], "workdir": "/", "user": None,
+                                  "owner": account.pw_name} for _ in range(200)])
+    cluster.wait(*burst)  # (some of them may die of the kill -1: they are the account's)
+    stop.touch()
+    [summary] = cluster.wait(killer)
+    assert summary["state"] == "completed", cluster.task(killer)
+    assert cluster.log(killer) == b"done\n"
+    assert keeper_pid(cluster) == keeper and Path(f"/proc/{keeper}").exists()
+    assert cluster.runners["n1"].backends["native"].running() == []
 
 
 def test_what_a_task_writes_and_its_logs_belong_to_its_account(cluster, account,
@@ -179,6 +212,16 @@ def test_an_account_that_does_not_exist_fails_the_task_clearly(cluster) -> None:
     assert (task["state"], task["exit_code"]) == ("failed", 126), task
     assert "no account 'ghost'" in task["detail"] and "--user" in task["detail"], task
     assert lines == []
+
+
+def test_submit_user_ghost_fails_clearly_on_the_command_line(cluster) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "zriver", "--host", cluster.endpoint, "submit", "--wait",
+         "--user", "ghost", "--workdir", "/", "--", "true"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 126, result.stderr
+    task = cluster.task(int(result.stdout.split()[0]))
+    assert task["detail"] == "no account 'ghost' on node n1 (asked for with --user); not started"
 
 
 def test_a_task_user_that_does_not_exist_fails_the_task_never_root(make_cluster) -> None:

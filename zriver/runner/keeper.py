@@ -64,6 +64,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -592,9 +593,23 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: None)
     keeper.selector.register(wake_read, selectors.EVENT_READ, keeper.stop_on_signal)
     _log(f"serving {data_dir}")
-    keeper.serve()
+    # The loop runs in a second thread, which alone changes its real ids around a spawn as
+    # another account: kill() and kill(-1) by that account check this (main) thread's ids.
+    failed: list[BaseException] = []
+    loop = threading.Thread(target=_serve, args=(keeper, failed), name="keeper")
+    loop.start()
+    loop.join()
+    if failed:
+        raise failed[0]
     _log("no agent and no task left: exiting")
     return 0
+
+
+def _serve(keeper: Keeper, failed: list[BaseException]) -> None:
+    try:
+        keeper.serve()
+    except BaseException as exc:  # re-raised by the main thread: the keeper exits with it
+        failed.append(exc)
 
 
 if __name__ == "__main__":

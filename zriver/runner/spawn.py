@@ -3,32 +3,37 @@ spawn itself).
 
 * ``posix_spawn`` with file actions redirecting stdin from ``/dev/null`` and stdout/stderr to
   the task's log files (opened here, owned by the task's account), in a new process group.
-  This costs a fraction of ``subprocess`` (see docs/performance.md). A command name is looked up on PATH by ``CommandPaths``
-  (remembered for 2 s) and spawned by its path, so the vfork'd child makes one ``execve``
-  rather than one per PATH entry before the right one.
+  This costs a fraction of ``subprocess`` (see docs/performance.md). A command name is
+  looked up on PATH by ``CommandPaths`` (remembered for 2 s) and spawned by its path, so the
+  vfork'd child makes one ``execve`` rather than one per PATH entry before the right one.
 * Cores: when the calling thread runs on one of the task's cores, it takes the task's mask for
   the duration of the spawn (no migration is needed) and the child inherits it from its first
   instruction. Otherwise the child is pinned the moment ``posix_spawn`` returns (its ``execve``
   has just completed) by ``pin_tree``, which pins it, its threads and anything it already
   started. The calling thread never moves to another core.
 * Working directory: checked first (a missing one is its own error, never "command not
-  found"), then the process changes into it around the spawn (the keeper is single-threaded).
+  found"), then the process changes into it around the spawn (only the keeper's loop thread
+  does anything).
 * A task bound to a NUMA zone runs under ``numactl --membind`` when numactl is installed.
 * Accounts: a task given an ``Account`` other than the caller's runs as it without a process
-  of its own. The caller (root) sets its *real* ids to the account's around the spawn
+  of its own. The calling thread (root) sets its *real* ids to the account's around the spawn
   (``setresgid``, ``setgroups``, ``setresuid`` with the effective and saved ids left at 0) and
   spawns with ``resetids``: the vfork'd child sets its effective ids to those real ones, and
   its ``execve`` then makes real = effective = saved = the account, with no capabilities left.
-  The caller takes its real ids and groups back at once (its effective uid stayed 0). glibc
-  resets the ids before the file actions, so the log files are opened (and chowned) here as
-  root and only ``dup2``-ed in the child; the working directory is checked with the
-  account's ids (``access``, inside the switch: a directory it cannot enter is refused).
+  The thread takes its real ids and groups back at once (its effective uid stayed 0). It
+  changes its own ids only (raw system calls; glibc's wrappers change every thread): while
+  its real uid is the account's, ``kill(pid)`` and ``kill(-1)`` from that account, which check
+  the main thread, are still refused (the keeper spawns from a second thread). glibc resets
+  the ids before the file actions, so the log files are opened (and chowned) here as root and
+  only ``dup2``-ed in the child; the working directory is checked with the account's ids
+  (``access``, inside the switch: a directory it cannot enter is refused).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import shutil
 import signal
 import stat
@@ -71,6 +76,53 @@ def _load_getcpu() -> Callable[[], int]:
 
 
 _current_cpu = _load_getcpu()
+
+_ID_CALLS = {"x86_64": (117, 119, 116), "aarch64": (147, 149, 159)}
+"""System call numbers of setresuid, setresgid and setgroups (gid_t is 32-bit on both)."""
+
+
+class ThreadIds:
+    """Sets the real uid, gid and groups of the calling thread only (the kernel keeps
+    credentials per thread; glibc's ``setresuid`` & co. apply them to every thread). Where
+    the system call numbers are not known, glibc's process-wide calls are used."""
+
+    def __init__(self) -> None:
+        numbers = _ID_CALLS.get(platform.machine())
+        self._ids = self._groups_call = None
+        if numbers is not None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                long = ctypes.c_long
+                self._ids = ctypes.CFUNCTYPE(long, long, long, long, long, use_errno=True)(
+                    ("syscall", libc))
+                self._groups_call = ctypes.CFUNCTYPE(long, long, long, ctypes.POINTER(
+                    ctypes.c_uint), use_errno=True)(("syscall", libc))
+            except (OSError, AttributeError):
+                self._ids = self._groups_call = None
+        self._setresuid, self._setresgid, self._setgroups = numbers or (0, 0, 0)
+        self._arrays: dict[tuple[int, ...], ctypes.Array] = {}
+        self.per_thread = self._ids is not None
+
+    def set_real(self, uid: int, gid: int, groups: tuple[int, ...]) -> None:
+        if not self.per_thread:
+            os.setresgid(gid, -1, -1)
+            os.setgroups(list(groups))
+            os.setresuid(uid, -1, -1)
+            return
+        array = self._arrays.get(groups)
+        if array is None:
+            if len(self._arrays) > 256:
+                self._arrays.clear()
+            array = self._arrays[groups] = (ctypes.c_uint * max(1, len(groups)))(*groups)
+        _check(self._ids(self._setresgid, gid, -1, -1))
+        _check(self._groups_call(self._setgroups, len(groups), array))
+        _check(self._ids(self._setresuid, uid, -1, -1))
+
+
+def _check(result: int) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 class CommandPaths:
@@ -148,7 +200,8 @@ class Spawner:
         self._usable = os.sched_getaffinity(0)
         self._paths = CommandPaths()
         self._uid, self._gid = os.getuid(), os.getgid()
-        self._groups = os.getgroups()
+        self._groups = tuple(os.getgroups())
+        self._ids = ThreadIds()
         self.switches = os.geteuid() == 0
         """Whether tasks can run as other accounts (this process is root)."""
 
@@ -214,15 +267,11 @@ class Spawner:
 
     def _become(self, account: Account) -> None:
         """Take the account's real ids and groups; the effective and saved ids stay root's."""
-        os.setresgid(account.gid, -1, -1)
-        os.setgroups(account.groups)
-        os.setresuid(account.uid, -1, -1)
+        self._ids.set_real(account.uid, account.gid, account.groups)
 
     def _restore(self) -> None:
-        """Take this process's own real ids and groups back (allowed: its euid is 0)."""
-        os.setresuid(self._uid, -1, -1)
-        os.setgroups(self._groups)
-        os.setresgid(self._gid, -1, -1)
+        """Take this thread's own real ids and groups back (allowed: its euid is 0)."""
+        self._ids.set_real(self._uid, self._gid, self._groups)
 
     def _spawn_argv(self, argv: list[str], env: dict[str, str], actions: list,
                     resetids: bool) -> int:
