@@ -78,7 +78,8 @@ class Cluster:
 
     @property
     def admin_key(self) -> Path:
-        return self.root / "keys" / "admin.key_secret"
+        """Where the CLI looks for its key when ``ZRIVER_HOME`` is the host's data dir."""
+        return Path(self.host_settings.data_dir) / "keys" / "client.key_secret"
 
     def key_for(self, name: str, role: str) -> Path:
         """A key pair for ``name`` trusted by the host with ``role`` (``key.add`` by the
@@ -157,9 +158,18 @@ class Cluster:
     def submit_many(self, specs: list[dict[str, Any]]) -> list[int]:
         """Submit ``specs``; a spec that names no ``user`` runs as root (the tests write into
         root-only temporary directories); pass ``user=None`` for the node's own choice."""
-        full = [{"workdir": str(self.root), "owner": "test", "user": "root", **spec}
+        full = [{"workdir": str(self.root), "owner": ADMIN, "user": "root", **spec}
                 for spec in specs]
-        return self.client().call("task.submit", {"tasks": full})["ids"]
+        return self.client_of(full[0]).call("task.submit", {"tasks": full})["ids"]
+
+    def client_of(self, spec: dict[str, Any]) -> Client:
+        """Who submits ``spec``: the admin, or, for a spec naming another owner and no
+        ``user`` (which only admins may ask for), a user key of that name: the owner of a
+        task is the key that submitted it."""
+        owner = spec.get("owner", ADMIN)
+        if not self.secure or owner == ADMIN or spec.get("user") is not None:
+            return self.client()
+        return self.client(key=self.key_for(owner, "user"))
 
     def wait(self, *ids: int) -> list[dict[str, Any]]:
         return self.client(timeout=60).wait(list(ids))

@@ -216,7 +216,7 @@ def test_an_account_that_does_not_exist_fails_the_task_clearly(cluster) -> None:
 
 def test_submit_user_ghost_fails_clearly_on_the_command_line(cluster) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "zriver", "--host", cluster.endpoint, "submit", "--wait",
+        [sys.executable, "-m", "zriver", *cluster.cli_flags(), "submit", "--wait",
          "--user", "ghost", "--workdir", "/", "--", "true"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 126, result.stderr

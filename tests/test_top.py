@@ -132,7 +132,8 @@ class FakeRunners:
 
 @pytest.fixture
 def big_cluster(make_cluster):
-    cluster = make_cluster({}, host={"prefetch": False})  # every task is pending or placed
+    # every task is pending or placed; fake runners are plain DEALERs (no keys)
+    cluster = make_cluster({}, host={"prefetch": False, "security": "none"})
 
     def never_lost():  # fake runners send no heartbeats; keep them online for the test
         cluster.host.settings = cluster.host.core.settings = dataclasses.replace(

@@ -81,6 +81,9 @@ class TaskSpec:
     user: str | None = None
     """The Unix account a native task runs as on its node (``--user``, admins only; ``root``
     allowed). ``None``: the owner's own account there, else the node's ``task_user``."""
+    admin: bool = False
+    """Set by the host, never by a client: the owner submitted with an admin key (an admin's
+    own account is used even when it is root)."""
 
     def to_wire(self) -> dict[str, Any]:
         """A plain dict of every field (shares the lists: pack it, don't mutate it)."""
@@ -179,6 +182,6 @@ _WIRE: tuple[tuple[str, frozenset[type], Any], ...] = (
     ("priority", frozenset({int}), 0), ("after", frozenset({list}), list),
     ("after_any", frozenset({list}), list), ("time_limit", frozenset({int, float}), None),
     ("retries", frozenset({int}), 0), ("max_parallel", frozenset({int}), 0),
-    ("user", frozenset({str}), None),
+    ("user", frozenset({str}), None), ("admin", frozenset({bool}), False),
 )
 assert tuple(name for name, _, _ in _WIRE) == _FIELDS, "_WIRE must list every field in order"

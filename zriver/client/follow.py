@@ -1,6 +1,7 @@
 """``zriver logs -f``: print a task's output as it is produced, with no gaps and no repeats.
 
-Subscribe first (``log.<id>``, ``evt.task.<id>``), then read what is already in the file, then
+Subscribe first (``log.<id>`` or, with authentication, ``task.follow``; ``evt.task.<id>``),
+then read what is already in the file, then
 apply chunks by byte offset: a chunk at our position is written, one past it means we missed
 something (PUB/SUB is lossy, and a fresh subscriber misses the first messages), so the gap is
 re-read from the file through ``task.logs``. The task's end (event, or the ``final`` flag of a
@@ -9,6 +10,7 @@ read when the event was lost) triggers one last read, then ``follow`` returns.
 
 from __future__ import annotations
 
+import time
 from typing import BinaryIO
 
 import zmq
@@ -49,26 +51,56 @@ class _Position:
 
 
 def follow(client: Client, task_id: int, outs: dict[str, BinaryIO]) -> None:
-    """Stream ``outs`` (``{"stdout": ..., "stderr": ...}``) of ``task_id`` until it ends."""
-    sub = client.subscribe([f"log.{task_id}", f"evt.task.{task_id}"])
+    """Stream ``outs`` (``{"stdout": ..., "stderr": ...}``) of ``task_id`` until it ends.
+
+    With authentication on, chunks come over the client's own DEALER after ``task.follow``
+    (asked again every third of its TTL): the XPUB carries no log bytes then. Without it,
+    they come on the SUB socket with the task's events."""
+    secure = client.secure
+    sub = client.subscribe([f"evt.task.{task_id}"] + ([] if secure else [f"log.{task_id}"]))
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    if secure:
+        poller.register(client.sock, zmq.POLLIN)
+    renew_at = 0.0
     try:
         positions = {s: _Position(client, task_id, s, out) for s, out in outs.items()}
+        if secure:
+            renew_at = _follow(client, task_id)
         final = all([p.catch_up() for p in positions.values()])
         while not final:
-            if not sub.poll(int(IDLE_CHECK * 1000), zmq.POLLIN):
+            if secure and time.monotonic() > renew_at:
+                renew_at = _follow(client, task_id)
+            ready = dict(poller.poll(int(IDLE_CHECK * 1000)))
+            if not ready:
                 final = all([p.catch_up() for p in positions.values()])
                 continue
-            topic, frame = sub.recv_multipart()
-            body = decode(frame).body
-            if body.get("id") != task_id:
-                continue  # a prefix match: log.17 also matches log.170
-            if topic.startswith(b"log."):
-                position = positions.get(body.get("stream"))
-                if position is not None:
-                    position.apply(body["offset"], body["data"])
-            elif body.get("state") in lc.FINAL:
-                final = True
+            if client.sock in ready:
+                env = decode(client.sock.recv())
+                if env.op == "log" and env.body.get("id") == task_id:
+                    _apply(positions, env.body)
+            if sub in ready:
+                topic, frame = sub.recv_multipart()
+                body = decode(frame).body
+                if body.get("id") != task_id:
+                    continue  # a prefix match: log.17 also matches log.170
+                if topic.startswith(b"log."):
+                    _apply(positions, body)
+                elif body.get("state") in lc.FINAL:
+                    final = True
         for position in positions.values():
             position.catch_up()
     finally:
         sub.close(linger=0)
+
+
+def _follow(client: Client, task_id: int) -> float:
+    """Ask for the task's chunks over the ROUTER; when to ask again."""
+    ttl = client.call("task.follow", {"id": task_id})["ttl"]
+    return time.monotonic() + ttl / 3
+
+
+def _apply(positions: dict[str, _Position], body: dict) -> None:
+    position = positions.get(body.get("stream"))
+    if position is not None:
+        position.apply(body["offset"], body["data"])

@@ -73,6 +73,7 @@ def submit(core: "HostCore", request: Request, body: dict) -> dict:
         raise NotFound(f"no task {', '.join(map(str, missing))} to depend on")
     for spec in specs:
         spec.owner = owner_of(request.principal, spec)
+        spec.admin = request.principal.is_admin
         resolve_backend(core, spec)
         check_allowed(core, request.principal, spec)
         for check in core.submit_checks:

@@ -134,9 +134,7 @@ class Host:
         for extension in self.extensions:
             extension.attach(self)
         if self.secure:
-            self.server_keys, created = keyfiles.ensure_server_keys(self.data_dir)
-            if created:
-                log.info("host.key_created", public_key=self.server_keys.public)
+            self.server_keys, self._key_created = keyfiles.ensure_server_keys(self.data_dir)
         else:
             log.warning("host.security_off", security="none",
                         warning="authentication is OFF: anyone who can reach these ports can "
@@ -160,7 +158,10 @@ class Host:
         self._write_endpoints()
         self._loops.append(asyncio.ensure_future(self._liveness_loop()))
         log.info("host.started", endpoints=self.endpoints, tasks=len(self.core.tasks),
-                 nodes=len(self.core.nodes), incarnation=self.incarnation)
+                 nodes=len(self.core.nodes), incarnation=self.incarnation,
+                 security=self.settings.security,
+                 host_key=self.server_keys.public if self.secure else None,
+                 host_key_created=bool(getattr(self, "_key_created", False)))
 
     async def stop(self) -> None:
         for task in self._loops:

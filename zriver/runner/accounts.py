@@ -45,13 +45,16 @@ class Account:
 Lookup = Callable[[str], "Account | None"]
 
 
-def choose(user: str | None, owner: str, task_user: str, lookup: Lookup) -> tuple[str, str]:
-    """The account name a task runs as, and why (``USER``, ``OWNER`` or ``TASK_USER``)."""
+def choose(user: str | None, owner: str, task_user: str, lookup: Lookup,
+           admin: bool = False) -> tuple[str, str]:
+    """The account name a task runs as, and why (``USER``, ``OWNER`` or ``TASK_USER``): the
+    one asked for; else the owner's own account, unless it is root and the owner is not an
+    admin; else ``task_user``."""
     if user:
         return user, USER
     if owner:
         own = lookup(owner)
-        if own is not None and own.uid != 0:
+        if own is not None and (own.uid != 0 or admin):
             return own.name, OWNER
     return task_user, TASK_USER
 

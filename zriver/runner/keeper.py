@@ -383,7 +383,8 @@ class Keeper:
         if not self.spawner.switches:
             return None
         name, why = accounts.choose(message.get("user") or None, str(message.get("owner") or ""),
-                                    self.task_user, self.accounts.get)
+                                    self.task_user, self.accounts.get,
+                                    bool(message.get("admin")))
         account = self.accounts.get(name)
         if account is None:
             asked = {accounts.USER: "asked for with --user",

@@ -173,7 +173,8 @@ class NativeBackend:
                 "argv": membind_prefix(job.numa) + job.spec.command, "env": job.env,
                 "workdir": job.spec.workdir, "stdout": job.stdout, "stderr": job.stderr,
                 "cores": list(job.cores), "memory": job.memory, "fence": True,
-                "user": job.spec.user, "owner": job.spec.owner}
+                "user": job.spec.user, "owner": job.spec.owner,
+                "admin": job.spec.admin}
 
     def stage(self, job: Job, behind: int) -> None:
         """Have the keeper start ``job`` the moment task ``behind`` (which it runs or holds
