@@ -75,6 +75,7 @@ from typing import Any
 import psutil
 import zmq
 
+from zriver import keys as keyfiles
 from zriver.client.api import Client
 from zriver import lifecycle as lc
 from zriver.protocol import decode, encode
@@ -168,8 +169,10 @@ class Cluster:
     """A host and a runner, each its own process, in ``root``."""
 
     def __init__(self, root: Path, profile: str, profile_dir: Path | None,
-                 attach: str = "", wrapper: str = "") -> None:
+                 attach: str = "", wrapper: str = "", security: str = "curve") -> None:
         self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.security = security
         self.attach = attach
         self.wrapper = wrapper
         self.profile = profile
@@ -215,7 +218,12 @@ class Cluster:
         host_toml = self.root / "host.toml"
         host_toml.write_text(
             f'data_dir = "{host_dir}"\nbind_address = "127.0.0.1"\n'
-            "router_port = 0\nxsub_port = 0\nxpub_port = 0\nheartbeat_interval = 1.0\n")
+            "router_port = 0\nxsub_port = 0\nxpub_port = 0\nheartbeat_interval = 1.0\n"
+            f'security = "{self.security}"\n')
+        admin = self.root / "keys" / "client.key_secret"
+        if self.security == "curve":  # what `zriver init keys` makes for the admin
+            public, _ = keyfiles.ensure_client_pair(admin, "bench", "admin")
+            keyfiles.ensure_admin_import(host_dir, public, "bench")
         self._launch("host", host_toml)
         endpoints_file = host_dir / "endpoints.json"
         limit = time.monotonic() + min(30.0, deadline.left())
@@ -231,12 +239,20 @@ class Cluster:
             time.sleep(0.05)
         port = lambda name: int(endpoints[name].rsplit(":", 1)[1])  # noqa: E731
         self.endpoint = f"tcp://127.0.0.1:{port('router')}"
+        host_key = endpoints.get("host_key", "")
+        self.client = Client(self.endpoint, timeout=10.0, key=str(admin) if host_key else "none",
+                             host_key=host_key or None)
+        runner_key = self.root / "runner.key_secret"
+        if host_key:  # a node's key, added by the admin (`zriver keys add NODE --role runner`)
+            public, _ = keyfiles.ensure_client_pair(runner_key, "bench-node", "runner")
+            self.client.call("key.add", {"name": "bench-node", "role": "runner",
+                                         "public_key": public})
+        keys = f'key = "{runner_key}"\nhost_key = "{host_key}"\n' if host_key else 'key = "none"\n'
         runner_toml = self.root / "runner.toml"
         runner_toml.write_text(
             f'host = "127.0.0.1"\nrouter_port = {port("router")}\nxsub_port = {port("xsub")}\n'
-            f'name = "bench-node"\ndata_dir = "{self.root / "runner"}"\ncores = 2\n')
+            f'name = "bench-node"\ndata_dir = "{self.root / "runner"}"\ncores = 2\n{keys}')
         self._launch("runner", runner_toml)
-        self.client = Client(self.endpoint, timeout=10.0)
         limit = time.monotonic() + min(30.0, deadline.left())
         while True:
             self._check_alive()
@@ -388,15 +404,24 @@ class Zriver:
         self.spec = {"command": COMMAND, "cores": 1, "workdir": workdir, "owner": "bench"}
         self.context = zmq.Context.instance()
         xpub = self.client.hello()["endpoints"]["xpub"]
-        self.sub = self.context.socket(zmq.SUB)
-        self.sub.linger = 0
+        self.sub = self._socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"evt.task.")
         self.sub.connect(f"tcp://127.0.0.1:{xpub.rsplit(':', 1)[1]}")
-        self.dealer = self.context.socket(zmq.DEALER)
-        self.dealer.linger = 0
+        self.dealer = self._socket(zmq.DEALER)
         self.dealer.connect(cluster.endpoint)
         self.rid = 0
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        """A socket with the admin's CURVE keys when the cluster has them."""
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        keys = self.client.keys
+        if keys is not None:
+            sock.curve_serverkey = keys.server.encode()
+            sock.curve_publickey = keys.public.encode()
+            sock.curve_secretkey = keys.secret.encode()
+        return sock
 
     def close(self) -> None:
         self.sub.close(0)
@@ -516,6 +541,8 @@ def summarize(values: list[float]) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved rounds: bare, zriver (CURVE on), and with ``--security both`` (the
+    default) the same cluster shape with authentication off, each round."""
     deadline = Deadline(args.max_seconds)
     root = Path(tempfile.mkdtemp(prefix="zriver-bench-"))
     root.chmod(0o711)  # a root runner runs the tasks as its task_user: they enter work/
@@ -523,43 +550,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile != "none":
         profile_dir = Path(args.profile_dir or root / "profile").resolve()
         profile_dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(root, args.profile, profile_dir, args.attach or "",
-                      str(Path(args.wrapper).resolve()) if args.wrapper else "")
-    zr = None
+    modes = {"curve": ["zriver"], "none": ["zriver"], "both": ["zriver", "open"]}[args.security]
+    security = {"zriver": "none" if args.security == "none" else "curve", "open": "none"}
+    clusters = {key: Cluster(root / security[key], args.profile, profile_dir, args.attach or "",
+                             str(Path(args.wrapper).resolve()) if args.wrapper else "",
+                             security[key]) for key in modes}
+    for cluster in clusters.values():
+        cluster.root.chmod(0o711)
+    zrs: dict[str, Zriver] = {}
     rounds: list[dict[str, Any]] = []
     try:
-        cluster.start(deadline)
         workdir = root / "work"
         workdir.mkdir()
         bare_logs = root / "bare-logs"
         bare_logs.mkdir()
         bare = Bare(bare_logs)
-        zr = Zriver(cluster, str(workdir))
+        for key, cluster in clusters.items():
+            cluster.start(deadline)
+            zrs[key] = Zriver(cluster, str(workdir))
         # warm-up (not counted): caches, SQLite pages, the SUB subscription reaching the host
         bare.throughput(min(100, args.tasks), 2, deadline)
-        zr.throughput(min(100, args.tasks), deadline)
+        for zr in zrs.values():
+            zr.throughput(min(100, args.tasks), deadline)
         if not args.skip_latency:
             bare.latency(10, deadline)
-            zr.latency(10, deadline)
-        pids = [cluster.pid("host"), cluster.pid("runner"), cluster.pid("keeper"), os.getpid()]
+            for zr in zrs.values():
+                zr.latency(10, deadline)
+        pids = [os.getpid()] + [c.pid(role) for c in clusters.values()
+                                for role in ("host", "runner", "keeper")]
         clean = number = 0
         while clean < args.rounds and number < args.rounds + args.extra_rounds:
             number += 1
             row: dict[str, Any] = {"round": number}
             row["bare_throughput"] = bare.throughput(args.tasks, 2, deadline)
-            cluster.spy_start(f"-r{number}")
-            try:
-                row["zriver_throughput"] = zr.throughput(args.tasks, deadline)
-            finally:
-                cluster.spy_stop()
-            loads = [row["bare_throughput"]["other_load"], row["zriver_throughput"]["other_load"]]
+            loads = [row["bare_throughput"]["other_load"]]
+            for key, zr in zrs.items():
+                clusters[key].spy_start(f"-{key}-r{number}")
+                try:
+                    row[f"{key}_throughput"] = zr.throughput(args.tasks, deadline)
+                finally:
+                    clusters[key].spy_stop()
+                loads.append(row[f"{key}_throughput"]["other_load"])
             if not args.skip_latency:
                 load = Load([os.getpid()])
                 row["bare_latency"] = bare.latency(args.samples, deadline)
                 loads.append(load.other_share())
-                load = Load(pids)
-                row["zriver_latency"] = zr.latency(args.samples, deadline)
-                loads.append(load.other_share())
+                for key, zr in zrs.items():
+                    load = Load(pids)
+                    row[f"{key}_latency"] = zr.latency(args.samples, deadline)
+                    loads.append(load.other_share())
             row["other_load"] = max(loads)
             row["noisy"] = row["other_load"] > args.noise_threshold
             clean += not row["noisy"]
@@ -569,9 +608,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # a second Ctrl-C or SIGTERM must not cut the cleanup short
         previous = {sig: signal.signal(sig, signal.SIG_IGN)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
-        if zr is not None:
+        for zr in zrs.values():
             zr.close()
-        cluster.stop()
+        for cluster in clusters.values():
+            cluster.stop()
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
         else:
@@ -607,9 +647,13 @@ def round_line(row: dict[str, Any]) -> str:
     text = (f"round {row['round']}: bare {bt['tasks_per_s']:.0f}/s, zriver "
             f"{zt['tasks_per_s']:.0f}/s ({zt['tasks_per_s'] / bt['tasks_per_s']:.2f}); "
             f"other load up to {row['other_load']:.0%}{' (noisy)' if row['noisy'] else ''}")
+    if "open_throughput" in row:
+        text += f", auth off {row['open_throughput']['tasks_per_s']:.0f}/s"
     if "zriver_latency" in row:
         text += (f"; latency p50 bare {statistics.median(row['bare_latency']) * 1e3:.2f} ms, "
                  f"zriver {summarize(row['zriver_latency']['completed']) * 1e3:.2f} ms")
+    if "open_latency" in row:
+        text += f", auth off {summarize(row['open_latency']['completed']) * 1e3:.2f} ms"
     return text
 
 
@@ -652,6 +696,16 @@ def summary(all_rounds: list[dict[str, Any]]) -> dict[str, float]:
                     lambda r: percentile([v for v in r["zriver_latency"][key] if v == v], q)
                     * 1e3)
         out["latency_ratio_p50"] = out["zriver_completed_p50_ms"] / out["bare_latency_p50_ms"]
+    if rounds and "open_throughput" in rounds[0]:
+        out["open_tasks_per_s"] = med(lambda r: r["open_throughput"]["tasks_per_s"])
+        out["open_total_cpu_us_per_task"] = med(
+            lambda r: r["open_throughput"]["total_cpu_us_per_task"])
+        out["auth_throughput_ratio"] = med(lambda r: r["zriver_throughput"]["tasks_per_s"]
+                                           / r["open_throughput"]["tasks_per_s"])
+        if "open_latency" in rounds[0]:
+            out["open_completed_p50_ms"] = med(
+                lambda r: percentile([v for v in r["open_latency"]["completed"] if v == v], 50)
+                * 1e3)
     return out
 
 
@@ -691,6 +745,19 @@ def table(result: dict[str, Any]) -> str:
             f"{'submit -> submit reply p50 / p95 (ms)':<44}{'':>10}"
             f"{s['zriver_reply_p50_ms']:>5.2f}/{s['zriver_reply_p95_ms']:<4.2f}",
         ]
+    if "open_tasks_per_s" in s:
+        lines += [
+            "",
+            "authentication (CURVE on, the default) against the same cluster with it off:",
+            f"{'throughput (tasks/s), auth on / off':<44}{s['zriver_tasks_per_s']:>10.0f}"
+            f"{s['open_tasks_per_s']:>10.0f}{s['auth_throughput_ratio']:>9.2f}  >= 0.9",
+            f"{'CPU per task (us), auth on / off':<44}{s['zriver_total_cpu_us_per_task']:>10.0f}"
+            f"{s['open_total_cpu_us_per_task']:>10.0f}",
+        ]
+        if "open_completed_p50_ms" in s:
+            lines.append(f"{'submit -> completed p50 (ms), auth on / off':<44}"
+                         f"{s['zriver_completed_p50_ms']:>10.2f}{s['open_completed_p50_ms']:>10.2f}")
+        lines.append("")
     lines += [
         f"{'CPU per task in the batch, all processes (us)':<44}"
         f"{s['bare_total_cpu_us_per_task']:>10.0f}{s['zriver_total_cpu_us_per_task']:>10.0f}"
@@ -717,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--samples", type=int, default=200, help="latency samples per round")
     parser.add_argument("--skip-latency", action="store_true", help="throughput rounds only")
+    parser.add_argument("--security", choices=("both", "curve", "none"), default="both",
+                        help="measure with authentication on (curve), off (none), or both "
+                        "in the same rounds (the default; the table shows the ratio)")
     parser.add_argument("--noise-threshold", type=float, default=0.10,
                         help="a round during which other processes used more than this share "
                         "of the machine is noisy: it is re-run and left out of the medians")

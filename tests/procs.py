@@ -409,6 +409,16 @@ class Cluster:
         assert self.host is not None
         return self.host.endpoint
 
+    def connect(self, endpoint: str, timeout: float = 2.0) -> Client:
+        """The admin's client of ``endpoint`` (a host of this cluster, maybe not started yet:
+        every life of the host has the same key, kept in its data dir)."""
+        host_key = keyfiles.load_public(keyfiles.host_public_file(self.home)) if (
+            keyfiles.host_public_file(self.home).exists()) else ""
+        if not host_key:
+            return Client(endpoint, timeout=timeout, key="none")
+        return Client(endpoint, timeout=timeout, key=str(admin_key_file(self.home)),
+                      host_key=host_key)
+
     def client(self, timeout: float = 2.0, key: Path | None = None) -> Client:
         """A client of the current host (the admin's, unless ``key``), closed with the
         cluster."""

@@ -7,7 +7,6 @@ import time
 
 import msgpack
 import pytest
-import zmq
 
 from zriver import PROTOCOL_VERSION
 from zriver.protocol import DEFAULT_MAX_MESSAGE_BYTES

@@ -253,7 +253,7 @@ def test_silence_makes_a_node_unreachable_then_offline_with_its_tasks_lost(h):
     h.reply(N1, "task.update", {"name": "n1", "updates": [
         {"id": 1, "attempt": 1, "state": "running", "at": h.clock.wall}]})
     for _ in range(7):  # judged every half interval, silent for 3.5 s > lease (3 s)
-        effects = h.apply(h.core.judge_liveness(h.later(0.5)))
+        h.apply(h.core.judge_liveness(h.later(0.5)))
     assert h.core.nodes["n1"].state == "unreachable"
     assert h.store.get_task(1)["state"] == "unreachable"
     for _ in range(14):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from procs import Cluster as Procs
-from zriver.client.api import Client
 from zriver.errors import InvalidArgument
 
 
@@ -41,11 +40,11 @@ def test_client_submit_sends_one_key_per_call(cluster):
 def test_resend_after_host_kill9_returns_the_stored_ids(tmp_path):
     with Procs(tmp_path) as procs:
         procs.start_host()
-        with Client(procs.endpoint, timeout=5) as client:
+        with procs.host.client(timeout=5) as client:
             first = client.submit([spec(tmp_path)] * 2, key="before-the-crash")
         procs.host.kill9()
         procs.restart_host()
-        with Client(procs.endpoint, timeout=10) as client:
+        with procs.host.client(timeout=10) as client:
             again = client.submit([spec(tmp_path)] * 2, key="before-the-crash")
             assert again == first
             assert sorted(t["id"] for t in client.call("task.list", {})["tasks"]) == \

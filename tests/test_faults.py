@@ -32,7 +32,6 @@ import pytest
 from docker_fixtures import docker_client  # noqa: F401  (fixture: fails under CI=true)
 from docker_images import ensure_busybox_image
 from procs import Cluster, wait_until
-from zriver.client.api import Client
 from zriver.errors import Unavailable, ZriverError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -206,7 +205,7 @@ def test_docker_daemon_restart_under_a_running_container(private_docker: Private
         runner = cluster.start_runner("n1", docker_host=private_docker.url,
                                       image_prefix="zrt-runner", docker_probe_interval=0.5,
                                       **RUNNER_SETTINGS)
-        with Client(cluster.endpoint, timeout=120) as client:
+        with cluster.host.client(timeout=120) as client:
             client.call("env.create", {"name": "bb", "image": "zriver-test-busybox",
                                        "commit": True}, timeout=120)
         spec = {"backend": "docker", "container": "bb", "workdir": "/"}
@@ -299,7 +298,7 @@ def test_full_disk_while_a_task_writes_its_log(tmp_path: Path) -> None:
 
 # ---- 3. the host's store unwritable ------------------------------------------------------
 def store_ids(cluster: Cluster) -> set[int]:
-    with Client(cluster.endpoint, timeout=5) as client:
+    with cluster.host.client(timeout=5) as client:
         return {t["id"] for t in client.call("task.list", {"limit": 100_000})["tasks"]}
 
 
@@ -309,13 +308,13 @@ def test_host_store_full_under_a_running_host(tmp_path: Path) -> None:
         cluster.start_host(**HOST_SETTINGS)
         cluster.start_runner("n1", **RUNNER_SETTINGS)
         spec = {"command": ["true"], "cores": 1, "workdir": str(tmp_path), "owner": "t"}
-        with Client(cluster.endpoint, timeout=3) as client:
+        with cluster.host.client(timeout=3) as client:
             before = client.call("task.submit", {"tasks": [spec] * 20})["ids"]
         filled = fill(home)
         acked_full: list[int] = []
         outcomes: dict[str, int] = {}
         started = time.monotonic()
-        with Client(cluster.endpoint, timeout=3) as client:
+        with cluster.host.client(timeout=3) as client:
             for _ in range(40):  # bounded: 40 batches of 50 while the disk is full
                 try:
                     acked_full += client.call("task.submit", {"tasks": [spec] * 50})["ids"]
@@ -333,7 +332,7 @@ def test_host_store_full_under_a_running_host(tmp_path: Path) -> None:
         freed_at = time.monotonic()
         if not host_alive:
             cluster.restart_host()
-        with Client(cluster.endpoint, timeout=3) as client:
+        with cluster.host.client(timeout=3) as client:
             after = client.call("task.submit", {"tasks": [spec] * 5})["ids"]
         acked = before + acked_full + after
         stored = store_ids(cluster)

@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 from procs import Cluster, wait_until
-from zriver.client.api import Client
 from zriver.errors import Unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -56,7 +55,7 @@ class Submitter(threading.Thread):
         endpoint = self.cluster.endpoint  # the same ports after the restart
         spec = {"command": self.command, "cores": 1, "workdir": str(self.cluster.base),
                 "owner": "burst"}
-        client = Client(endpoint, timeout=1.5)
+        client = self.cluster.connect(endpoint, timeout=1.5)
         try:
             for _ in range(TOTAL // BATCH):
                 self.submitted += BATCH
@@ -65,7 +64,7 @@ class Submitter(threading.Thread):
                 except Unavailable:
                     self.unacked_batches += 1
                     client.close()  # a fresh socket: drop whatever the dead host's pipe held
-                    client = Client(endpoint, timeout=1.5)
+                    client = self.cluster.connect(endpoint, timeout=1.5)
                     self._wait_for_host(endpoint)
                     continue
                 with self.lock:
@@ -78,10 +77,9 @@ class Submitter(threading.Thread):
             self.halfway.set()
             client.close()
 
-    @staticmethod
-    def _wait_for_host(endpoint: str) -> None:
+    def _wait_for_host(self, endpoint: str) -> None:
         def answers() -> bool:
-            with Client(endpoint, timeout=0.5) as probe:
+            with self.cluster.connect(endpoint, timeout=0.5) as probe:
                 return bool(probe.call("cluster.hello"))
         wait_until(answers, 30, "the restarted host to answer")
 
@@ -91,7 +89,7 @@ class Submitter(threading.Thread):
 
 
 def all_tasks(cluster: Cluster) -> dict[int, dict]:
-    with Client(cluster.endpoint, timeout=5) as client:
+    with cluster.host.client(timeout=5) as client:
         rows = client.call("task.list", {"limit": 100_000})["tasks"]
     return {row["id"]: row for row in rows}
 

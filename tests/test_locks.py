@@ -107,7 +107,8 @@ class UpProcess:
         """Wait until its endpoints.json is written and its runner is online; return it."""
         endpoints = wait_until(self.endpoints, READY_TIMEOUT, "zriver up to write endpoints.json",
                                self.tail)
-        with Client(endpoints["router"], timeout=2) as client:
+        with Client(endpoints["router"], timeout=2, key=str(self.home / "keys" / "client.key_secret"),
+                    host_key=endpoints["host_key"]) as client:
             wait_until(lambda: any(n["state"] == "online"
                                    for n in client.call("node.list", timeout=1)["nodes"]),
                        READY_TIMEOUT, "zriver up's runner to be online", self.tail)

@@ -78,10 +78,14 @@ def resolve_keys(endpoint: str, key: str | None = None, host_key: str | None = N
     """The client's CURVE material for ``endpoint`` (``None``: plain); see the module doc."""
     settings = settings or ClientSettings()
     known = local_endpoints()
-    fallback = known.get("host_key", "") if known.get("router") == endpoint else ""
+    local = known.get("router") == endpoint
+    fallback = known.get("host_key", "") if local else ""
+    host_key = choose(host_key, "ZRIVER_HOST_KEY", settings.host_key)
+    if local and known.get("security") == "none" and not host_key:
+        return None  # the host on this machine runs with security = "none"
     return resolve_client_keys(
         choose(key, "ZRIVER_KEY", settings.key),
-        choose(host_key, "ZRIVER_HOST_KEY", settings.host_key),
+        host_key,
         default_key_file=client_secret_file(),
         fallback_host_key=fallback if isinstance(fallback, str) else "")
 

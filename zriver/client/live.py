@@ -25,6 +25,7 @@ import time
 from typing import Any, Protocol
 
 import structlog
+import zmq
 
 from zriver.client.api import Client
 from zriver.errors import ZriverError
@@ -173,21 +174,32 @@ class Feed:
         next_resync = time.monotonic() + self.resync
         pending_due = None
         log_task = None
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        if client.secure:  # log chunks come over the DEALER (task.follow), not the XPUB
+            poller.register(client.sock, zmq.POLLIN)
+        follow_due = 0.0
         while not self._stop.is_set():
             if self._log_task != log_task:
-                if log_task is not None:
+                if log_task is not None and not client.secure:
                     sub.unsubscribe(f"log.{log_task}")
                 log_task = self._log_task
-                if log_task is not None:
+                follow_due = 0.0
+                if log_task is not None and not client.secure:
                     sub.subscribe(f"log.{log_task}")
+            if client.secure and log_task is not None and time.monotonic() >= follow_due:
+                follow_due = self._follow(client, log_task)
             batch = []
-            if sub.poll(int(self.tick * 1000)):
+            ready = dict(poller.poll(int(self.tick * 1000)))
+            if sub in ready:
                 while len(batch) < DRAIN and sub.poll(0):
                     topic, frame = sub.recv_multipart()
                     try:
                         batch.append((topic.decode(errors="replace"), decode(frame).body))
                     except ZriverError:
                         continue
+            if client.sock in ready:
+                batch.extend(self._pushed(client))
             if batch:
                 self.sink.messages(batch)
                 if any(topic.startswith("evt.node.") for topic, _ in batch):
@@ -209,6 +221,28 @@ class Feed:
                 next_resync = time.monotonic() + self.resync
                 continue
             self._fetch_wanted(client)
+
+    @staticmethod
+    def _follow(client: Client, task_id: int) -> float:
+        """Ask for ``task_id``'s live chunks (its owner and admins only); when to ask again."""
+        try:
+            ttl = client.call("task.follow", {"id": task_id})["ttl"]
+        except ZriverError:  # not ours to read, or gone: ask again later, show nothing
+            return time.monotonic() + 10.0
+        return time.monotonic() + ttl / 3
+
+    @staticmethod
+    def _pushed(client: Client) -> list[tuple[str, dict]]:
+        """Log chunks the host pushed to this client's DEALER."""
+        batch = []
+        while len(batch) < DRAIN and client.sock.poll(0):
+            try:
+                env = decode(client.sock.recv())
+            except ZriverError:
+                continue
+            if env.op == "log":
+                batch.append((f"log.{env.body.get('id')}", env.body))
+        return batch
 
     def _fetch_wanted(self, client: Client) -> None:
         with self._want_lock:

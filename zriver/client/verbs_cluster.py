@@ -15,7 +15,9 @@ from zriver.sizes import format_size
 
 @command("nodes", "list nodes with their capacity and what is in use", JSON)
 def nodes(ctx: Context, args) -> int:
-    rows = ctx.client.call("node.list")["nodes"]
+    reply = ctx.client.call("node.list")
+    warn_if_open(ctx, reply)
+    rows = reply["nodes"]
     if args.json:
         ctx.print(as_json(rows))
         return 0
@@ -32,6 +34,16 @@ def nodes(ctx: Context, args) -> int:
     return 0
 
 
+OPEN_WARNING = ("warning: authentication is OFF on this host (security = \"none\"): anyone "
+                "who can reach its ports can run anything on every node\n")
+
+
+def warn_if_open(ctx: Context, reply: dict) -> None:
+    """Say loudly, on stderr, that the host runs with ``security = "none"``."""
+    if reply.get("security") == "none":
+        ctx.err.write(OPEN_WARNING)
+
+
 def node_state(node: dict) -> str:
     """``online``, ``online,drained``, ``degraded (GPU ... vanished)`` ..."""
     state = node["state"]
@@ -45,7 +57,12 @@ def node_state(node: dict) -> str:
 @command("health", "live CPU, memory, load, temperatures and GPUs from the last heartbeat",
          arg("node", nargs="?", help="one node (default: all)", complete="node"), JSON)
 def health(ctx: Context, args) -> int:
-    rows = ctx.client.call("node.health", {"name": args.node})["nodes"]
+    reply = ctx.client.call("node.health", {"name": args.node})
+    warn_if_open(ctx, reply)
+    if reply.get("dropped_publications") and not args.json:
+        ctx.out.write(f"{reply['dropped_publications']} forged or misdirected publications "
+                      f"dropped by the host\n")
+    rows = reply["nodes"]
     if args.json:
         ctx.print(as_json(rows))
         return 0

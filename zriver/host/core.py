@@ -22,13 +22,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from zriver import lifecycle as lc
 from zriver.config import HostSettings
 from zriver.errors import ZriverError
 from zriver.host import dispatch
 from zriver.host.deps import Dependencies
-from zriver.host.effects import (CallService, Command, Now, Publish, Refuse, Reply, Request,
-                                 Rows)
+from zriver.host.effects import CallService, Command, Now, Publish, Refuse, Reply, Request, Rows
 from zriver.host.model import (LiveTask, NodeRecord, allocation_from_wire, gpu_change,
                                node_spec, runner_identity)
 from zriver.host.ops import DEFERRED, SERVICE, OpTable
@@ -314,8 +312,3 @@ def _staged_last(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for row in ready or list(staged.values()):
             order.append(staged.pop(row["id"]))
     return order
-
-
-def refuse_all(requests: list[Request], code: str, msg: str) -> list:
-    """``Refuse`` effects for ``requests`` (a failed commit's answered clients)."""
-    return [Refuse(request, code, msg) for request in requests]
