@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from zriver.client.commands import REGISTRY
 from zriver.client.registry import build_parser
 from zriver.runner import accounts
 from zriver.runner.accounts import Account, Accounts, choose
+from zriver.runner.spawn import ThreadIds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching accounts needs root")
 
@@ -136,6 +138,32 @@ def test_submit_user_sets_the_spec_user() -> None:
     parser = build_parser()
     assert parser.parse_args(["submit", "--user", "root", "--", "true"]).user == "root"
     assert parser.parse_args(["submit", "--", "true"]).user is None
+
+
+def test_thread_ids_change_the_calling_thread_only() -> None:
+    ids, seen = ThreadIds(), {}
+    main, own = os.getpid(), (os.getuid(), os.getgid(), tuple(os.getgroups()))
+
+    def switch() -> None:
+        tid = threading.get_native_id()
+        ids.set_real(NOBODY.pw_uid, NOBODY.pw_gid, (NOBODY.pw_gid,))
+        try:
+            for name, task in (("self", tid), ("main", main)):
+                status = Path(f"/proc/{main}/task/{task}/status").read_text().splitlines()
+                seen[name] = status_fields(status)
+        finally:
+            ids.set_real(*own)
+        seen["after"] = os.getresuid(), os.getresgid()
+
+    thread = threading.Thread(target=switch)
+    thread.start()
+    thread.join()
+    assert ids.per_thread, "no per-thread id calls on this machine"
+    nobody = str(NOBODY.pw_uid)
+    assert seen["self"]["Uid"] == [nobody, "0", "0", "0"], seen  # real only; still root
+    assert seen["self"]["Groups"] == [str(NOBODY.pw_gid)], seen
+    assert seen["main"]["Uid"] == ["0"] * 4, seen  # the other thread never changed
+    assert seen["after"] == ((0, 0, 0), (0, 0, 0)) and os.getresuid() == (0, 0, 0)
 
 
 # ---- real tasks ------------------------------------------------------------------------------
