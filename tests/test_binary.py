@@ -208,7 +208,7 @@ def test_version(sandbox: Sandbox):
 
 
 def _submit_wait(up: UpProcess, script: str) -> subprocess.CompletedProcess[str]:
-    return up.sandbox.run("submit", "--wait", "--", "sh", "-c", script)
+    return up.sandbox.run("submit", "--wait", "--user", "root", "--", "sh", "-c", script)
 
 
 def test_task_output_and_clean_environment(up_cluster: UpProcess):

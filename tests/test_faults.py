@@ -307,7 +307,8 @@ def test_host_store_full_under_a_running_host(tmp_path: Path) -> None:
     with tmpfs(home, "24m"), Cluster(tmp_path / "c") as cluster:
         cluster.start_host(**HOST_SETTINGS)
         cluster.start_runner("n1", **RUNNER_SETTINGS)
-        spec = {"command": ["true"], "cores": 1, "workdir": str(tmp_path), "owner": "t"}
+        spec = {"command": ["true"], "cores": 1, "workdir": str(tmp_path), "owner": "t",
+                "user": "root"}  # root: tmp_path is root's only
         with cluster.host.client(timeout=3) as client:
             before = client.call("task.submit", {"tasks": [spec] * 20})["ids"]
         filled = fill(home)

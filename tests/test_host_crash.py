@@ -54,7 +54,7 @@ class Submitter(threading.Thread):
     def run(self) -> None:
         endpoint = self.cluster.endpoint  # the same ports after the restart
         spec = {"command": self.command, "cores": 1, "workdir": str(self.cluster.base),
-                "owner": "burst"}
+                "owner": "burst", "user": "root"}  # root: it writes into the root-only tmp dir
         client = self.cluster.connect(endpoint, timeout=1.5)
         try:
             for _ in range(TOTAL // BATCH):

@@ -227,7 +227,8 @@ def test_second_up_on_the_same_home_is_refused_and_the_first_keeps_working(
     refused_by(zriver(home, "up", "--port", "0", "--cores", "2"), home, "zriver up", first.pid)
 
     assert (home / "endpoints.json").read_bytes() == endpoints_before
-    out = ok(zriver(home, "submit", "--wait", "--", "sh", "-c", "echo still here"))
+    out = ok(zriver(home, "submit", "--wait", "--user", "root", "--", "sh", "-c",
+                    "echo still here"))
     assert ok(zriver(home, "logs", out.split()[0])) == "still here\n"
     nodes = json.loads(ok(zriver(home, "nodes", "--json")))
     assert [(n["state"], n["cores"]) for n in nodes] == [("online", 2)], nodes
@@ -293,6 +294,6 @@ def test_after_a_sigkill_of_the_holder_a_new_up_on_the_same_home_starts(
     started.append(second)
     second.wait_ready()
     assert dirlock.holder(home, "host") == {"pid": second.pid, "role": "zriver up"}
-    out = ok(zriver(home, "submit", "--wait", "--", "sh", "-c", "echo again"))
+    out = ok(zriver(home, "submit", "--wait", "--user", "root", "--", "sh", "-c", "echo again"))
     assert ok(zriver(home, "logs", out.split()[0])) == "again\n"
     assert second.close() == 0

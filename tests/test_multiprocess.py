@@ -77,7 +77,8 @@ def marker_lines(marker: Path) -> list[str]:
 
 # ---- 1. the CLI against real processes ---------------------------------------------------
 def test_cli_submit_logs_nodes_and_target(cluster: Cluster) -> None:
-    out = ok(cli(cluster, "submit", "--wait", "--", "sh", "-c", "echo hi"))
+    # --user root: the submit's working directory (the test's) is root's only
+    out = ok(cli(cluster, "submit", "--wait", "--user", "root", "--", "sh", "-c", "echo hi"))
     task_id = int(out.split()[0])
     assert ok(cli(cluster, "logs", str(task_id))) == "hi\n"
 
@@ -87,7 +88,8 @@ def test_cli_submit_logs_nodes_and_target(cluster: Cluster) -> None:
         assert nodes[name]["state"] == "online"
         assert nodes[name]["cores"] == 2
 
-    out = ok(cli(cluster, "submit", "--target", "n2", "--wait", "--", "sh", "-c",
+    out = ok(cli(cluster, "submit", "--target", "n2", "--wait", "--user", "root", "--",
+                 "sh", "-c",
                  'echo "on $ZRIVER_NODE"'))
     target_id = int(out.split()[0])
     status = json.loads(ok(cli(cluster, "status", str(target_id), "--json")))
@@ -102,7 +104,7 @@ def test_cli_submit_logs_nodes_and_target(cluster: Cluster) -> None:
     assert {t["id"] for t in tasks} == {task_id, target_id}
 
     # A failing task's status is passed through by submit --wait.
-    failed = cli(cluster, "submit", "--wait", "--", "sh", "-c", "exit 3")
+    failed = cli(cluster, "submit", "--wait", "--user", "root", "--", "sh", "-c", "exit 3")
     assert failed.returncode == 3, failed.stderr
 
 

@@ -188,7 +188,7 @@ def test_verbs_completion_and_mistakes(cluster, home, screens):
     screen.wait("NUMA zone 0")
     screen.keys("C-c")
     screen.wait(at_prompt)
-    screen.type("submit --name train -- sh -c 'echo started; sleep 30'")
+    screen.type("submit --name train --user root -- sh -c 'echo started; sleep 30'")
     screen.keys("Enter")
     task_id = int(screen.wait_re(r"^(\d+)\s*$").group(1))
     other = cluster.submit(["sleep", "30"], name="eval")
@@ -258,7 +258,8 @@ def test_a_task_ending_while_typing_is_announced_above_the_prompt(cluster, home,
     work.mkdir()
     screen = screens(home, zriver_argv(cluster, "shell"), cwd=work)
     screen.wait("1/1 nodes online")
-    screen.type("submit --name gate -- sh -c 'while [ ! -e go ]; do sleep 0.05; done'")
+    screen.type("submit --name gate --user root -- "  # root: tmp_path is root's only
+                "sh -c 'while [ ! -e go ]; do sleep 0.05; done'")
     screen.keys("Enter")
     screen.wait("1 running")
     screen.type("tas")  # typing, not yet entered

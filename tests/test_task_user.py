@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from zriver.client.commands import REGISTRY
 from zriver.client.registry import build_parser
 from zriver.runner import accounts
 from zriver.runner.accounts import Account, Accounts, choose
+from zriver.runner.spawn import ThreadIds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching accounts needs root")
 
@@ -70,7 +72,8 @@ def keeper_threads(cluster) -> list[dict[str, list[str]]]:
 
 @pytest.fixture
 def account():
-    """A throwaway system account (no home directory), removed afterwards."""
+    """A throwaway system account (no home directory), removed afterwards. Name it before
+    the cluster in a test's arguments: the cluster, and so the account's tasks, end first."""
     if shutil.which("useradd") is None or shutil.which("userdel") is None:
         pytest.fail("useradd/userdel are needed to test owner accounts (package passwd)")
     name = f"zrtest{random.randrange(10**6)}"
@@ -79,7 +82,8 @@ def account():
     try:
         yield pwd.getpwnam(name)
     finally:
-        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        removed = subprocess.run(["userdel", name], capture_output=True, text=True, timeout=30)
+    assert removed.returncode == 0, f"userdel {name}: {removed.stderr}"
 
 
 @pytest.fixture
@@ -136,6 +140,32 @@ def test_submit_user_sets_the_spec_user() -> None:
     assert parser.parse_args(["submit", "--", "true"]).user is None
 
 
+def test_thread_ids_change_the_calling_thread_only() -> None:
+    ids, seen = ThreadIds(), {}
+    main, own = os.getpid(), (os.getuid(), os.getgid(), tuple(os.getgroups()))
+
+    def switch() -> None:
+        tid = threading.get_native_id()
+        ids.set_real(NOBODY.pw_uid, NOBODY.pw_gid, (NOBODY.pw_gid,))
+        try:
+            for name, task in (("self", tid), ("main", main)):
+                status = Path(f"/proc/{main}/task/{task}/status").read_text().splitlines()
+                seen[name] = status_fields(status)
+        finally:
+            ids.set_real(*own)
+        seen["after"] = os.getresuid(), os.getresgid()
+
+    thread = threading.Thread(target=switch)
+    thread.start()
+    thread.join()
+    assert ids.per_thread, "no per-thread id calls on this machine"
+    nobody = str(NOBODY.pw_uid)
+    assert seen["self"]["Uid"] == [nobody, "0", "0", "0"], seen  # real only; still root
+    assert seen["self"]["Groups"] == [str(NOBODY.pw_gid)], seen
+    assert seen["main"]["Uid"] == ["0"] * 4, seen  # the other thread never changed
+    assert seen["after"] == ((0, 0, 0), (0, 0, 0)) and os.getresuid() == (0, 0, 0)
+
+
 # ---- real tasks ------------------------------------------------------------------------------
 def test_a_task_with_no_account_of_its_owner_runs_as_the_task_user(cluster) -> None:
     task, lines = run_ids(cluster, user=None, owner="nobody-here")
@@ -158,14 +188,14 @@ def test_an_owner_named_root_gets_the_task_user_and_user_root_gets_root(cluster)
     assert_runs_as(lines, 0, 0, "root", pwd.getpwnam("root").pw_dir)
 
 
-def test_an_owner_with_an_account_on_the_node_runs_as_it(cluster, account) -> None:
+def test_an_owner_with_an_account_on_the_node_runs_as_it(account, cluster) -> None:
     task, lines = run_ids(cluster, user=None, owner=account.pw_name)
     assert task["state"] == "completed", task
     assert_runs_as(lines, account.pw_uid, account.pw_gid, account.pw_name, account.pw_dir)
 
 
 def test_a_task_cannot_signal_the_keeper_while_it_spawns_as_the_same_account(
-        make_cluster, account, open_dir) -> None:
+        account, make_cluster, open_dir) -> None:
     """While the keeper's spawning thread has the account's real uid, ``kill(pid)`` and
     ``kill(-1)`` by that account still meet the main thread's ids and are refused."""
     # (no chained starts: the burst must not wait behind the killer)
@@ -187,7 +217,7 @@ def test_a_task_cannot_signal_the_keeper_while_it_spawns_as_the_same_account(
     assert cluster.runners["n1"].backends["native"].running() == []
 
 
-def test_what_a_task_writes_and_its_logs_belong_to_its_account(cluster, account,
+def test_what_a_task_writes_and_its_logs_belong_to_its_account(account, cluster,
                                                                open_dir) -> None:
     task_id = cluster.submit(["sh", "-c", "echo out; echo err >&2; echo data > made"],
                              workdir=str(open_dir), user=None, owner=account.pw_name)

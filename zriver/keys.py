@@ -36,7 +36,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from zriver.config import zriver_home
+from zriver.config import ClientSettings, load, zriver_home
 from zriver.errors import InvalidArgument, NotFound
 
 KEYS_DIR = "keys"
@@ -109,8 +109,6 @@ def runner_secret_file() -> Path:
 def client_key_file(flag: str | None = None) -> Path:
     """Where this machine's client reads its secret key: ``--key`` (``flag``),
     ``$ZRIVER_KEY``, ``key`` in ``$ZRIVER_HOME/client.toml``, then the default."""
-    from zriver.config import ClientSettings, load
-
     settings = load(None, ClientSettings, "client.toml")
     return Path(choose(flag, "ZRIVER_KEY", settings.key) or client_secret_file()).expanduser()
 

@@ -215,10 +215,10 @@ class Spawner:
             raise SpawnError(f"working directory {workdir} does not exist", 126)
         switch = account is not None and self.switches and (
             account.uid != self._uid or account.gid != self._gid)
-        owner = account if switch else None
-        out = _open_log(stdout, owner)
+        chown_to = account if switch else None
+        out = _open_log(stdout, chown_to)
         try:
-            err = _open_log(stderr, owner)
+            err = _open_log(stderr, chown_to)
         except SpawnError:
             os.close(out)
             raise
@@ -270,8 +270,14 @@ class Spawner:
         self._ids.set_real(account.uid, account.gid, account.groups)
 
     def _restore(self) -> None:
-        """Take this thread's own real ids and groups back (allowed: its euid is 0)."""
-        self._ids.set_real(self._uid, self._gid, self._groups)
+        """Take this thread's own real ids and groups back (allowed: its euid is 0). Should
+        that ever fail, the process must not go on spawning with the account's ids: it exits
+        (its agent then ends the tasks it owned and starts another keeper)."""
+        try:
+            self._ids.set_real(self._uid, self._gid, self._groups)
+        except OSError as exc:
+            os.write(2, f"zriver keeper: cannot take its own ids back: {exc}\n".encode())
+            os._exit(70)
 
     def _spawn_argv(self, argv: list[str], env: dict[str, str], actions: list,
                     resetids: bool) -> int:
