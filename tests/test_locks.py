@@ -202,7 +202,9 @@ def test_host_stop_removes_endpoints_json_only_when_it_is_its_own(tmp_path: Path
     async def start_stop(replace_with: dict | None) -> None:
         host = Host(settings)
         await host.start()
-        assert json.loads(path.read_text()) == {**host.endpoints, "pid": os.getpid()}
+        written = json.loads(path.read_text())
+        assert written == {**host.endpoints, "pid": os.getpid(), "security": "curve",
+                           "host_key": host.server_keys.public}
         if replace_with is not None:
             path.write_text(json.dumps({**host.endpoints, **replace_with}))
         await host.stop()

@@ -63,8 +63,9 @@ def test_runner_of_another_protocol_version_is_told_clearly(cluster, monkeypatch
         return msgpack.packb({"v": 999, "op": op, "rid": rid, "body": body or {}})
 
     monkeypatch.setattr("zriver.runner.agent.encode", old_encode)
-    runner = runner_for(cluster.host, RunnerSettings(name="old", data_dir=str(cluster.root / "old"),
-                                                     request_timeout=1.0))
+    runner = runner_for(cluster.host, RunnerSettings(
+        name="old", data_dir=str(cluster.root / "old"), request_timeout=1.0,
+        key=str(cluster.key_for("old", "runner")), host_key=cluster.server_keys.public))
 
     async def attempt():
         await runner.start()

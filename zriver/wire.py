@@ -223,10 +223,12 @@ class Channel:
         with_user: bool = False,
     ) -> None:
         self.sock = sock
+        self._recv: Callable[[zmq.Socket], list[bytes]] = recv_frames
         self._on_message = on_message
         if with_user:
-            if sock.getsockopt(zmq.CURVE_SERVER):
-                self._on_readable = self._on_readable_user  # type: ignore[method-assign]
+            if sock.getsockopt(zmq.CURVE_SERVER):  # (frames, user) in, on_message(frames, user)
+                self._recv = recv_frames_user  # type: ignore[assignment]
+                self._on_message = lambda received: on_message(*received)
             else:  # no ZAP, no User-Id: the plain drain, with "" for every message
                 self._on_message = lambda frames: on_message(frames, "")
         self._on_batch_end = on_batch_end
@@ -307,34 +309,11 @@ class Channel:
             if not events & _POLLIN:
                 break
             try:
-                frames = recv_frames(self.sock)
+                received_now = self._recv(self.sock)
             except zmq.Again:
                 break
             received = True
-            self._on_message(frames)
-            if self.sock.closed:
-                return
-        if received and self._on_batch_end is not None:
-            self._on_batch_end()
-
-    def _on_readable_user(self) -> None:
-        """``_on_readable`` for ``with_user`` on a CURVE server: ``on_message(frames, user)``."""
-        self._drain_scheduled = False
-        if self.sock.closed:
-            return
-        received = False
-        while True:
-            events = self.sock.getsockopt(_EVENTS)
-            if self._backlog and events & _POLLOUT:
-                self._flush_backlog()
-            if not events & _POLLIN:
-                break
-            try:
-                frames, user = recv_frames_user(self.sock)
-            except zmq.Again:
-                break
-            received = True
-            self._on_message(frames, user)
+            self._on_message(received_now)
             if self.sock.closed:
                 return
         if received and self._on_batch_end is not None:

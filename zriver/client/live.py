@@ -146,6 +146,9 @@ class Feed:
 
     def _connect(self, client: Client):
         sub = client.subscribe(["evt.", "hb."])
+        identity = getattr(self.sink, "identity", None)
+        if identity is not None:  # who "me" is: the name of this client's key on the host
+            identity(client.hello().get("principal", {}).get("name", ""))
         self._snapshot(client)
         self.connected = True
         self.sink.status(True, "")

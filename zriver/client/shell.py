@@ -78,6 +78,12 @@ class ShellState:
         self.feed: Feed | None = None
 
     # ---- live.Sink ---------------------------------------------------------------------
+    def identity(self, name: str) -> None:
+        """The host's name for this client (its key's): "your" tasks are the ones it owns.
+        Until the host says, the local account's name stands in."""
+        if name:
+            self.me = name
+
     def snapshot(self, nodes: list[dict], tasks: list[dict], envs: list[str] | None) -> None:
         with self.lock:
             self.model.load(nodes, [], time.time())
