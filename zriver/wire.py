@@ -137,20 +137,15 @@ class Wire:
         return sock
 
     def router(self, endpoint: str) -> tuple[zmq.Socket, str]:
-        """A bound ROUTER (mandatory routing); returns it and its endpoint.
-
-        Plain, it hands an identity over to a new connection that claims it (a reconnecting
-        runner takes its identity back at once). With CURVE it does not: a connection with
-        another key must not take over a live runner's identity (and its commands); libzmq's
-        heartbeats drop a dead connection within ``HEARTBEAT_TIMEOUT`` instead, after which
-        the runner's reconnection is accepted."""
+        """A bound ROUTER (mandatory routing, identity handover); returns it and its
+        endpoint. Handover lets a runner whose connection failed take its identity back at
+        once (without it, a reconnection is refused while the host still holds the dead
+        connection, and commands go into it). A runner's identity carries a 64-bit secret
+        per life, never shown to other peers, and the host checks each message's key
+        against it (``host/service.py``): another key cannot claim it."""
         sock = self._server(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if self.server_keys is None:
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        else:
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 500)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2000)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.bind(endpoint)

@@ -255,7 +255,8 @@ def health(core: "HostCore", request: Request, body: dict) -> dict:
     name = arg(body, "name", str, None)
     nodes = [_node(core, name)] if name else sorted(core.nodes.values(), key=lambda n: n.name)
     return {"nodes": [{"name": n.name, "state": n.state, "last_seen": n.last_seen,
-                       **n.heartbeat} for n in nodes],
+                       **{k: v for k, v in n.heartbeat.items() if k != "instance"}}
+                      for n in nodes],
             "security": core.hello_info.get("security", "curve"),
             "dropped_publications": core.dropped_publications,
             "foreign_heartbeats": core.foreign_heartbeats}

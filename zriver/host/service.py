@@ -302,18 +302,27 @@ class Host:
         if topic.startswith(b"log."):
             self._forward_log(topic, frames)
             return
+        if not topic.startswith(b"hb."):
+            self._forward(frames)
+            return
+        try:
+            env = decode(frames[1], self.settings.max_message_bytes)
+        except ZriverError:
+            return
+        body = env.body
+        if "instance" in body:  # the secret of the runner's identity: for the host only
+            body = {k: v for k, v in body.items() if k != "instance"}
+            frames = [topic, encode(env.op, 0, body)]
+        self._forward(frames)
+        self.begin()
+        self._execute(self.core.heartbeat(topic[3:].decode(errors="replace"), env.body, now()))
+        self.schedule_flush()
+
+    def _forward(self, frames: list[bytes]) -> None:
+        """A publication to the XPUB's subscribers and the in-process bus."""
         self.xpub.send(frames)
         if self.bus:
-            self.bus.publish(topic, frames[1])
-        if topic.startswith(b"hb."):
-            try:
-                env = decode(frames[1], self.settings.max_message_bytes)
-            except ZriverError:
-                return
-            self.begin()
-            self._execute(self.core.heartbeat(topic[3:].decode(errors="replace"), env.body,
-                                              now()))
-            self.schedule_flush()
+            self.bus.publish(frames[0], frames[1])
 
     def _may_publish(self, topic: bytes, user: str | None) -> bool:
         principal = self.keys.table.principal(user or "")

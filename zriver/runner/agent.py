@@ -86,7 +86,7 @@ class Runner:
         self.fatal: str | None = None
         self.fatal_code = ""
         self.failed = asyncio.Event()
-        self.instance = secrets.token_hex(4)
+        self.instance = secrets.token_hex(8)  # secret: the host never shows it to others
         self.heartbeat_interval = 2.0
         self.lease = Lease(self.settings.kill_grace)
         self._needs_register = False
