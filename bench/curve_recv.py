@@ -41,21 +41,18 @@ def pair() -> tuple[str, str]:
     return public.decode(), secret.decode()
 
 
-def run_round(mode: str, messages: int) -> tuple[float, int]:
-    """(microseconds of receive work per message, misses)."""
-    loop = new_loop()
-    asyncio.set_event_loop(loop)
+def connected(loop, secure: bool):
+    """A ROUTER (CURVE server with a ZAP handler when ``secure``) and a DEALER connected to
+    it, past the handshake. Returns (router, dealer, client key, server wire, client wire,
+    authenticator or None)."""
     host_pub, host_sec = pair()
     cli_pub, cli_sec = pair()
-    secure = mode != "plain"
     server = Wire(1 << 24, server_keys=ServerKeys(host_pub, host_sec) if secure else None)
     client = Wire(1 << 24, client_keys=ClientKeys(cli_pub, cli_sec, host_pub) if secure else None)
-    auth = None
+    auth = Authenticator(server, lambda key: key == cli_pub) if secure else None
 
     async def setup():
-        nonlocal auth
-        if secure:
-            auth = Authenticator(server, lambda key: key == cli_pub)
+        if auth is not None:
             auth.start()
         return server.router("tcp://127.0.0.1:0")
 
@@ -67,6 +64,14 @@ def run_round(mode: str, messages: int) -> tuple[float, int]:
     while not router.poll(0):
         loop.run_until_complete(asyncio.sleep(0.001))
     router.recv_multipart()
+    return router, dealer, cli_pub, server, client, auth
+
+
+def run_round(mode: str, messages: int) -> tuple[float, int]:
+    """(microseconds of receive work per message, misses)."""
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    router, dealer, cli_pub, server, client, auth = connected(loop, mode != "plain")
     receive = recv_frames_user if mode == "curve+user" else recv_frames
     for _ in range(messages):
         dealer.send(PAYLOAD)
@@ -99,24 +104,7 @@ def paired(messages: int, block: int = 500) -> tuple[float, float]:
     microseconds per message."""
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    host_pub, host_sec = pair()
-    cli_pub, cli_sec = pair()
-    server = Wire(1 << 24, server_keys=ServerKeys(host_pub, host_sec))
-    client = Wire(1 << 24, client_keys=ClientKeys(cli_pub, cli_sec, host_pub))
-
-    async def setup():
-        auth = Authenticator(server, lambda key: key == cli_pub)
-        auth.start()
-        return server.router("tcp://127.0.0.1:0")
-
-    router, endpoint = loop.run_until_complete(setup())
-    router.setsockopt(zmq.RCVHWM, 0)
-    dealer = client.dealer(endpoint)
-    dealer.setsockopt(zmq.SNDHWM, 0)
-    dealer.send(b"hello")  # the handshake: ZAP answers on the loop
-    while not router.poll(0):
-        loop.run_until_complete(asyncio.sleep(0.001))
-    router.recv_multipart()
+    router, dealer, cli_pub, server, client, auth = connected(loop, True)
     for _ in range(messages):
         dealer.send(PAYLOAD)
     time.sleep(max(1.0, messages / 50_000))
