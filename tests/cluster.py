@@ -140,7 +140,7 @@ class Cluster:
         if not self.secure:
             return ["--host", self.endpoint, "--key", "none"]
         return ["--host", self.endpoint, "--key", str(key or self.admin_key),
-                "--host-key", self.server_keys.public]
+                f"--host-key={self.server_keys.public}"]  # a z85 key may start with "-"
 
     def client(self, timeout: float = 10.0, key: Path | None = None) -> Client:
         """A client with ``key`` (a secret key file; default: the admin's)."""

@@ -20,8 +20,14 @@ from zriver.runner.cgroups import RLIMIT, MemoryLimiter
 def test_a_start_that_cannot_be_delivered_goes_back_to_the_queue(make_cluster):
     cluster = make_cluster({"n1": {}, "n2": {}}, host={"heartbeat_interval": 30.0})
     sub = cluster.client().subscribe(["evt.task."])
-    cluster.wait(cluster.submit(["true"], target="n2"))
-    assert sub.poll(5000)  # the subscription is in place
+    for _ in range(20):  # until the subscription is in place (a CURVE handshake first)
+        cluster.wait(cluster.submit(["true"], target="n2"))
+        if sub.poll(500):
+            break
+    else:
+        raise AssertionError("the subscription never received an event")
+    while sub.poll(200):
+        sub.recv_multipart()
     cluster.stop_runner("n1")  # gone, but no heartbeat has been missed yet
     task_id = cluster.submit(["true"], target="n1")
     task = cluster.wait_state(task_id, {"pending"})

@@ -505,7 +505,7 @@ def test_keys_new_prints_a_z85_key(tmp_path):
     assert keys.is_z85_key(out[0])
     assert keys.load_public(home / "keys" / "client.key") == out[0]
     assert mode(home / "keys" / "client.key_secret") == 0o600
-    assert any(line.strip().startswith("zriver keys add ann --role user '") for line in out)
+    assert any(line.strip().startswith("zriver keys add ann --role user -- '") for line in out)
     assert zriver(home, "keys", "new", "--name", "ann").stdout.splitlines()[0] == out[0]
     runner = zriver(home, "keys", "new", "--runner", "--name", "n1").stdout.splitlines()
     assert keys.is_z85_key(runner[0]) and runner[0] != out[0]

@@ -74,7 +74,7 @@ def keys_new(ctx: Context, args) -> int:
     ctx.print(public)
     ctx.print(f"{'made' if made else 'kept (--force makes a new one)'}: {secret}")
     ctx.print("an admin adds it on the cluster with:")
-    ctx.print(f"  zriver keys add {name} --role {role} {shlex.quote(public)}")
+    ctx.print(f"  zriver keys add {name} --role {role} -- {shlex.quote(public)}")
     return 0
 
 
