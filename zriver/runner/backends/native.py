@@ -209,12 +209,16 @@ class NativeBackend:
         self._send({"op": "signal", "id": task_id, "action": action, "reason": reason})
 
     def acked(self, confirm: list[int], forget: list[int]) -> None:
-        """The host has recorded ``confirm`` running and has the ends of ``forget``. Told to
-        the keeper within ``ACK_DELAY`` (with other messages when there are some): the
-        keeper needs a confirmation only before the lease runs out."""
+        """The host has recorded ``confirm`` running and has the ends of ``forget``.
+
+        Confirmations go to the keeper at once: one the keeper has not got when this agent
+        dies becomes, at the end of the lease, the revocation of a start the host has
+        recorded, and the task would run a second time (seen with a runner SIGKILLed right
+        after its tasks were reported running). Ends to forget alone wait up to
+        ``ACK_DELAY`` for company (a lost ``forget`` only means a resend)."""
         self._confirm.extend(confirm)
         self._forget.extend(forget)
-        if self._out:
+        if self._out or self._confirm:
             self._pass_acks()
         elif self._ack_timer is None and (self._confirm or self._forget):
             self._ack_timer = self._loop.call_later(ACK_DELAY, self._pass_acks)
