@@ -10,6 +10,7 @@ from zriver import config as cfg
 from zriver import keys
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, table
+from zriver.client.verbs_sshkeys import read_public_key
 from zriver.client.verbs_tasks import owner
 from zriver.errors import InvalidArgument, NotFound
 from zriver.principal import ROLES, RUNNER
@@ -100,6 +101,7 @@ def keys_host(ctx: Context, args) -> int:
                                "may hold shell characters)"),
     arg("--role", required=True, choices=list(ROLES), help="what the key may do"),
     arg("--file", help="read the public key from this .key file instead"),
+    arg("--ssh-key", metavar="FILE", help="also register this SSH public key (.pub) to them"),
     JSON,
 )
 def keys_add(ctx: Context, args) -> int:
@@ -110,10 +112,15 @@ def keys_add(ctx: Context, args) -> int:
     public = keys.check_public_key(args.key) if args.key else keys.load_public(args.file)
     reply = ctx.client.call("key.add", {"name": args.name, "role": args.role,
                                         "public_key": public})
+    if args.ssh_key:
+        reply["ssh_key"] = ctx.client.call("ssh_key.add", {
+            "name": args.name, "public_key": read_public_key(args.ssh_key)})
     if args.json:
         ctx.print(as_json(reply))
         return 0
     ctx.print(f"added {reply['name']} ({reply['role']}) {reply['public_key']}")
+    if "ssh_key" in reply:
+        ctx.print(f"and SSH key {reply['ssh_key']['fingerprint']}")
     config = reply.get("config", {})
     if args.role == RUNNER:
         ctx.print("in runner.toml on that node:")

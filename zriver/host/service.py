@@ -46,6 +46,7 @@ from zriver.host.effects import (ArmTimer, CallService, CancelTimer, Command, No
 from zriver.host.envs import Environments
 from zriver.host.followers import Followers
 from zriver.host.keytable import Keys
+from zriver.host.sshkeys import SshKeys
 from zriver.host.zap import Authenticator
 from zriver.host.handlers import check_owner, register_core_ops
 from zriver.host.model import node_of, runner_identity
@@ -78,8 +79,9 @@ class Host:
         self.incarnation = secrets.token_hex(4)
         self.secure = self.settings.security != "none"
         self.keys = Keys(bootstrap)
-        self.extensions = [self.keys] + (extensions if extensions is not None else [
-            Environments(self.settings)])
+        self.ssh_keys = SshKeys()
+        self.extensions = [self.keys, self.ssh_keys] + (
+            extensions if extensions is not None else [Environments(self.settings)])
         self.ops = OpTable()
         register_core_ops(self.ops)
         self.ops.add("task.follow", follow, PEOPLE_ONLY, SERVICE)
