@@ -66,11 +66,11 @@ def follow(client: Client, task_id: int, outs: dict[str, BinaryIO]) -> None:
     try:
         positions = {s: _Position(client, task_id, s, out) for s, out in outs.items()}
         if secure:
-            renew_at = _follow(client, task_id)
+            renew_at = ask_follow(client, task_id)
         final = all([p.catch_up() for p in positions.values()])
         while not final:
             if secure and time.monotonic() > renew_at:
-                renew_at = _follow(client, task_id)
+                renew_at = ask_follow(client, task_id)
             ready = dict(poller.poll(int(IDLE_CHECK * 1000)))
             if not ready:
                 final = all([p.catch_up() for p in positions.values()])
@@ -94,8 +94,9 @@ def follow(client: Client, task_id: int, outs: dict[str, BinaryIO]) -> None:
         sub.close(linger=0)
 
 
-def _follow(client: Client, task_id: int) -> float:
-    """Ask for the task's chunks over the ROUTER; when to ask again."""
+def ask_follow(client: Client, task_id: int) -> float:
+    """Ask the host for the task's live chunks over this client's DEALER (``task.follow``,
+    its owner and admins only); returns when to ask again."""
     ttl = client.call("task.follow", {"id": task_id})["ttl"]
     return time.monotonic() + ttl / 3
 

@@ -28,6 +28,7 @@ import structlog
 import zmq
 
 from zriver.client.api import Client
+from zriver.client.follow import ask_follow
 from zriver.errors import ZriverError
 from zriver import lifecycle as lc
 from zriver.protocol import decode
@@ -229,10 +230,9 @@ class Feed:
     def _follow(client: Client, task_id: int) -> float:
         """Ask for ``task_id``'s live chunks (its owner and admins only); when to ask again."""
         try:
-            ttl = client.call("task.follow", {"id": task_id})["ttl"]
+            return ask_follow(client, task_id)
         except ZriverError:  # not ours to read, or gone: ask again later, show nothing
             return time.monotonic() + 10.0
-        return time.monotonic() + ttl / 3
 
     @staticmethod
     def _pushed(client: Client) -> list[tuple[str, dict]]:

@@ -115,12 +115,6 @@ class CallService(NamedTuple):
     body: dict
 
 
-WRITE_METHODS = frozenset({
-    "insert_task", "update_task", "add_event", "save_node", "set_node_state",
-    "set_node_drained", "remember_submit", "prune_submit_keys",
-})
-
-
 class Rows:
     """The store's write methods, recorded as ``Write`` effects into ``out``."""
 
@@ -154,3 +148,7 @@ class Rows:
 
     def prune_submit_keys(self, before: float) -> None:
         self._out.append(Write("prune_submit_keys", (before,)))
+
+
+WRITE_METHODS = frozenset(name for name in vars(Rows) if not name.startswith("_"))
+"""The store methods a ``Write`` may name: exactly those ``Rows`` records."""

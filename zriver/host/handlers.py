@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from zriver import PROTOCOL_VERSION, __version__
 from zriver import lifecycle as lc
-from zriver.errors import (BadRequest, Conflict, Forbidden, InvalidArgument, NotFound,
-                           Unavailable)
+from zriver.errors import BadRequest, Conflict, Forbidden, InvalidArgument, NotFound
 from zriver.host import waiting
 from zriver.host.accounting import usage_report
 from zriver.host.dispatch import apply_update, enqueue, move, publish_task, signal, start_body
@@ -231,17 +230,9 @@ def logs(core: "HostCore", request: Request, body: dict) -> Any:
     shared = core.settings.shared_dir
     path = log_path(f"{shared}/logs", row["id"], stream) if shared else None
     node = row["node"] if row["node"] and row["state"] != lc.PENDING else None
-    if node is not None and path is None:
-        record = core.nodes.get(node)
-        if record is None or record.state != ONLINE:
-            raise_offline(row)
     read = {"id": row["id"], "stream": stream, "offset": offset, "limit": limit}
     core.out.append(ReadLog(request, path, node, read, final))
     return DEFERRED
-
-
-def raise_offline(row: dict) -> None:
-    raise Unavailable(f"the logs of task {row['id']} are on node {row['node']}, which is offline")
 
 
 # ---- clients: nodes ------------------------------------------------------------------------

@@ -228,13 +228,14 @@ class Host:
             if not env.is_reply:
                 self._send_to(identity, encode_error(env.rid, exc.code, str(exc)))
             return
+        current = now()
         if principal.role == RUNNER:
-            self.core.touch(principal.name, identity, now())
+            self.core.touch(principal.name, identity, current)
         if env.is_reply:
             if principal.role == RUNNER:
                 self._on_runner_reply(env)
             return
-        self._handle(Request(principal, env.rid, identity), env.op, env.body)
+        self._handle(Request(principal, env.rid, identity), env.op, env.body, current)
 
     def _principal(self, identity: bytes, user: str | None) -> Principal:
         """Who sent a ROUTER message: the principal of its CURVE key, looked up per message
@@ -255,13 +256,14 @@ class Host:
             raise Forbidden("a runner key must connect with its runner identity")
         return principal
 
-    def _handle(self, request: Request, op: str, body: dict[str, Any]) -> None:
+    def _handle(self, request: Request, op: str, body: dict[str, Any],
+                current: Now | None = None) -> None:
         """Run one request inside its own SAVEPOINT of the tick's transaction."""
         self.begin()
         self.store.write_pending()  # what is pending now belongs to earlier, successful requests
         try:
             with self.store.conn:
-                self._execute(self.core.handle(request, op, body, now()))
+                self._execute(self.core.handle(request, op, body, current or now()))
         except ZriverError as exc:  # an I/O op (``CallService``) refused before answering
             self.store.discard_pending()
             self.reply_error(request, exc.code, str(exc))
