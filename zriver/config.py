@@ -26,6 +26,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEFAULT_ROUTER_PORT = 8620
 DEFAULT_XSUB_PORT = 8621
 DEFAULT_XPUB_PORT = 8622
+DEFAULT_STREAM_PORT = 8623
+DEFAULT_RELAY_PORT = 2222
 SECURITY_MODES = ("curve", "none")
 
 
@@ -43,6 +45,10 @@ class HostSettings:
     router_port: int = DEFAULT_ROUTER_PORT
     xsub_port: int = DEFAULT_XSUB_PORT
     xpub_port: int = DEFAULT_XPUB_PORT
+    stream_port: int = DEFAULT_STREAM_PORT
+    """Byte streams to runners (shells, forwards): runners dial it, the host opens streams."""
+    relay_port: int = DEFAULT_RELAY_PORT
+    """The SSH relay (jump host, ``zriver ssh/connect/forward``); -1 turns it off."""
     heartbeat_interval: float = 2.0
     heartbeat_misses: int = 3
     shared_dir: str = ""
@@ -206,6 +212,8 @@ bind_address = "127.0.0.1"
 router_port = {DEFAULT_ROUTER_PORT}   # requests, replies and host->runner commands (ROUTER)
 xsub_port = {DEFAULT_XSUB_PORT}     # runners publish heartbeats and log chunks here
 xpub_port = {DEFAULT_XPUB_PORT}     # clients subscribe to events and live logs here
+stream_port = {DEFAULT_STREAM_PORT}   # runners dial it for byte streams (shells, port forwards)
+relay_port = {DEFAULT_RELAY_PORT}    # the SSH relay: ssh -J zriver@HOST:{DEFAULT_RELAY_PORT}, zriver ssh/connect/forward (-1: off)
 
 # A node silent for heartbeat_interval x heartbeat_misses (its lease) is "unreachable": its
 # tasks wait for it, and its unstarted work goes back to the queue.

@@ -39,6 +39,10 @@ DOCKER = "docker"
 AUTO = "auto"
 """On the wire from a client only: the host picks (its ``default_container``, else native)."""
 BACKENDS = (NATIVE, DOCKER, AUTO)
+TASK = "task"
+VPS = "vps"
+KINDS = (TASK, VPS)
+MAX_SSH_KEYS = 16
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -84,6 +88,13 @@ class TaskSpec:
     admin: bool = False
     """Set by the host, never by a client: the owner submitted with an admin key (an admin's
     own account is used even when it is root)."""
+    kind: str = TASK
+    """``task`` (runs its command to the end) or ``vps`` (a persistent container people work
+    in: ``zriver vps create``; its command may be empty; Docker backend only)."""
+    ssh_keys: list[str] = field(default_factory=list)
+    """VPS only: OpenSSH public key lines written to the container's ``authorized_keys``."""
+    idle_stop: float | None = None
+    """VPS only: seconds with no SSH session, no stream and under 5% CPU before it stops."""
 
     def to_wire(self) -> dict[str, Any]:
         """A plain dict of every field (shares the lists: pack it, don't mutate it)."""
@@ -105,11 +116,13 @@ class TaskSpec:
                 arg(body, name, tuple(kinds))  # raises with the precise message
             values[name] = value
         command = values["command"]
-        if not command or not all(isinstance(part, str) for part in command):
+        if not all(isinstance(part, str) for part in command) or (
+                not command and values["kind"] != VPS):
             raise InvalidArgument("command must be a non-empty list of strings")
         spec = cls(**values)
         spec.target = spec.target or None
         spec.time_limit = _number(spec.time_limit)
+        spec.idle_stop = _number(spec.idle_stop)
         spec.check()
         return spec
 
@@ -167,6 +180,26 @@ class TaskSpec:
             raise InvalidArgument(f"bad account name {self.user!r}")
         if self.workdir is not None and not self.workdir.startswith("/"):
             raise InvalidArgument(f"workdir must be an absolute path, got {self.workdir!r}")
+        self._check_vps()
+
+    def _check_vps(self) -> None:
+        if self.kind not in KINDS:
+            raise InvalidArgument(f"unknown task kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.kind != VPS:
+            if self.ssh_keys or self.idle_stop is not None:
+                raise InvalidArgument("ssh keys and --idle-stop are for VPS tasks only")
+            return
+        if self.backend == NATIVE:
+            raise InvalidArgument("a VPS runs in a container: give --container ENV "
+                                  "(or set the host's default_container)")
+        if self.time_limit is not None or self.retries:
+            raise InvalidArgument("a VPS has no time limit and no retries (use --idle-stop)")
+        if len(self.ssh_keys) > MAX_SSH_KEYS or not all(
+                isinstance(key, str) and 0 < len(key) <= 16384 and "\n" not in key
+                for key in self.ssh_keys):
+            raise InvalidArgument(f"ssh_keys: at most {MAX_SSH_KEYS} public key lines")
+        if self.idle_stop is not None and not 0 < self.idle_stop < MAX_TIME_LIMIT:
+            raise InvalidArgument(f"idle stop must be positive, got {self.idle_stop}")
 
 
 _FIELDS = tuple(f.name for f in fields(TaskSpec))
@@ -183,5 +216,7 @@ _WIRE: tuple[tuple[str, frozenset[type], Any], ...] = (
     ("after_any", frozenset({list}), list), ("time_limit", frozenset({int, float}), None),
     ("retries", frozenset({int}), 0), ("max_parallel", frozenset({int}), 0),
     ("user", frozenset({str}), None), ("admin", frozenset({bool}), False),
+    ("kind", frozenset({str}), TASK), ("ssh_keys", frozenset({list}), list),
+    ("idle_stop", frozenset({int, float}), None),
 )
 assert tuple(name for name, _, _ in _WIRE) == _FIELDS, "_WIRE must list every field in order"

@@ -463,6 +463,7 @@ def public_task(core: "HostCore", row: dict) -> dict:
         "after_any": spec.get("after_any", []), "time_limit": spec.get("time_limit"),
         "retries": spec.get("retries", 0), "attempt": row["attempt"],
         "max_parallel": spec.get("max_parallel", 0), "user": spec.get("user"),
+        "kind": spec.get("kind", "task"), "idle_stop": spec.get("idle_stop"),
         "allocated_cores": alloc.get("cores"), "allocated_gpus": alloc.get("gpus"),
         "numa_zone": alloc.get("numa"),
         "exit_code": row["exit_code"], "detail": pending_reason(core, row) or row["detail"],

@@ -47,6 +47,7 @@ from zriver.host.envs import Environments
 from zriver.host.followers import Followers
 from zriver.host.keytable import Keys
 from zriver.host.sshkeys import SshKeys
+from zriver.host.vps import Vps
 from zriver.host.zap import Authenticator
 from zriver.host.handlers import check_owner, register_core_ops
 from zriver.host.model import node_of, runner_identity
@@ -80,7 +81,8 @@ class Host:
         self.secure = self.settings.security != "none"
         self.keys = Keys(bootstrap)
         self.ssh_keys = SshKeys()
-        self.extensions = [self.keys, self.ssh_keys] + (
+        self.vps = Vps()
+        self.extensions = [self.keys, self.ssh_keys, self.vps] + (
             extensions if extensions is not None else [Environments(self.settings)])
         self.ops = OpTable()
         register_core_ops(self.ops)
