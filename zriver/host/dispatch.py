@@ -16,6 +16,7 @@ from zriver.host.effects import ArmTimer, CancelTimer, TaskEvent
 from zriver.host.model import allocation_to_wire
 from zriver.host.scheduler import OFFLINE, UNREACHABLE, Placement
 from zriver.sizes import format_duration
+from zriver.spec import VPS
 
 if TYPE_CHECKING:
     from zriver.host.core import HostCore
@@ -215,12 +216,15 @@ def requeue_unstarted(core: "HostCore", node: "NodeRecord") -> None:
 
 def node_given_up(core: "HostCore", node: "NodeRecord", reason: str) -> None:
     """Past the grace: the node is offline and its tasks are ``lost`` (its runner has ended
-    them by itself by now: self-fencing), so their retries may run elsewhere."""
+    them by itself by now: self-fencing), so their retries may run elsewhere. A VPS is the
+    exception: its runner keeps it, and it stays ``unreachable`` until its node is back."""
     node.given_up = True
     core.set_node_state(node, OFFLINE, reason)
     for task in tasks_on(core, node.name):
         if task.state == lc.ASSIGNED:
             requeue(core, task, f"node {node.name} offline before it started this task")
+        elif task.spec.kind == VPS:
+            pass  # a VPS waits for its node however long it takes: never lost, never moved
         elif task.state in lc.ACTIVE:
             move(core, task, lc.LOST, detail=f"node {node.name} lost: {reason}")
 
