@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-PACKAGES=(docker.io busybox-static numactl binutils tmux iproute2 procps)
+PACKAGES=(docker.io busybox-static openssh-server numactl binutils tmux iproute2 procps)
 DOCKER_WAIT_SECONDS="${ZRIVER_DOCKER_WAIT_SECONDS:-60}"
 
 say() { printf '[tests/run.sh] %s\n' "$*" >&2; }
@@ -54,7 +54,20 @@ install_packages() {
     fi
     say "installing missing system packages: ${missing[*]}"
     as_root apt-get update -q
-    as_root apt-get install -y -q "${missing[@]}"
+    # openssh-server's postinst would start the service: a policy-rc.d answering 101 keeps
+    # every service from starting (the tests copy sshd and its libraries into an image; nothing
+    # runs here, and this machine's /etc/ssh host keys are never copied).
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod 755 $policy"
+        own_policy=1
+    fi
+    local rc=0
+    as_root apt-get install -y -q "${missing[@]}" || rc=$?
+    if [ "$own_policy" -eq 1 ]; then
+        as_root rm -f "$policy"
+    fi
+    return "$rc"
 }
 
 # --- 2. Docker daemon ----------------------------------------------------------------------
