@@ -790,7 +790,7 @@ class Runner:
 
     def _signal_task(self, body: dict) -> None:
         task_id, action = arg(body, "id", int), arg(body, "action", str)
-        if action not in ("kill", "pause", "resume"):
+        if action not in ("kill", "pause", "resume", "restart"):  # restart: a VPS only
             raise ZriverError(f"unknown action {action!r}")
         for behind, chained in list(self._chained.items()):
             if chained["id"] == task_id and action == "kill":  # staged, never started
