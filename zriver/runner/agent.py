@@ -53,6 +53,7 @@ from zriver.runner.backends import Exit, Job, StartError
 from zriver.runner.backends.native import NativeBackend
 from zriver.runner.cgroups import MemoryLimiter
 from zriver.runner.lease import Lease
+from zriver.runner.taskcpu import ContainerCpu
 from zriver.runner.ledger import Ledger
 from zriver.runner.logtail import LogTail
 from zriver.spec import TaskSpec
@@ -143,6 +144,7 @@ class Runner:
         self.ledger = Ledger(self.data_dir / "runner.db")
         self.limiter = MemoryLimiter(self.name)
         self.memory_limit_method = self.limiter.probe()
+        self.container_cpu = ContainerCpu()
         self.backends = self._make_backends()
         self._backend_of: dict[int, Any] = {}
         self.info = resources.detect(self.settings, self.memory_limit_method)
@@ -394,6 +396,9 @@ class Runner:
         docker = self.backends.get("docker")
         body["docker"] = docker.status() if docker is not None else {
             "available": False, "error": "this zriver build has no Docker support"}
+        if docker is not None:  # per-container CPU %: the host's VPS idle stop reads it
+            body["tasks_cpu"] = {str(task_id): percent for task_id, percent
+                                 in self.container_cpu.sample(docker.containers()).items()}
         return body
 
     def _gpu_uuids(self, live: list[dict[str, Any]]) -> list[str]:

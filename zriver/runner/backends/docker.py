@@ -208,6 +208,11 @@ class DockerBackend:
     def running(self) -> list[int]:
         return list(self._tasks)
 
+    def containers(self) -> dict[int, str]:
+        """Task id -> container id, for the tasks whose container has started."""
+        return {tid: t.container for tid, t in list(self._tasks.items())
+                if t.container and t.started}
+
     def start(self, job: Job) -> None:
         spec = job.spec
         if not self.available:
