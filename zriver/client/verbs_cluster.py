@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def health(ctx: Context, args) -> int:
 @command(
     "up", "run a one-machine cluster (host + runner in this process, loopback only)",
     arg("--port", type=int, default=cfg.DEFAULT_ROUTER_PORT,
-        help="router port; events use the next two (0: any free ports)"),
+        help="router port; events use the next two, runner streams the third; the SSH "
+             "relay its relay_port (0: any free ports, the relay's too)"),
     arg("--cores", type=int, default=0, help="cores to offer (default: all)"),
     arg("--memory", default="", help="memory to offer, e.g. 8G (default: all)"),
     arg("--kill-tasks", action="store_true",
@@ -101,9 +103,12 @@ def up(ctx: Context, args) -> int:
     from zriver.roles import run, serve_both
 
     host = cfg.load(None, cfg.HostSettings, "host.toml")
-    ports = (0, 0, 0) if args.port == 0 else (args.port, args.port + 1, args.port + 2)
+    # --port 0: every port ephemeral (the relay too); else PORT..PORT+3 and the relay's own
+    ports = ((0, 0, 0, 0) if args.port == 0 else
+             (args.port, args.port + 1, args.port + 2, args.port + 3))
+    relay_port = 0 if args.port == 0 and host.relay_port != -1 else host.relay_port
     host = replace(host, bind_address="127.0.0.1", router_port=ports[0], xsub_port=ports[1],
-                   xpub_port=ports[2])
+                   xpub_port=ports[2], stream_port=ports[3], relay_port=relay_port)
     runner = cfg.load(None, cfg.RunnerSettings, "runner.toml")
     runner = replace(runner, cores=args.cores or runner.cores,
                      memory=args.memory or runner.memory)
@@ -114,6 +119,9 @@ def up(ctx: Context, args) -> int:
                   f"data in {h.data_dir}. Ctrl-C stops it"
                   + (" and ends its tasks." if args.kill_tasks else
                      " (running tasks carry on; the next start takes them back)."))
+        if h.relay is not None:
+            ctx.print(f"SSH relay on {h.endpoints['relay']}: zriver ssh/connect/forward ID, "
+                      f"or ssh -p {h.relay.port} ID@127.0.0.1")
         if "docker" not in r.info.get("backends", []):
             docker = r.backends.get("docker")
             reason = docker.error if docker is not None else "no Docker support in this build"
@@ -121,9 +129,23 @@ def up(ctx: Context, args) -> int:
                         if h.settings.default_container else "")
             h.settings.default_container = ""
             ctx.print(f"Docker is not available here ({reason}): tasks run natively{fallback}.")
+        asyncio.ensure_future(register_ssh_keys(ctx, h))
 
     run(serve_both(host, runner, announce, args.kill_tasks))
     return 0
+
+
+async def register_ssh_keys(ctx: Context, host) -> None:
+    """``zriver up``: the local user's ``~/.ssh/*.pub`` keys registered for the local admin
+    (zriver/host/localssh.py), said once: keys already registered are skipped silently."""
+    from zriver.host.localssh import register_local_ssh_keys
+    from zriver.roles import local_user
+
+    added = await register_local_ssh_keys(host, local_user())
+    if added:
+        ctx.print(f"registered your SSH key{'s' if len(added) > 1 else ''} "
+                  f"{', '.join(str(p) for p in added)} for {local_user()}: `zriver ssh ID`, "
+                  f"`zriver connect ID` and `zriver forward` need nothing more")
 
 
 @command("host", "run the coordinator (scheduling, state, the ZeroMQ hub)",

@@ -1,0 +1,179 @@
+"""Getting into tasks through the host's SSH relay: ``ssh``, ``connect``, ``forward``,
+``ssh-config``.
+
+* ``zriver ssh ID [-- CMD]``: to the relay as ``zriver`` (the jump user), then through it to
+  the VPS's own sshd at ``vps-ID:22`` as ``root``; both host keys pinned (the relay's from
+  ``cluster.hello``, the VPS's from ``vps.list``). Needs an sshd in the image.
+* ``zriver connect ID [-- CMD]``: to the relay as user ``ID``: the relay runs the shell or
+  command in the container itself (``docker exec`` on the runner), so any running container
+  task works, with no sshd. ``--ide``: the terminal IDE (zriver/client/ide.py).
+* ``zriver forward ID PORT``: a local port reaching a port inside the container (forward.py).
+* ``zriver ssh-config``: an OpenSSH config block (and the known_hosts file it names) for plain
+  ``ssh vps-ID``, scp, rsync and VS Code Remote-SSH.
+
+Both sessions share terminal.py (raw mode, resize, Ctrl-C, exit status). Client keys:
+``--identity FILE``, else ``~/.ssh/id_ed25519``, ``~/.ssh/id_rsa`` (sshclient.py); the public
+half must be registered to you (``zriver ssh-key add``; ``zriver up`` does it for you).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from zriver.client import forward as fwd
+from zriver.client import sshclient as sc
+from zriver.client.registry import Context, arg, command
+from zriver.client.terminal import remote_command, run_session, want_tty
+from zriver.client.verbs_tasks import TASK_ID
+from zriver.client.verbs_vps import RUNNING, find_vps, vps_rows
+from zriver.config import zriver_home
+from zriver.errors import InvalidArgument
+
+IDENTITY = arg("--identity", "-i", metavar="FILE",
+               help="your SSH private key (default ~/.ssh/id_ed25519, then ~/.ssh/id_rsa)")
+TTY = (arg("-t", dest="tty", action="store_const", const=True,
+           help="ask for a terminal even with a command"),
+       arg("-T", dest="tty", action="store_const", const=False,
+           help="no terminal even for a shell"))
+COMMAND = arg("command", nargs="...", help="a command to run instead of a shell, after --")
+
+
+def ssh_target(ctx: Context, task_id: int) -> dict:
+    """The ``vps.list`` row of a VPS ``zriver ssh`` can reach; says why when it cannot."""
+    vps = find_vps(ctx, task_id)
+    if vps["state"] != RUNNING:
+        raise InvalidArgument(f"VPS {task_id} is {vps['state']}, not running"
+                              + (": `zriver vps restart` it" if vps["state"] != "pending" else ""))
+    if not vps.get("host_key"):
+        raise InvalidArgument(f"VPS {task_id} has no sshd (or has not reported its host key "
+                              f"yet): `zriver connect {task_id}` needs none")
+    return vps
+
+
+@command("ssh", "a shell (or one command) in a VPS, through its sshd and the host's relay",
+         TASK_ID, IDENTITY, *TTY, COMMAND)
+def ssh(ctx: Context, args) -> int:
+    """SSH into VPS ID as root (asyncssh: no OpenSSH needed); the exit status is the remote's."""
+    vps = ssh_target(ctx, args.id)
+    relay = sc.relay_of(ctx.client)
+    keys = sc.client_keys(args.identity)
+    command_line = remote_command(args.command)
+    return asyncio.run(_ssh(relay, vps, keys, command_line, want_tty(command_line, args.tty)))
+
+
+async def _ssh(relay: sc.Relay, vps: dict, keys: list, command_line: str | None,
+               tty: bool) -> int:
+    async with await sc.connect_relay(relay, sc.JUMP_USER, keys) as jump:
+        async with await sc.connect_vps(jump, vps["id"], vps["host_key"], keys) as conn:
+            return await run_session(conn, command_line, tty)
+
+
+@command("connect", "a shell (full terminal) or one command in any running container task",
+         TASK_ID, IDENTITY, *TTY,
+         arg("--ide", action="store_true",
+             help="a terminal IDE instead: file tree, editor, shell pane"),
+         COMMAND)
+def connect(ctx: Context, args) -> int:
+    """A shell in task ID's container through the relay (no sshd needed in the image)."""
+    relay = sc.relay_of(ctx.client)
+    keys = sc.client_keys(args.identity)
+    if args.ide:
+        from zriver.client.ide import run_ide
+
+        return run_ide(relay, args.id, keys)
+    command_line = remote_command(args.command)
+    return asyncio.run(_connect(relay, args.id, keys, command_line,
+                                want_tty(command_line, args.tty)))
+
+
+async def _connect(relay: sc.Relay, task_id: int, keys: list, command_line: str | None,
+                   tty: bool) -> int:
+    async with await sc.connect_relay(relay, str(task_id), keys) as conn:
+        return await run_session(conn, command_line, tty)
+
+
+@command("forward", "reach a port inside a container task from this machine, via the relay",
+         TASK_ID, arg("port", type=int, help="the port inside the container"),
+         arg("--local", type=int, metavar="L",
+             help="the local port on 127.0.0.1 (default: the same; 0: any free one)"),
+         arg("--udp", action="store_true", help="forward UDP datagrams instead of TCP"),
+         IDENTITY)
+def forward(ctx: Context, args) -> int:
+    """Listen on 127.0.0.1 and forward every connection (or datagram) until Ctrl-C."""
+    for port in (args.port, args.local):
+        if port is not None and not 0 <= port <= 65535:
+            raise InvalidArgument(f"bad port {port}: 1-65535 (0: any free local one)")
+    relay = sc.relay_of(ctx.client)
+    keys = sc.client_keys(args.identity)
+    local = args.port if args.local is None else args.local
+    return asyncio.run(_forward(ctx, relay, keys, args.id, args.port, local, args.udp))
+
+
+async def _forward(ctx: Context, relay: sc.Relay, keys: list, task_id: int, port: int,
+                   local: int, udp: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+    serve = fwd.forward_udp if udp else fwd.forward_tcp
+    try:
+        async with await sc.connect_relay(relay, sc.JUMP_USER, keys) as conn:
+            return await serve(conn, task_id, port, local, ctx.print, stop)
+    except OSError as exc:  # the local port
+        raise InvalidArgument(f"cannot listen on {fwd.LOOPBACK}:{local}: {exc.strerror or exc}"
+                              f" (--local 0 takes any free port)") from None
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+
+
+# ---- ssh-config ----------------------------------------------------------------------------
+RELAY_ALIAS = "zriver-relay"
+
+
+def known_hosts_file() -> Path:
+    """The known_hosts file ``ssh-config`` writes: ``$ZRIVER_HOME/ssh/known_hosts``."""
+    return zriver_home() / "ssh" / "known_hosts"
+
+
+def write_known_hosts(ctx: Context, rows: list[dict] | None = None) -> Path:
+    """(Re)write ``known_hosts_file()``: the relay's key and every VPS key ``vps.list`` shows."""
+    relay = sc.relay_of(ctx.client)
+    text = sc.known_hosts_text(relay, vps_rows(ctx) if rows is None else rows)
+    path = known_hosts_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def config_text(relay: sc.Relay, known_hosts: Path, identity: str | None) -> str:
+    """The ``Host zriver-relay`` and ``Host vps-*`` blocks (see the module docstring)."""
+    pinned = [f"    UserKnownHostsFile {known_hosts}", "    StrictHostKeyChecking yes"]
+    if identity:
+        pinned += [f"    IdentityFile {Path(identity).expanduser().resolve()}",
+                   "    IdentitiesOnly yes"]
+    lines = [f"# zriver: VPSes of the host at {relay.address} (`zriver ssh-config`; the host "
+             f"keys are pinned in {known_hosts}, refreshed by `zriver vps list`)",
+             f"Host {RELAY_ALIAS}", f"    HostName {relay.address}", f"    Port {relay.port}",
+             f"    User {sc.JUMP_USER}", *pinned,
+             "Host vps-*", f"    ProxyJump {RELAY_ALIAS}", f"    User {sc.VPS_USER}", *pinned]
+    return "\n".join(lines)
+
+
+@command("ssh-config", "an OpenSSH config block: then `ssh vps-ID`, scp, rsync, VS Code work",
+         arg("--identity", "-i", metavar="FILE",
+             help="the private key OpenSSH should use (default: its own defaults)"))
+def ssh_config(ctx: Context, args) -> int:
+    """Print a `Host vps-*` block (append it to ~/.ssh/config) and write the known_hosts file
+    it points at, with the relay's and every VPS's host key pinned: no prompt, ever."""
+    relay = sc.relay_of(ctx.client)
+    ctx.print(config_text(relay, write_known_hosts(ctx), args.identity))
+    return 0
