@@ -21,7 +21,7 @@ BUSYBOX = Path("/bin/busybox")
 DEFAULT_IMAGE = "zriver-test-busybox"
 APPLETS = (
     "sh", "true", "false", "echo", "cat", "sleep", "ls", "env", "id", "head", "tail", "dd",
-    "wc", "grep", "mkdir", "rm", "printf", "kill", "yes", "seq",
+    "wc", "grep", "mkdir", "rm", "printf", "kill", "yes", "seq", "nc", "httpd", "stty", "tty",
 )
 CONTENT_LABEL = "org.zriver.test.content"
 _DOCKER_TIMEOUT = 120
