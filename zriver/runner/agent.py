@@ -379,6 +379,8 @@ class Runner:
             self._loops.append(self._spawn(self._every(lambda: self.heartbeat_interval,
                                                        self._heartbeat)))
         self.registered.set()
+        for backend in self.backends.values():  # e.g. Docker reports VPS host keys again
+            getattr(backend, "registered", lambda: None)()
         self._send_next_batch()
         log.info("runner.registered", node=self.name, stop=reply.get("stop", []))
 
@@ -432,8 +434,11 @@ class Runner:
 
     def _fence_others(self) -> None:
         """Self-fencing of container tasks (the keeper fences native ones by itself): kill
-        them; their ends are reported ``lost`` (see ``_on_exit``)."""
+        them; their ends are reported ``lost`` (see ``_on_exit``). A VPS is never fenced
+        (``survives_fencing``): the host keeps it while the runner is away."""
         for task_id, backend in list(self._backend_of.items()):
+            if getattr(backend, "survives_fencing", lambda _: False)(task_id):
+                continue
             if backend is not self.backends["native"] and task_id not in self._fenced:
                 self._fenced.add(task_id)
                 log.warning("runner.fenced", task=task_id)

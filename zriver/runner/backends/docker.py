@@ -62,6 +62,8 @@ from zriver import lifecycle as lc
 from zriver.runner.backends import Exit, Job, OnExit, OnStarted, StartError
 from zriver.runner.backends.dockererrors import short_reason, start_failure
 from zriver.runner.envsync import EnvSync, EnvSyncError
+from zriver.runner.backends import vps
+from zriver.runner.backends.vps import VPS, VpsError, VpsSupport
 
 log = structlog.get_logger("zriver.runner")
 
@@ -103,6 +105,8 @@ class _Task:
     paused: bool = False
     done: bool = False
     adopted: bool = False
+    kind: str = "task"
+    restarting: bool = False
     stream: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -131,6 +135,7 @@ class DockerBackend:
         self.envsync = EnvSync(self.client, settings.image_prefix, link.data_dir,
                                link.shared_dir, self._call_host, self._progress,
                                settings.env_keep_versions)
+        self.vps = VpsSupport(self)
 
     # ---- the Docker client and its availability -----------------------------------------
     def client(self) -> docker.DockerClient:
@@ -224,7 +229,7 @@ class DockerBackend:
                              f"(its runner config has allow_privileged = false)", 126)
         binds = self._binds(spec.mounts)
         task = _Task(job.task_id, self.link.attempt_of(job.task_id), job.stdout, job.stderr,
-                     spec.container, spec.env_version)
+                     spec.container, spec.env_version, kind=spec.kind)
         self._tasks[job.task_id] = task
         threading.Thread(target=self._run, args=(task, job, binds), daemon=True,
                          name=f"zriver-task-{job.task_id}").start()
@@ -245,6 +250,18 @@ class DockerBackend:
         elif action in ("pause", "resume") and task.started:
             task.paused = action == "pause"
             self._pool.submit(self._pause, task, action == "pause")
+        elif action == "restart" and task.started and task.kind == VPS:
+            self._pool.submit(self.vps.restart, task)
+
+    def survives_fencing(self, task_id: int) -> bool:
+        """A VPS is never ended by the runner's self-fencing (its restart policy and the
+        host keep it; see ``zriver.runner.backends.vps``)."""
+        task = self._tasks.get(task_id)
+        return task is not None and task.kind == VPS
+
+    def registered(self) -> None:
+        """The runner (re-)registered: report the VPS host keys again."""
+        self.vps.report_all()
 
     def close(self) -> None:
         """Stop watching; the containers keep running (``adopt`` finds them again)."""
@@ -304,16 +321,24 @@ class DockerBackend:
                 self._remove(container)
                 return
             try:
+                host_key = (self.vps.prepare(container, task.task_id, spec.ssh_keys)
+                            if task.kind == VPS else None)
                 self.client().api.start(container)
             except docker.errors.APIError as exc:
                 self._remove(container)
                 self._finish(task, start_failure(exc, job))
+                return
+            except VpsError as exc:
+                self._remove(container)
+                self._finish(task, Exit(lc.FAILED, 126, str(exc)))
                 return
             with task.lock:
                 task.started = True
                 kill_now = task.killing
             self._post(self.link.on_started, task.task_id,
                        f"container {container[:12]}, env {task.env} {task.version}")
+            if host_key is not None:
+                self._post(self.vps.started, task.task_id, host_key)
             if kill_now:
                 self._pool.submit(self._kill, task)
             self._follow(task)
@@ -350,13 +375,17 @@ class DockerBackend:
             nano_cpus=cpus * 10**9 or None, mem_limit=job.memory or None,
             memswap_limit=job.memory or None, device_requests=gpus,
             cpuset_mems=str(job.numa) if _real_zone(job.numa) else None,
-            privileged=spec.privileged, log_config=docker.types.LogConfig(type="json-file"))
+            privileged=spec.privileged, log_config=docker.types.LogConfig(type="json-file"),
+            **(vps.host_options() if spec.kind == VPS else {}))
         labels = {"zriver.task": str(task.task_id), "zriver.attempt": str(task.attempt),
                   "zriver.node": self.link.node, "zriver.runner": self.link.runner_id,
                   "zriver.env": task.env, "zriver.env_version": task.version}
         name = f"zriver-{self.link.runner_id[:12]}-{task.task_id}-{task.attempt}"
         kwargs = dict(command=spec.command, environment=job.env, labels=labels, name=name,
                       working_dir=spec.workdir or None, host_config=host_config, detach=True)
+        if spec.kind == VPS:
+            labels["zriver.kind"] = VPS
+            kwargs.update(vps.container_options(spec))
         for attempt in range(2):
             try:
                 return api.create_container(image, **kwargs)["Id"]
@@ -374,6 +403,8 @@ class DockerBackend:
     # ---- following ---------------------------------------------------------------------
     def _follow(self, task: _Task) -> None:
         """Copy output until the container ends, then report its outcome (worker thread)."""
+        if task.kind == VPS:
+            return self.vps.follow(task)
         truncate = not task.adopted
         while not self._closed.is_set():
             try:
@@ -543,8 +574,11 @@ class DockerBackend:
             stdout, stderr = self.link.log_paths(task_id)
             task = _Task(task_id, attempt, stdout, stderr, labels.get("zriver.env", ""),
                          labels.get("zriver.env_version", ""), container, started=True,
-                         paused=status == "paused", adopted=True)
+                         paused=status == "paused", adopted=True,
+                         kind=VPS if labels.get("zriver.kind") == VPS else "task")
             self._tasks[task_id] = task
+            if task.kind == VPS:
+                self.vps.adopted(task)
             adopted.append((task_id, attempt, status))
             threading.Thread(target=self._follow, args=(task,), daemon=True,
                              name=f"zriver-task-{task_id}").start()

@@ -1,14 +1,16 @@
 """How the Docker backend is wired into a runner: its stable id and its callbacks.
 
 ``make_backend(runner)`` builds the ``RunnerLink`` of a ``zriver.runner.agent.Runner`` (node name,
-runner id, log paths, start/exit callbacks, host requests) and registers the backend's
-``env.forget`` command; a change of Docker's availability re-registers the runner so that the
+runner id, log paths, start/exit callbacks, host requests), registers the backend's
+``env.forget`` command and the ``commit`` stream target of VPS containers
+(``zriver.runner.backends.vps.commit_target``); a change of Docker's availability re-registers the runner so that the
 host's view of its ``docker`` feature follows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import structlog
 
 from zriver.errors import ZriverError
 from zriver.runner.backends.docker import DockerBackend, RunnerLink
+from zriver.runner.backends.vps import commit_target
 
 log = structlog.get_logger("zriver.runner")
 
@@ -57,4 +60,7 @@ def make_backend(runner) -> DockerBackend:
         request_timeout=runner.settings.request_timeout, on_availability=availability)
     backend = DockerBackend(runner.settings, link)
     runner.handlers["env.forget"] = backend.forget_env
+    streams = getattr(runner, "streams", None)
+    if streams is not None:
+        streams.targets["commit"] = functools.partial(commit_target, backend=backend)
     return backend
