@@ -30,7 +30,7 @@ MAX_DATAGRAM = 65507
 async def forward_tcp(conn: asyncssh.SSHClientConnection, task_id: int, port: int, local: int,
                       say: Callable[[str], None], stop: asyncio.Event) -> int:
     """Serve ``127.0.0.1:local`` -> ``task-ID:port`` until ``stop``; returns 0."""
-    await _probe(conn, f"task-{task_id}", port)
+    await _probe(conn, f"task-{task_id}", port, say)
     listener = await conn.forward_local_port(LOOPBACK, local, f"task-{task_id}", port)
     try:
         say(f"forwarding {LOOPBACK}:{listener.get_port()} -> task {task_id} port {port} "
@@ -41,13 +41,19 @@ async def forward_tcp(conn: asyncssh.SSHClientConnection, task_id: int, port: in
     return 0
 
 
-async def _probe(conn: asyncssh.SSHClientConnection, host: str, port: int) -> None:
-    """Open and close one channel first, so that a refusal (no such task, not running, not
-    yours) is said at once rather than at the first connection."""
+async def _probe(conn: asyncssh.SSHClientConnection, host: str, port: int,
+                 say: Callable[[str], None]) -> None:
+    """Open and close one channel first: a refusal (no such task, not running, not yours) is
+    said at once and ends the forward; nothing listening there yet is only a warning (the
+    service may come up later)."""
     try:
         _, writer = await conn.open_connection(host, port)
     except asyncssh.ChannelOpenError as exc:
-        raise refused(exc, f"a forward to {host} port {port}") from None
+        if exc.code != asyncssh.OPEN_CONNECT_FAILED:
+            raise refused(exc, f"a forward to {host} port {port}") from None
+        say(f"warning: nothing answers on {host} port {port} yet ({exc.reason}); "
+            f"forwarding anyway")
+        return
     writer.close()
 
 
@@ -111,7 +117,7 @@ class UdpForward(asyncio.DatagramProtocol):
 async def forward_udp(conn: asyncssh.SSHClientConnection, task_id: int, port: int, local: int,
                       say: Callable[[str], None], stop: asyncio.Event) -> int:
     """Serve UDP ``127.0.0.1:local`` -> ``udp-ID:port`` until ``stop``; returns 0."""
-    await _probe(conn, f"udp-{task_id}", port)
+    await _probe(conn, f"udp-{task_id}", port, say)
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: UdpForward(conn, f"udp-{task_id}", port, say), local_addr=(LOOPBACK, local))

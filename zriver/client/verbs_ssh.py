@@ -58,9 +58,9 @@ def ssh_target(ctx: Context, task_id: int) -> dict:
          TASK_ID, IDENTITY, *TTY, COMMAND)
 def ssh(ctx: Context, args) -> int:
     """SSH into VPS ID as root (asyncssh: no OpenSSH needed); the exit status is the remote's."""
+    keys = sc.client_keys(args.identity)  # a missing key is said before any network
     vps = ssh_target(ctx, args.id)
     relay = sc.relay_of(ctx.client)
-    keys = sc.client_keys(args.identity)
     command_line = remote_command(args.command)
     return asyncio.run(_ssh(relay, vps, keys, command_line, want_tty(command_line, args.tty)))
 
@@ -79,8 +79,8 @@ async def _ssh(relay: sc.Relay, vps: dict, keys: list, command_line: str | None,
          COMMAND)
 def connect(ctx: Context, args) -> int:
     """A shell in task ID's container through the relay (no sshd needed in the image)."""
-    relay = sc.relay_of(ctx.client)
     keys = sc.client_keys(args.identity)
+    relay = sc.relay_of(ctx.client)
     if args.ide:
         from zriver.client.ide import run_ide
 
@@ -107,8 +107,8 @@ def forward(ctx: Context, args) -> int:
     for port in (args.port, args.local):
         if port is not None and not 0 <= port <= 65535:
             raise InvalidArgument(f"bad port {port}: 1-65535 (0: any free local one)")
-    relay = sc.relay_of(ctx.client)
     keys = sc.client_keys(args.identity)
+    relay = sc.relay_of(ctx.client)
     local = args.port if args.local is None else args.local
     return asyncio.run(_forward(ctx, relay, keys, args.id, args.port, local, args.udp))
 

@@ -1,0 +1,295 @@
+"""The client verbs of VPSes and the SSH relay, end to end with the real CLI as a process:
+``zriver connect`` under a real PTY (size, resize, Ctrl-C, exit code), one command with its
+exit code and separate streams, ``zriver ssh`` into an sshd VPS (asyncssh), ``ssh-config`` used
+by the real OpenSSH client, ``forward`` to an HTTP server in a container, and the errors a
+person meets with no key or with a key that may not reach the task.
+
+Every CLI run has ``HOME`` pointing at a temporary directory whose ``~/.ssh`` holds a fresh
+ed25519 pair registered to the cluster's admin, so the default key lookup is what is tested.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncssh
+import pexpect
+import pytest
+
+from docker_fixtures import *  # noqa: F401,F403  (fixtures)
+from docker_fixtures import submit_docker
+from docker_images import ensure_sshd_image
+
+from zriver.client.sshclient import Relay, known_hosts_text
+from zriver.client.terminal import remote_command
+
+ENV = "sx"
+CLI_TIMEOUT = 60
+
+
+# ---- fixtures --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sshd_image(docker_client) -> str:
+    return ensure_sshd_image()
+
+
+def make_ssh_home(root: Path, name: str = "me") -> Path:
+    """A HOME whose ``~/.ssh`` holds an ed25519 pair (``id_ed25519``, ``id_ed25519.pub``)."""
+    ssh = root / ".ssh"
+    ssh.mkdir(parents=True, mode=0o700)
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{name}@test")
+    (ssh / "id_ed25519").write_bytes(key.export_private_key())
+    os.chmod(ssh / "id_ed25519", 0o600)
+    (ssh / "id_ed25519.pub").write_bytes(key.export_public_key())
+    return root
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return make_ssh_home(tmp_path / "home")
+
+
+@pytest.fixture
+def rc(dcluster, sshd_image, home):
+    """A docker cluster with env ``sx`` (the sshd image) and ``home``'s key for the admin."""
+    cluster = dcluster()
+    cluster.client(timeout=120).call("env.create", {"name": ENV, "image": sshd_image,
+                                                    "commit": True}, timeout=120)
+    cluster.client().call("ssh_key.add",
+                          {"public_key": (home / ".ssh" / "id_ed25519.pub").read_text()})
+    return cluster
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "HOME": str(home), "TERM": "xterm"}
+
+
+def zriver(cluster, home: Path, *args: str, key: Path | None = None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "zriver", *cluster.cli_flags(key), *args],
+                          capture_output=True, env=cli_env(home), timeout=CLI_TIMEOUT, **kwargs)
+
+
+def running_task(cluster, command: list[str]) -> int:
+    task_id = submit_docker(cluster, command, container=ENV)
+    cluster.wait_state(task_id, {"running"}, timeout=60)
+    return task_id
+
+
+def wait_host_key(cluster, task_id: int, timeout: float = 60) -> dict:
+    """The VPS's ``vps.list`` row once it runs and its runner reported its host key (checked
+    at each of its events, and at most every 0.1 s in between)."""
+    client = cluster.client()
+    sub = client.subscribe([f"evt.task.{task_id}"])
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            [row] = [v for v in client.call("vps.list")["vps"] if v["id"] == task_id]
+            if row["state"] == "running" and row["host_key"]:
+                return row
+            assert row["state"] in ("pending", "assigned", "running"), row
+            if sub.poll(100):
+                sub.recv_multipart()
+        raise AssertionError(f"VPS {task_id} never reported a host key: {row}")
+    finally:
+        sub.close(linger=0)
+
+
+# ---- no cluster needed -----------------------------------------------------------------
+def test_remote_command_keeps_words_apart_and_a_single_word_is_a_shell_line():
+    assert remote_command([]) is None and remote_command(["--"]) is None
+    assert remote_command(["--", "ls | wc -l"]) == "ls | wc -l"
+    assert remote_command(["--", "sh", "-c", "exit 7"]) == "sh -c 'exit 7'"
+
+
+def test_known_hosts_pin_the_relay_by_host_and_port_and_each_vps_by_name():
+    relay = Relay("10.0.0.5", 2222, "ssh-ed25519 AAAArelay")
+    text = known_hosts_text(relay, [{"id": 4, "host_key": "ssh-ed25519 AAAAv4"},
+                                    {"id": 5, "host_key": None}])
+    assert text == "[10.0.0.5]:2222 ssh-ed25519 AAAArelay\nvps-4 ssh-ed25519 AAAAv4\n"
+
+
+def test_with_no_key_the_verbs_say_where_they_looked_and_how_to_make_one(cluster, tmp_path):
+    empty = tmp_path / "nobody"
+    empty.mkdir()
+    made = zriver(cluster, empty, "vps", "create", "--container", "dev", text=True)
+    assert made.returncode == 1
+    assert "~/.ssh/id_ed25519.pub" in made.stderr and "~/.ssh/id_rsa.pub" in made.stderr
+    assert "ssh-keygen -t ed25519" in made.stderr
+    for verb in (["ssh", "1"], ["connect", "1"], ["forward", "1", "80"]):
+        run = zriver(cluster, empty, *verb, text=True)
+        assert run.returncode == 1, (verb, run.stderr)
+        assert "~/.ssh/id_ed25519" in run.stderr and "ssh-keygen" in run.stderr, run.stderr
+    assert cluster.client().call("task.list", {})["tasks"] == []  # nothing was submitted
+
+
+@pytest.mark.docker
+def test_vps_create_submits_a_vps_with_the_default_key_and_vps_stop_ends_it(rc, home):
+    made = zriver(rc, home, "vps", "create", "--container", ENV, "--cores", "1",
+                  "--memory", "1G", "--idle-stop", "2h", "--name", "box", text=True)
+    assert made.returncode == 0, made.stderr
+    task_id = int(made.stdout.strip())
+    assert f"zriver ssh {task_id}" in made.stderr and f"ssh vps-{task_id}" in made.stderr
+    task = rc.task(task_id)
+    assert task["kind"] == "vps" and task["name"] == "box" and task["idle_stop"] == 7200
+    assert task["memory"] == 1 << 30 and task["command"] == []
+    # the default key reaching authorized_keys: test_ssh_into_an_sshd_vps... logs in with it
+    listed = json.loads(zriver(rc, home, "vps", "list", "--json", text=True).stdout)
+    assert [(v["id"], v["name"]) for v in listed] == [(task_id, "box")]
+    bad = zriver(rc, home, "vps", "create", "--public-key", "ssh-ed25519 nonsense", text=True)
+    assert bad.returncode == 1 and "not an SSH public key" in bad.stderr
+    stopped = zriver(rc, home, "vps", "stop", str(task_id), text=True)
+    assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stderr
+    [summary] = rc.wait(task_id)
+    assert summary["state"] == "killed", summary
+
+
+# ---- zriver connect ----------------------------------------------------------------------
+@pytest.mark.docker
+def test_connect_under_a_pty_resizes_interrupts_and_returns_the_exit_code(rc, home):
+    task_id = running_task(rc, ["sleep", "3600"])
+    child = pexpect.spawn(sys.executable, ["-m", "zriver", *rc.cli_flags(), "connect",
+                                           str(task_id)],
+                          env=cli_env(home), dimensions=(24, 80), timeout=30)
+    try:
+        child.sendline("stty size; echo mark-$((6*7))")
+        child.expect(r"24 80\s+mark-42")
+        child.setwinsize(40, 132)  # the kernel sends SIGWINCH to the CLI
+        child.sendline("stty size; echo mark-$((6*8))")
+        child.expect(r"40 132\s+mark-48")
+        child.sendline("sleep 300; echo slept-$?")
+        child.expect("sleep 300")  # the echo of the line: the sleep has been typed
+        child.sendintr()  # Ctrl-C: a byte through the raw terminal, SIGINT from the remote PTY
+        child.expect(r"slept-130")
+        child.sendline("exit 5")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 5, child.before
+
+
+@pytest.mark.docker
+def test_connect_runs_one_command_with_its_exit_code_and_separate_streams(rc, home):
+    task_id = running_task(rc, ["sleep", "3600"])
+    seven = zriver(rc, home, "connect", str(task_id), "--", "sh", "-c", "exit 7")
+    assert seven.returncode == 7, seven.stderr
+    both = zriver(rc, home, "connect", str(task_id), "--", "sh", "-c",
+                  "echo out; echo err >&2; exit 3")
+    assert (both.returncode, both.stdout, both.stderr) == (3, b"out\n", b"err\n")
+    data = os.urandom(3 << 20)
+    echoed = zriver(rc, home, "connect", str(task_id), "--", "cat", input=data)
+    assert echoed.returncode == 0 and hashlib.sha256(echoed.stdout).digest() == \
+        hashlib.sha256(data).digest()
+
+
+@pytest.mark.docker
+def test_a_key_of_another_user_may_not_connect_to_the_admins_task(rc, home, tmp_path):
+    task_id = running_task(rc, ["sleep", "3600"])
+    bob_home = make_ssh_home(tmp_path / "bob", "bob")
+    bob = rc.key_for("bob", "user")
+    rc.client(key=bob).call("ssh_key.add",
+                            {"public_key": (bob_home / ".ssh" / "id_ed25519.pub").read_text()})
+    refused = zriver(rc, bob_home, "connect", str(task_id), "--", "true", key=bob, text=True)
+    assert refused.returncode != 0 and str(task_id) in refused.stderr, refused.stderr
+    stranger = make_ssh_home(tmp_path / "stranger", "stranger")  # a key registered to no one
+    denied = zriver(rc, stranger, "connect", str(task_id), "--", "true", text=True)
+    assert denied.returncode == 1 and "refused your SSH key" in denied.stderr, denied.stderr
+    assert "zriver ssh-key add" in denied.stderr
+
+
+# ---- zriver ssh and ssh-config -----------------------------------------------------------
+@pytest.fixture
+def vps(rc, home) -> int:
+    made = zriver(rc, home, "vps", "create", "--container", ENV, "--wait", text=True)
+    assert made.returncode == 0, made.stderr
+    task_id = int(made.stdout.strip())
+    wait_host_key(rc, task_id)
+    return task_id
+
+
+@pytest.mark.docker
+def test_ssh_into_an_sshd_vps_runs_commands_with_their_exit_codes(rc, home, vps):
+    hostname = zriver(rc, home, "ssh", str(vps), "--", "sh", "-c", "id -u; echo e >&2; exit 4")
+    assert (hostname.returncode, hostname.stdout, hostname.stderr) == (4, b"0\n", b"e\n")
+    listed = zriver(rc, home, "vps", "list", text=True)
+    assert listed.returncode == 0 and f"zriver ssh {vps}" in listed.stdout, listed.stdout
+    child = pexpect.spawn(sys.executable, ["-m", "zriver", *rc.cli_flags(), "ssh", str(vps)],
+                          env=cli_env(home), dimensions=(30, 100), timeout=30)
+    try:
+        child.sendline("stty size; echo in-$((2+3))")
+        child.expect(r"30 100\s+in-5")
+        child.sendline("exit 6")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 6
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client on this machine")
+def test_ssh_config_lets_the_real_openssh_client_in_with_pinned_keys(rc, home, vps, tmp_path):
+    config = zriver(rc, home, "ssh-config", "--identity", str(home / ".ssh" / "id_ed25519"),
+                    text=True)
+    assert config.returncode == 0, config.stderr
+    assert "Host vps-*" in config.stdout and "StrictHostKeyChecking yes" in config.stdout
+    path = tmp_path / "ssh_config"
+    path.write_text(config.stdout + "\n")
+    known = Path(re.search(r"UserKnownHostsFile (\S+)", config.stdout).group(1))
+    assert f"vps-{vps} ssh-ed25519 " in known.read_text()
+    run = subprocess.run(["ssh", "-F", str(path), "-o", "BatchMode=yes", f"vps-{vps}",
+                          "echo through-openssh; exit 3"],
+                         capture_output=True, text=True, timeout=CLI_TIMEOUT, env=cli_env(home))
+    assert run.returncode == 3 and run.stdout == "through-openssh\n", run.stderr
+
+
+# ---- zriver forward ----------------------------------------------------------------------
+HTTPD = ("mkdir -p /www && echo hello-from-the-container > /www/index.html && "
+         "head -c 5000000 /dev/urandom > /www/big && httpd -p 8080 -h /www && touch /ready; "
+         "exec sleep 3600")
+
+
+@pytest.mark.docker
+def test_forward_reaches_an_http_server_in_the_container(rc, home):
+    task_id = running_task(rc, ["sh", "-c", HTTPD])
+    ready = zriver(rc, home, "connect", str(task_id), "--", "sh", "-c",
+                   "while [ ! -f /ready ]; do sleep 0.05; done; sha256sum /www/big", text=True)
+    assert ready.returncode == 0, ready.stderr
+    digest = ready.stdout.split()[0]
+    proc = subprocess.Popen([sys.executable, "-m", "zriver", *rc.cli_flags(), "forward",
+                             str(task_id), "8080", "--local", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(home))
+    try:
+        line = proc.stdout.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+) ->", line).group(1)), line
+        url = f"http://127.0.0.1:{port[0]}"
+        with urllib.request.urlopen(f"{url}/index.html", timeout=30) as answer:
+            assert answer.read() == b"hello-from-the-container\n"
+
+        def fetch(_: int) -> str:
+            with urllib.request.urlopen(f"{url}/big", timeout=60) as answer:
+                return hashlib.sha256(answer.read()).hexdigest()
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            assert set(pool.map(fetch, range(20))) == {digest}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.docker
+def test_forward_to_a_task_that_is_not_running_says_so(rc, home):
+    done = submit_docker(rc, ["true"], container=ENV)
+    rc.wait(done)
+    run = zriver(rc, home, "forward", str(done), "8080", "--local", "0", text=True)
+    assert run.returncode == 1 and str(done) in run.stderr, run.stderr
