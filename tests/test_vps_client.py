@@ -14,11 +14,13 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -293,3 +295,71 @@ def test_forward_to_a_task_that_is_not_running_says_so(rc, home):
     rc.wait(done)
     run = zriver(rc, home, "forward", str(done), "8080", "--local", "0", text=True)
     assert run.returncode == 1 and str(done) in run.stderr, run.stderr
+
+
+# ---- zriver up ---------------------------------------------------------------------------
+class UpProcess:
+    """``zriver up --port 0`` with its output lines read by a thread into a queue."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zriver", "up", "--port", "0", "--cores", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def line_with(self, text: str, timeout: float = 60) -> str:
+        """The first next line holding ``text`` (fails at the end of the output or after
+        ``timeout`` seconds without one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            if line is None:
+                raise AssertionError(f"no line with {text!r}:\n" + "".join(self.seen))
+            self.seen.append(line)
+            if text in line:
+                return line
+
+    def stop(self) -> str:
+        """SIGINT, then everything it printed."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        while (line := self.lines.get(timeout=10)) is not None:
+            self.seen.append(line)
+        return "".join(self.seen)
+
+
+def test_zriver_up_registers_the_local_ssh_keys_once(tmp_path):
+    from procs import role_environment
+
+    home = make_ssh_home(tmp_path / "home")
+    env = {**role_environment(tmp_path / "zhome"), "HOME": str(home)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "zriver", *args], capture_output=True,
+                              text=True, env=env, timeout=CLI_TIMEOUT)
+
+    up = UpProcess(env, tmp_path)
+    try:
+        line = up.line_with("registered your SSH key")
+        assert "id_ed25519.pub" in line, line
+        keys = json.loads(cli("ssh-key", "list", "--json").stdout)
+        assert [k["comment"] for k in keys] == ["me@test"]
+        relay = cli("connect", "999", "--", "true")  # the relay lets the key in, then says
+        assert relay.returncode != 0 and "999" in relay.stderr, relay.stderr
+        assert "refused your SSH key" not in relay.stderr
+    finally:
+        up.stop()
+    again = UpProcess(env, tmp_path)
+    try:
+        again.line_with("zriver is up")
+        assert len(json.loads(cli("ssh-key", "list", "--json").stdout)) == 1
+    finally:
+        output = again.stop()
+    assert "registered your SSH key" not in output, output
