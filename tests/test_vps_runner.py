@@ -241,3 +241,35 @@ def test_self_fencing_never_ends_a_vps(dcluster, docker_client, busybox):
     cluster.wait_state(vps_id, {"running"}, timeout=20)
     assert docker_client.api.inspect_container(vps_container)["State"]["Running"]
     assert cluster.call_soon(lambda: vps_id in cluster.runners["n1"].running())
+
+
+def test_commit_makes_the_vps_filesystem_a_new_env_version(vps_cluster, docker_client,
+                                                           user_key):
+    cluster = vps_cluster
+    task_id = submit_vps(cluster, "sshd", [user_key[1]])
+    cluster.wait_state(task_id, {"running"}, timeout=30)
+    host_key = reported_key(cluster, task_id)
+    ssh_run(address_of(cluster, docker_client, task_id), host_key, user_key[0],
+            "echo made in the vps > /root/mark")
+    client = cluster.client(timeout=120)
+    reply = client.call("vps.commit", {"id": task_id, "env": "snap"}, timeout=120)
+    assert reply["env"] == "snap" and len(reply["version"]) == 12
+    [env] = client.call("env.list", {"name": "snap"})["envs"]
+    assert [v["version"] for v in env["versions"]] == [reply["version"]]
+    [image] = docker_client.api.images(name=f"{cluster.host_settings.env_image_prefix}/snap")
+    config = docker_client.api.inspect_image(image["Id"])["Config"]
+    assert not any(value for key, value in (config.get("Labels") or {}).items()
+                   if key.startswith("zriver."))  # no VPS labels carried into the env
+    assert "/.zriver/vps-entry" not in (config.get("Entrypoint") or [])
+    plain = cluster.submit(["sh", "-c", "cat /root/mark; echo \"[$ZRIVER_TASK_ID]\""],
+                           backend="docker", container="snap")
+    [summary] = cluster.wait(plain)
+    assert summary["state"] == "completed", cluster.task(plain)
+    assert cluster.log(plain) == f"made in the vps\n[{plain}]\n".encode()
+    again = client.call("vps.commit", {"id": task_id, "env": "sshd"}, timeout=120)
+    newest = client.call("env.list", {"name": "sshd"})["envs"][0]["versions"][0]
+    assert newest["version"] == again["version"]
+    assert cluster.task(task_id)["state"] == "running"  # the VPS goes on
+    images = docker_client.api.images(name=f"{cluster.runners['n1'].settings.image_prefix}"
+                                           f"-vps-commit")
+    assert images == []  # the runner's temporary image is gone

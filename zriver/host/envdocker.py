@@ -205,6 +205,35 @@ class EnvDocker:
             self.call(self.client.api.start, container)
         return container
 
+    def load(self, path: Path) -> str:
+        """``docker load`` of the ``docker save`` archive at ``path``; the loaded image's id."""
+        return self.call(self._load, path)
+
+    def _load(self, path: Path) -> str:
+        try:
+            with open(path, "rb") as handle:
+                lines = list(self.client.api.load_image(handle))
+        except docker.errors.APIError as exc:
+            raise InvalidArgument(f"Docker could not load the image archive: "
+                                  f"{_explain(exc)}") from None
+        for line in lines:
+            text = str(line.get("stream", "")) if isinstance(line, dict) else ""
+            if "Loaded image ID:" in text:
+                return text.split("Loaded image ID:", 1)[1].strip()
+            if "Loaded image:" in text:
+                return self.client.images.get(text.split("Loaded image:", 1)[1].strip()).id
+        raise InvalidArgument(f"Docker loaded the image archive but named no image: {lines!r}")
+
+    def replace_container(self, name: str, old: str | None, image: str) -> str:
+        """A new env container from ``image`` in place of ``old`` (removed): its id."""
+        container = self.call(self.start_container, name, image)
+        if old:
+            try:
+                self.call(self.client.api.remove_container, old, force=True)
+            except docker.errors.NotFound:
+                pass
+        return container
+
     # ---- committing --------------------------------------------------------------------
     def commit(self, name: str, container: str, config: dict, message: str) -> Archive:
         return self.call(self._commit, name, container, config, message)

@@ -264,6 +264,26 @@ class Environments:
             return {"version": archive.version, "sha256": archive.sha256, "size": archive.size,
                     "created_at": now, "pruned": pruned}
 
+    async def commit_image(self, principal: Any, name: str, image: str, message: str) -> dict:
+        """Make ``image`` (in the host's Docker) the newest version of env ``name``, as
+        ``env commit`` does: the env's container is made again from ``image`` (its former
+        container is removed: ``env shell`` continues from the new version) and committed.
+        A new env owned by ``principal`` when there is none (its run config from ``image``);
+        an existing one only by its owner or an admin. Returns ``_commit``'s reply."""
+        _check_name(name)
+        request = Request(principal)
+        docker = self.docker()
+        if self.records.env(name) is None:
+            await self.create(request, {"name": name, "image": image, "commit": False})
+        else:
+            env = self._own_env(request, name, "commit into")
+            async with self._lock(name):
+                container = await self._blocking(docker.replace_container, name,
+                                                 env["container"], image)
+                self.service.begin()
+                self.records.set_container(name, container)
+        return await self._commit(name, message)
+
     async def _prune(self, name: str) -> list[str]:
         """Drop versions beyond ``env_keep_versions`` that no unfinished task needs."""
         keep = max(1, self.settings.env_keep_versions)
