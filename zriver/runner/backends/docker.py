@@ -28,6 +28,10 @@ follows the running ones again (their results still arrive; their log files are 
 Docker's copy) and reports the ones that ended meanwhile; the host's ``stop`` list at
 registration then kills those it no longer knows. Containers merely *created* are removed.
 
+A VPS (``spec.kind == "vps"``) is a container of the same make with a restart policy, an entry
+script, runner-made SSH host keys, ``restart``, and an end only on request; it is never fenced.
+Its part lives in ``zriver.runner.backends.vps``.
+
 Docker availability is probed every ``docker_probe_interval`` seconds in a worker thread; the
 result is in ``status()`` (heartbeats, ``zriver nodes``), and a change re-registers the runner
 so the host's view of its backends follows.
