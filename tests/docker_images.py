@@ -22,6 +22,7 @@ DEFAULT_IMAGE = "zriver-test-busybox"
 APPLETS = (
     "sh", "true", "false", "echo", "cat", "sleep", "ls", "env", "id", "head", "tail", "dd",
     "wc", "grep", "mkdir", "rm", "printf", "kill", "yes", "seq", "nc", "httpd", "stty", "tty",
+    "sha256sum", "wget",
 )
 CONTENT_LABEL = "org.zriver.test.content"
 _DOCKER_TIMEOUT = 120

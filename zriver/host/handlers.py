@@ -315,7 +315,14 @@ def register(core: "HostCore", request: Request, body: dict) -> dict:
     core.set_node_state(node, DEGRADED if changed else ONLINE, changed or "registered")
     return {"heartbeat_interval": core.settings.heartbeat_interval, "stop": stop,
             "lease": core.lease, "grace": core.settings.unreachable_grace,
-            "incarnation": core.incarnation, "shared_dir": core.settings.shared_dir}
+            "incarnation": core.incarnation, "shared_dir": core.settings.shared_dir,
+            "stream_port": _stream_port(core)}
+
+
+def _stream_port(core: "HostCore") -> int | None:
+    """The port runners dial for byte streams (``zriver.host.streamhub``); None without one."""
+    endpoint = (core.hello_info.get("endpoints") or {}).get("streams")
+    return int(endpoint.rsplit(":", 1)[1]) if endpoint else None
 
 
 def _runner_info(info: dict) -> dict:

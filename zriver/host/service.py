@@ -47,6 +47,7 @@ from zriver.host.envs import Environments
 from zriver.host.followers import Followers
 from zriver.host.keytable import Keys
 from zriver.host.sshkeys import SshKeys
+from zriver.host.streamhub import StreamHub
 from zriver.host.vps import Vps
 from zriver.host.zap import Authenticator
 from zriver.host.handlers import check_owner, register_core_ops
@@ -110,6 +111,8 @@ class Host:
         self.wire: Wire | None = None
         self.server_keys: keyfiles.ServerKeys | None = None
         self.zap: Authenticator | None = None
+        self.streams = StreamHub(self)
+        """Byte streams to runners (``zriver.host.streamhub``), bound by ``start``."""
 
     # ---- the model, for tests and extensions -------------------------------------------
     @property
@@ -152,6 +155,7 @@ class Host:
         router, self.endpoints["router"] = self.wire.router(f"tcp://{addr}:{self.settings.router_port}")
         xsub, self.endpoints["xsub"] = self.wire.xsub(f"tcp://{addr}:{self.settings.xsub_port}")
         xpub, self.endpoints["xpub"] = self.wire.xpub(f"tcp://{addr}:{self.settings.xpub_port}")
+        self.endpoints["streams"] = self.streams.start()
         self.core.hello_info = {"endpoints": self.endpoints, "security": self.settings.security,
                                 "host_key": self.server_keys.public if self.secure else ""}
         self.begin()
@@ -176,6 +180,7 @@ class Host:
         self._timers.clear()
         for extension in self.extensions:
             await extension.close()
+        await self.streams.close()
         if self.wire is not None:
             for channel in (self.router, self.xsub, self.xpub):
                 channel.close()

@@ -56,6 +56,8 @@ from zriver.runner.lease import Lease
 from zriver.runner.taskcpu import ContainerCpu
 from zriver.runner.ledger import Ledger
 from zriver.runner.logtail import LogTail
+from zriver.runner.streams import StreamEndpoint
+from zriver.runner.streamtargets import ContainerTargets, docker_socket
 from zriver.spec import TaskSpec
 from zriver.wire import Channel, Wire, send_frames
 
@@ -135,6 +137,10 @@ class Runner:
             "runner.batch": self._run_commands,
             "runner.probe": lambda body: None,
         }
+        self.streams = StreamEndpoint(self.name, self.instance, targets=ContainerTargets(
+            self.name, lambda: self.backends,
+            docker_socket(self.settings.docker_host)).handlers())
+        """Byte streams from the host (``zriver.runner.streams``), connected at registration."""
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -156,6 +162,7 @@ class Runner:
                         detail="the runner is not root: native tasks run as its own account, "
                                "whatever their --user, owner or task_user")
         self.wire = Wire(self.settings.max_message_bytes, client_keys=client_keys)
+        self.streams.wire = self.wire
         host = self.settings.host
         dealer = self.wire.dealer(f"tcp://{host}:{self.settings.router_port}",
                                   identity=f"r:{self.name}:{self.instance}".encode())
@@ -240,6 +247,7 @@ class Runner:
                       self._small_hold):
             if timer is not None:
                 timer.cancel()
+        await self.streams.close(f"the runner of node {self.name} stopped")
         for backend in self.backends.values():
             backend.close()
         self.channel.close()
@@ -375,6 +383,8 @@ class Runner:
         self.backends["native"].acked([tid for tid in self._adopted if tid not in stopped], [])
         self._adopted.clear()
         self.shared_dir = self.settings.shared_dir or reply.get("shared_dir", "")
+        if isinstance(reply.get("stream_port"), int):  # (again when the port changed)
+            self.streams.connect(self.settings.host, reply["stream_port"])
         if not self.registered.is_set():
             self._loops.append(self._spawn(self._every(lambda: self.heartbeat_interval,
                                                        self._heartbeat)))
@@ -411,6 +421,8 @@ class Runner:
 
     def _heartbeat(self) -> None:
         self.publish(f"hb.{self.name}", self._usage())
+        if self.streams.channel is not None:
+            self.streams.hello()
         self._keep_lease()
 
     def _keep_lease(self) -> None:

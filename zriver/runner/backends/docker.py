@@ -217,6 +217,14 @@ class DockerBackend:
     def running(self) -> list[int]:
         return list(self._tasks)
 
+    def container_of(self, task_id: int) -> str | None:
+        """The id of ``task_id``'s started container; ``None`` when this backend has no such
+        task, or its container is not started yet or has ended (byte streams use it)."""
+        task = self._tasks.get(task_id)
+        if task is None or not task.started or task.done:
+            return None
+        return task.container
+
     def containers(self) -> dict[int, str]:
         """Task id -> container id, for the tasks whose container has started."""
         return {tid: t.container for tid, t in list(self._tasks.items())
