@@ -63,6 +63,25 @@ def run_exec(cluster, task_id: int, command: list[str], stdin: bytes | None = No
     return cluster.run(go, timeout=60)
 
 
+def during_heartbeats(cluster, fn, node: str = "n1"):
+    """Run coroutine function ``fn`` on the cluster loop while watching ``node``'s heartbeats:
+    its result and the longest gap between two heartbeats meanwhile."""
+    sub = cluster.client().subscribe([f"hb.{node}"])
+    try:
+        assert sub.poll(5000), "no heartbeat at all"
+        sub.recv_multipart()
+        last, gap = time.monotonic(), 0.0
+        future = asyncio.run_coroutine_threadsafe(fn(), cluster.loop)
+        while not future.done():
+            if sub.poll(50):
+                sub.recv_multipart()
+                now = time.monotonic()
+                last, gap = now, max(gap, now - last)
+        return future.result(), max(gap, time.monotonic() - last)
+    finally:
+        sub.close(linger=0)
+
+
 @pytest.fixture
 def bb(dcluster):
     """A cluster with one Docker runner and the busybox env ``bb``."""
@@ -157,14 +176,15 @@ def test_tcp_stream_large_transfer_and_throughput(bb, docker_client):
         finally:
             writer.close()
 
-    (body, seconds), closed = bb.run(through_stream, timeout=120)
+    ((body, seconds), closed), gap = during_heartbeats(bb, through_stream)
+    assert gap < bb.host_settings.heartbeat_interval * bb.host_settings.heartbeat_misses
     direct_body, direct_seconds = bb.run(direct, timeout=120)
     content = body.split(b"\r\n\r\n", 1)[1]
     assert len(content) == BIG and hashlib.sha256(content).hexdigest() == expected
     assert direct_body == body
     assert closed == {"exit": None, "error": None}
     print(f"\ntcp stream {BIG / seconds / 1e6:.0f} MB/s, direct {BIG / direct_seconds / 1e6:.0f} "
-          f"MB/s ({direct_seconds / seconds:.2f}x)")
+          f"MB/s ({direct_seconds / seconds:.2f}x); longest heartbeat gap {gap:.3f} s")
 
 
 def test_back_pressure_stalls_only_its_stream(bb):
@@ -236,3 +256,23 @@ def test_runner_restart_ends_its_streams(bb):
     bb.start_runner("n1", **bb.runner_specs["n1"])
     out, _, closed = run_exec(bb, task_id, ["echo", "back"])
     assert out == b"back\n" and closed["exit"] == 0
+
+
+def test_stream_peer_must_hold_its_node_runner_key(bb):
+    from zriver.keys import ClientKeys, load_pair
+    from zriver.streamproto import HELLO, frames, pack
+    from zriver.wire import Wire
+
+    task_id = running_task(bb, ["sleep", "1000"])
+    stream = open_stream(bb, {"kind": "exec", "task": task_id, "command": ["sleep", "1000"]})
+    public, secret = load_pair(bb.key_for("n2", "runner"))  # a runner key, of another node
+    wire = Wire(1 << 20, client_keys=ClientKeys(public, secret, bb.server_keys.public))
+    try:
+        sock = wire.dealer(bb.host.endpoints["streams"], identity=b"s:n1:impostor")
+        sock.send_multipart(frames(0, HELLO, pack({"node": "n1", "instance": "impostor"})))
+        eventually(lambda: bb.call_soon(lambda: b"s:n1:impostor" in bb.host.streams.ignored),
+                   10, "the impostor to be ignored")
+    finally:
+        wire.close()
+    assert bb.call_soon(lambda: (stream.closed, bb.host.streams.connected("n1"))) == (False, True)
+    bb.call_soon(stream.close)

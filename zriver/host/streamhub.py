@@ -159,7 +159,8 @@ class StreamHub:
         self._peers: dict[str, Peer] = {}
         self._streams: dict[int, Stream] = {}
         self._next_id = secrets.randbits(48) + 1  # never the ids a previous host life used
-        self._ignored: set[bytes] = set()
+        self.ignored: set[bytes] = set()
+        """Identities of stream peers ignored for a key that is not their node's runner key."""
         self._watch: asyncio.Task | None = None
         self._hello_seen = asyncio.Event()  # set (and replaced) at every new peer
 
@@ -261,8 +262,8 @@ class StreamHub:
             principal = self.host.keys.table.principal(user or "")
             if principal is None or principal.node != who[0]:
                 who = None
-        if who is None and identity not in self._ignored and len(self._ignored) < 1000:
-            self._ignored.add(identity)
+        if who is None and identity not in self.ignored and len(self.ignored) < 1000:
+            self.ignored.add(identity)
             log.warning("streams.peer_ignored", identity=identity[:80].decode(errors="replace"),
                         reason="not the runner key of the node its identity names")
         return who
