@@ -276,3 +276,79 @@ def test_stream_peer_must_hold_its_node_runner_key(bb):
         wire.close()
     assert bb.call_soon(lambda: (stream.closed, bb.host.streams.connected("n1"))) == (False, True)
     bb.call_soon(stream.close)
+
+
+class FakeRunner:
+    """A second stream endpoint speaking for node ``n1`` with its real runner key (another
+    life of that runner, as far as the hub can tell), with ``echo`` and ``sink`` targets."""
+
+    def __init__(self, cluster, instance: str) -> None:
+        from zriver.keys import ClientKeys, load_pair
+        from zriver.roles import port_of
+        from zriver.runner.streams import StreamEndpoint
+        from zriver.wire import Wire
+
+        public, secret = load_pair(cluster.key_for("n1", "runner"))
+        self.cluster = cluster
+        self.wire = Wire(1 << 20, client_keys=ClientKeys(public, secret, cluster.server_keys.public))
+        self.sinks: list = []
+        self.drain = asyncio.Event()
+        self.endpoint = StreamEndpoint("n1", instance, self.wire,
+                                       targets={"echo": self.echo, "sink": self.sink})
+        port = port_of(cluster.host.endpoints["streams"])
+        cluster.call_soon(lambda: self.endpoint.connect("127.0.0.1", port))
+
+    async def echo(self, target, pipe):
+        while data := await pipe.read():
+            await pipe.write(data)
+        return {"exit": 0, "error": None}
+
+    async def sink(self, target, pipe):
+        pipe.opened()
+        self.sinks.append(pipe)
+        await self.drain.wait()
+        return {"exit": len(await read_all(pipe.read)), "error": None}
+
+    def vanish(self) -> None:
+        """Go away without a word (a crash): no CLOSE, no more HELLO."""
+        def close():
+            self.endpoint.channel.close()
+            self.endpoint.channel.sock.close(linger=0)
+            self.endpoint.channel = None
+        self.cluster.call_soon(close)
+        self.wire.close()
+
+
+def test_restarted_or_vanished_runner_ends_its_streams(bb):
+    task_id = running_task(bb, ["sleep", "1000"])
+    stream = open_stream(bb, {"kind": "exec", "task": task_id, "command": ["sleep", "1000"]})
+    first = FakeRunner(bb, "second-life")
+    assert bb.run(stream.wait_closed, timeout=20) == {
+        "exit": None, "error": "node n1 restarted: its streams ended"}
+    first.vanish()
+    bb.stop_runner("n1", kill_tasks=False)
+    fake = FakeRunner(bb, "third-life")
+    eventually(lambda: bb.call_soon(lambda: getattr(bb.host.streams.peers.get("n1"), "instance",
+                                                    None)) == "third-life", 10, "the new life")
+
+    async def echo_and_back_pressure():
+        echo = await bb.host.streams.open("n1", {"kind": "echo"})
+        await echo.write(b"ping")
+        assert await echo.read() == b"ping"
+        sink = await bb.host.streams.open("n1", {"kind": "sink"})
+        writing = asyncio.ensure_future(sink.write(b"x" * (3 * WINDOW)))
+        while sink.flow.credit >= CHUNK:  # the sink reads nothing: the window runs out
+            await asyncio.sleep(0)
+        assert not writing.done() and fake.sinks[0].flow.buffered <= WINDOW
+        fake.drain.set()
+        await writing
+        sink.write_eof()
+        return echo, await sink.wait_closed()
+
+    echo, closed = bb.run(echo_and_back_pressure, timeout=30)
+    assert closed == {"exit": 3 * WINDOW, "error": None}
+    fake.vanish()
+    closed = bb.run(echo.wait_closed, timeout=20)
+    assert closed["exit"] is None and closed["error"].startswith("node n1 "), closed
+    assert "went away" in closed["error"] or "stopped answering" in closed["error"]
+    assert not bb.call_soon(lambda: bb.host.streams.connected("n1"))

@@ -156,7 +156,8 @@ class StreamHub:
         self.endpoint = ""
         self.liveness = host.settings.heartbeat_interval * (max(3, host.settings.heartbeat_misses) + 1)
         """Seconds without a word after which a stream peer counts as gone."""
-        self._peers: dict[str, Peer] = {}
+        self.peers: dict[str, Peer] = {}
+        """The stream connection of each node whose runner said ``HELLO`` (read only)."""
         self._streams: dict[int, Stream] = {}
         self._next_id = secrets.randbits(48) + 1  # never the ids a previous host life used
         self.ignored: set[bytes] = set()
@@ -188,7 +189,7 @@ class StreamHub:
     # ---- the API -------------------------------------------------------------------------
     def connected(self, node: str) -> bool:
         """Whether ``node``'s runner is connected for streams now."""
-        peer = self._peers.get(node)
+        peer = self.peers.get(node)
         return peer is not None and time.monotonic() - peer.seen < self.liveness
 
     async def wait_connected(self, node: str, timeout: float) -> bool:
@@ -203,7 +204,7 @@ class StreamHub:
         return self.connected(node)
 
     def streams_of(self, node: str) -> list[Stream]:
-        peer = self._peers.get(node)
+        peer = self.peers.get(node)
         return [self._streams[i] for i in sorted(peer.streams)] if peer is not None else []
 
     async def open(self, node: str, target: dict, timeout: float = 15.0) -> Stream:
@@ -212,7 +213,7 @@ class StreamHub:
         it did not answer within ``timeout``, or its refusal."""
         if self.channel is None or not self.connected(node):
             raise StreamError(f"node {node} is not connected for streams")
-        peer = self._peers[node]
+        peer = self.peers[node]
         stream = Stream(self, peer, self._next_id, target)
         self._next_id += 1
         self._streams[stream.id] = stream
@@ -244,7 +245,7 @@ class StreamHub:
         if kind == sp.HELLO:
             self._hello(frames[0], *who)
             return
-        peer = self._peers.get(who[0])
+        peer = self.peers.get(who[0])
         if peer is not None and peer.identity == frames[0]:
             peer.seen = time.monotonic()
         stream = self._streams.get(stream_id)
@@ -269,12 +270,12 @@ class StreamHub:
         return who
 
     def _hello(self, identity: bytes, node: str, instance: str) -> None:
-        peer = self._peers.get(node)
+        peer = self.peers.get(node)
         if peer is not None and peer.instance != instance:
             self._end_node(node, f"node {node} restarted: its streams ended", tell=True)
             peer = None
         if peer is None:
-            peer = self._peers[node] = Peer(node, instance, identity, time.monotonic())
+            peer = self.peers[node] = Peer(node, instance, identity, time.monotonic())
             log.info("streams.peer", node=node)
             self._hello_seen.set()
             self._hello_seen = asyncio.Event()
@@ -284,7 +285,7 @@ class StreamHub:
     # ---- sending -------------------------------------------------------------------------
     def _send(self, peer: Peer, stream_id: int, kind: int, payload: bytes) -> None:
         """Send to ``peer``; a peer that is gone has all its streams ended."""
-        if self._peers.get(peer.node) is not peer:
+        if self.peers.get(peer.node) is not peer:
             return  # a peer already replaced or gone: its streams are ended
         if not self._send_raw(peer.identity, stream_id, kind, payload):
             self._end_node(peer.node, f"node {peer.node} went away (its stream connection "
@@ -307,18 +308,18 @@ class StreamHub:
     def _end_node(self, node: str, error: str, tell: bool) -> None:
         """End every stream of ``node`` with ``error`` and forget its peer (``tell``: send
         each stream's ``CLOSE`` to the old connection first)."""
-        peer = self._peers.get(node)
+        peer = self.peers.get(node)
         if peer is None:
             return
         if not tell:
-            del self._peers[node]
+            del self.peers[node]
         for stream_id in sorted(peer.streams):
             stream = self._streams.get(stream_id)
             if stream is not None:
                 if tell:
                     self._send_raw(peer.identity, stream_id, sp.CLOSE, sp.close_body(None, error))
                 stream._end({"exit": None, "error": error})
-        self._peers.pop(node, None)
+        self.peers.pop(node, None)
         if peer.streams or tell:
             log.info("streams.node_ended", node=node, error=error)
 
@@ -327,7 +328,7 @@ class StreamHub:
         while True:
             await asyncio.sleep(self.host.settings.heartbeat_interval)
             now = time.monotonic()
-            for peer in list(self._peers.values()):
+            for peer in list(self.peers.values()):
                 if now - peer.seen >= self.liveness:
                     self._end_node(peer.node, f"node {peer.node} stopped answering (nothing "
                                               f"for {now - peer.seen:.3g} s)", tell=False)

@@ -164,7 +164,8 @@ class ContainerTargets:
     def _login_shell(self, api, container: str, task_id: int) -> list[str]:
         """``bash -l`` when the container has bash, else ``sh -l`` (blocking: one ``sh -c``
         test); refuses when there is no shell at all."""
-        exec_id = self._create_exec(api, container, task_id, ["sh", "-c", SHELL_TEST], False, {})
+        exec_id = self._create_exec(api, container, task_id, ["sh", "-c", SHELL_TEST], False, {},
+                                    stdin=False)
         output = api.exec_start(exec_id)
         if _wait_exit(api, exec_id) != 0:  # 126/127: no sh to run the test
             raise StreamRefused(f"task {task_id}'s container has no shell (no sh, no bash): "
@@ -173,11 +174,11 @@ class ContainerTargets:
 
     @staticmethod
     def _create_exec(api, container: str, task_id: int, command: list[str], tty: bool,
-                     env: dict[str, str]) -> str:
+                     env: dict[str, str], stdin: bool = True) -> str:
         import docker.errors
 
         try:
-            return api.exec_create(container, command, stdin=True, tty=tty,
+            return api.exec_create(container, command, stdin=stdin, tty=tty,
                                    environment=env or None)["Id"]
         except docker.errors.APIError as exc:
             reason = exc.explanation or str(exc)
