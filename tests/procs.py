@@ -265,8 +265,16 @@ class HostProcess(RoleProcess):
 
     def ports(self) -> dict[str, int]:
         """The ports this host actually bound (to restart a host on the same ones)."""
-        return {f"{key}_port": int(self.endpoints[key].rsplit(":", 1)[1])
-                for key in ("router", "xsub", "xpub")}
+        names = {"router": "router", "xsub": "xsub", "xpub": "xpub", "streams": "stream",
+                 "relay": "relay"}
+        ports = {}
+        for key, name in names.items():
+            value = self.endpoints.get(key)
+            if isinstance(value, dict):  # endpoints.json's relay: {"port", "host_key"}
+                ports[f"{name}_port"] = int(value["port"])
+            elif isinstance(value, str):
+                ports[f"{name}_port"] = int(value.rsplit(":", 1)[1])
+        return ports
 
     def _read_endpoints(self) -> dict[str, Any] | None:
         self.check_alive()
