@@ -46,6 +46,7 @@ from zriver.host.effects import (ArmTimer, CallService, CancelTimer, Command, No
 from zriver.host.envs import Environments
 from zriver.host.followers import Followers
 from zriver.host.keytable import Keys
+from zriver.host.relay import Relay
 from zriver.host.sshkeys import SshKeys
 from zriver.host.streamhub import StreamHub
 from zriver.host.vps import Vps
@@ -111,6 +112,8 @@ class Host:
         self.wire: Wire | None = None
         self.server_keys: keyfiles.ServerKeys | None = None
         self.zap: Authenticator | None = None
+        self.relay: Relay | None = None
+        """The SSH relay (``zriver.host.relay``) while started; ``None`` with relay_port -1."""
         self.streams = StreamHub(self)
         """Byte streams to runners (``zriver.host.streamhub``), bound by ``start``."""
 
@@ -163,6 +166,7 @@ class Host:
         self.router = Channel(router, self._on_router, self.flush, with_user=self.secure)
         self.xpub = Channel(xpub, lambda frames: None, lossy=True)
         self.xsub = Channel(xsub, self._on_published, self.flush, with_user=self.secure)
+        await self._start_relay(addr)
         self._write_endpoints()
         self._loops.append(asyncio.ensure_future(self._liveness_loop()))
         log.info("host.started", endpoints=self.endpoints, tasks=len(self.core.tasks),
@@ -171,7 +175,18 @@ class Host:
                  host_key=self.server_keys.public if self.secure else None,
                  host_key_created=bool(getattr(self, "_key_created", False)))
 
+    async def _start_relay(self, addr: str) -> None:
+        """Start the SSH relay unless ``relay_port`` is -1; hello and endpoints.json say
+        where it is and its host key."""
+        if self.settings.relay_port == -1:
+            return
+        self.relay = Relay(self)
+        self.endpoints["relay"] = await self.relay.start(addr, self.settings.relay_port)
+        self.core.hello_info["relay"] = self.relay.info
+
     async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -197,7 +212,8 @@ class Host:
         """Let clients on this machine find the host with no flags (atomic rename)."""
         path = self.data_dir / "endpoints.json"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**self.endpoints, "pid": os.getpid(),
+        relay = {"relay": self.relay.info} if self.relay is not None else {}
+        tmp.write_text(json.dumps({**self.endpoints, **relay, "pid": os.getpid(),
                                    "security": self.settings.security,
                                    "host_key": self.server_keys.public if self.secure else ""}))
         tmp.replace(path)
