@@ -237,3 +237,228 @@ def test_a_revoked_principal_is_refused_also_on_an_open_connection(lab):
         asyncio.run(login())
     result = ssh_run(lab, lab.alice, "zriver", "true")
     assert result.returncode == 255 and b"Permission denied (publickey)" in result.stderr
+
+
+# ---- through to containers (Docker) ---------------------------------------------------------
+def make_env(cluster: Cluster, name: str = "bb") -> None:
+    cluster.client(timeout=120).call("env.create", {"name": name, "image": "zriver-test-busybox",
+                                                    "commit": True}, timeout=120)
+
+
+WEB_SCRIPT = ("mkdir -p /www && echo hello from the container > /www/index.html && "
+              "dd if=/dev/urandom of=/www/big bs=64k count=16 2>/dev/null && "
+              "exec httpd -f -p 8080 -h /www")
+
+
+class DockerLab(Lab):
+    """``Lab`` on Docker with running busybox tasks: ``shell_task`` (alice's, named
+    "box") and ``web`` (alice's, busybox httpd on port 8080 serving ``index.html`` and a
+    1 MiB ``big``)."""
+
+    def __init__(self, cluster: Cluster, root: Path) -> None:
+        super().__init__(cluster, root)
+        make_env(cluster)
+        self.shell_task = self.submit(["sleep", "3600"], name="box")
+        self.web = self.submit(["sh", "-c", WEB_SCRIPT], name="web")
+        for task_id in (self.shell_task, self.web):
+            cluster.wait_state(task_id, {"running"}, timeout=60)
+
+    def submit(self, command: list[str], **spec) -> int:
+        return self.alice.client.call("task.submit", {"tasks": [{
+            "command": command, "backend": "docker", "container": "bb", "workdir": "/",
+            **spec}]})["ids"][0]
+
+    def streams_open(self) -> tuple[int, dict]:
+        """(streams the hub holds to n1, the relay's touch counts): both 0 when idle."""
+        host = self.cluster.host
+        return self.cluster.call_soon(lambda: (len(host.streams.streams_of("n1")),
+                                               dict(host.vps.streams)))
+
+
+@pytest.fixture(scope="module")
+def dlab(docker_client, busybox, tmp_path_factory):
+    """One Docker cluster for this module's container tests (its containers, images and
+    runners are removed afterwards)."""
+    root = tmp_path_factory.mktemp("relay")
+    clusters: list[Cluster] = []
+
+    def make(runners, host) -> Cluster:
+        clusters.append(Cluster(root / f"c{len(clusters)}", runners, host))
+        return clusters[-1].start()
+
+    factory = DockerCluster(make, docker_client, root)
+    try:
+        yield DockerLab(factory(), root)
+    finally:
+        for cluster in clusters:
+            for name in list(cluster.runners):
+                cluster.stop_runner(name)
+        factory.cleanup()
+        for cluster in clusters:
+            cluster.stop()
+
+
+def wait_idle(lab: DockerLab) -> None:
+    """Every stream of the relay is closed on the host (and so told to the runner)."""
+    from docker_fixtures import eventually
+
+    eventually(lambda: lab.streams_open() == (0, {}), 20, "the relay's streams to close")
+
+
+def test_a_command_its_output_and_exit_code_with_openssh(dlab):
+    task = dlab.shell_task
+    for user in (str(task), f"task-{task}", f"vps-{task}", "box"):
+        result = ssh_run(dlab, dlab.alice, user, "echo hi; echo oops >&2; exit 3")
+        assert (result.returncode, result.stdout, result.stderr) == (3, b"hi\n", b"oops\n"), user
+    data = os.urandom(3 << 20)  # binary both ways, more than the windows: back-pressure
+    result = ssh_run(dlab, dlab.alice, str(task), "cat", input=data)
+    assert result.returncode == 0 and result.stdout == data
+    admin = ssh_run(dlab, dlab.admin, str(task), "id -u")  # an admin reaches anyone's
+    assert (admin.returncode, admin.stdout) == (0, b"0\n")
+    wait_idle(dlab)
+
+
+def test_a_command_with_asyncssh_and_stdin_eof(dlab):
+    async def check() -> None:
+        async with dlab.connect(dlab.alice, str(dlab.shell_task)) as conn:
+            result = await conn.run("wc -c; exit 4", input=b"x" * 100_000, encoding=None)
+            assert (result.exit_status, result.stdout.strip()) == (4, b"100000")
+            results = await asyncio.gather(*(conn.run(f"echo {i}", encoding=None)
+                                             for i in range(8)))
+            assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(8)]
+
+    asyncio.run(check())
+    wait_idle(dlab)
+
+
+async def read_until(stdout, marker: bytes, seen: bytearray, start: int = 0) -> bytes:
+    """Read ``stdout`` into ``seen`` until ``marker`` is in ``seen[start:]``; returns all."""
+    while marker not in seen[start:]:
+        chunk = await asyncio.wait_for(stdout.read(4096), 20)
+        assert chunk, f"EOF before {marker!r}; got {bytes(seen)!r}"
+        seen += chunk
+    return bytes(seen)
+
+
+def test_a_shell_with_a_pty_resize_interrupt_and_exit_code(dlab):
+    async def check() -> None:
+        async with dlab.connect(dlab.alice, f"vps-{dlab.shell_task}") as conn:
+            process = await conn.create_process(term_type="xterm", term_size=(100, 30),
+                                                encoding=None)
+            seen = bytearray()
+            await read_until(process.stdout, b"# ", seen)  # the prompt: the shell is up
+            process.stdin.write(b"tty; stty size; echo DONE$((1))\n")
+            out = await read_until(process.stdout, b"DONE1\r\n", seen)
+            assert b"/dev/pts/" in out and b"30 100" in out
+            process.change_terminal_size(120, 40)
+            process.stdin.write(b"stty size; echo DONE$((2))\n")
+            assert b"40 120" in await read_until(process.stdout, b"DONE2\r\n", seen)
+            process.stdin.write(b"echo SLEEPING$((3)); sleep 300\n")
+            await read_until(process.stdout, b"SLEEPING3", seen)
+            mark = len(seen)
+            process.stdin.write(b"\x03")  # Ctrl-C, through the PTY: the sleep ends
+            await read_until(process.stdout, b"# ", seen, mark)  # the next prompt
+            process.stdin.write(b"echo STATUS$((4)) $?\n")
+            await read_until(process.stdout, b"STATUS4 130", seen)
+            process.stdin.write(b"exit 7\n")
+            await asyncio.wait_for(process.wait_closed(), 20)
+            assert process.exit_status == 7
+
+    asyncio.run(check())
+    result = subprocess.run(["ssh", "-F", str(dlab.ssh_config(dlab.alice)), "-tt",
+                             f"{dlab.shell_task}@relay", "tty; exit 5"],
+                            capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 5 and b"/dev/pts/" in result.stdout, result
+    wait_idle(dlab)
+
+
+def test_a_signal_reaches_a_command_without_a_pty(dlab):
+    async def check() -> None:
+        async with dlab.connect(dlab.alice, str(dlab.shell_task)) as conn:
+            process = await conn.create_process("echo up; exec sleep 300", encoding=None)
+            assert await asyncio.wait_for(process.stdout.readline(), 20) == b"up\n"
+            process.send_signal("TERM")
+            await asyncio.wait_for(process.wait_closed(), 20)
+            assert process.exit_status == 143 or process.exit_signal is not None
+
+    asyncio.run(check())
+    wait_idle(dlab)
+
+
+def jump_command(lab: Lab, person: Person, destination: str) -> list[str]:
+    """What ``ssh -J zriver@relay`` runs for its jump: ``ssh -W DEST zriver@relay``."""
+    return ["ssh", "-F", str(lab.ssh_config(person)), "-o", "LogLevel=INFO", "-W", destination,
+            "zriver@relay"]
+
+
+def test_a_jump_to_a_port_in_a_container_with_openssh(dlab):
+    request = b"GET /index.html HTTP/1.0\r\n\r\n"
+    for destination in (f"vps-{dlab.web}:8080", f"{dlab.web}:8080", "web:8080"):
+        result = subprocess.run(jump_command(dlab, dlab.alice, destination), input=request,
+                                capture_output=True, timeout=60)
+        assert result.returncode == 0, result
+        assert result.stdout.startswith(b"HTTP/1.") and result.stdout.endswith(
+            b"\r\n\r\nhello from the container\n")
+    refused = subprocess.run(jump_command(dlab, dlab.bob, f"vps-{dlab.web}:8080"),
+                             input=request, capture_output=True, timeout=60)
+    assert refused.returncode != 0 and b"belongs to 'alice'" in refused.stderr, refused
+    wait_idle(dlab)
+
+
+def test_a_forward_to_a_port_where_nothing_listens_is_refused(dlab):
+    async def check() -> None:
+        async with dlab.connect(dlab.alice, "zriver") as conn:
+            with pytest.raises(asyncssh.ChannelOpenError) as refused:
+                await conn.open_connection(f"vps-{dlab.web}", 9)
+            assert refused.value.code == asyncssh.OPEN_CONNECT_FAILED
+            assert refused.value.reason
+            reader, writer = await conn.open_connection(f"vps-{dlab.web}", 8080)  # still serves
+            writer.write(b"GET /index.html HTTP/1.0\r\n\r\n")
+            assert (await reader.read()).endswith(b"hello from the container\n")
+
+    asyncio.run(check())
+    wait_idle(dlab)
+
+
+async def http_get(conn, host: str, path: str) -> bytes:
+    reader, writer = await conn.open_connection(host, 8080)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    return response.split(b"\r\n\r\n", 1)[1]
+
+
+def test_fifty_concurrent_forwarded_connections(dlab):
+    expected = subprocess.run(jump_command(dlab, dlab.alice, f"vps-{dlab.web}:8080"),
+                              input=b"GET /big HTTP/1.0\r\n\r\n", capture_output=True,
+                              timeout=60).stdout.split(b"\r\n\r\n", 1)[1]
+    assert len(expected) == 1 << 20
+
+    async def check() -> None:
+        async with dlab.connect(dlab.alice, "zriver") as jump, \
+                dlab.connect(dlab.alice, str(dlab.web)) as direct:
+            bodies = await asyncio.wait_for(asyncio.gather(
+                *(http_get(jump, f"vps-{dlab.web}", "/big") for _ in range(25)),
+                *(http_get(direct, "localhost", "/big") for _ in range(25))), 120)
+            assert len(bodies) == 50 and all(body == expected for body in bodies)
+
+    asyncio.run(check())
+    wait_idle(dlab)
+
+
+def test_closing_either_side_leaves_nothing_open(dlab):
+    async def check() -> None:
+        async with dlab.connect(dlab.alice, "zriver") as conn:
+            reader, writer = await conn.open_connection(f"vps-{dlab.web}", 8080)
+            host = dlab.cluster.host
+            assert dlab.streams_open() == (1, {dlab.web: 1})
+            writer.close()  # the client closes: the stream is closed on the host
+        process_conn = await dlab.connect(dlab.alice, str(dlab.shell_task))
+        process = await process_conn.create_process("echo up; exec sleep 300", encoding=None)
+        assert await asyncio.wait_for(process.stdout.readline(), 20) == b"up\n"
+        assert dlab.streams_open() == (1, {dlab.shell_task: 1})
+        process_conn.abort()  # the connection drops: its session's stream goes too
+        del host
+
+    asyncio.run(check())
+    wait_idle(dlab)

@@ -147,6 +147,8 @@ class Bridge:
         finally:
             for job in jobs:
                 job.cancel()
+        log.info("relay.stream_ended", task=self.task_id, kind=type(self).__name__,
+                 exit=(result or {}).get("exit"), error=(result or {}).get("error"))
         if not self._lost:
             try:
                 self._finish(result or {})
