@@ -373,3 +373,38 @@ def test_zriver_up_registers_the_local_ssh_keys_once(tmp_path):
     finally:
         output = again.stop()
     assert "registered your SSH key" not in output, output
+
+
+# ---- zriver connect --ide ----------------------------------------------------------------
+@pytest.mark.docker
+def test_the_ide_lists_opens_saves_and_runs_a_shell_line_in_the_container(rc, home):
+    task_id = submit_docker(rc, ["sh", "-c", "mkdir -p /srv/sub && echo hello-ide > "
+                                             "/srv/notes.txt && exec sleep 3600"],
+                            container=ENV, workdir="/srv")
+    rc.wait_state(task_id, {"running"}, timeout=60)
+    ready = zriver(rc, home, "connect", str(task_id), "--", "sh", "-c",
+                   "while [ ! -f /srv/notes.txt ]; do sleep 0.05; done")
+    assert ready.returncode == 0, ready.stderr
+    child = pexpect.spawn(sys.executable, ["-m", "zriver", *rc.cli_flags(), "connect",
+                                           str(task_id), "--ide"],
+                          env=cli_env(home), dimensions=(30, 110), timeout=30)
+    try:
+        child.expect("notes.txt")  # the tree: ../, sub/, notes.txt
+        child.expect("Ctrl-Q")  # the status line: the first screen is drawn
+        child.send("\x1b[B\x1b[B\r")  # Down, Down, Enter: open notes.txt
+        child.expect("hello-ide")
+        child.send("top-")  # typed at the start of the file
+        child.send("\x13")  # Ctrl-S
+        child.expect(r"14 bytes")  # the status line: saved (only what changed is redrawn)
+        child.send("\t")  # the shell pane's line
+        child.send("echo shell-$((6*7)) > made.txt; cat made.txt\r")
+        child.expect(r"shell-42")
+        child.expect(r"\[exit 0\]")
+        child.send("\x11")  # Ctrl-Q
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    saved = zriver(rc, home, "connect", str(task_id), "--", "cat", "/srv/notes.txt",
+                   "/srv/made.txt")
+    assert saved.stdout == b"top-hello-ide\nshell-42\n", saved.stderr

@@ -18,6 +18,7 @@ half must be registered to you (``zriver ssh-key add``; ``zriver up`` does it fo
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -40,6 +41,25 @@ TTY = (arg("-t", dest="tty", action="store_const", const=True,
        arg("-T", dest="tty", action="store_const", const=False,
            help="no terminal even for a shell"))
 COMMAND = arg("command", nargs="...", help="a command to run instead of a shell, after --")
+IDE = arg("--ide", action="store_true", help="a terminal IDE instead: file tree, editor, shell pane")
+
+
+def flags_after_id(args, *items) -> None:
+    """The flags typed after ID and before ``--`` (``connect 5 --ide``, ``ssh 5 -t -- top``):
+    argparse's remainder took them as the command; parse them as the verb's ``items`` and
+    leave the command (``ssh 5 ls -l`` keeps ``ls -l``)."""
+    words = list(args.command)
+    flags = []
+    while words and words[0] != "--" and words[0].startswith("-"):
+        flags.append(words.pop(0))
+        if flags[-1] in ("-i", "--identity") and words:
+            flags.append(words.pop(0))
+    if flags:
+        parser = argparse.ArgumentParser(prog=f"zriver {args.verb}", add_help=False)
+        for item in items:
+            parser.add_argument(*item.flags, **item.options)
+        parser.parse_args(flags, namespace=args)
+    args.command = words
 
 
 def ssh_target(ctx: Context, task_id: int) -> dict:
@@ -58,6 +78,7 @@ def ssh_target(ctx: Context, task_id: int) -> dict:
          TASK_ID, IDENTITY, *TTY, COMMAND)
 def ssh(ctx: Context, args) -> int:
     """SSH into VPS ID as root (asyncssh: no OpenSSH needed); the exit status is the remote's."""
+    flags_after_id(args, IDENTITY, *TTY)
     keys = sc.client_keys(args.identity)  # a missing key is said before any network
     vps = ssh_target(ctx, args.id)
     relay = sc.relay_of(ctx.client)
@@ -73,12 +94,10 @@ async def _ssh(relay: sc.Relay, vps: dict, keys: list, command_line: str | None,
 
 
 @command("connect", "a shell (full terminal) or one command in any running container task",
-         TASK_ID, IDENTITY, *TTY,
-         arg("--ide", action="store_true",
-             help="a terminal IDE instead: file tree, editor, shell pane"),
-         COMMAND)
+         TASK_ID, IDENTITY, *TTY, IDE, COMMAND)
 def connect(ctx: Context, args) -> int:
     """A shell in task ID's container through the relay (no sshd needed in the image)."""
+    flags_after_id(args, IDENTITY, *TTY, IDE)
     keys = sc.client_keys(args.identity)
     relay = sc.relay_of(ctx.client)
     if args.ide:
