@@ -19,7 +19,8 @@ kind). Stream id 0 is the peer itself (``HELLO``). Kinds:
 - ``CONTROL``: host -> runner, msgpack ``{"resize": [cols, rows]}`` or ``{"signal": "INT"}``;
 - ``CLOSE``: either way, msgpack ``{"exit": int|None, "error": str|None}``; the stream is gone
   for its sender. A frame for a stream the receiver does not know is answered with a
-  ``CLOSE`` (except a ``CLOSE``), so both ends forget it.
+  ``CLOSE`` (except a ``CLOSE``), so both ends forget it. ``CLOSE`` on stream id 0 (runner ->
+  host): this runner life is leaving (its streams are closed already).
 
 Flow control: per stream and direction the receiver grants ``WINDOW`` bytes at the start and
 gives credit back only once its consumer took bytes. ``DATA`` and ``STDERR`` share the window,

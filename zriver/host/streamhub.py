@@ -12,7 +12,7 @@ Contract:
   its identity names (with ``security = "none"``, what the identity says); anything else is
   ignored (and logged once);
 * a ``HELLO`` from a node with another instance than the one known ends that node's streams
-  ("node N restarted"); a node whose messages stop for ``liveness`` seconds, or whose
+  ("node N restarted"), and so does a runner's goodbye (``CLOSE`` on stream 0); a node whose messages stop for ``liveness`` seconds, or whose
   connection is gone (a send finds no peer: ``ROUTER_MANDATORY``), has its streams ended with
   a sentence saying so, and ``connected(node)`` is False until it says ``HELLO`` again;
 * only the host opens streams (``open``); per stream and direction at most ``WINDOW`` bytes are
@@ -192,16 +192,20 @@ class StreamHub:
         peer = self.peers.get(node)
         return peer is not None and time.monotonic() - peer.seen < self.liveness
 
-    async def wait_connected(self, node: str, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for ``node`` to be connected; returns whether it is."""
+    async def wait_connected(self, node: str, timeout: float, instance: str | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for ``node`` to be connected (with ``instance``: that
+        runner life); returns whether it is."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self.connected(node) and loop.time() < deadline:
+
+        def ready() -> bool:
+            return self.connected(node) and instance in (None, self.peers[node].instance)
+        while not ready() and loop.time() < deadline:
             try:
                 await asyncio.wait_for(self._hello_seen.wait(), deadline - loop.time())
             except asyncio.TimeoutError:
                 break
-        return self.connected(node)
+        return ready()
 
     def streams_of(self, node: str) -> list[Stream]:
         peer = self.peers.get(node)
@@ -248,6 +252,10 @@ class StreamHub:
         peer = self.peers.get(who[0])
         if peer is not None and peer.identity == frames[0]:
             peer.seen = time.monotonic()
+            if stream_id == 0 and kind == sp.CLOSE:  # this runner life is leaving
+                self._end_node(peer.node, sp.parse_close(payload)["error"] or
+                               f"the runner of node {peer.node} stopped", tell=False)
+                return
         stream = self._streams.get(stream_id)
         if stream is None or stream.peer.identity != frames[0]:
             if kind != sp.CLOSE:  # a stream this host does not know: the runner forgets it

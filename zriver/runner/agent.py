@@ -1,7 +1,9 @@
 """The runner agent: registers with the host, runs what it is told, reports what happened.
 
 Wire: a DEALER (identity ``r:<node name>``) to the host's ROUTER for requests, replies and the
-host's commands; a PUB to the host's XSUB for heartbeats (``hb.<node>``) and log chunks.
+host's commands; a PUB to the host's XSUB for heartbeats (``hb.<node>``) and log chunks; once
+registered, a second DEALER (``s:<node>:<instance>``) to the port the register reply names
+(``stream_port``) for byte streams (``zriver.runner.streams``: shells, port forwards).
 
 Updates (task state changes) go through the persistent outbox of ``Ledger``: the updates of a
 loop tick leave as one ``task.update`` message and become one outbox row; at most one such

@@ -129,6 +129,7 @@ class StreamEndpoint:
     async def close(self, reason: str) -> None:
         """End every stream with ``reason`` (the host is told) and close the socket."""
         tasks = self._end_all(reason, tell=True)
+        self._send(0, sp.CLOSE, sp.close_body(None, reason))  # this life is leaving
         await asyncio.gather(*tasks, return_exceptions=True)
         self._close_socket()
 
