@@ -18,6 +18,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -296,6 +297,58 @@ def test_forward_reaches_an_http_server_in_the_container(rc, home):
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+UDP_ECHO = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 5353))\n"
+            "print('ready', flush=True)\n"
+            "while True:\n"
+            "    data, peer = s.recvfrom(65535)\n"
+            "    s.sendto(b'echo:' + data, peer)\n")
+
+
+@pytest.fixture
+def udp_echo_task(rc, docker_client):
+    """A running task with a UDP echo server on port 5353 in its container's network
+    namespace (this machine's python entered with nsenter: busybox has no UDP server)."""
+    task_id = running_task(rc, ["sleep", "3600"])
+    [runner] = {path.read_text().strip() for path in rc.root.rglob("runner-id")}
+    [container] = docker_client.api.containers(filters={"label": [
+        f"zriver.task={task_id}", f"zriver.runner={runner}"]})  # other tests share the daemon
+    pid = docker_client.api.inspect_container(container["Id"])["State"]["Pid"]
+    server = subprocess.Popen(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", UDP_ECHO],
+                              stdout=subprocess.PIPE)
+    try:
+        assert server.stdout.readline() == b"ready\n"
+        yield task_id
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(shutil.which("nsenter") is None, reason="no nsenter on this machine")
+def test_forward_udp_gives_each_client_address_its_own_framed_channel(rc, home, udp_echo_task):
+    proc = subprocess.Popen([sys.executable, "-m", "zriver", *rc.cli_flags(), "forward",
+                             str(udp_echo_task), "5353", "--udp", "--local", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(home))
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        line = proc.stdout.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+) ->", line).group(1))
+        for n, client in enumerate(clients):
+            client.settimeout(20)
+            for datagram in (b"client-%d" % n, os.urandom(1400), b"x" * 60000):
+                client.sendto(datagram, ("127.0.0.1", port))
+                assert client.recvfrom(65535)[0] == b"echo:" + datagram
+    finally:
+        for client in clients:
+            client.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
 
 

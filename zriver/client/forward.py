@@ -7,7 +7,8 @@ Both kinds run over one SSH connection to the relay as the jump user ``zriver``:
   on the host, with its own back-pressure).
 * **UDP** (``forward_udp``): a local UDP socket on ``127.0.0.1:LOCAL``; each client address
   gets one ``direct-tcpip`` channel to ``udp-ID:PORT``, on which every datagram travels as a
-  2-byte big-endian length and the datagram, both ways (the relay's framing).
+  2-byte big-endian length and the datagram, both ways (the relay's framing). Empty datagrams
+  are dropped (the relay drops them too).
 
 Both print where they listen and serve until ``stop`` is set (the verb sets it on Ctrl-C).
 """
@@ -77,7 +78,8 @@ class UdpForward(asyncio.DatagramProtocol):
             task = asyncio.ensure_future(self._peer(addr, queue))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        if not queue.full():  # UDP may drop; a flooding client loses its own datagrams
+        if data and not queue.full():  # UDP may drop: a flooding client loses its own
+            # datagrams; an empty one is dropped (on the host's stream it would read as EOF)
             queue.put_nowait(data)
 
     async def _peer(self, addr, queue: asyncio.Queue) -> None:
