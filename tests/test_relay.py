@@ -8,7 +8,9 @@ import asyncio
 import json
 import os
 import stat
+import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import asyncssh
@@ -461,4 +463,52 @@ def test_closing_either_side_leaves_nothing_open(dlab):
         del host
 
     asyncio.run(check())
+    wait_idle(dlab)
+
+
+UDP_ECHO = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 5353))\n"
+            "print('ready', flush=True)\n"
+            "while True:\n"
+            "    data, peer = s.recvfrom(65535)\n"
+            "    s.sendto(b'echo:' + data, peer)\n")
+
+
+@pytest.fixture
+def udp_echo(dlab, docker_client):
+    """A UDP echo server on port 5353 inside the web task's container's network namespace
+    (this machine's python, entered with nsenter: busybox has no UDP server)."""
+    runner = dlab.cluster.runners["n1"]
+    container = dlab.cluster.call_soon(lambda: runner.backends["docker"].container_of(dlab.web))
+    pid = docker_client.api.inspect_container(container)["State"]["Pid"]
+    server = subprocess.Popen(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", UDP_ECHO],
+                              stdout=subprocess.PIPE)
+    try:
+        assert server.stdout.readline() == b"ready\n"
+        yield 5353
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_udp_datagrams_are_framed_both_ways(dlab, udp_echo):
+    datagrams = [b"one", os.urandom(1400), b"x" * 60000]
+
+    async def check() -> None:
+        async with dlab.connect(dlab.alice, "zriver") as conn:
+            reader, writer = await conn.open_connection(f"udp-{dlab.web}", udp_echo)
+            for datagram in datagrams:  # the length and the datagram in separate writes too
+                writer.write(struct.pack(">H", len(datagram)))
+                writer.write(datagram)
+                size, = struct.unpack(">H", await reader.readexactly(2))
+                assert await reader.readexactly(size) == b"echo:" + datagram
+            writer.write(struct.pack(">H", 0))  # an empty datagram: dropped, nothing back
+            writer.write(b"".join(struct.pack(">H", 2) + b"%02d" % i for i in range(20)))
+            echoed = [await reader.readexactly(2 + 7) for _ in range(20)]
+            assert sorted(echoed) == sorted(struct.pack(">H", 7) + b"echo:%02d" % i
+                                            for i in range(20))
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(check(), 60))
     wait_idle(dlab)

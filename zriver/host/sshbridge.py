@@ -217,7 +217,8 @@ class TcpBridge(Bridge, asyncssh.SSHTCPSession):
 class UdpBridge(TcpBridge):
     """``direct-tcpip`` to ``udp-ID``: each frame on the channel (2-byte big-endian length,
     then the datagram) is one datagram to the container's port, and each datagram back is
-    framed the same way. A partial frame waits for the rest."""
+    framed the same way. A partial frame waits for the rest; an empty datagram is dropped
+    (on the stream it would read as the end)."""
 
     def __init__(self, relay: Any, owner: set) -> None:
         super().__init__(relay, owner)
@@ -229,7 +230,8 @@ class UdpBridge(TcpBridge):
             size = struct.unpack_from(">H", self._partial)[0]
             if len(self._partial) < 2 + size:
                 break
-            self._enqueue(bytes(self._partial[2:2 + size]))
+            if size:  # an empty datagram cannot be told from the stream's EOF: dropped
+                self._enqueue(bytes(self._partial[2:2 + size]))
             del self._partial[:2 + size]
 
     def _outputs(self):
