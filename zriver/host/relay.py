@@ -60,6 +60,11 @@ REFERENCE = re.compile(r"(?:vps-|task-)?([0-9]+)")
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", ""})
 """``direct-tcpip`` destinations that mean "the task of my user name"."""
 UDP_PREFIX = "udp-"
+FAST_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr"]
+"""AES-GCM first and no ChaCha20: with AES-NI it costs the relay a fraction of the CPU per MB,
+and OpenSSH clients pick the first cipher of theirs the server offers."""
+WINDOW = 8 << 20
+MAX_PACKET = 256 << 10
 CONTAINER_BACKEND = "docker"
 
 
@@ -105,7 +110,9 @@ class Relay:
         listen = "" if address in ("*", "0.0.0.0") else address
         self._server = await asyncssh.create_server(
             lambda: RelayConnection(self), listen, port, server_host_keys=[self.key],
-            encoding=None, line_editor=False, keepalive_interval=30, login_timeout=30)
+            encoding=None, line_editor=False, agent_forwarding=False, x11_forwarding=False,
+            keepalive_interval=30, login_timeout=30,
+            encryption_algs=FAST_CIPHERS, window=WINDOW, max_pktsize=MAX_PACKET)
         self.port = self._server.get_port()
         return f"{address}:{self.port}"
 
