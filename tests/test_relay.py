@@ -512,3 +512,48 @@ def test_udp_datagrams_are_framed_both_ways(dlab, udp_echo):
 
     asyncio.run(asyncio.wait_for(check(), 60))
     wait_idle(dlab)
+
+
+def bridges_of(lab: DockerLab) -> list:
+    relay = lab.cluster.host.relay
+    return lab.cluster.call_soon(lambda: [b for c in relay.connections for b in c.bridges])
+
+
+def test_a_stalled_channel_holds_bounded_bytes_and_stalls_only_itself(dlab):
+    """A client that does not read an endless output, and a client that sends to a
+    command that does not read: the relay holds a bounded amount for each, and the other
+    channels of the same connection flow on."""
+    from docker_fixtures import eventually
+    from zriver.host.sshbridge import HIGH_WATER
+    from zriver.streamproto import CHUNK, WINDOW
+
+    def held() -> list[tuple[int, int, int]]:
+        """(stream buffered, channel send buffer, queued for the stream) per bridge."""
+        host = dlab.cluster.host
+        return dlab.cluster.call_soon(lambda: [
+            (b.stream.buffered, b.chan.get_write_buffer_size(), b._queued)
+            for c in host.relay.connections for b in c.bridges if b.stream is not None])
+
+    async def check() -> None:
+        async with dlab.connect(dlab.alice, str(dlab.shell_task)) as conn:
+            flood = await conn.create_process("cat /dev/zero", encoding=None)  # never read
+            await asyncio.to_thread(eventually, lambda: any(
+                s >= WINDOW - CHUNK for s, _, _ in held()), 30, "the output to fill the window")
+            deaf = await conn.create_process("exec sleep 300", encoding=None)
+            deaf.stdin.write(b"\0" * (24 << 20))  # nobody reads it in the container
+            await asyncio.to_thread(eventually, lambda: any(
+                q >= HIGH_WATER for _, _, q in held()), 30, "the input to fill the relay's queue")
+            assert (await conn.run("echo still here", encoding=None)).stdout == b"still here\n"
+            for buffered, send_buffer, queued in held():
+                assert buffered <= WINDOW and send_buffer <= 2 * CHUNK
+                assert queued <= HIGH_WATER + MAX_SSH_PACKET
+            assert len(await flood.stdout.readexactly(16 << 20)) == 16 << 20  # it flows again
+            for process in (flood, deaf):
+                process.close()
+
+    asyncio.run(asyncio.wait_for(check(), 120))
+    wait_idle(dlab)
+
+
+MAX_SSH_PACKET = 256 << 10
+"""The most one SSH data message may carry to the relay (its ``max_pktsize``)."""
