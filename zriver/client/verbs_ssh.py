@@ -41,7 +41,8 @@ TTY = (arg("-t", dest="tty", action="store_const", const=True,
        arg("-T", dest="tty", action="store_const", const=False,
            help="no terminal even for a shell"))
 COMMAND = arg("command", nargs="...", help="a command to run instead of a shell, after --")
-IDE = arg("--ide", action="store_true", help="a terminal IDE instead: file tree, editor, shell pane")
+IDE = arg("--ide", action="store_true",
+          help="a terminal IDE instead: file tree, editor, shell pane")
 
 
 def flags_after_id(args, *items) -> None:
@@ -62,12 +63,20 @@ def flags_after_id(args, *items) -> None:
     args.command = words
 
 
+NOT_RUNNING = {
+    "pending": "it has not started yet (`zriver vps list` shows when it runs)",
+    "assigned": "it is starting",
+    "unreachable": "its node is unreachable now; it runs again when its runner is back",
+    "paused": "`zriver resume` it first",
+}
+
+
 def ssh_target(ctx: Context, task_id: int) -> dict:
     """The ``vps.list`` row of a VPS ``zriver ssh`` can reach; says why when it cannot."""
     vps = find_vps(ctx, task_id)
     if vps["state"] != RUNNING:
-        raise InvalidArgument(f"VPS {task_id} is {vps['state']}, not running"
-                              + (": `zriver vps restart` it" if vps["state"] != "pending" else ""))
+        why = NOT_RUNNING.get(vps["state"], f"`zriver status {task_id}` says why")
+        raise InvalidArgument(f"VPS {task_id} is {vps['state']}, not running: {why}")
     if not vps.get("host_key"):
         raise InvalidArgument(f"VPS {task_id} has no sshd (or has not reported its host key "
                               f"yet): `zriver connect {task_id}` needs none")
