@@ -13,9 +13,10 @@ container task, no Docker here. Bytes pass through untouched (never decoded).
   Docker SDK in a thread (never on the loop); its start is an HTTP upgrade done here on the
   Docker unix socket (``POST /exec/ID/start``, ``Upgrade: tcp``). With a TTY the bytes are raw,
   the host's EOF is ignored (closing stdin would hang the PTY up) and the size is set right
-  after the start (API 1.41 cannot set it at start); without one, Docker's 8-byte multiplexing
+  after the start (API 1.41 cannot set it at start), before the stream is ``OPENED``; without one, Docker's 8-byte multiplexing
   headers become ``DATA``/``STDERR`` and the host's EOF half-closes the socket (stdin's end).
-  ``resize`` -> ``exec_resize``; ``signal`` -> the exec's host PID (``exec_inspect``) gets it.
+  ``resize`` -> ``exec_resize``; ``signal`` -> the exec's host PID (``exec_inspect``) gets it;
+  both wait until Docker reports that PID (it says 0 for a moment after the start).
   At Docker's EOF the exec is inspected until it no longer runs: ``CLOSE {"exit": code}``.
   ``command`` None is a login shell: ``bash -l`` when the image has bash, else ``sh -l``.
   A stream the host aborts hangs the exec's process up (SIGHUP).
@@ -144,9 +145,11 @@ class ContainerTargets:
         exec_id = await asyncio.to_thread(self._create_exec, api, container, task_id,
                                           command, tty, env)
         reader, writer = await self._start_exec(exec_id, tty, task_id)
+        if tty:  # sized before the host may send a byte: the first command sees the size
+            await asyncio.to_thread(_wait_pid, api, exec_id)
+            await self._control(api, exec_id, {"resize": [target.get("cols") or 80,
+                                                          target.get("rows") or 24]})
         pipe.opened()
-        if tty:
-            pipe.controls.put_nowait({"resize": [target.get("cols") or 80, target.get("rows") or 24]})
         controls = asyncio.ensure_future(self._controls(api, exec_id, pipe))
         stdin = asyncio.ensure_future(_pipe_to_socket(pipe, writer, not tty))
         finished = False
@@ -206,19 +209,25 @@ class ContainerTargets:
         return reader, writer
 
     async def _controls(self, api, exec_id: str, pipe: Pipe) -> None:
-        """Apply the host's resizes and signals to the exec, in order."""
+        """Apply the host's resizes and signals to the exec, in order, once Docker knows the
+        exec's process (``_wait_pid``: before that they would be lost)."""
+        await asyncio.to_thread(_wait_pid, api, exec_id)
         while True:
-            control = await pipe.controls.get()
-            try:
-                if "resize" in control:
-                    cols, rows = (int(v) for v in control["resize"])
-                    await asyncio.to_thread(api.exec_resize, exec_id, height=rows, width=cols)
-                if "signal" in control:
-                    await asyncio.to_thread(_signal_exec, api, exec_id, str(control["signal"]))
-            except (ValueError, TypeError) as exc:
-                log.warning("streams.bad_control", control=repr(control)[:200], error=str(exc))
-            except Exception as exc:  # the exec may have ended meanwhile
-                log.info("streams.control_failed", error=str(exc))
+            await self._control(api, exec_id, await pipe.controls.get())
+
+    @staticmethod
+    async def _control(api, exec_id: str, control: dict) -> None:
+        """Apply one resize or signal (failures are logged: the exec may have ended)."""
+        try:
+            if "resize" in control:
+                cols, rows = (int(v) for v in control["resize"])
+                await asyncio.to_thread(api.exec_resize, exec_id, height=rows, width=cols)
+            if "signal" in control:
+                await asyncio.to_thread(_signal_exec, api, exec_id, str(control["signal"]))
+        except (ValueError, TypeError) as exc:
+            log.warning("streams.bad_control", control=repr(control)[:200], error=str(exc))
+        except Exception as exc:  # the exec may have ended meanwhile
+            log.info("streams.control_failed", error=str(exc))
 
     async def _exit_code(self, api, exec_id: str) -> int | None:
         return await asyncio.to_thread(_wait_exit, api, exec_id)
@@ -310,6 +319,20 @@ def _wait_exit(api, exec_id: str, timeout: float = EXIT_WAIT) -> int | None:
             return None
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def _wait_pid(api, exec_id: str, timeout: float = EXIT_WAIT) -> int | None:
+    """The exec's host PID: just after the start Docker may still say ``Pid: 0`` (a resize
+    or a signal then would be lost); ``None`` once it has ended or after ``timeout``."""
+    import time
+
+    deadline, delay = time.monotonic() + timeout, 0.002
+    while True:
+        state = api.exec_inspect(exec_id)
+        if state.get("Pid") or state.get("ExitCode") is not None or time.monotonic() > deadline:
+            return state.get("Pid") or None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _signal_exec(api, exec_id: str, name: str) -> None:
