@@ -203,6 +203,27 @@ def test_connect_runs_one_command_with_its_exit_code_and_separate_streams(rc, ho
     echoed = zriver(rc, home, "connect", str(task_id), "--", "cat", input=data)
     assert echoed.returncode == 0 and hashlib.sha256(echoed.stdout).digest() == \
         hashlib.sha256(data).digest()
+    nothing = zriver(rc, home, "connect", "-n", str(task_id), "--", "cat", input=b"unread")
+    assert (nothing.returncode, nothing.stdout) == (0, b""), nothing.stderr
+    lines = f"vps list\nconnect {task_id} -n -- sh -c 'echo in-the-shell; exit 7'\n"
+    shell = zriver(rc, home, "shell", input=lines.encode())  # the same verbs in zriver shell
+    assert b"IDLE FOR" in shell.stdout and b"in-the-shell" in shell.stdout, shell.stderr
+    assert shell.returncode == 7, shell.stderr  # the last line's status
+
+
+def test_the_shell_completes_the_new_verbs():
+    from test_top_model import FakeSource
+
+    from zriver.client.completion import candidates
+
+    def found(line: str) -> set[str]:
+        return {c.text for c in candidates(line, FakeSource())}
+
+    assert {"create", "list", "stop", "restart", "commit"} <= found("vps ")
+    assert {"ssh", "ssh-config", "connect", "forward"} <= found("")
+    assert found("connect ") == found("logs ") == found("vps stop ")  # task ids
+    assert found("vps create --container ") == {"torch", "jax"}
+    assert found("forward 12 8888 --u") == {"--udp"} and "--ide" in found("connect 12 --i")
 
 
 @pytest.mark.docker

@@ -8,7 +8,7 @@
   remote PTY turns it into a signal), SIGWINCH becomes ``change_terminal_size``, and the
   terminal is restored however the session ends;
 * **a command** (not ``tty``): stdout and stderr stay separate, this process's stdin is sent
-  (EOF included), and Ctrl-C sends SIGINT to the remote command (a second Ctrl-C gives up).
+  (EOF included; none with ``stdin=False``, ``-n``), and Ctrl-C sends SIGINT to the remote command (a second Ctrl-C gives up).
 
 Bytes pass through untouched (``encoding=None``). The exit status: the remote one; 128 + N
 for a remote signal N; 255 when the session ended with neither (a lost connection), as
@@ -116,7 +116,7 @@ async def pump_in(process: asyncssh.SSHClientProcess, fd: int, send_eof: bool) -
     what the loop cannot wait on (a file, /dev/null) is read as it is."""
     loop = asyncio.get_running_loop()
     try:
-        pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
+        pollable = fd >= 0 and not stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError:  # no stdin at all
         pollable, fd = False, -1
     while True:
@@ -150,8 +150,9 @@ async def _read_when_ready(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
 
 
 async def run_session(conn: asyncssh.SSHClientConnection, command: str | None, tty: bool,
-                      env: dict[str, str] | None = None) -> int:
-    """One session on ``conn`` bridged to this terminal; returns its exit status."""
+                      env: dict[str, str] | None = None, stdin: bool = True) -> int:
+    """One session on ``conn`` bridged to this terminal; returns its exit status. ``stdin``
+    off (``-n``): nothing is read from this process's stdin, the remote side gets EOF."""
     cols, rows = terminal_size()
     options = dict(term_type=term_type(), term_size=(cols, rows)) if tty else {}
     process = await conn.create_process(command, encoding=None, request_pty=tty,
@@ -174,7 +175,8 @@ async def run_session(conn: asyncssh.SSHClientConnection, command: str | None, t
     feeding: asyncio.Task | None = None
     with raw_mode(0) if tty else contextlib.nullcontext(), _signals(loop, handlers):
         try:
-            feeding = asyncio.ensure_future(pump_in(process, 0, send_eof=not tty))
+            feeding = asyncio.ensure_future(pump_in(process, 0 if stdin else -1,
+                                                    send_eof=not tty))
             await asyncio.gather(pump_out(process.stdout, 1), pump_out(process.stderr, 2))
             await process.wait_closed()
         finally:

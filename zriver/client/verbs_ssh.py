@@ -40,6 +40,8 @@ TTY = (arg("-t", dest="tty", action="store_const", const=True,
            help="ask for a terminal even with a command"),
        arg("-T", dest="tty", action="store_const", const=False,
            help="no terminal even for a shell"))
+NO_STDIN = arg("-n", dest="no_stdin", action="store_true",
+               help="read nothing from stdin (the command gets EOF), as ssh -n")
 COMMAND = arg("command", nargs="...", help="a command to run instead of a shell, after --")
 IDE = arg("--ide", action="store_true",
           help="a terminal IDE instead: file tree, editor, shell pane")
@@ -84,29 +86,30 @@ def ssh_target(ctx: Context, task_id: int) -> dict:
 
 
 @command("ssh", "a shell (or one command) in a VPS, through its sshd and the host's relay",
-         TASK_ID, IDENTITY, *TTY, COMMAND)
+         TASK_ID, IDENTITY, *TTY, NO_STDIN, COMMAND)
 def ssh(ctx: Context, args) -> int:
     """SSH into VPS ID as root (asyncssh: no OpenSSH needed); the exit status is the remote's."""
-    flags_after_id(args, IDENTITY, *TTY)
+    flags_after_id(args, IDENTITY, *TTY, NO_STDIN)
     keys = sc.client_keys(args.identity)  # a missing key is said before any network
     vps = ssh_target(ctx, args.id)
     relay = sc.relay_of(ctx.client)
     command_line = remote_command(args.command)
-    return asyncio.run(_ssh(relay, vps, keys, command_line, want_tty(command_line, args.tty)))
+    return asyncio.run(_ssh(relay, vps, keys, command_line, want_tty(command_line, args.tty),
+                            not args.no_stdin))
 
 
 async def _ssh(relay: sc.Relay, vps: dict, keys: list, command_line: str | None,
-               tty: bool) -> int:
+               tty: bool, stdin: bool) -> int:
     async with await sc.connect_relay(relay, sc.JUMP_USER, keys) as jump:
         async with await sc.connect_vps(jump, vps["id"], vps["host_key"], keys) as conn:
-            return await run_session(conn, command_line, tty)
+            return await run_session(conn, command_line, tty, stdin=stdin)
 
 
 @command("connect", "a shell (full terminal) or one command in any running container task",
-         TASK_ID, IDENTITY, *TTY, IDE, COMMAND)
+         TASK_ID, IDENTITY, *TTY, NO_STDIN, IDE, COMMAND)
 def connect(ctx: Context, args) -> int:
     """A shell in task ID's container through the relay (no sshd needed in the image)."""
-    flags_after_id(args, IDENTITY, *TTY, IDE)
+    flags_after_id(args, IDENTITY, *TTY, NO_STDIN, IDE)
     keys = sc.client_keys(args.identity)
     relay = sc.relay_of(ctx.client)
     if args.ide:
@@ -115,13 +118,13 @@ def connect(ctx: Context, args) -> int:
         return run_ide(relay, args.id, keys)
     command_line = remote_command(args.command)
     return asyncio.run(_connect(relay, args.id, keys, command_line,
-                                want_tty(command_line, args.tty)))
+                                want_tty(command_line, args.tty), not args.no_stdin))
 
 
 async def _connect(relay: sc.Relay, task_id: int, keys: list, command_line: str | None,
-                   tty: bool) -> int:
+                   tty: bool, stdin: bool) -> int:
     async with await sc.connect_relay(relay, str(task_id), keys) as conn:
-        return await run_session(conn, command_line, tty)
+        return await run_session(conn, command_line, tty, stdin=stdin)
 
 
 @command("forward", "reach a port inside a container task from this machine, via the relay",
