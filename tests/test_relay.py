@@ -125,6 +125,33 @@ def test_relay_port_minus_one_is_off(tmp_path):
     assert not (tmp_path / "relay").exists()
 
 
+def test_stopping_the_host_closes_open_ssh_connections(tmp_path):
+    """With ``security = "none"`` a registered key logs in (as an admin, as every client
+    then is); the host's stop closes the connections its relay holds."""
+    from zriver.host.service import TRUSTED
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+
+    async def life() -> None:
+        host = Host(host_settings(tmp_path))
+        await host.start()
+        try:
+            await host.call(TRUSTED, "ssh_key.add",
+                            {"public_key": key.export_public_key().decode()})
+            conn = await asyncssh.connect(
+                "127.0.0.1", host.relay.port, username="zriver", client_keys=[key],
+                agent_path=None,
+                known_hosts=([asyncssh.import_public_key(host.relay.host_key)], [], []))
+            with pytest.raises(asyncssh.ChannelOpenError, match="no task 7"):
+                await conn.open_connection("vps-7", 22)
+        finally:
+            await host.stop()
+        await asyncio.wait_for(conn.wait_closed(), 10)
+        assert host.relay.connections == set()
+
+    asyncio.run(life())
+
+
 # ---- logins and refusals (no Docker needed) --------------------------------------------------
 @pytest.fixture
 def lab(make_cluster, tmp_path) -> Lab:

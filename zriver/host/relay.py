@@ -37,6 +37,7 @@ touches another.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -66,6 +67,8 @@ and OpenSSH clients pick the first cipher of theirs the server offers."""
 WINDOW = 8 << 20
 MAX_PACKET = 256 << 10
 CONTAINER_BACKEND = "docker"
+STOP_WAIT = 5.0
+"""Seconds ``stop`` waits for the SSH connections it closed to be gone."""
 
 
 def ensure_host_key(data_dir: Path) -> asyncssh.SSHKey:
@@ -121,9 +124,13 @@ class Relay:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for connection in list(self.connections):
+        connections, self.connections = list(self.connections), set()
+        for connection in connections:
             connection.close()
-        self.connections.clear()
+        closing = [asyncio.ensure_future(c.conn.wait_closed()) for c in connections
+                   if c.conn is not None]
+        if closing:
+            await asyncio.wait(closing, timeout=STOP_WAIT)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -203,6 +210,7 @@ class RelayConnection(asyncssh.SSHServer):
         self.fingerprint: str | None = None
         self._offered: str | None = None
         self.bridges: set = set()
+        self.lost = False
 
     # ---- the connection -------------------------------------------------------------------
     def connection_made(self, conn: Any) -> None:
@@ -210,6 +218,7 @@ class RelayConnection(asyncssh.SSHServer):
         self.relay.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.relay.connections.discard(self)
         for bridge in list(self.bridges):
             bridge.close("the SSH connection was lost")
@@ -300,6 +309,9 @@ class RelayConnection(asyncssh.SSHServer):
         except ZriverError as exc:
             self._refused(dest_host, dest_port, exc)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+        if self.lost:  # the client went while the stream was opening
+            stream.close("the SSH connection was lost")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection lost")
         bridge = (UdpBridge if kind == "udp" else TcpBridge)(self.relay, self.bridges)
         bridge.begin(task.id, stream)
         return bridge
