@@ -203,6 +203,10 @@ def test_connect_runs_one_command_with_its_exit_code_and_separate_streams(rc, ho
     echoed = zriver(rc, home, "connect", str(task_id), "--", "cat", input=data)
     assert echoed.returncode == 0 and hashlib.sha256(echoed.stdout).digest() == \
         hashlib.sha256(data).digest()
+    named = submit_docker(rc, ["sleep", "3600"], container=ENV, name="worker")
+    rc.wait_state(named, {"running"}, timeout=60)
+    by_name = zriver(rc, home, "connect", "worker", "--", "sh", "-c", "echo $ZRIVER_TASK_ID")
+    assert by_name.stdout == f"{named}\n".encode(), by_name.stderr
     nothing = zriver(rc, home, "connect", "-n", str(task_id), "--", "cat", input=b"unread")
     assert (nothing.returncode, nothing.stdout) == (0, b""), nothing.stderr
     lines = f"vps list\nconnect {task_id} -n -- sh -c 'echo in-the-shell; exit 7'\n"
@@ -244,7 +248,8 @@ def test_a_key_of_another_user_may_not_connect_to_the_admins_task(rc, home, tmp_
 # ---- zriver ssh and ssh-config -----------------------------------------------------------
 @pytest.fixture
 def vps(rc, home) -> int:
-    made = zriver(rc, home, "vps", "create", "--container", ENV, "--wait", text=True)
+    made = zriver(rc, home, "vps", "create", "--container", ENV, "--name", "box", "--wait",
+                  text=True)
     assert made.returncode == 0, made.stderr
     task_id = int(made.stdout.strip())
     wait_host_key(rc, task_id)
@@ -255,6 +260,8 @@ def vps(rc, home) -> int:
 def test_ssh_into_an_sshd_vps_runs_commands_with_their_exit_codes(rc, home, vps):
     hostname = zriver(rc, home, "ssh", str(vps), "--", "sh", "-c", "id -u; echo e >&2; exit 4")
     assert (hostname.returncode, hostname.stdout, hostname.stderr) == (4, b"0\n", b"e\n")
+    by_name = zriver(rc, home, "ssh", "box", "-n", "--", "echo", "by-name")
+    assert (by_name.returncode, by_name.stdout) == (0, b"by-name\n"), by_name.stderr
     listed = zriver(rc, home, "vps", "list", text=True)
     assert listed.returncode == 0 and f"zriver ssh {vps}" in listed.stdout, listed.stdout
     child = pexpect.spawn(sys.executable, ["-m", "zriver", *rc.cli_flags(), "ssh", str(vps)],

@@ -28,13 +28,21 @@ LOOPBACK = "127.0.0.1"
 MAX_DATAGRAM = 65507
 
 
-async def forward_tcp(conn: asyncssh.SSHClientConnection, task_id: int, port: int, local: int,
+def destination(ref: str, udp: bool = False) -> str:
+    """The relay's name for task ``ref`` (an id or a task name): ``task-ID``/``NAME``, and
+    ``udp-ID``/``udp-NAME`` for UDP."""
+    if udp:
+        return f"udp-{ref}"
+    return f"task-{ref}" if ref.isdigit() else ref
+
+
+async def forward_tcp(conn: asyncssh.SSHClientConnection, ref: str, port: int, local: int,
                       say: Callable[[str], None], stop: asyncio.Event) -> int:
     """Serve ``127.0.0.1:local`` -> ``task-ID:port`` until ``stop``; returns 0."""
-    await _probe(conn, f"task-{task_id}", port, say)
-    listener = await conn.forward_local_port(LOOPBACK, local, f"task-{task_id}", port)
+    await _probe(conn, destination(ref), port, say)
+    listener = await conn.forward_local_port(LOOPBACK, local, destination(ref), port)
     try:
-        say(f"forwarding {LOOPBACK}:{listener.get_port()} -> task {task_id} port {port} "
+        say(f"forwarding {LOOPBACK}:{listener.get_port()} -> task {ref} port {port} "
             f"(TCP); Ctrl-C stops")
         await stop.wait()
     finally:
@@ -116,16 +124,17 @@ class UdpForward(asyncio.DatagramProtocol):
             self.transport.close()
 
 
-async def forward_udp(conn: asyncssh.SSHClientConnection, task_id: int, port: int, local: int,
+async def forward_udp(conn: asyncssh.SSHClientConnection, ref: str, port: int, local: int,
                       say: Callable[[str], None], stop: asyncio.Event) -> int:
     """Serve UDP ``127.0.0.1:local`` -> ``udp-ID:port`` until ``stop``; returns 0."""
-    await _probe(conn, f"udp-{task_id}", port, say)
+    host = destination(ref, udp=True)
+    await _probe(conn, host, port, say)
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: UdpForward(conn, f"udp-{task_id}", port, say), local_addr=(LOOPBACK, local))
+        lambda: UdpForward(conn, host, port, say), local_addr=(LOOPBACK, local))
     try:
         bound = transport.get_extra_info("sockname")[1]
-        say(f"forwarding {LOOPBACK}:{bound} -> task {task_id} port {port} (UDP); Ctrl-C stops")
+        say(f"forwarding {LOOPBACK}:{bound} -> task {ref} port {port} (UDP); Ctrl-C stops")
         await stop.wait()
     finally:
         protocol.close()

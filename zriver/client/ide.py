@@ -161,7 +161,7 @@ class FileTree:
 class Ide:
     """The application: panes, keys, and the remote actions behind them."""
 
-    def __init__(self, files: RemoteFiles, task_id: int) -> None:
+    def __init__(self, files: RemoteFiles, task_id: int | str) -> None:
         self.files = files
         self.task_id = task_id
         self.tree = FileTree(self)
@@ -279,12 +279,12 @@ class Ide:
         return await self.app.run_async()
 
 
-def run_ide(relay: sc.Relay, task_id: int, keys: list) -> int:
+def run_ide(relay: sc.Relay, task_id: int | str, keys: list) -> int:
     """The ``--ide`` of ``zriver connect``: returns 0 when the person quits."""
     return asyncio.run(_run(relay, task_id, keys))
 
 
-async def _run(relay: sc.Relay, task_id: int, keys: list) -> int:
+async def _run(relay: sc.Relay, task_id: int | str, keys: list) -> int:
     async with await sc.connect_relay(relay, str(task_id), keys) as conn:
         files = RemoteFiles(conn)
         probe = await files.run(["true"])

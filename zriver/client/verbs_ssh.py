@@ -29,11 +29,12 @@ from zriver.client import forward as fwd
 from zriver.client import sshclient as sc
 from zriver.client.registry import Context, arg, command
 from zriver.client.terminal import remote_command, run_session, want_tty
-from zriver.client.verbs_tasks import TASK_ID
 from zriver.client.verbs_vps import RUNNING, find_vps, vps_rows
 from zriver.config import zriver_home
 from zriver.errors import InvalidArgument
 
+TASK_REF = arg("id", metavar="ID", complete="task",
+               help="the task's id (or its name, unique among your live tasks)")
 IDENTITY = arg("--identity", "-i", metavar="FILE",
                help="your SSH private key (default ~/.ssh/id_ed25519, then ~/.ssh/id_rsa)")
 TTY = (arg("-t", dest="tty", action="store_const", const=True,
@@ -73,9 +74,10 @@ NOT_RUNNING = {
 }
 
 
-def ssh_target(ctx: Context, task_id: int) -> dict:
+def ssh_target(ctx: Context, ref: str) -> dict:
     """The ``vps.list`` row of a VPS ``zriver ssh`` can reach; says why when it cannot."""
-    vps = find_vps(ctx, task_id)
+    vps = find_vps(ctx, ref)
+    task_id = vps["id"]
     if vps["state"] != RUNNING:
         why = NOT_RUNNING.get(vps["state"], f"`zriver status {task_id}` says why")
         raise InvalidArgument(f"VPS {task_id} is {vps['state']}, not running: {why}")
@@ -86,7 +88,7 @@ def ssh_target(ctx: Context, task_id: int) -> dict:
 
 
 @command("ssh", "a shell (or one command) in a VPS, through its sshd and the host's relay",
-         TASK_ID, IDENTITY, *TTY, NO_STDIN, COMMAND)
+         TASK_REF, IDENTITY, *TTY, NO_STDIN, COMMAND)
 def ssh(ctx: Context, args) -> int:
     """SSH into VPS ID as root (asyncssh: no OpenSSH needed); the exit status is the remote's."""
     flags_after_id(args, IDENTITY, *TTY, NO_STDIN)
@@ -106,7 +108,7 @@ async def _ssh(relay: sc.Relay, vps: dict, keys: list, command_line: str | None,
 
 
 @command("connect", "a shell (full terminal) or one command in any running container task",
-         TASK_ID, IDENTITY, *TTY, NO_STDIN, IDE, COMMAND)
+         TASK_REF, IDENTITY, *TTY, NO_STDIN, IDE, COMMAND)
 def connect(ctx: Context, args) -> int:
     """A shell in task ID's container through the relay (no sshd needed in the image)."""
     flags_after_id(args, IDENTITY, *TTY, NO_STDIN, IDE)
@@ -121,14 +123,14 @@ def connect(ctx: Context, args) -> int:
                                 want_tty(command_line, args.tty), not args.no_stdin))
 
 
-async def _connect(relay: sc.Relay, task_id: int, keys: list, command_line: str | None,
+async def _connect(relay: sc.Relay, ref: str, keys: list, command_line: str | None,
                    tty: bool, stdin: bool) -> int:
-    async with await sc.connect_relay(relay, str(task_id), keys) as conn:
+    async with await sc.connect_relay(relay, ref, keys) as conn:
         return await run_session(conn, command_line, tty, stdin=stdin)
 
 
 @command("forward", "reach a port inside a container task from this machine, via the relay",
-         TASK_ID, arg("port", type=int, help="the port inside the container"),
+         TASK_REF, arg("port", type=int, help="the port inside the container"),
          arg("--local", type=int, metavar="L",
              help="the local port on 127.0.0.1 (default: the same; 0: any free one)"),
          arg("--udp", action="store_true", help="forward UDP datagrams instead of TCP"),
@@ -144,7 +146,7 @@ def forward(ctx: Context, args) -> int:
     return asyncio.run(_forward(ctx, relay, keys, args.id, args.port, local, args.udp))
 
 
-async def _forward(ctx: Context, relay: sc.Relay, keys: list, task_id: int, port: int,
+async def _forward(ctx: Context, relay: sc.Relay, keys: list, ref: str, port: int,
                    local: int, udp: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -154,7 +156,7 @@ async def _forward(ctx: Context, relay: sc.Relay, keys: list, task_id: int, port
     serve = fwd.forward_udp if udp else fwd.forward_tcp
     try:
         async with await sc.connect_relay(relay, sc.JUMP_USER, keys) as conn:
-            return await serve(conn, task_id, port, local, ctx.print, stop)
+            return await serve(conn, ref, port, local, ctx.print, stop)
     except OSError as exc:  # the local port
         raise InvalidArgument(f"cannot listen on {fwd.LOOPBACK}:{local}: {exc.strerror or exc}"
                               f" (--local 0 takes any free port)") from None

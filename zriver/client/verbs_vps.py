@@ -75,12 +75,18 @@ def vps_rows(ctx: Context) -> list[dict]:
     return ctx.client.call("vps.list")["vps"]
 
 
-def find_vps(ctx: Context, task_id: int) -> dict:
-    """The ``vps.list`` row of ``task_id``; ``NotFound`` when it is none of yours."""
-    for row in vps_rows(ctx):
-        if row["id"] == task_id:
-            return row
-    raise NotFound(f"no VPS {task_id} of yours (`zriver vps list` shows them)")
+def find_vps(ctx: Context, ref: int | str) -> dict:
+    """The ``vps.list`` row of ``ref`` (an id, or a name unique among the VPSes you see);
+    ``NotFound`` when it is none of yours."""
+    rows = vps_rows(ctx)
+    text = str(ref)
+    found = [r for r in rows if (r["id"] == int(text) if text.isdigit() else r["name"] == text)]
+    if len(found) > 1:
+        raise InvalidArgument(f"{len(found)} VPSes are called {text!r} (ids "
+                              f"{', '.join(str(r['id']) for r in found)}): give the id")
+    if not found:
+        raise NotFound(f"no VPS {text} of yours (`zriver vps list` shows them)")
+    return found[0]
 
 
 @command(
