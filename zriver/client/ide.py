@@ -279,9 +279,9 @@ class Ide:
         return await self.app.run_async()
 
 
-def run_ide(relay: sc.Relay, task_id: int | str, keys: list) -> int:
-    """The ``--ide`` of ``zriver connect``: returns 0 when the person quits."""
-    return asyncio.run(_run(relay, task_id, keys))
+def run_ide(relay: sc.Relay, task_id: int | str, keys: list):
+    """The ``--ide`` of ``zriver connect``: a coroutine giving 0 when the person quits."""
+    return _run(relay, task_id, keys)
 
 
 async def _run(relay: sc.Relay, task_id: int | str, keys: list) -> int:

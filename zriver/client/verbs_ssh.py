@@ -25,10 +25,12 @@ import os
 import signal
 from pathlib import Path
 
+import asyncssh
+
 from zriver.client import forward as fwd
 from zriver.client import sshclient as sc
 from zriver.client.registry import Context, arg, command
-from zriver.client.terminal import remote_command, run_session, want_tty
+from zriver.client.terminal import LOST, remote_command, run_session, want_tty
 from zriver.client.verbs_vps import RUNNING, find_vps, vps_rows
 from zriver.config import zriver_home
 from zriver.errors import InvalidArgument
@@ -74,6 +76,18 @@ NOT_RUNNING = {
 }
 
 
+def run_remote(ctx: Context, session) -> int:
+    """Run ``session`` (a coroutine giving an exit status) on a fresh loop; a connection
+    that breaks on the way (the host restarting, the network) is said on stderr and gives
+    255, as OpenSSH does."""
+    try:
+        return asyncio.run(session)
+    except (asyncssh.Error, ConnectionError) as exc:
+        reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
+        ctx.err.write(f"zriver: the connection through the relay was lost: {reason}\n")
+        return LOST
+
+
 def ssh_target(ctx: Context, ref: str) -> dict:
     """The ``vps.list`` row of a VPS ``zriver ssh`` can reach; says why when it cannot."""
     vps = find_vps(ctx, ref)
@@ -96,8 +110,8 @@ def ssh(ctx: Context, args) -> int:
     vps = ssh_target(ctx, args.id)
     relay = sc.relay_of(ctx.client)
     command_line = remote_command(args.command)
-    return asyncio.run(_ssh(relay, vps, keys, command_line, want_tty(command_line, args.tty),
-                            not args.no_stdin))
+    return run_remote(ctx, _ssh(relay, vps, keys, command_line,
+                                want_tty(command_line, args.tty), not args.no_stdin))
 
 
 async def _ssh(relay: sc.Relay, vps: dict, keys: list, command_line: str | None,
@@ -117,10 +131,10 @@ def connect(ctx: Context, args) -> int:
     if args.ide:
         from zriver.client.ide import run_ide
 
-        return run_ide(relay, args.id, keys)
+        return run_remote(ctx, run_ide(relay, args.id, keys))
     command_line = remote_command(args.command)
-    return asyncio.run(_connect(relay, args.id, keys, command_line,
-                                want_tty(command_line, args.tty), not args.no_stdin))
+    return run_remote(ctx, _connect(relay, args.id, keys, command_line,
+                                    want_tty(command_line, args.tty), not args.no_stdin))
 
 
 async def _connect(relay: sc.Relay, ref: str, keys: list, command_line: str | None,
@@ -143,7 +157,7 @@ def forward(ctx: Context, args) -> int:
     keys = sc.client_keys(args.identity)
     relay = sc.relay_of(ctx.client)
     local = args.port if args.local is None else args.local
-    return asyncio.run(_forward(ctx, relay, keys, args.id, args.port, local, args.udp))
+    return run_remote(ctx, _forward(ctx, relay, keys, args.id, args.port, local, args.udp))
 
 
 async def _forward(ctx: Context, relay: sc.Relay, keys: list, ref: str, port: int,
