@@ -215,6 +215,22 @@ def test_connect_runs_one_command_with_its_exit_code_and_separate_streams(rc, ho
     assert shell.returncode == 7, shell.stderr  # the last line's status
 
 
+@pytest.mark.docker
+def test_ctrl_c_on_a_command_without_a_terminal_interrupts_the_remote_command(rc, home):
+    task_id = running_task(rc, ["sleep", "3600"])
+    proc = subprocess.Popen([sys.executable, "-m", "zriver", *rc.cli_flags(), "connect",
+                             str(task_id), "--", "sh", "-c", "echo started; exec sleep 300"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=cli_env(home))
+    try:
+        assert proc.stdout.readline() == b"started\n"
+        proc.send_signal(signal.SIGINT)  # sent on as a signal request: the sleep ends
+        assert proc.wait(30) == 128 + signal.SIGINT, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_the_shell_completes_the_new_verbs():
     from test_top_model import FakeSource
 
