@@ -155,7 +155,9 @@ class Setup:
         raise BenchError(f"VPS {self.vps} reported no host key")
 
     def _container_ip(self) -> str:
-        [item] = self.docker.api.containers(filters={"label": f"zriver.task={self.vps}"})
+        runner_id = (self.lab.base / "runner-n1" / "runner-id").read_text().strip()
+        [item] = self.docker.api.containers(filters={"label": [
+            f"zriver.task={self.vps}", f"zriver.runner={runner_id}"]})
         networks = self.docker.api.inspect_container(item["Id"])["NetworkSettings"]["Networks"]
         return next(iter(networks.values()))["IPAddress"]
 

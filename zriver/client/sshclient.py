@@ -38,6 +38,12 @@ DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_rsa")
 JUMP_USER = "zriver"
 VPS_USER = "root"
 CONNECT_TIMEOUT = 15.0
+CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+"""AES-GCM first: with AES-NI it costs a fraction of ChaCha20's CPU per MB (relay throughput)."""
+WINDOW = 8 << 20
+MAX_PACKET = 256 << 10
+"""Bigger channel windows and packets than asyncssh's defaults (2 MiB, 32 KiB): fewer packets
+and window updates per MB through the relay."""
 
 
 class SshRefused(ZriverError):
@@ -140,7 +146,8 @@ async def connect_relay(relay: Relay, user: str,
             relay.address, relay.port, username=user, client_keys=keys,
             known_hosts=_pinned(relay.known_name, relay.host_key), config=None,
             agent_path=None, password_auth=False, kbdint_auth=False,
-            login_timeout=CONNECT_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
+            login_timeout=CONNECT_TIMEOUT, connect_timeout=CONNECT_TIMEOUT,
+            encryption_algs=CIPHERS, window=WINDOW, max_pktsize=MAX_PACKET)
     except asyncssh.PermissionDenied:
         raise SshRefused(f"{where} refused your SSH key ({fingerprints(keys)}): register it with "
                          f"`zriver ssh-key add` (the .pub file), or give --identity") from None
