@@ -134,6 +134,10 @@ def test_with_no_key_the_verbs_say_where_they_looked_and_how_to_make_one(cluster
         assert run.returncode == 1, (verb, run.stderr)
         assert "~/.ssh/id_ed25519" in run.stderr and "ssh-keygen" in run.stderr, run.stderr
     assert cluster.client().call("task.list", {})["tasks"] == []  # nothing was submitted
+    home = make_ssh_home(tmp_path / "someone")
+    native = zriver(cluster, home, "vps", "create", text=True)  # no default_container here
+    assert native.returncode == 1 and "give --container ENV" in native.stderr, native.stderr
+    assert cluster.client().call("task.list", {})["tasks"] == []
 
 
 @pytest.mark.docker

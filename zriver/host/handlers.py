@@ -25,7 +25,7 @@ from zriver.host.scheduler import DEGRADED, ONLINE
 from zriver.logfiles import SUFFIX as STREAMS, log_path
 from zriver.principal import Principal
 from zriver.protocol import arg, arg_list
-from zriver.spec import AUTO, DOCKER, NATIVE, TaskSpec
+from zriver.spec import AUTO, DOCKER, NATIVE, VPS, TaskSpec
 
 if TYPE_CHECKING:
     from zriver.host.core import HostCore
@@ -118,6 +118,9 @@ def resolve_backend(core: "HostCore", spec: TaskSpec) -> None:
         spec.backend = DOCKER if core.settings.default_container else NATIVE
         if spec.backend == DOCKER:
             spec.container = core.settings.default_container
+        elif spec.kind == VPS:
+            raise InvalidArgument("a VPS runs in a container and this cluster has no "
+                                  "default_container: give --container ENV")
         elif spec.mounts or spec.privileged:
             raise InvalidArgument("--mount and --privileged need a container, and this cluster "
                                   "has no default_container")
