@@ -11,6 +11,7 @@ the idle stop ends a second VPS and says why in its history.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -18,6 +19,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import asyncssh
@@ -158,6 +162,72 @@ def test_scp_of_50_mb_through_ssh_config_keeps_every_byte(story, tmp_path):
                            f"vps-{story.vps}:/root/blob", str(back)],
                           capture_output=True, text=True, env=story.env, timeout=CLI_TIMEOUT)
     assert down.returncode == 0 and hashlib.sha256(back.read_bytes()).hexdigest() == digest
+
+
+class Heartbeats:
+    """Arrival times of node ``n1``'s heartbeats, collected in a thread until ``stop``."""
+
+    def __init__(self, client) -> None:
+        self.sub = client.subscribe(["hb.n1"])
+        self.times: list[float] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._collect, daemon=True)
+        self.thread.start()
+
+    def _collect(self) -> None:
+        while not self.done.is_set():
+            if self.sub.poll(100):
+                self.sub.recv_multipart()
+                self.times.append(time.monotonic())
+
+    def stop(self) -> float:
+        """The longest gap between two heartbeats seen (seconds)."""
+        self.done.set()
+        self.thread.join(5)
+        self.sub.close(linger=0)
+        assert len(self.times) >= 2, "no heartbeats arrived"
+        return max(b - a for a, b in zip(self.times, self.times[1:]))
+
+
+SERVE = ("mkdir -p /www && head -c 209715200 /dev/urandom > /www/big && echo small > "
+         "/www/small && httpd -p 8080 -h /www && sha256sum /www/big")
+
+
+def test_a_200_mb_forward_and_50_connections_leave_heartbeats_and_dispatch_on_time(story):
+    served = story.ssh("sh", "-c", SERVE)
+    assert served.returncode == 0, served.stderr
+    digest = served.stdout.split()[0]
+    forward = subprocess.Popen([sys.executable, "-m", "zriver", "--host", story.lab.endpoint,
+                                "forward", str(story.vps), "8080", "--local", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=story.env)
+    client = story.lab.client(timeout=10)
+    beats = Heartbeats(client)
+    try:
+        port = int(re.search(r"127\.0\.0\.1:(\d+) ->", forward.stdout.readline()).group(1))
+        url = f"http://127.0.0.1:{port}"
+
+        def fetch(path: str) -> bytes:
+            with urllib.request.urlopen(f"{url}/{path}", timeout=120) as answer:
+                return answer.read()
+
+        with concurrent.futures.ThreadPoolExecutor(51) as pool:
+            big = pool.submit(lambda: hashlib.sha256(fetch("big")).hexdigest())
+            small = list(pool.map(fetch, ["small"] * 50))
+            task = story.lab.submit(["true"])  # dispatch while the big transfer runs
+            story.lab.wait_final([task], timeout=30)
+            assert big.result(timeout=120) == digest
+        assert small == [b"small\n"] * 50
+        assert story.lab.task(task)["state"] == "completed"
+    finally:
+        gap = beats.stop()
+        forward.send_signal(signal.SIGINT)
+        forward.communicate(timeout=30)
+    lease = LEASE["heartbeat_interval"] * LEASE["heartbeat_misses"]
+    print(f"longest heartbeat gap during the transfer: {gap:.2f} s (interval "
+          f"{LEASE['heartbeat_interval']} s)")
+    assert gap < lease, f"a heartbeat gap of {gap:.2f} s reached the lease"
+    assert story.lab.nodes()["n1"]["state"] == "online"
 
 
 def test_a_host_restart_keeps_the_vps_and_its_session(story):
