@@ -65,8 +65,9 @@ def home(tmp_path) -> Path:
 
 @pytest.fixture
 def rc(dcluster, sshd_image, home):
-    """A docker cluster with env ``sx`` (the sshd image) and ``home``'s key for the admin."""
-    cluster = dcluster()
+    """A docker cluster with env ``sx`` (the sshd image, also the default container) and
+    ``home``'s key for the admin."""
+    cluster = dcluster(host={"default_container": ENV})
     cluster.client(timeout=120).call("env.create", {"name": ENV, "image": sshd_image,
                                                     "commit": True}, timeout=120)
     cluster.client().call("ssh_key.add",
@@ -142,7 +143,7 @@ def test_with_no_key_the_verbs_say_where_they_looked_and_how_to_make_one(cluster
 
 @pytest.mark.docker
 def test_vps_create_submits_a_vps_with_the_default_key_and_vps_stop_ends_it(rc, home):
-    made = zriver(rc, home, "vps", "create", "--container", ENV, "--cores", "1",
+    made = zriver(rc, home, "vps", "create", "--cores", "1",  # the default container
                   "--memory", "1G", "--idle-stop", "2h", "--name", "box", text=True)
     assert made.returncode == 0, made.stderr
     task_id = int(made.stdout.strip())
@@ -150,6 +151,7 @@ def test_vps_create_submits_a_vps_with_the_default_key_and_vps_stop_ends_it(rc, 
     task = rc.task(task_id)
     assert task["kind"] == "vps" and task["name"] == "box" and task["idle_stop"] == 7200
     assert task["memory"] == 1 << 30 and task["command"] == []
+    assert (task["backend"], task["container"]) == ("docker", ENV)
     # the default key reaching authorized_keys: test_ssh_into_an_sshd_vps... logs in with it
     listed = json.loads(zriver(rc, home, "vps", "list", "--json", text=True).stdout)
     assert [(v["id"], v["name"]) for v in listed] == [(task_id, "box")]
