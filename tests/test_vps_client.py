@@ -309,6 +309,9 @@ def test_ssh_config_lets_the_real_openssh_client_in_with_pinned_keys(rc, home, v
     path.write_text(config.stdout + "\n")
     known = Path(re.search(r"UserKnownHostsFile (\S+)", config.stdout).group(1))
     assert f"vps-{vps} ssh-ed25519 " in known.read_text()
+    known.write_text(known.read_text().splitlines()[0] + "\n")  # as before the VPS existed
+    assert zriver(rc, home, "ssh", str(vps), "-n", "--", "true").returncode == 0
+    assert f"vps-{vps} ssh-ed25519 " in known.read_text()  # `zriver ssh` refreshed it
     run = subprocess.run(["ssh", "-F", str(path), "-o", "BatchMode=yes", f"vps-{vps}",
                           "echo through-openssh; exit 3"],
                          capture_output=True, text=True, timeout=CLI_TIMEOUT, env=cli_env(home))

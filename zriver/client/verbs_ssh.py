@@ -31,7 +31,7 @@ from zriver.client import forward as fwd
 from zriver.client import sshclient as sc
 from zriver.client.registry import Context, arg, command
 from zriver.client.terminal import LOST, remote_command, run_session, want_tty
-from zriver.client.verbs_vps import RUNNING, find_vps, vps_rows
+from zriver.client.verbs_vps import RUNNING, find_vps, refresh_known_hosts, vps_rows
 from zriver.config import zriver_home
 from zriver.errors import InvalidArgument
 
@@ -89,8 +89,11 @@ def run_remote(ctx: Context, session) -> int:
 
 
 def ssh_target(ctx: Context, ref: str) -> dict:
-    """The ``vps.list`` row of a VPS ``zriver ssh`` can reach; says why when it cannot."""
-    vps = find_vps(ctx, ref)
+    """The ``vps.list`` row of a VPS ``zriver ssh`` can reach; says why when it cannot. The
+    known_hosts file of ``ssh-config`` is refreshed on the way (new VPS keys appear in it)."""
+    rows = vps_rows(ctx)
+    refresh_known_hosts(ctx, rows)
+    vps = find_vps(ctx, ref, rows)
     task_id = vps["id"]
     if vps["state"] != RUNNING:
         why = NOT_RUNNING.get(vps["state"], f"`zriver status {task_id}` says why")

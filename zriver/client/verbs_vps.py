@@ -18,7 +18,7 @@ from zriver.client.render import age, as_json, size, table
 from zriver.client.verbs_sshkeys import DEFAULT_PUBLIC_KEYS, read_public_key
 from zriver.client.verbs_tasks import TASK_ID, owner
 from zriver import lifecycle as lc
-from zriver.errors import InvalidArgument, NotFound
+from zriver.errors import InvalidArgument, NotFound, ZriverError
 from zriver.sizes import format_duration, parse_duration, parse_size
 from zriver.spec import VPS
 
@@ -75,10 +75,10 @@ def vps_rows(ctx: Context) -> list[dict]:
     return ctx.client.call("vps.list")["vps"]
 
 
-def find_vps(ctx: Context, ref: int | str) -> dict:
-    """The ``vps.list`` row of ``ref`` (an id, or a name unique among the VPSes you see);
-    ``NotFound`` when it is none of yours."""
-    rows = vps_rows(ctx)
+def find_vps(ctx: Context, ref: int | str, rows: list[dict] | None = None) -> dict:
+    """The ``vps.list`` row (of ``rows``, else asked for) of ``ref``: an id, or a name unique
+    among the VPSes you see; ``NotFound`` when it is none of yours."""
+    rows = vps_rows(ctx) if rows is None else rows
     text = str(ref)
     found = [r for r in rows if (r["id"] == int(text) if text.isdigit() else r["name"] == text)]
     if len(found) > 1:
@@ -185,7 +185,7 @@ def refresh_known_hosts(ctx: Context, rows: list[dict]) -> None:
     if known_hosts_file().exists():
         try:
             write_known_hosts(ctx, rows)
-        except Exception:  # the relay may be off: the list still prints
+        except (ZriverError, OSError):  # the relay may be off: the list still prints
             pass
 
 
