@@ -514,3 +514,34 @@ def test_the_ide_lists_opens_saves_and_runs_a_shell_line_in_the_container(rc, ho
     saved = zriver(rc, home, "connect", str(task_id), "--", "cat", "/srv/notes.txt",
                    "/srv/made.txt")
     assert saved.stdout == b"top-hello-ide\nshell-42\n", saved.stderr
+
+
+# ---- vps restart and vps commit ----------------------------------------------------------
+@pytest.mark.docker
+def test_vps_restart_keeps_the_disk_and_vps_commit_makes_an_env_version(rc, home, vps):
+    wrote = zriver(rc, home, "ssh", str(vps), "-n", "--", "echo kept > /root/marker")
+    assert wrote.returncode == 0, wrote.stderr
+    key = wait_host_key(rc, vps)["host_key"]
+    client = rc.client()
+    sub = client.subscribe([f"evt.task.{vps}"])
+    try:
+        restarted = zriver(rc, home, "vps", "restart", str(vps), text=True)
+        assert restarted.returncode == 0 and "restart requested" in restarted.stdout
+        deadline = time.monotonic() + 60
+        while not any("restarted" in e["detail"]  # its history says the runner did it
+                      for e in client.call("task.get", {"id": vps})["events"]):
+            assert time.monotonic() < deadline, client.call("task.get", {"id": vps})
+            if sub.poll(500):
+                sub.recv_multipart()
+    finally:
+        sub.close(linger=0)
+    assert wait_host_key(rc, vps)["host_key"] == key
+    after = zriver(rc, home, "ssh", str(vps), "-n", "--", "cat", "/root/marker")
+    assert after.stdout == b"kept\n", after.stderr
+    committed = zriver(rc, home, "vps", "commit", str(vps), "--env", "snap", "--json",
+                       text=True)
+    assert committed.returncode == 0, committed.stderr
+    assert json.loads(committed.stdout)["env"] == "snap"
+    task_id = submit_docker(rc, ["cat", "/root/marker"], container="snap")
+    [summary] = rc.wait(task_id)
+    assert summary["state"] == "completed" and rc.log(task_id) == b"kept\n", summary
