@@ -119,9 +119,6 @@ def up(ctx: Context, args) -> int:
                   f"data in {h.data_dir}. Ctrl-C stops it"
                   + (" and ends its tasks." if args.kill_tasks else
                      " (running tasks carry on; the next start takes them back)."))
-        if h.relay is not None:
-            ctx.print(f"SSH relay on {h.endpoints['relay']}: zriver ssh/connect/forward ID, "
-                      f"or ssh -p {h.relay.port} ID@127.0.0.1")
         if "docker" not in r.info.get("backends", []):
             docker = r.backends.get("docker")
             reason = docker.error if docker is not None else "no Docker support in this build"
@@ -129,6 +126,9 @@ def up(ctx: Context, args) -> int:
                         if h.settings.default_container else "")
             h.settings.default_container = ""
             ctx.print(f"Docker is not available here ({reason}): tasks run natively{fallback}.")
+        if h.relay is not None:
+            ctx.print(f"SSH relay on {h.endpoints['relay']}: zriver ssh/connect/forward ID, "
+                      f"or ssh -p {h.relay.port} ID@127.0.0.1")
         asyncio.ensure_future(register_ssh_keys(ctx, h))
 
     run(serve_both(host, runner, announce, args.kill_tasks))
