@@ -320,15 +320,14 @@ def test_ssh_config_lets_the_real_openssh_client_in_with_pinned_keys(rc, home, v
 
 # ---- zriver forward ----------------------------------------------------------------------
 HTTPD = ("mkdir -p /www && echo hello-from-the-container > /www/index.html && "
-         "head -c 5000000 /dev/urandom > /www/big && httpd -p 8080 -h /www && touch /ready; "
-         "exec sleep 3600")
+         "head -c 5000000 /dev/urandom > /www/big && httpd -p 8080 -h /www && "
+         "sha256sum /www/big")  # busybox httpd returns once it listens (then runs on alone)
 
 
 @pytest.mark.docker
 def test_forward_reaches_an_http_server_in_the_container(rc, home):
-    task_id = running_task(rc, ["sh", "-c", HTTPD])
-    ready = zriver(rc, home, "connect", str(task_id), "--", "sh", "-c",
-                   "while [ ! -f /ready ]; do sleep 0.05; done; sha256sum /www/big", text=True)
+    task_id = running_task(rc, ["sleep", "3600"])
+    ready = zriver(rc, home, "connect", str(task_id), "--", "sh", "-c", HTTPD, text=True)
     assert ready.returncode == 0, ready.stderr
     digest = ready.stdout.split()[0]
     proc = subprocess.Popen([sys.executable, "-m", "zriver", *rc.cli_flags(), "forward",
@@ -484,13 +483,11 @@ def test_zriver_up_registers_the_local_ssh_keys_once(tmp_path):
 # ---- zriver connect --ide ----------------------------------------------------------------
 @pytest.mark.docker
 def test_the_ide_lists_opens_saves_and_runs_a_shell_line_in_the_container(rc, home):
-    task_id = submit_docker(rc, ["sh", "-c", "mkdir -p /srv/sub && echo hello-ide > "
-                                             "/srv/notes.txt && exec sleep 3600"],
-                            container=ENV, workdir="/srv")
+    task_id = submit_docker(rc, ["sleep", "3600"], container=ENV, workdir="/srv")
     rc.wait_state(task_id, {"running"}, timeout=60)
-    ready = zriver(rc, home, "connect", str(task_id), "--", "sh", "-c",
-                   "while [ ! -f /srv/notes.txt ]; do sleep 0.05; done")
-    assert ready.returncode == 0, ready.stderr
+    made = zriver(rc, home, "connect", str(task_id), "--", "sh", "-c",
+                  "mkdir -p /srv/sub && echo hello-ide > /srv/notes.txt")
+    assert made.returncode == 0, made.stderr
     child = pexpect.spawn(sys.executable, ["-m", "zriver", *rc.cli_flags(), "connect",
                                            str(task_id), "--ide"],
                           env=cli_env(home), dimensions=(30, 110), timeout=30)
