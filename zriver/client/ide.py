@@ -169,6 +169,7 @@ class Ide:
         self.saved_text = ""
         self.status = ""
         self.quit_armed = False
+        self.pending: set[asyncio.Task] = set()
         self.editor = TextArea(scrollbar=True, line_numbers=True)
         self.output = TextArea(read_only=True, focusable=False,
                                height=Dimension(min=3, preferred=8, max=12))
@@ -222,9 +223,13 @@ class Ide:
                 await coro
             except (OSError, asyncssh.Error) as exc:
                 self.say(f"error: {exc}")
+            except Exception as exc:  # a bug must not take the person's unsaved text with it
+                self.say(f"internal error: {exc!r}")
             self.app.invalidate()
 
-        asyncio.ensure_future(guarded())
+        task = asyncio.ensure_future(guarded())
+        self.pending.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self.pending.discard)
 
     async def open_file(self, path: str) -> None:
         if self.modified:
