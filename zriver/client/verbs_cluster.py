@@ -129,10 +129,15 @@ def up(ctx: Context, args) -> int:
         if h.relay is not None:
             ctx.print(f"SSH relay on {h.endpoints['relay']}: zriver ssh/connect/forward ID, "
                       f"or ssh -p {h.relay.port} ID@127.0.0.1")
-        asyncio.ensure_future(register_ssh_keys(ctx, h))
+        registering = asyncio.ensure_future(register_ssh_keys(ctx, h))
+        BACKGROUND.add(registering)  # the loop keeps only weak references to tasks
+        registering.add_done_callback(BACKGROUND.discard)
 
     run(serve_both(host, runner, announce, args.kill_tasks))
     return 0
+
+
+BACKGROUND: set = set()
 
 
 async def register_ssh_keys(ctx: Context, host) -> None:
