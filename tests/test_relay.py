@@ -554,24 +554,26 @@ def test_a_stalled_channel_holds_bounded_bytes_and_stalls_only_itself(dlab):
     from zriver.host.sshbridge import HIGH_WATER
     from zriver.streamproto import CHUNK, WINDOW
 
-    def held() -> list[tuple[int, int, int]]:
-        """(stream buffered, channel send buffer, queued for the stream) per bridge."""
+    def held() -> list[tuple[int, int, int, bool]]:
+        """(stream buffered, channel send buffer, queued for the stream, channel reading
+        paused) per bridge."""
         host = dlab.cluster.host
         return dlab.cluster.call_soon(lambda: [
-            (b.stream.buffered, b.chan.get_write_buffer_size(), b._queued)
+            (b.stream.buffered, b.chan.get_write_buffer_size(), b._queued, b._reading_paused)
             for c in host.relay.connections for b in c.bridges if b.stream is not None])
 
     async def check() -> None:
         async with dlab.connect(dlab.alice, str(dlab.shell_task)) as conn:
             flood = await conn.create_process("cat /dev/zero", encoding=None)  # never read
             await asyncio.to_thread(eventually, lambda: any(
-                s >= WINDOW - CHUNK for s, _, _ in held()), 30, "the output to fill the window")
+                buffered >= WINDOW - CHUNK for buffered, *_ in held()), 30,
+                "the unread output to fill the stream's window")
             deaf = await conn.create_process("exec sleep 300", encoding=None)
             deaf.stdin.write(b"\0" * (24 << 20))  # nobody reads it in the container
-            await asyncio.to_thread(eventually, lambda: any(
-                q >= HIGH_WATER for _, _, q in held()), 30, "the input to fill the relay's queue")
+            await asyncio.to_thread(eventually, lambda: any(  # a full queue pauses the channel
+                paused for *_, paused in held()), 30, "the unread input to pause its channel")
             assert (await conn.run("echo still here", encoding=None)).stdout == b"still here\n"
-            for buffered, send_buffer, queued in held():
+            for buffered, send_buffer, queued, _ in held():
                 assert buffered <= WINDOW and send_buffer <= 2 * CHUNK
                 assert queued <= HIGH_WATER + MAX_SSH_PACKET
             assert len(await flood.stdout.readexactly(16 << 20)) == 16 << 20  # it flows again
