@@ -369,6 +369,18 @@ async def read_until(stdout, marker: bytes, seen: bytearray, start: int = 0) -> 
     return bytes(seen)
 
 
+async def size_seen(process, seen: bytearray, size: bytes, tries: int = 50) -> bool:
+    """Whether ``stty size`` in the shell says ``size`` within ``tries`` runs (a window
+    change travels apart from the bytes typed after it: a first run may still be ahead)."""
+    for attempt in range(tries):
+        mark = len(seen)
+        process.stdin.write(b"stty size; echo TRY$((%d))\n" % (100 + attempt))
+        out = await read_until(process.stdout, b"TRY%d\r\n" % (100 + attempt), seen, mark)
+        if size in out[mark:]:
+            return True
+    return False
+
+
 def test_a_shell_with_a_pty_resize_interrupt_and_exit_code(dlab):
     async def check() -> None:
         async with dlab.connect(dlab.alice, f"vps-{dlab.shell_task}") as conn:
@@ -380,8 +392,7 @@ def test_a_shell_with_a_pty_resize_interrupt_and_exit_code(dlab):
             out = await read_until(process.stdout, b"DONE1\r\n", seen)
             assert b"/dev/pts/" in out and b"30 100" in out
             process.change_terminal_size(120, 40)
-            process.stdin.write(b"stty size; echo DONE$((2))\n")
-            assert b"40 120" in await read_until(process.stdout, b"DONE2\r\n", seen)
+            assert await size_seen(process, seen, b"40 120")
             process.stdin.write(b"echo SLEEPING$((3)); sleep 300\n")
             await read_until(process.stdout, b"SLEEPING3", seen)
             mark = len(seen)
