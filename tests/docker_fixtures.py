@@ -11,9 +11,12 @@ names) and image (by prefix) the test made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ import pytest
 from docker_images import docker_available, ensure_busybox_image
 
 __all__ = ["docker_client", "busybox", "dcluster", "wait_docker_event", "SocketProxy",
-           "submit_docker", "eventually"]
+           "submit_docker", "eventually", "udp_echo_in"]
 
 
 @pytest.fixture(scope="session")
@@ -196,3 +199,29 @@ def eventually(check: Callable[[], Any], timeout: float, what: str, sub=None) ->
                 sub.recv_multipart()
         else:
             threading.Event().wait(0.05)
+
+
+UDP_ECHO_PORT = 5353
+_UDP_ECHO = ("import socket\n"
+             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             f"s.bind(('0.0.0.0', {UDP_ECHO_PORT}))\n"
+             "print('ready', flush=True)\n"
+             "while True:\n"
+             "    data, peer = s.recvfrom(65535)\n"
+             "    s.sendto(b'echo:' + data, peer)\n")
+
+
+@contextlib.contextmanager
+def udp_echo_in(client, container: str):
+    """A UDP echo server (answers ``echo:`` + the datagram) on port ``UDP_ECHO_PORT`` inside
+    ``container``'s network namespace: this machine's python entered with ``nsenter``
+    (busybox has no UDP server). Yields the port; killed on exit."""
+    pid = client.api.inspect_container(container)["State"]["Pid"]
+    server = subprocess.Popen(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", _UDP_ECHO],
+                              stdout=subprocess.PIPE)
+    try:
+        assert server.stdout.readline() == b"ready\n"
+        yield UDP_ECHO_PORT
+    finally:
+        server.kill()
+        server.wait()

@@ -111,25 +111,7 @@ def ensure_busybox_image(name: str = DEFAULT_IMAGE) -> str:
         root = Path(tmp) / "root"
         root.mkdir()
         _make_rootfs(root, BUSYBOX)
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "--owner=0", "--group=0", "-C", str(root), "-c", "."],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            result = subprocess.run(
-                ["docker", "import", "-c", "ENV PATH=/bin", "-c", f"LABEL {CONTENT_LABEL}={digest}",
-                 "-", name],
-                stdin=tar.stdout, capture_output=True, text=True, timeout=_DOCKER_TIMEOUT,
-            )
-        finally:
-            assert tar.stdout is not None
-            tar.stdout.close()
-            tar_rc = tar.wait(timeout=_DOCKER_TIMEOUT)
-    if tar_rc != 0 or result.returncode != 0:
-        raise RuntimeError(
-            f"could not build image {name}: tar exited {tar_rc}, docker import exited "
-            f"{result.returncode}: {result.stderr.strip()}"
-        )
+        _import_rootfs(root, name, ["ENV PATH=/bin", f"LABEL {CONTENT_LABEL}={digest}"])
     return name
 
 

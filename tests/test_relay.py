@@ -504,30 +504,14 @@ def test_closing_either_side_leaves_nothing_open(dlab):
     wait_idle(dlab)
 
 
-UDP_ECHO = ("import socket, sys\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "s.bind(('0.0.0.0', 5353))\n"
-            "print('ready', flush=True)\n"
-            "while True:\n"
-            "    data, peer = s.recvfrom(65535)\n"
-            "    s.sendto(b'echo:' + data, peer)\n")
-
-
 @pytest.fixture
 def udp_echo(dlab, docker_client):
     """A UDP echo server on port 5353 inside the web task's container's network namespace
     (this machine's python, entered with nsenter: busybox has no UDP server)."""
     runner = dlab.cluster.runners["n1"]
     container = dlab.cluster.call_soon(lambda: runner.backends["docker"].container_of(dlab.web))
-    pid = docker_client.api.inspect_container(container)["State"]["Pid"]
-    server = subprocess.Popen(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", UDP_ECHO],
-                              stdout=subprocess.PIPE)
-    try:
-        assert server.stdout.readline() == b"ready\n"
-        yield 5353
-    finally:
-        server.kill()
-        server.wait()
+    with udp_echo_in(docker_client, container) as port:
+        yield port
 
 
 def test_udp_datagrams_are_framed_both_ways(dlab, udp_echo):

@@ -352,15 +352,6 @@ def test_forward_reaches_an_http_server_in_the_container(rc, home):
     assert proc.returncode == 0, err
 
 
-UDP_ECHO = ("import socket\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "s.bind(('0.0.0.0', 5353))\n"
-            "print('ready', flush=True)\n"
-            "while True:\n"
-            "    data, peer = s.recvfrom(65535)\n"
-            "    s.sendto(b'echo:' + data, peer)\n")
-
-
 @pytest.fixture
 def udp_echo_task(rc, docker_client):
     """A running task with a UDP echo server on port 5353 in its container's network
@@ -369,15 +360,8 @@ def udp_echo_task(rc, docker_client):
     [runner] = {path.read_text().strip() for path in rc.root.rglob("runner-id")}
     [container] = docker_client.api.containers(filters={"label": [
         f"zriver.task={task_id}", f"zriver.runner={runner}"]})  # other tests share the daemon
-    pid = docker_client.api.inspect_container(container["Id"])["State"]["Pid"]
-    server = subprocess.Popen(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", UDP_ECHO],
-                              stdout=subprocess.PIPE)
-    try:
-        assert server.stdout.readline() == b"ready\n"
+    with udp_echo_in(docker_client, container["Id"]):
         yield task_id
-    finally:
-        server.kill()
-        server.wait()
 
 
 @pytest.mark.docker
