@@ -130,9 +130,9 @@ class Setup:
         if "ready" not in served:
             raise BenchError(f"the servers did not start: {served}")
         self.ip = self._container_ip()
-        relay = self.lab.host.endpoints["relay"]
-        self.relay_port = int(relay["port"])
-        self.ssh_config = self._ssh_config(relay["host_key"])
+        endpoints = self.lab.host.endpoints  # endpoints.json
+        self.relay_port = int(endpoints["relay"].rsplit(":", 1)[1])
+        self.ssh_config = self._ssh_config(endpoints["relay_host_key"])
 
     def _key(self) -> None:
         ssh = self.home / ".ssh"

@@ -267,14 +267,8 @@ class HostProcess(RoleProcess):
         """The ports this host actually bound (to restart a host on the same ones)."""
         names = {"router": "router", "xsub": "xsub", "xpub": "xpub", "streams": "stream",
                  "relay": "relay"}
-        ports = {}
-        for key, name in names.items():
-            value = self.endpoints.get(key)
-            if isinstance(value, dict):  # endpoints.json's relay: {"port", "host_key"}
-                ports[f"{name}_port"] = int(value["port"])
-            elif isinstance(value, str):
-                ports[f"{name}_port"] = int(value.rsplit(":", 1)[1])
-        return ports
+        return {f"{name}_port": int(self.endpoints[key].rsplit(":", 1)[1])
+                for key, name in names.items() if key in self.endpoints}
 
     def _read_endpoints(self) -> dict[str, Any] | None:
         self.check_alive()

@@ -205,7 +205,8 @@ def test_host_stop_removes_endpoints_json_only_when_it_is_its_own(tmp_path: Path
         await host.start()
         written = json.loads(path.read_text())
         assert written == {**host.endpoints, "pid": os.getpid(), "security": "curve",
-                           "host_key": host.server_keys.public}
+                           "host_key": host.server_keys.public,
+                           "relay_host_key": host.relay.host_key}
         if replace_with is not None:
             path.write_text(json.dumps({**host.endpoints, **replace_with}))
         await host.stop()

@@ -100,7 +100,7 @@ def one_life(settings: HostSettings) -> dict:
             endpoints = json.loads((host.data_dir / "endpoints.json").read_text())
             return {"endpoint": host.endpoints.get("relay"),
                     "hello": host.core.hello_info.get("relay"),
-                    "file": endpoints.get("relay")}
+                    "file": (endpoints.get("relay"), endpoints.get("relay_host_key"))}
         finally:
             await host.stop()
 
@@ -114,14 +114,15 @@ def test_the_host_key_is_made_once_and_kept(tmp_path):
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     public = asyncssh.read_private_key(str(key_file)).export_public_key().decode().split()[:2]
     for life in (first, second):
-        assert life["hello"]["host_key"] == " ".join(public) and life["file"] == life["hello"]
+        assert life["hello"]["host_key"] == " ".join(public) and life["file"] == (
+            life["endpoint"], life["hello"]["host_key"])
         assert life["endpoint"] == f"127.0.0.1:{life['hello']['port']}"
         assert life["hello"]["host_key"].startswith("ssh-ed25519 AAAA")
 
 
 def test_relay_port_minus_one_is_off(tmp_path):
     life = one_life(host_settings(tmp_path, relay_port=-1))
-    assert life == {"endpoint": None, "hello": None, "file": None}
+    assert life == {"endpoint": None, "hello": None, "file": (None, None)}
     assert not (tmp_path / "relay").exists()
 
 

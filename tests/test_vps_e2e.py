@@ -123,9 +123,9 @@ def test_create_then_zriver_ssh(story):
 
 def test_stock_openssh_jump_and_ssh_config(story):
     row = story.row()
-    relay = story.lab.host.endpoints["relay"]  # endpoints.json: {"port", "host_key"}
+    port = story.lab.host.endpoints["relay"].rsplit(":", 1)[1]  # from endpoints.json
     known = story.home / ".ssh" / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{relay['port']} {relay['host_key']}\n"
+    known.write_text(f"[127.0.0.1]:{port} {story.lab.host.endpoints['relay_host_key']}\n"
                      f"vps-{story.vps} {row['host_key']}\n")
     # OpenSSH reads the passwd entry's home, not $HOME, and -o does not reach the jump hop:
     # a plain config for both hops stands in for the person's own ~/.ssh.
@@ -133,7 +133,7 @@ def test_stock_openssh_jump_and_ssh_config(story):
     plain_config.write_text(f"Host *\n  UserKnownHostsFile {known}\n  IdentityFile "
                             f"{story.home / '.ssh' / 'id_ed25519'}\n  BatchMode yes\n")
     jump = subprocess.run(["ssh", "-F", str(plain_config), "-J",
-                           f"zriver@127.0.0.1:{relay['port']}", f"root@vps-{story.vps}",
+                           f"zriver@127.0.0.1:{port}", f"root@vps-{story.vps}",
                            "cat /root/marker"],
                           capture_output=True, text=True, env=story.env, timeout=CLI_TIMEOUT)
     assert (jump.returncode, jump.stdout) == (0, "kept\n"), jump.stderr

@@ -7,8 +7,8 @@ Every channel becomes a byte stream to the task's runner (``host.streams``, brid
 untouched: the server has no encoding and no line editor.
 
 Host key: ed25519, generated once at ``<data_dir>/relay/ssh_host_ed25519_key`` (0600, in a
-0700 directory) and kept; its public half is in ``cluster.hello`` and endpoints.json
-(``"relay": {"port", "host_key"}``) so clients pin it and never prompt.
+0700 directory) and kept; its public half is in ``cluster.hello`` (``"relay": {"port",
+"host_key"}``) and endpoints.json (``"relay_host_key"``) so clients pin it and never prompt.
 
 Authentication: public keys only. A key is the principal it is registered to
 (``host.ssh_keys``, ``zriver ssh-key add``), with that principal's role from the key table
@@ -134,7 +134,7 @@ class Relay:
 
     @property
     def info(self) -> dict[str, Any]:
-        """What ``cluster.hello`` and endpoints.json say about the relay."""
+        """What ``cluster.hello`` says about the relay."""
         return {"port": self.port, "host_key": self.host_key}
 
     # ---- who -----------------------------------------------------------------------------

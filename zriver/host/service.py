@@ -212,7 +212,7 @@ class Host:
         """Let clients on this machine find the host with no flags (atomic rename)."""
         path = self.data_dir / "endpoints.json"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        relay = {"relay": self.relay.info} if self.relay is not None else {}
+        relay = {"relay_host_key": self.relay.host_key} if self.relay is not None else {}
         tmp.write_text(json.dumps({**self.endpoints, **relay, "pid": os.getpid(),
                                    "security": self.settings.security,
                                    "host_key": self.server_keys.public if self.secure else ""}))
