@@ -30,7 +30,7 @@ import zmq
 
 from zriver.host.zap import Authenticator
 from zriver.keys import ClientKeys, ServerKeys
-from zriver.roles import new_loop
+from zriver.eventloop import new_loop
 from zriver.wire import Wire, recv_frames, recv_frames_user
 
 PAYLOAD = b"x" * 120

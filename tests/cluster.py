@@ -22,7 +22,8 @@ from zriver import keys as keyfiles
 from zriver.client.api import Client
 from zriver.config import HostSettings, RunnerSettings
 from zriver.host.service import Host
-from zriver.roles import new_loop, runner_for
+from zriver.eventloop import new_loop
+from zriver.roles import runner_for
 from zriver.runner.agent import Runner
 
 

@@ -32,7 +32,7 @@ from zriver.host.zap import Authenticator
 from zriver.keys import ClientKeys, ServerKeys
 from zriver.principal import Principal
 from zriver.protocol import decode, encode_ok
-from zriver.roles import new_loop
+from zriver.eventloop import new_loop
 from zriver.wire import Channel, Wire
 
 WAIT_MS = 10_000

@@ -29,7 +29,7 @@ from zriver import dirlock
 from zriver.client.api import Client
 from zriver.config import HostSettings
 from zriver.host.service import Host
-from zriver.roles import run
+from zriver.eventloop import run
 
 pytestmark = [pytest.mark.timeout(90)]
 

@@ -10,7 +10,6 @@ import os
 import stat
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncssh

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import signal
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -150,22 +149,3 @@ async def _serve_both(host_settings: HostSettings, runner_settings: RunnerSettin
         await host.stop()
 
     await _until_signalled(started, stopping)
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop of the kind every role runs on: uvloop when installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def run(coro) -> None:
-    """Run ``coro`` on the loop ``new_loop`` makes (uvloop when installed)."""
-    if sys.version_info < (3, 11):  # pragma: no cover - no asyncio.Runner before 3.11
-        asyncio.set_event_loop(new_loop())
-        asyncio.get_event_loop().run_until_complete(coro)
-        return
-    with asyncio.Runner(loop_factory=new_loop) as runner:
-        runner.run(coro)

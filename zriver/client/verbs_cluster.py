@@ -100,7 +100,8 @@ def health(ctx: Context, args) -> int:
 )
 def up(ctx: Context, args) -> int:
     """Start a host and a runner in one process on 127.0.0.1, data under $ZRIVER_HOME."""
-    from zriver.roles import run, serve_both
+    from zriver.eventloop import run
+    from zriver.roles import serve_both
 
     host = cfg.load(None, cfg.HostSettings, "host.toml")
     # --port 0: every port ephemeral (the relay too); else PORT..PORT+3 and the relay's own
@@ -157,7 +158,8 @@ async def register_ssh_keys(ctx: Context, host) -> None:
          arg("--config", help="host.toml (default: $ZRIVER_HOME/host.toml when present)"),
          needs_cluster=False)
 def host(ctx: Context, args) -> int:
-    from zriver.roles import run, serve_host
+    from zriver.eventloop import run
+    from zriver.roles import serve_host
 
     run(serve_host(cfg.load(args.config, cfg.HostSettings, "host.toml")))
     return 0
@@ -172,7 +174,8 @@ def host(ctx: Context, args) -> int:
                   "node's keeper and the next start re-adopts them)"),
          needs_cluster=False)
 def runner(ctx: Context, args) -> int:
-    from zriver.roles import run, serve_runner
+    from zriver.eventloop import run
+    from zriver.roles import serve_runner
 
     settings = cfg.load(args.config, cfg.RunnerSettings, "runner.toml")
     if args.name:

@@ -33,6 +33,7 @@ from zriver.client.registry import Context, arg, command
 from zriver.client.terminal import LOST, remote_command, run_session, want_tty
 from zriver.client.verbs_vps import RUNNING, find_vps, refresh_known_hosts, vps_rows
 from zriver.config import zriver_home
+from zriver.eventloop import run
 from zriver.errors import InvalidArgument
 
 TASK_REF = arg("id", metavar="ID", complete="task",
@@ -81,7 +82,7 @@ def run_remote(ctx: Context, session) -> int:
     that breaks on the way (the host restarting, the network) is said on stderr and gives
     255, as OpenSSH does."""
     try:
-        return asyncio.run(session)
+        return run(session)  # uvloop, as the roles
     except (asyncssh.Error, ConnectionError) as exc:
         reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
         ctx.err.write(f"zriver: the connection through the relay was lost: {reason}\n")
