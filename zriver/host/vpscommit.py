@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from zriver.errors import Unavailable
+from zriver.host.effects import Request
 from zriver.host.streamhub import StreamError
 
 log = structlog.get_logger("zriver.host")
@@ -40,6 +41,8 @@ async def commit_vps(host: Any, principal: Any, task_id: int, env: str) -> dict:
     caller (``vps.commit``) has checked that the VPS is running and the principal may act on
     it."""
     envs = _envs(host)
+    if envs.records.env(env) is not None:  # refused before anything is transferred
+        envs._own_env(Request(principal), env, "commit into")
     task = host.tasks[task_id]
     folder = Path(host.settings.data_dir) / "uploads"
     path = folder / f"vps-{task_id}-{secrets.token_hex(6)}.tar"
