@@ -34,7 +34,7 @@ class Cluster:
                  host: dict[str, Any] | None = None) -> None:
         self.root = root
         defaults = {"data_dir": str(root / "host"), "router_port": 0, "xsub_port": 0,
-                    "xpub_port": 0, "stream_port": 0, "relay_port": 0, "heartbeat_interval": 0.2, "heartbeat_misses": 3}
+                    "xpub_port": 0, "stream_port": 0, "relay_port": 0, "web_port": 0, "heartbeat_interval": 0.2, "heartbeat_misses": 3}
         self.host_settings = HostSettings(**{**defaults, **(host or {})})
         self.runner_specs = runners if runners is not None else {"n1": {}}
         self.loop = new_loop()

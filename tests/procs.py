@@ -333,7 +333,7 @@ class Cluster:
         """Start a host on ``base/host`` (ports 0 unless given) and wait until it answers."""
         settings = {"data_dir": str(self.home), "bind_address": "127.0.0.1", "router_port": 0,
                     "xsub_port": 0, "xpub_port": 0, "stream_port": 0, "relay_port": 0,
-                    **settings}
+                    "web_port": 0, **settings}
         config = write_config(self.base / "config" / "host.toml", settings)
         host = HostProcess(self.home, settings, role="host", name="host", config=config,
                            log=self._log("host", "host"), env=self.env, cwd=self.base)

@@ -65,7 +65,7 @@ def test_rlimit_fallback_limits_address_space(monkeypatch):
 
 
 def test_log_json_gives_one_object_per_line(tmp_path):
-    (tmp_path / "host.toml").write_text("router_port = 0\nxsub_port = 0\nxpub_port = 0\nstream_port = 0\nrelay_port = 0\n"
+    (tmp_path / "host.toml").write_text("router_port = 0\nxsub_port = 0\nxpub_port = 0\nstream_port = 0\nrelay_port = 0\nweb_port = 0\n"
                                         f"data_dir = \"{tmp_path}\"\n")
     proc = subprocess.Popen([sys.executable, "-m", "zriver", "--log-json", "host", "--config",
                              str(tmp_path / "host.toml")], stderr=subprocess.PIPE, text=True,

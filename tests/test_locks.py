@@ -197,7 +197,7 @@ def test_a_sigkilled_holder_leaves_a_stale_file_that_does_not_block(tmp_path: Pa
 
 def test_host_stop_removes_endpoints_json_only_when_it_is_its_own(tmp_path: Path) -> None:
     settings = HostSettings(data_dir=str(tmp_path), router_port=0, xsub_port=0, xpub_port=0,
-                            stream_port=0, relay_port=0)
+                            stream_port=0, relay_port=0, web_port=0)
     path = tmp_path / "endpoints.json"
 
     async def start_stop(replace_with: dict | None) -> None:

@@ -28,6 +28,7 @@ DEFAULT_XSUB_PORT = 8621
 DEFAULT_XPUB_PORT = 8622
 DEFAULT_STREAM_PORT = 8623
 DEFAULT_RELAY_PORT = 2222
+DEFAULT_WEB_PORT = 8624
 SECURITY_MODES = ("curve", "none")
 
 
@@ -49,6 +50,8 @@ class HostSettings:
     """Byte streams to runners (shells, forwards): runners dial it, the host opens streams."""
     relay_port: int = DEFAULT_RELAY_PORT
     """The SSH relay (jump host, ``zriver ssh/connect/forward``); -1 turns it off."""
+    web_port: int = DEFAULT_WEB_PORT
+    """The dashboard and the HTTP API (always behind a login); -1 turns it off."""
     heartbeat_interval: float = 2.0
     heartbeat_misses: int = 3
     shared_dir: str = ""
@@ -213,6 +216,7 @@ router_port = {DEFAULT_ROUTER_PORT}   # requests, replies and host->runner comma
 xsub_port = {DEFAULT_XSUB_PORT}     # runners publish heartbeats and log chunks here
 xpub_port = {DEFAULT_XPUB_PORT}     # clients subscribe to events and live logs here
 stream_port = {DEFAULT_STREAM_PORT}   # runners dial it for byte streams (shells, port forwards)
+web_port = {DEFAULT_WEB_PORT}      # the dashboard and HTTP API, behind a login (-1: off)
 relay_port = {DEFAULT_RELAY_PORT}    # the SSH relay: ssh -J zriver@HOST:{DEFAULT_RELAY_PORT}, zriver ssh/connect/forward (-1: off)
 
 # A node silent for heartbeat_interval x heartbeat_misses (its lease) is "unreachable": its
