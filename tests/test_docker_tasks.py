@@ -24,8 +24,14 @@ def make_env(cluster, name: str = "bb", image: str = "zriver-test-busybox", comm
     return reply["version"]["version"] if commit else ""
 
 
-def containers_of(client, task_id: int) -> list[dict]:
-    return client.api.containers(all=True, filters={"label": f"zriver.task={task_id}"})
+def containers_of(client, task_id: int, cluster=None, node: str = "n1") -> list[dict]:
+    """The containers of ``task_id``: those of ``cluster``'s runner ``node`` when given (other
+    test sessions may share the Docker daemon, with the same task ids)."""
+    labels = [f"zriver.task={task_id}"]
+    runner_id = cluster.root / node / "runner-id" if cluster is not None else None
+    if runner_id is not None and runner_id.exists():
+        labels.append(f"zriver.runner={runner_id.read_text().strip()}")
+    return client.api.containers(all=True, filters={"label": labels})
 
 
 def test_output_env_mounts_and_removal(dcluster, docker_client, tmp_path):
@@ -57,7 +63,7 @@ def test_output_env_mounts_and_removal(dcluster, docker_client, tmp_path):
         "task.get", {"id": task_id})["events"][2]["detail"]
     wait_docker_event(docker_client, "destroy", since=task["started_at"] - 1,
                       label=[f"zriver.task={task_id}"])
-    assert containers_of(docker_client, task_id) == []
+    assert containers_of(docker_client, task_id, cluster) == []
 
 
 def test_limits_are_really_applied(dcluster, docker_client):
@@ -136,7 +142,7 @@ def test_pause_resume_and_kill(dcluster, docker_client):
     client = cluster.client()
     client.call("task.pause", {"id": task_id})
     wait_docker_event(docker_client, "pause", since, label=label)
-    [container] = containers_of(docker_client, task_id)
+    [container] = containers_of(docker_client, task_id, cluster)
     assert docker_client.api.inspect_container(container["Id"])["State"]["Paused"]
     client.call("task.resume", {"id": task_id})
     unpaused = wait_docker_event(docker_client, "unpause", since, label=label)["timeNano"]
@@ -203,7 +209,7 @@ def test_runner_restart_reattaches_to_running_containers(dcluster, docker_client
     cluster.wait_state(task_id, {"running"})
     assert cluster.log(task_id) in (b"", b"before\n")
     cluster.stop_runner("n1", kill_tasks=False)
-    [container] = containers_of(docker_client, task_id)
+    [container] = containers_of(docker_client, task_id, cluster)
     assert container["State"] == "running"  # the runner left; its container did not
     runner = cluster.start_runner("n1", **cluster.runner_specs["n1"])
     assert task_id in runner.running()
@@ -241,7 +247,7 @@ def test_host_restart_never_stops_a_container(dcluster, docker_client):
     cluster.wait_state(task_id, {"running"})
     ports = {k: port_of(v) for k, v in cluster.host.endpoints.items()}
     cluster.run(cluster.host.stop)
-    [container] = containers_of(docker_client, task_id)
+    [container] = containers_of(docker_client, task_id, cluster)
     assert container["State"] == "running"
     cluster.host_settings = replace(cluster.host_settings, router_port=ports["router"],
                                     xsub_port=ports["xsub"], xpub_port=ports["xpub"])
