@@ -48,6 +48,7 @@ from zriver.host.followers import Followers
 from zriver.host.keytable import Keys
 from zriver.host.relay import Relay
 from zriver.host.sshkeys import SshKeys
+from zriver.host.tokens import Tokens
 from zriver.host.streamhub import StreamHub
 from zriver.host.vps import Vps
 from zriver.host.zap import Authenticator
@@ -83,8 +84,10 @@ class Host:
         self.secure = self.settings.security != "none"
         self.keys = Keys(bootstrap)
         self.ssh_keys = SshKeys()
+        self.tokens = Tokens()
+        """Web API tokens (``zriver.host.tokens``): ``principal_for(secret)``."""
         self.vps = Vps()
-        self.extensions = [self.keys, self.ssh_keys, self.vps] + (
+        self.extensions = [self.keys, self.ssh_keys, self.tokens, self.vps] + (
             extensions if extensions is not None else [Environments(self.settings)])
         self.ops = OpTable()
         register_core_ops(self.ops)
