@@ -49,7 +49,7 @@ import structlog
 from zriver.errors import Conflict, Forbidden, NotFound, Unavailable, ZriverError
 from zriver.host.handlers import check_owner
 from zriver.host.model import LiveTask
-from zriver.host.sshbridge import SessionBridge, TcpBridge, UdpBridge
+from zriver.host.sshbridge import SessionBridge, TcpBridge, Traffic, UdpBridge
 from zriver.principal import ADMIN, PEOPLE, Principal
 
 log = structlog.get_logger("zriver.relay")
@@ -104,6 +104,8 @@ class Relay:
         """The public host key, ``ssh-ed25519 AAAA...``."""
         self.port = 0
         self.connections: set["RelayConnection"] = set()
+        self.traffic = Traffic()
+        """Streams and bytes its bridges moved (``zriver.host.sshbridge.Traffic``)."""
         self._server: Any = None
 
     async def start(self, address: str, port: int) -> str:

@@ -45,7 +45,9 @@ from zriver.host.effects import (ArmTimer, CallService, CancelTimer, Command, No
                                  ReadLog, Refuse, Reply, Request, TaskEvent, Write)
 from zriver.host.envs import Environments
 from zriver.host.followers import Followers
+from zriver.host.history import History
 from zriver.host.keytable import Keys
+from zriver.host.latency import Latency
 from zriver.host.relay import Relay
 from zriver.host.sshkeys import SshKeys
 from zriver.host.tokens import Tokens
@@ -87,7 +89,10 @@ class Host:
         self.tokens = Tokens()
         """Web API tokens (``zriver.host.tokens``): ``principal_for(secret)``."""
         self.vps = Vps()
-        self.extensions = [self.keys, self.ssh_keys, self.tokens, self.vps] + (
+        self.history = History()
+        """Cluster usage samples (``zriver.host.history``): ``usage.history``."""
+        self.extensions = [self.keys, self.ssh_keys, self.tokens, self.vps,
+                           self.history] + (
             extensions if extensions is not None else [Environments(self.settings)])
         self.ops = OpTable()
         register_core_ops(self.ops)
@@ -95,6 +100,8 @@ class Host:
         for extension in self.extensions:
             extension.register(self.ops)
         self.migrations = CORE_MIGRATIONS + [m for e in self.extensions for m in e.migrations]
+        self.latency = Latency(self.ops)
+        """Request and dispatch latency histograms (``zriver.host.latency``), for metrics."""
         self.bus = EventBus()
         self.followers = Followers()
         self.core: HostCore | None = None
@@ -285,6 +292,7 @@ class Host:
     def _handle(self, request: Request, op: str, body: dict[str, Any],
                 current: Now | None = None) -> None:
         """Run one request inside its own SAVEPOINT of the tick's transaction."""
+        self.latency.begin(request, op)
         self.begin()
         self.store.write_pending()  # what is pending now belongs to earlier, successful requests
         try:
@@ -489,6 +497,7 @@ class Host:
 
     # ---- sending -----------------------------------------------------------------------
     def reply(self, request: Request, body: dict[str, Any] | None) -> None:
+        self.latency.answered(request)
         if request.future is not None:
             self._answers.append((request.future, body or {}, None))
         elif request.principal.role == RUNNER:  # its ack may carry this tick's commands
@@ -498,6 +507,7 @@ class Host:
         self.schedule_flush()
 
     def reply_error(self, request: Request, code: str, msg: str) -> None:
+        self.latency.answered(request)
         if request.future is not None:
             self._answers.append((request.future, None, error_from_reply(code, msg)))
         else:
@@ -599,6 +609,7 @@ class Host:
         for future, body, error in answers:
             if not future.done():
                 future.set_exception(error) if error is not None else future.set_result(body)
+        self.latency.sent(events.values())
 
     def _commit_failed(self, exc: apsw.Error) -> None:
         """The tick's transaction could not be written (disk full, read-only store): roll it

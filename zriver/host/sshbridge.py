@@ -14,6 +14,9 @@ encoding):
 
 Only that channel and that stream wait: every other channel of the relay flows on.
 
+Counting: each bridge adds to its relay's ``Traffic`` (``relay.traffic``, read by
+``/metrics``): streams opened and open now, bytes in (client -> runner) and out.
+
 Lifetime: a bridge counts as one open stream to its task (``host.vps.touch(task, +1)`` when
 it begins, ``-1`` exactly once when it ends). The channel closing closes the stream
 (``stream.close``), and the stream ending (its CLOSE) ends the channel: a TCP channel is
@@ -47,6 +50,17 @@ MAX_DATAGRAM = 0xFFFF
 """The largest datagram the 2-byte framing carries."""
 NO_EXIT_CODE = 255
 """A session's exit status when the stream ended without one (the runner went away)."""
+
+
+class Traffic:
+    """What a relay's bridges moved since the host started: ``opened`` streams, ``open`` now,
+    ``bytes_in`` (SSH client -> runner) and ``bytes_out`` (runner -> SSH client)."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.open = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
 
 class Bridge:
@@ -106,6 +120,8 @@ class Bridge:
         one stream to the task meanwhile."""
         self.task_id, self.stream = task_id, stream
         self.relay.host.vps.touch(task_id, +1)
+        self.relay.traffic.opened += 1
+        self.relay.traffic.open += 1
         self._released = False
         if self._lost:  # the channel went while the stream was opening
             self.close("the SSH channel was closed")
@@ -133,6 +149,7 @@ class Bridge:
         if not self._released:
             self._released = True
             self.relay.host.vps.touch(self.task_id, -1)
+            self.relay.traffic.open -= 1
 
     async def _run(self) -> None:
         jobs = [asyncio.ensure_future(self._upstream())]
@@ -169,6 +186,7 @@ class Bridge:
                     return
                 data = self._queue.popleft()
                 await self.stream.write(data)
+                self.relay.traffic.bytes_in += len(data)
                 self._queued -= len(data)
                 if self._reading_paused and self._queued <= LOW_WATER and not self._lost:
                     self._reading_paused = False
@@ -184,6 +202,7 @@ class Bridge:
             if self._lost:
                 return
             write(data)
+            self.relay.traffic.bytes_out += len(data)
         self._ended_output()
 
     def _enqueue(self, data: bytes) -> None:
