@@ -34,6 +34,7 @@ done
     --specpath "$WORK" \
     "${exclude_args[@]}" \
     --collect-submodules zriver \
+    --add-data "$PWD/zriver/web/static:zriver/web/static" \
     --hidden-import uvloop \
     --hidden-import zmq.backend.cython \
     "$PWD/pyinstaller/zriver_entry.py"

@@ -124,6 +124,9 @@ class Host:
         self.zap: Authenticator | None = None
         self.relay: Relay | None = None
         """The SSH relay (``zriver.host.relay``) while started; ``None`` with relay_port -1."""
+        self.web: Any = None
+        """The web front end (``zriver.web.server.WebServer``) while started; ``None`` with
+        web_port -1."""
         self.streams = StreamHub(self)
         """Byte streams to runners (``zriver.host.streamhub``), bound by ``start``."""
 
@@ -177,6 +180,7 @@ class Host:
         self.xpub = Channel(xpub, lambda frames: None, lossy=True)
         self.xsub = Channel(xsub, self._on_published, self.flush, with_user=self.secure)
         await self._start_relay(addr)
+        await self._start_web(addr)
         self._write_endpoints()
         self._loops.append(asyncio.ensure_future(self._liveness_loop()))
         log.info("host.started", endpoints=self.endpoints, tasks=len(self.core.tasks),
@@ -194,7 +198,19 @@ class Host:
         self.endpoints["relay"] = await self.relay.start(addr, self.settings.relay_port)
         self.core.hello_info["relay"] = self.relay.info
 
+    async def _start_web(self, addr: str) -> None:
+        """Start the dashboard and HTTP API unless ``web_port`` is -1; hello says its port."""
+        if self.settings.web_port == -1:
+            return
+        from zriver.web.server import WebServer  # aiohttp: only where the web is on
+
+        self.web = WebServer(self)
+        self.endpoints["web"] = await self.web.start(addr, self.settings.web_port)
+        self.core.hello_info["web"] = {"port": self.web.port}
+
     async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
         if self.relay is not None:
             await self.relay.stop()
         for task in self._loops:

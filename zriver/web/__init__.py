@@ -1,0 +1,1 @@
+"""The web front end of the host: the dashboard page, the HTTP API, metrics."""
