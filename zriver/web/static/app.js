@@ -210,7 +210,47 @@ function show(view) {
 // ---- overview ---------------------------------------------------------------------------
 async function loadOverview() {
   await refreshNodes();
-  await refreshCounts();
+  await Promise.all([refreshCounts(), refreshChart()]);
+}
+
+/** The usage history (``usage.history``), drawn as one line per resource. */
+async function refreshChart() {
+  const range = Number($("#ov-range").value);
+  const step = range <= 21600 ? 60 : range <= 172800 ? 900 : 3 * 3600;
+  let reply;
+  try {
+    reply = await api("POST", "/api/v1/ops/usage.history", {since: Date.now() / 1000 - range, step});
+  } catch (error) {
+    $("#ov-chart-info").textContent = `no history: ${error.message}`;
+    return;
+  }
+  renderChart(reply.samples || [], range);
+}
+
+function renderChart(samples, range) {
+  const svg = $("#ov-chart");
+  const width = 600, height = 160, end = Date.now() / 1000, start = end - range;
+  const x = (at) => ((at - start) / range) * width;
+  const y = (used, total) => height - (total > 0 ? (used / total) : 0) * (height - 4) - 2;
+  const ns = "http://www.w3.org/2000/svg";
+  const lines = [["cores", "cores_used", "cores_total"], ["memory", "memory_used", "memory_total"],
+                 ["gpus", "gpus_used", "gpus_total"]];
+  svg.replaceChildren();
+  for (const level of [0.25, 0.5, 0.75]) {
+    const grid = document.createElementNS(ns, "line");
+    Object.entries({x1: 0, x2: width, y1: y(level, 1), y2: y(level, 1), class: "grid-line"})
+      .forEach(([k, v]) => grid.setAttribute(k, v));
+    svg.append(grid);
+  }
+  for (const [name, used, total] of lines) {
+    if (!samples.some((s) => s[total] > 0)) continue;
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("class", `line-${name}`);
+    line.setAttribute("points", samples.map((s) => `${x(s.at).toFixed(1)},${y(s[used], s[total]).toFixed(1)}`).join(" "));
+    svg.append(line);
+  }
+  $("#ov-chart-info").textContent = samples.length
+    ? `${samples.length} samples since ${when(samples[0].at)}` : "no samples yet (one a minute)";
 }
 
 function renderOverview() {
@@ -396,6 +436,7 @@ function onTaskEvent(body) {
   }
   if (app.detail && app.detail.id === body.id) coalesce("detail", refreshDetail, 50);
   coalesce("counts", () => refreshCounts().catch(() => {}), 500);
+  if (app.view === "overview") coalesce("chart", () => refreshChart().catch(() => {}), 5000);
   coalesce("nodes", () => refreshNodes().catch(() => {}), 300);
   if (app.view === "vps") coalesce("vps", () => refreshVps().catch(() => {}), 300);
 }
@@ -623,6 +664,7 @@ function taskSpecFromForm(form) {
     ...backendFields(form.backend.value, form.container.value),
   };
   if (form.env_version.value.trim()) spec.env_version = form.env_version.value.trim();
+  if (form.workdir.value.trim()) spec.workdir = form.workdir.value.trim();
   if (isAdmin() && form.user.value.trim()) spec.user = form.user.value.trim();
   return spec;
 }
@@ -755,7 +797,7 @@ function openTerminal(id) {
   box.replaceChildren();
   const term = new window.Terminal({cols: 100, rows: 28, convertEol: false, cursorBlink: true});
   term.open(box);
-  const ws = new WebSocket(wsUrl(`/api/v1/terminal/${id}`));
+  const ws = new WebSocket(wsUrl(`/api/v1/terminal/${id}${query({cols: term.cols, rows: term.rows})}`));
   ws.binaryType = "arraybuffer";
   const encoder = new TextEncoder();
   app.terminal = {ws, term, id};
@@ -775,7 +817,11 @@ function openTerminal(id) {
       term.write(new Uint8Array(message.data));
     }
   };
-  ws.onclose = () => { $("#term-status").textContent = "closed"; };
+  ws.onclose = (event) => {
+    const why = event.reason || (event.code === 1000 ? "" : `code ${event.code}`);
+    $("#term-status").textContent = why ? `closed (${why})` : "closed";
+    if (why) term.write(`\r\n[${why}]\r\n`);
+  };
   term.onData((data) => { if (ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data)); });
   term.onResize(({cols, rows}) => {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({resize: [cols, rows]}));
@@ -876,6 +922,7 @@ function wire() {
   });
   const stateSelect = $("#task-filter select[name=state]");
   STATES.forEach((s) => stateSelect.append(el("option", {value: s}, s)));
+  $("#ov-range").addEventListener("change", () => refreshChart());
   $("#task-filter").addEventListener("submit", (e) => { e.preventDefault(); pageNewest(); });
   $("#page-older").addEventListener("click", pageOlder);
   $("#page-newer").addEventListener("click", pageNewer);

@@ -1,0 +1,286 @@
+"""The dashboard page end to end in real headless Chromium (Debian's ``chromium``, driven by
+Playwright's Python package with ``executable_path``; no ``playwright install``), on an
+in-process cluster: sign in with a token, load every view, submit a task from the form, see it
+appear and change state on the page without a reload, watch its output arrive live, kill it.
+
+A screenshot of every view goes to one folder, ``$ZRIVER_ARTIFACTS/web-page`` when that is
+set (CI keeps it), else a temporary one; the test prints where. Under ``CI=true`` a missing
+chromium or Playwright fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from docker_fixtures import *  # noqa: F401,F403  (fixtures)
+from procs import ADMIN
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT_MS = 20_000
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        _missing("no chromium on PATH (tests/run.sh installs Debian's chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _missing("no playwright (pip install -e '.[test]')")
+    return path
+
+
+@pytest.fixture
+def screenshots(tmp_path_factory, capsys) -> Path:
+    """The folder for the screenshots, printed so a person (or CI) finds it."""
+    root = os.environ.get("ZRIVER_ARTIFACTS")
+    folder = Path(root) / "web-page" if root else tmp_path_factory.mktemp("web-page")
+    folder.mkdir(parents=True, exist_ok=True)
+    yield folder
+    with capsys.disabled():
+        print(f"\n[test_web_page] screenshots of every view: {folder}")
+
+
+@pytest.fixture
+def browser(chromium_path, monkeypatch):
+    """A headless Chromium whose temporary files stay in one folder, removed afterwards (a
+    short path: Chromium's singleton socket path must fit a Unix socket address, which a
+    pytest ``tmp_path`` may not)."""
+    from playwright.sync_api import sync_playwright
+
+    scratch = tempfile.mkdtemp(prefix="zriver-web-")
+    monkeypatch.setenv("TMPDIR", scratch)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium_path,
+                                                 args=CHROMIUM_ARGS,
+                                                 env={**os.environ, "TMPDIR": scratch})
+            try:
+                yield browser
+            finally:
+                browser.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def admin_token(cluster) -> str:
+    """A token for the cluster's admin (its principal: the admin who made it)."""
+    return cluster.client().call("token.create", {"name": "web-admin", "role": "admin"})["token"]
+
+
+@pytest.fixture
+def sign_in(browser):
+    """``sign_in(cluster)`` -> a page signed in to ``cluster``'s dashboard with an admin token.
+    Afterwards it fails the test on any error on the page, any request off the host, or a
+    reload (everything must update in place)."""
+    from playwright.sync_api import expect
+
+    opened = []
+
+    def open_page(cluster):
+        url = cluster.host.endpoints["web"].rstrip("/")
+        ws_url = url.replace("http://", "ws://", 1)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        expect.set_options(timeout=WAIT_MS)
+        errors: list[str] = []
+        foreign: list[str] = []
+        opened.append((context, page, errors, foreign))
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("request", lambda request: None if request.url.startswith((url, ws_url))
+                else foreign.append(request.url))
+        page.on("websocket", lambda ws: None if ws.url.startswith(ws_url)
+                else foreign.append(ws.url))
+        page.goto(url + "/")
+        expect(page.locator("#login-form")).to_be_visible()
+        page.fill("#login-token", admin_token(cluster))
+        page.click("#login-form button[type=submit]")
+        expect(page.locator("#whoami")).to_have_text(f"{ADMIN} (admin)")
+        expect(page.locator("#live")).to_have_text("live")
+        page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
+        return page
+
+    yield open_page
+    problems = []
+    for context, page, errors, foreign in opened:
+        try:
+            if not page.evaluate("window.__sameDocument === true"):
+                problems.append("the page reloaded")
+        finally:
+            context.close()
+        problems += [f"error on the page: {e}" for e in errors]
+        problems += [f"request off the host: {u}" for u in foreign]
+    assert not problems, problems
+
+
+def show_view(page, name: str) -> None:
+    from playwright.sync_api import expect
+
+    page.click(f"#tabs button[data-view={name}]")
+    expect(page.locator(f"#view-{name}")).to_be_visible()
+
+
+def test_dashboard_views_submit_follow_kill(make_cluster, sign_in, screenshots, tmp_path):
+    from playwright.sync_api import expect
+
+    cluster = make_cluster({"n1": {"cores": 2, "memory": "4G"}})
+    page = sign_in(cluster)
+
+    def view(name: str) -> None:
+        show_view(page, name)
+
+    # Overview: the one node is online, its cores are free.
+    view("overview")
+    expect(page.locator("#ov-nodes")).to_have_text("1 / 1")
+    expect(page.locator("#ov-cores")).to_have_text("0 / 2")
+    page.screenshot(path=str(screenshots / "overview.png"), full_page=True)
+
+    # Nodes: n1 online, with its heartbeat and the admin's drain button.
+    view("nodes")
+    row = page.locator("#nodes-table tr[data-node=n1]")
+    expect(row.locator(".node-state")).to_have_text("online")
+    expect(row.locator("td.heartbeat")).to_contain_text("ago")
+    page.screenshot(path=str(screenshots / "nodes.png"), full_page=True)
+    row.get_by_role("button", name="drain", exact=True).click()
+    expect(row.locator(".node-state")).to_have_text("online, drained")
+    assert cluster.client().call("node.list")["nodes"][0]["drained"]
+    row.get_by_role("button", name="undrain").click()
+    expect(row.locator(".node-state")).to_have_text("online")
+
+    # Tasks: empty so far.
+    view("tasks")
+    expect(page.locator("#tasks-table tbody")).to_contain_text("no tasks")
+    page.screenshot(path=str(screenshots / "tasks-empty.png"), full_page=True)
+
+    # VPS and envs load (none of either on this cluster).
+    view("vps")
+    expect(page.locator("#vps-table tbody")).to_contain_text("no VPS")
+    expect(page.locator("#view-vps")).to_contain_text("zriver ssh-config")
+    page.screenshot(path=str(screenshots / "vps.png"), full_page=True)
+    view("envs")
+    expect(page.locator("#envs-info")).to_contain_text("store")
+    page.screenshot(path=str(screenshots / "envs.png"), full_page=True)
+
+    # Submit a task from the form: it prints a line, waits for the gate the test opens once
+    # the page shows that line, prints another, then runs on until killed.
+    gate = tmp_path / "gate"
+    script = (f"echo line-one; while [ ! -e '{gate}' ]; do sleep 0.05; done; "
+              f"echo line-two; sleep 30")
+    view("submit")
+    form = page.locator("#submit-form")
+    form.locator("input[name=command]").fill(script)
+    form.locator("input[name=name]").fill("from-the-page")
+    form.locator("input[name=cores]").fill("1")
+    form.locator("input[name=memory]").fill("64M")
+    form.locator("input[name=user]").fill("root")  # the gate is in a root-only tmp dir
+    form.locator("textarea[name=environment]").fill("GREETING=hi")
+    expect(page.locator("#submit-preview")).to_contain_text('"sh","-c"')
+    page.screenshot(path=str(screenshots / "submit.png"), full_page=True)
+    form.locator("button[type=submit]").click()
+    link = page.locator("#submit-result a.task-link")
+    expect(link).to_be_visible()
+    task_id = int(link.get_attribute("data-task"))
+
+    # The host has it as the form said.
+    task = cluster.task(task_id)
+    assert task["name"] == "from-the-page" and task["owner"] == ADMIN, task
+    assert task["command"] == ["sh", "-c", script] and task["memory"] == 64 * 2**20, task
+    assert task["env"] == {"GREETING": "hi"}, task
+
+    # It appears in the tasks table and its details open; it runs; its first line shows.
+    link.click()
+    expect(page.locator("#view-tasks")).to_be_visible()
+    row = page.locator(f"#tasks-table tr[data-task='{task_id}']")
+    expect(row.locator(".task-state")).to_have_text("running")
+    expect(page.locator("#td-state")).to_have_text("running")
+    log = page.locator("#td-log")
+    expect(log).to_contain_text("line-one")
+    assert "line-two" not in log.inner_text()
+
+    # The second line exists only now: it reaches the page live, without a reload.
+    gate.touch()
+    expect(log).to_contain_text("line-two")
+    expect(page.locator("#td-history")).to_contain_text("running")
+    page.screenshot(path=str(screenshots / "task-detail.png"), full_page=True)
+
+    # Pause and resume it from the page.
+    page.click("#task-detail [data-task-action=pause]")
+    expect(page.locator("#td-state")).to_have_text("paused")
+    expect(row.locator(".task-state")).to_have_text("paused")
+    page.click("#task-detail [data-task-action=resume]")
+    expect(page.locator("#td-state")).to_have_text("running")
+
+    # Kill it from the page: the detail and the table row both turn killed, by events.
+    page.click("#task-detail [data-task-action=kill]")
+    expect(page.locator("#td-state")).to_have_text("killed")
+    expect(row.locator(".task-state")).to_have_text("killed")
+    expect(page.locator("#td-history")).to_contain_text("killed")
+    assert cluster.task(task_id)["state"] == "killed"
+    page.screenshot(path=str(screenshots / "task-killed.png"), full_page=True)
+
+    # The overview counts it, live.
+    view("overview")
+    expect(page.locator("#ov-states tr[data-state=killed] td.num")).to_have_text("1")
+    page.screenshot(path=str(screenshots / "overview-after.png"), full_page=True)
+
+
+@pytest.mark.docker
+def test_dashboard_terminal_into_a_container_task(dcluster, sign_in, screenshots):
+    """The envs view lists an env's versions; a container task submitted from the form with
+    that env gets a terminal in the page (xterm.js over /api/v1/terminal) that runs a
+    command; the shell's exit closes it; the task is killed from the page."""
+    from playwright.sync_api import expect
+
+    cluster = dcluster()
+    made = cluster.client(timeout=120).call("env.create", {
+        "name": "bb", "image": "zriver-test-busybox", "commit": True}, timeout=120)
+    version = made["version"]["version"]
+    page = sign_in(cluster)
+
+    show_view(page, "envs")
+    env = page.locator("#envs-list .env[data-env=bb]")
+    expect(env).to_contain_text(version)
+    page.screenshot(path=str(screenshots / "envs-with-env.png"), full_page=True)
+
+    show_view(page, "submit")
+    form = page.locator("#submit-form")
+    form.locator("input[name=command]").fill("sleep 3600")
+    form.locator("select[name=container]").select_option("bb")
+    form.locator("input[name=workdir]").fill("/")
+    form.locator("button[type=submit]").click()
+    link = page.locator("#submit-result a.task-link")
+    expect(link).to_be_visible()
+    task_id = int(link.get_attribute("data-task"))
+    task = cluster.task(task_id)
+    assert task["backend"] == "docker" and task["container"] == "bb", task
+    assert task["command"] == ["sleep", "3600"], task
+
+    link.click()
+    expect(page.locator("#td-state")).to_have_text("running", timeout=60_000)
+    page.click("#td-terminal")
+    expect(page.locator("#term-status")).to_have_text("connected")
+    page.locator("#terminal").click()
+    page.keyboard.type("echo web-$((6*7))")
+    page.keyboard.press("Enter")
+    rows = page.locator("#terminal .xterm-rows")
+    expect(rows).to_contain_text("web-42")
+    page.screenshot(path=str(screenshots / "terminal.png"), full_page=True)
+    page.keyboard.type("exit")
+    page.keyboard.press("Enter")
+    expect(page.locator("#term-status")).to_have_text("closed (exit 0)")
+
+    page.click("#task-detail [data-task-action=kill]")
+    expect(page.locator("#td-state")).to_have_text("killed", timeout=30_000)
