@@ -339,12 +339,19 @@ def test_a_command_its_output_and_exit_code_with_openssh(dlab):
     for user in (str(task), f"task-{task}", f"vps-{task}", "box"):
         result = ssh_run(dlab, dlab.alice, user, "echo hi; echo oops >&2; exit 3")
         assert (result.returncode, result.stdout, result.stderr) == (3, b"hi\n", b"oops\n"), user
+    traffic = dlab.cluster.host.relay.traffic  # what /metrics shows of the relay
+    counts = lambda: dlab.cluster.call_soon(  # noqa: E731
+        lambda: (traffic.bytes_in, traffic.bytes_out, traffic.opened, traffic.open))
+    before = counts()
     data = os.urandom(3 << 20)  # binary both ways, more than the windows: back-pressure
     result = ssh_run(dlab, dlab.alice, str(task), "cat", input=data)
     assert result.returncode == 0 and result.stdout == data
     admin = ssh_run(dlab, dlab.admin, str(task), "id -u")  # an admin reaches anyone's
     assert (admin.returncode, admin.stdout) == (0, b"0\n")
     wait_idle(dlab)
+    after = counts()
+    assert after[0] - before[0] >= len(data) and after[1] - before[1] >= len(data)
+    assert after[2] - before[2] == 2 and after[3] == 0
 
 
 def test_a_command_with_asyncssh_and_stdin_eof(dlab):

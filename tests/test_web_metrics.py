@@ -4,6 +4,8 @@ by line; the latency histograms (``zriver.host.latency``); the relay's byte coun
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -122,6 +124,20 @@ def test_relay_traffic_and_label_escaping(cluster):
     samples = parse(cluster.call_soon(poke))
     assert value(samples, "relay_streams_total") == 3 and value(samples, "relay_streams_open") == 1
     assert value(samples, "relay_bytes_total", direction="out") == 2048
+
+
+def test_the_web_server_serves_it_to_a_token_only(cluster):
+    token = cluster.client().call("token.create", {"role": "user"})["token"]
+    url = cluster.host.endpoints["web"] + "/metrics"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        samples = parse(response.read().decode())
+    assert value(samples, "nodes", state="online") == 1
+    assert value(samples, "request_duration_seconds_count", op="token.create") == 1
 
 
 def test_histogram_buckets_are_cumulative_and_le_inclusive():
