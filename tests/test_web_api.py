@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import pytest
@@ -399,3 +400,59 @@ def test_the_terminal_runs_a_command_in_a_container_task(dcluster):
     assert refused == 4403
     assert b"web-42" in output and b"40 120" in output, output
     assert code == 1000
+
+
+# ---- zriver up, zriver web --------------------------------------------------------------------
+def read_until(process, marker: str, timeout: float = 60) -> str:
+    """The first line of ``process``'s stdout containing ``marker`` (fails at its EOF or after
+    ``timeout`` seconds)."""
+    import selectors
+
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(deadline - time.monotonic()):
+                break
+            line = process.stdout.readline()
+            if not line:
+                break
+            if marker in line:
+                return line
+    raise AssertionError(f"no line with {marker!r} from the process")
+
+
+def test_zriver_up_prints_a_one_time_link_and_zriver_web_makes_more(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from procs import role_environment
+
+    env = role_environment(tmp_path / "home")
+    up = subprocess.Popen([sys.executable, "-m", "zriver", "up", "--port", "0", "--cores", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          cwd=tmp_path)
+    try:
+        line = read_until(up, "dashboard on")
+        link = re.search(r"(http://\S+/login\?code=\S+)", line)[1]
+        printed = subprocess.run([sys.executable, "-m", "zriver", "web", "--print"],
+                                 capture_output=True, text=True, env=env, timeout=60)
+        assert printed.returncode == 0, printed.stderr
+        second = re.search(r"(http://\S+/login\?code=\S+)", printed.stdout)[1]
+
+        async def sign_in(url: str) -> tuple[int, dict]:
+            """The session a link makes (401 when the link is refused)."""
+            async with browser() as s:
+                async with s.get(url, allow_redirects=False) as r:
+                    if r.status != 302:
+                        return r.status, await r.json()
+                return await fetch(s, "GET", url.split("/login")[0] + "/api/v1/session")
+
+        status, who = run(sign_in(link))
+        assert status == 200 and who["role"] == "admin", who
+        assert run(sign_in(link))[0] == 401, "a link signs in once"
+        assert run(sign_in(second))[1]["role"] == "admin"
+    finally:
+        up.terminate()
+        up.wait(30)

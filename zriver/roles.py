@@ -73,12 +73,19 @@ def lock_runner_dir(settings: RunnerSettings, role: str) -> dirlock.DirLock:
     return dirlock.acquire(settings.resolved().data_dir, "runner", role)
 
 
-async def serve_host(settings: HostSettings) -> None:
-    """Run a host until signalled; ``DirectoryInUse`` (nothing started) when its data dir
-    is locked by another process."""
+async def serve_host(settings: HostSettings,
+                     announce: Callable[[Host], None] | None = None) -> None:
+    """Run a host until signalled (``announce(host)`` once it has started); raise
+    ``DirectoryInUse`` (nothing started) when its data dir is locked by another process."""
     with lock_host_dir(settings, "zriver host"):
         host = Host(settings)
-        await _until_signalled(host.start, host.stop)
+
+        async def start() -> None:
+            await host.start()
+            if announce is not None:
+                announce(host)
+
+        await _until_signalled(start, host.stop)
 
 
 async def serve_runner(settings: RunnerSettings, kill_tasks: bool = False) -> None:

@@ -108,8 +108,10 @@ def up(ctx: Context, args) -> int:
     ports = ((0, 0, 0, 0) if args.port == 0 else
              (args.port, args.port + 1, args.port + 2, args.port + 3))
     relay_port = 0 if args.port == 0 and host.relay_port != -1 else host.relay_port
+    web_port = 0 if args.port == 0 and host.web_port != -1 else host.web_port
     host = replace(host, bind_address="127.0.0.1", router_port=ports[0], xsub_port=ports[1],
-                   xpub_port=ports[2], stream_port=ports[3], relay_port=relay_port)
+                   xpub_port=ports[2], stream_port=ports[3], relay_port=relay_port,
+                   web_port=web_port)
     runner = cfg.load(None, cfg.RunnerSettings, "runner.toml")
     runner = replace(runner, cores=args.cores or runner.cores,
                      memory=args.memory or runner.memory)
@@ -130,6 +132,7 @@ def up(ctx: Context, args) -> int:
         if h.relay is not None:
             ctx.print(f"SSH relay on {h.endpoints['relay']}: zriver ssh/connect/forward ID, "
                       f"or ssh -p {h.relay.port} ID@127.0.0.1")
+        announce_web(ctx, h, admin=True)
         registering = asyncio.ensure_future(register_ssh_keys(ctx, h))
         BACKGROUND.add(registering)  # the loop keeps only weak references to tasks
         registering.add_done_callback(BACKGROUND.discard)
@@ -139,6 +142,25 @@ def up(ctx: Context, args) -> int:
 
 
 BACKGROUND: set = set()
+UP_LINK_TTL = 3600.0
+"""How long the sign-in link ``zriver up`` prints stays good (``zriver web`` makes more)."""
+
+
+def announce_web(ctx: Context, host, admin: bool = False) -> None:
+    """Print the dashboard's URL; with ``admin`` (``zriver up``) a one-time sign-in link of
+    the local admin instead, good for ``UP_LINK_TTL`` seconds."""
+    if host.web is None:
+        return
+    if not admin:
+        ctx.print(f"dashboard and HTTP API on {host.web.url} (sign in with a token from "
+                  f"`zriver token create`, or a link from `zriver web`)")
+        return
+    from zriver.principal import ADMIN, Principal
+    from zriver.roles import local_user
+
+    link = host.web.login_link(Principal(local_user(), ADMIN), ttl=UP_LINK_TTL)
+    ctx.print(f"dashboard on {host.web.url}; sign in once with {link} "
+              f"(`zriver web` opens a new sign-in link)")
 
 
 async def register_ssh_keys(ctx: Context, host) -> None:
@@ -161,7 +183,8 @@ def host(ctx: Context, args) -> int:
     from zriver.eventloop import run
     from zriver.roles import serve_host
 
-    run(serve_host(cfg.load(args.config, cfg.HostSettings, "host.toml")))
+    run(serve_host(cfg.load(args.config, cfg.HostSettings, "host.toml"),
+                   lambda h: announce_web(ctx, h)))
     return 0
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import webbrowser
 
@@ -74,14 +76,13 @@ def web(ctx: Context, args) -> int:
 
 
 def _open(url: str) -> bool:
-    """Whether a real browser took ``url`` (a text browser in a terminal does not count)."""
-    try:
-        browser = webbrowser.get()
-    except webbrowser.Error:
+    """Whether a graphical browser took ``url``. On Linux without ``DISPLAY`` or
+    ``WAYLAND_DISPLAY`` (an SSH session) none is tried: a text browser would take over the
+    terminal."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
         return False
-    if type(browser).__name__ in ("GenericBrowser",) and not getattr(browser, "name", ""):
-        return False
     try:
-        return bool(browser.open(url))
-    except Exception:
+        return bool(webbrowser.get().open(url))
+    except Exception:  # webbrowser.Error, or a browser that failed to start
         return False

@@ -83,11 +83,12 @@ class WebAuth:
         self.sessions[session_id] = session
         return session_id, session
 
-    def new_code(self, principal: Principal) -> str:
-        """A one-time login code for ``principal``, good for ``link_ttl`` seconds."""
+    def new_code(self, principal: Principal, ttl: float | None = None) -> str:
+        """A one-time login code for ``principal``, good for ``ttl`` (default
+        ``link_ttl``) seconds."""
         self._expire()
         code = secrets.token_urlsafe(32)
-        self.codes[code] = (principal, time.time() + self.link_ttl)
+        self.codes[code] = (principal, time.time() + (ttl or self.link_ttl))
         return code
 
     def redeem(self, code: str) -> Principal:

@@ -141,6 +141,7 @@ class WebServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def login_link(self, principal: Principal) -> str:
-        """A one-time sign-in URL for ``principal`` (good for ``auth.link_ttl`` seconds)."""
-        return f"{self.url}/login?code={self.auth.new_code(principal)}"
+    def login_link(self, principal: Principal, ttl: float | None = None) -> str:
+        """A one-time sign-in URL for ``principal``, good for ``ttl`` seconds (default
+        ``auth.link_ttl``)."""
+        return f"{self.url}/login?code={self.auth.new_code(principal, ttl)}"
