@@ -456,3 +456,35 @@ def test_zriver_up_prints_a_one_time_link_and_zriver_web_makes_more(tmp_path):
     finally:
         up.terminate()
         up.wait(30)
+
+
+def test_token_verbs_create_list_and_revoke(api):
+    import subprocess
+    import sys
+
+    def zriver(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "zriver", *api.cli_flags(), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    made = zriver("token", "create", "--name", "ci", "--expires", "30d", "--json")
+    assert made.returncode == 0, made.stderr
+    secret = json.loads(made.stdout)["token"]
+    listed = zriver("token", "list")
+    assert "ci" in listed.stdout and secret not in listed.stdout
+    assert zriver("token", "revoke", "ci").returncode == 0
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            return await fetch(s, "GET", web(api) + "/api/v1/session", headers=bearer(secret))
+
+    assert run(go())[0] == 401
+    missing = zriver("token", "revoke", "nope")
+    assert missing.returncode != 0 and "no token" in missing.stderr
+
+
+def test_web_port_minus_one_serves_no_web(make_cluster):
+    cluster = make_cluster({}, {"web_port": -1})
+    assert cluster.host.web is None and "web" not in cluster.host.endpoints
+    assert "web" not in cluster.client().call("cluster.hello", {})
+    with pytest.raises(Exception, match="no web dashboard"):
+        op(cluster, ROOT, "web.login_link", {})
