@@ -205,6 +205,24 @@ def test_every_read_endpoint_answers_the_op_replies(api):
     assert "nodes" in got["hatch"][1]
 
 
+def test_task_list_filters_and_pages(api):
+    ids = api.submit_many([{"command": ["true"], "name": f"job-{i}"} for i in range(5)])
+    api.wait(*ids)
+
+    async def go():
+        async with aiohttp.ClientSession(headers=api.tokens["test"]) as s:
+            urls = ["/api/v1/tasks?limit=2", f"/api/v1/tasks?limit=2&before={ids[3]}",
+                    "/api/v1/tasks?name=job-4", "/api/v1/tasks?node=n1&state=completed",
+                    "/api/v1/tasks?node=n9"]
+            return [(await fetch(s, "GET", web(api) + url))[1]["tasks"] for url in urls]
+
+    first, second, named, on_n1, nowhere = run(go())
+    assert [t["id"] for t in first] == [ids[4], ids[3]]
+    assert [t["id"] for t in second] == [ids[2], ids[1]]
+    assert [t["id"] for t in named] == [ids[4]]
+    assert sorted(t["id"] for t in on_n1) == sorted(ids) and nowhere == []
+
+
 def test_drain_and_undrain_are_for_admins(api):
     async def go():
         async with aiohttp.ClientSession() as s:

@@ -161,7 +161,10 @@ def list_tasks(core: "HostCore", request: Request, body: dict) -> dict:
     limit = arg(body, "limit", int, 200)
     rows = core.records.list_tasks(states, max(1, min(limit, 100_000)),
                                    batch=arg(body, "batch", int, None),
-                                   owner=arg(body, "owner", str, None))
+                                   owner=arg(body, "owner", str, None),
+                                   before=arg(body, "before", int, None),
+                                   node=arg(body, "node", str, None),
+                                   name=arg(body, "name", str, None))
     return {"tasks": [public_task(core, row) for row in rows]}
 
 

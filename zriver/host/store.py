@@ -225,9 +225,17 @@ class Store:
         return self._tasks(f"WHERE state IN {_UNFINISHED} ORDER BY id", ())
 
     def list_tasks(self, states: list[str] | None = None, limit: int = 200,
-                   batch: int | None = None, owner: str | None = None) -> list[dict]:
-        """Newest first, at most ``limit``; ``states``, ``batch`` and ``owner`` filter."""
+                   batch: int | None = None, owner: str | None = None,
+                   before: int | None = None, node: str | None = None,
+                   name: str | None = None) -> list[dict]:
+        """Newest first, at most ``limit``; ``states``, ``batch``, ``owner``, ``node`` filter,
+        ``before`` keeps ids below it (the next page), ``name`` names containing it."""
         clauses, params = [], []
+        for clause, value in (("id < ?", before), ("node = ?", node),
+                              ("instr(name, ?) > 0", name)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
         if states:
             clauses.append(f"state IN ({', '.join('?' * len(states))})")
             params.extend(states)
