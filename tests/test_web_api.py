@@ -136,6 +136,23 @@ def test_login_makes_a_strict_httponly_session_and_csrf_guards_changes(api):
     assert [t["owner"] for t in tasks] == ["alice"], "only the request with CSRF submitted"
 
 
+def test_a_websocket_from_another_site_may_not_use_the_session(api):
+    secret = api.tokens["alice"]["Authorization"][7:]
+
+    async def go():
+        async with browser() as s:
+            await fetch(s, "POST", web(api) + "/api/v1/login", json={"token": secret})
+            own = await s.ws_connect(web(api) + "/api/v1/events", origin=web(api))
+            await own.close()
+            try:
+                await s.ws_connect(web(api) + "/api/v1/events", origin="http://evil.example")
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+            return None
+
+    assert run(go()) == 403
+
+
 def test_login_with_a_bad_token_is_401(api):
     async def go():
         async with aiohttp.ClientSession() as s:

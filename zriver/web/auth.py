@@ -8,7 +8,8 @@
   session made from a token lives no longer than the token (its secret's hash is kept and
   checked on every request). Every state-changing request (not GET/HEAD/OPTIONS) with a
   session must carry ``X-CSRF-Token`` equal to the session's ``csrf`` (``GET
-  /api/v1/session``).
+  /api/v1/session``); a WebSocket opened with the cookie must come from the page's own
+  origin (``check_origin``).
 * One-time codes (``login_link``): random, good for ``LINK_TTL`` seconds and one use.
 
 Sessions and codes are in memory: a host restart signs everyone out (tokens stay).
@@ -56,6 +57,17 @@ class Caller:
     principal: Principal
     session: Session | None = None
     session_id: str | None = None
+
+
+def check_origin(headers) -> None:
+    """A WebSocket opened with the session cookie must come from this server's own page:
+    its ``Origin`` (when the browser sends one) names the same host and port as ``Host``
+    (``Forbidden`` otherwise), as SameSite alone is not relied on for WebSockets."""
+    origin = headers.get("Origin")
+    if origin is None:
+        return
+    if origin.split("://", 1)[-1].rstrip("/") != headers.get("Host", ""):
+        raise Forbidden(f"a WebSocket from another site ({origin}) may not use this session")
 
 
 class WebAuth:
@@ -112,6 +124,8 @@ class WebAuth:
             return Caller(self.token_principal(bearer[7:].strip()))
         session_id = cookies.get(COOKIE)
         session = self.session(session_id)
+        if headers.get("Upgrade", "").lower() == "websocket":
+            check_origin(headers)
         if method not in SAFE_METHODS:
             sent = headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
