@@ -523,3 +523,17 @@ def test_web_port_minus_one_serves_no_web(make_cluster):
     assert "web" not in cluster.client().call("cluster.hello", {})
     with pytest.raises(Exception, match="no web dashboard"):
         op(cluster, ROOT, "web.login_link", {})
+
+
+def test_stopping_the_web_closes_its_websockets(api):
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            ws = await s.ws_connect(web(api) + "/api/v1/events", headers=api.tokens["alice"])
+            stopping = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                api.host.web.stop(), api.loop))
+            message = await ws.receive()
+            await stopping
+            return message.type, ws.close_code
+
+    kind, code = run(go())
+    assert kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and code == 1001

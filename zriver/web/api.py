@@ -28,6 +28,8 @@ AUTH = web.AppKey("auth", object)
 """Its ``WebAuth``."""
 SOCKETS = web.AppKey("sockets", set)
 """Its open WebSockets (closed when the server stops)."""
+CLOSE_TIMEOUT = 2.0
+"""Seconds a WebSocket waits for the client's answer to its close (the host's stop waits)."""
 CALLER = web.RequestKey("caller", Caller) if hasattr(web, "RequestKey") else "caller"
 """A request's ``Caller`` (set by the server's ``authenticate`` middleware)."""
 

@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from zriver.errors import ZriverError
 from zriver.principal import Principal
 from zriver.protocol import decode
-from zriver.web.api import CALLER, HOST, SOCKETS, to_json
+from zriver.web.api import CALLER, CLOSE_TIMEOUT, HOST, SOCKETS, to_json
 
 PREFIXES = (b"evt.", b"hb.")
 QUEUE = 10_000
@@ -68,7 +68,7 @@ class EventSocket:
 
 async def events(request: web.Request) -> web.WebSocketResponse:
     host = request.app[HOST]
-    ws = web.WebSocketResponse(heartbeat=30.0)
+    ws = web.WebSocketResponse(heartbeat=30.0, timeout=CLOSE_TIMEOUT)
     await ws.prepare(request)
     sock = EventSocket(host, request[CALLER].principal)
     unsubscribe = [host.bus.subscribe(prefix, sock.on_event) for prefix in PREFIXES]

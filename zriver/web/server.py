@@ -12,6 +12,7 @@ Request bodies over ``MAX_BODY`` bytes are refused with ``too_large`` (413).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,8 @@ class WebServer:
 
     async def stop(self) -> None:
         """Close every WebSocket, then the server."""
-        for ws in list(self.app[SOCKETS]):
-            await ws.close(code=1001, message=b"the host is stopping")
+        await asyncio.gather(*(ws.close(code=1001, message=b"the host is stopping")
+                               for ws in list(self.app[SOCKETS])), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from zriver.errors import Conflict, NotFound, ZriverError
 from zriver.host.handlers import check_owner
 from zriver.principal import Principal
-from zriver.web.api import CALLER, HOST, SOCKETS
+from zriver.web.api import CALLER, CLOSE_TIMEOUT, HOST, SOCKETS
 
 CONTAINER_BACKEND = "docker"
 CLOSE_CODES = {"forbidden": 4403, "not_found": 4404, "conflict": 4409}
@@ -76,7 +76,7 @@ async def downstream(ws: web.WebSocketResponse, stream: Any) -> None:
 
 async def terminal(request: web.Request) -> web.WebSocketResponse:
     host = request.app[HOST]
-    ws = web.WebSocketResponse(heartbeat=30.0)
+    ws = web.WebSocketResponse(heartbeat=30.0, timeout=CLOSE_TIMEOUT)
     await ws.prepare(request)
     try:
         task_id = int(request.match_info["task_id"])
