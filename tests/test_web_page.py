@@ -46,15 +46,22 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture
-def screenshots(tmp_path_factory, capsys) -> Path:
-    """The folder for the screenshots, printed so a person (or CI) finds it."""
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory, request) -> Path:
+    """The one folder for every test's screenshots, printed at the end so a person (or CI)
+    finds it."""
     root = os.environ.get("ZRIVER_ARTIFACTS")
     folder = Path(root) / "web-page" if root else tmp_path_factory.mktemp("web-page")
     folder.mkdir(parents=True, exist_ok=True)
     yield folder
-    with capsys.disabled():
-        print(f"\n[test_web_page] screenshots of every view: {folder}")
+    shots = sorted(path.name for path in folder.glob("*.png"))
+    message = f"[test_web_page] {len(shots)} screenshots of the dashboard in {folder}"
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        print(message)
+    else:
+        with capture.global_and_fixture_disabled():  # as capsys.disabled(), session-wide
+            print(f"\n{message}")
 
 
 @pytest.fixture
@@ -186,7 +193,13 @@ def test_dashboard_views_submit_follow_kill(make_cluster, sign_in, screenshots, 
               f"echo line-two; sleep 30")
     view("submit")
     form = page.locator("#submit-form")
+    form.locator("input[name=command]").fill("python train.py --seed span:{1..3} --lr span:[0.1,0.01]")
+    expect(page.locator("#submit-count")).to_have_text("6 tasks (a sweep)")
+    expect(page.locator("#submit-preview li").first).to_have_text(
+        '["python","train.py","--seed","1","--lr","0.1"]')
+    form.locator("input[name=target]").fill("n1")
     form.locator("input[name=command]").fill(script)
+    expect(page.locator("#submit-count")).to_have_text("1 task")
     form.locator("input[name=name]").fill("from-the-page")
     form.locator("input[name=cores]").fill("1")
     form.locator("input[name=memory]").fill("64M")
@@ -203,7 +216,7 @@ def test_dashboard_views_submit_follow_kill(make_cluster, sign_in, screenshots, 
     task = cluster.task(task_id)
     assert task["name"] == "from-the-page" and task["owner"] == ADMIN, task
     assert task["command"] == ["sh", "-c", script] and task["memory"] == 64 * 2**20, task
-    assert task["env"] == {"GREETING": "hi"}, task
+    assert task["env"] == {"GREETING": "hi"} and task["target"] == "n1", task
 
     # It appears in the tasks table and its details open; it runs; its first line shows.
     link.click()

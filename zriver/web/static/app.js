@@ -607,8 +607,9 @@ function fillTargets() {
   const options = ["auto"];
   for (const node of app.nodes.values()) {
     options.push(node.name);
-    for (let z = 0; z < (node.numa_zones || 1) && node.numa_zones > 1; z++) options.push(`${node.name}:numa${z}`);
-    (node.gpus || []).forEach((gpu, i) => options.push(`${node.name}:gpu${gpu.index ?? i}`));
+    // Target syntax (zriver.spec.parse_target): NODE, NODE:ZONE, NODE::GPU[,GPU], NODE:ZONE:GPU.
+    for (let z = 0; node.numa_zones > 1 && z < node.numa_zones; z++) options.push(`${node.name}:${z}`);
+    (node.gpus || []).forEach((gpu, i) => options.push(`${node.name}::${gpu.index ?? i}`));
   }
   list.replaceChildren(...options.map((value) => el("option", {value})));
 }
@@ -647,15 +648,77 @@ function commandFromForm(form) {
   const text = form.command.value.trim();
   if (!text) return [];
   const mode = form.shell.value;
-  const shelly = /[;&|<>$`(){}*?~#\n]/.test(text);
+  const shelly = /[;&|<>$`(){}*?~#\n]/.test(text.replace(SPAN, ""));
   if (mode === "sh" || (mode === "auto" && shelly)) return ["sh", "-c", text];
   return splitWords(text);
 }
 
+// Sweeps, as zriver.sweep.expand: span:{1..4} and span:[a,b] anywhere in a word expand to
+// the Cartesian product of the commands, the first span varying slowest.
+const SPAN = /span:(\{(-?\d+)\.\.(-?\d+)\}|\[([^\[\]]*)\])/g;
+const MAX_SWEEP = 100000;
+
+function spanValues(match) {
+  if (match[2] !== undefined) {
+    const low = Number(match[2]), high = Number(match[3]), step = high >= low ? 1 : -1;
+    const values = [];
+    for (let v = low; step > 0 ? v <= high : v >= high; v += step) values.push(String(v));
+    return values;
+  }
+  const items = match[4].split(",").map((item) => item.trim());
+  if (!items.every(Boolean)) throw new Error(`bad span ${match[0]}: empty value in the list`);
+  return items;
+}
+
+function expandSweep(command) {
+  const slots = [];
+  command.forEach((word, index) => {
+    if (!word.includes("span:")) return;
+    const matches = Array.from(word.matchAll(SPAN));
+    if (!matches.length) throw new Error(`bad span in ${JSON.stringify(word)}: use span:{1..4} or span:[a,b]`);
+    matches.forEach((match) => slots.push({index, match}));
+  });
+  if (!slots.length) return [command.slice()];
+  const choices = slots.map((slot) => spanValues(slot.match));
+  const total = choices.reduce((n, values) => n * values.length, 1);
+  if (total > MAX_SWEEP) throw new Error(`this sweep has ${total} tasks; at most ${MAX_SWEEP} at once`);
+  // Replace from the right within a word so earlier offsets stay valid.
+  const order = slots.map((slot, i) => i).sort((a, b) =>
+    slots[a].index - slots[b].index || slots[b].match.index - slots[a].match.index);
+  const result = [];
+  const combo = new Array(slots.length).fill(0);
+  for (let n = 0; n < total; n++) {
+    let rest = n;
+    for (let i = slots.length - 1; i >= 0; i--) {
+      combo[i] = rest % choices[i].length;
+      rest = Math.floor(rest / choices[i].length);
+    }
+    const words = command.slice();
+    for (const i of order) {
+      const {index, match} = slots[i];
+      const word = words[index];
+      words[index] = word.slice(0, match.index) + choices[i][combo[i]] + word.slice(match.index + match[0].length);
+    }
+    result.push(words);
+  }
+  return result;
+}
+
+const PREVIEW_SHOWN = 20;
+
 function previewCommand() {
   const form = $("#submit-form");
-  try { $("#submit-preview").textContent = JSON.stringify(commandFromForm(form)); }
-  catch (error) { $("#submit-preview").textContent = error.message; }
+  const box = $("#submit-preview");
+  try {
+    const commands = expandSweep(commandFromForm(form));
+    const shown = commands.slice(0, PREVIEW_SHOWN).map((c) => el("li", {}, el("code", {}, JSON.stringify(c))));
+    if (commands.length > PREVIEW_SHOWN) shown.push(el("li", {}, `... ${commands.length - PREVIEW_SHOWN} more`));
+    $("#submit-count").textContent = commands.length === 1 ? "1 task" : `${commands.length} tasks (a sweep)`;
+    box.replaceChildren(...shown);
+  } catch (error) {
+    $("#submit-count").textContent = "";
+    box.replaceChildren(el("li", {class: "error"}, error.message));
+  }
 }
 
 function parseEnvironment(text) {
@@ -707,14 +770,19 @@ function vpsSpecFromForm(form) {
   };
 }
 
-async function submitSpec(spec, result) {
+function submitSpec(spec, result) {
+  return submitSpecs([spec], result);
+}
+
+async function submitSpecs(specs, result) {
   result.textContent = "";
   result.className = "result";
   try {
-    const reply = await api("POST", "/api/v1/tasks", {tasks: [spec]});
+    const reply = await api("POST", "/api/v1/tasks", {tasks: specs});
     result.replaceChildren(`submitted task${reply.ids.length > 1 ? "s" : ""} `,
-      ...reply.ids.map((id) => el("a", {href: "#tasks", class: "task-link", dataset: {task: id},
+      ...reply.ids.slice(0, PREVIEW_SHOWN).map((id) => el("a", {href: "#tasks", class: "task-link", dataset: {task: id},
                                         onclick: (e) => { e.preventDefault(); openTask(id); }}, `${id} `)));
+    if (reply.ids.length > PREVIEW_SHOWN) result.append(`... (batch ${reply.batch_id})`);
     result.dataset.ids = reply.ids.join(",");
   } catch (error) {
     result.textContent = `${error.code ? error.code + ": " : ""}${error.message}`;
@@ -729,7 +797,13 @@ function onSubmitTask(event) {
   try { spec = taskSpecFromForm(event.target); } catch (error) {
     result.textContent = error.message; result.className = "result error"; return;
   }
-  submitSpec(spec, result);
+  let specs;
+  try {
+    specs = expandSweep(spec.command).map((command) => ({...spec, command}));
+  } catch (error) {
+    result.textContent = error.message; result.className = "result error"; return;
+  }
+  submitSpecs(specs, result);
 }
 
 function onSubmitVps(event) {
