@@ -440,20 +440,24 @@ def test_the_terminal_runs_a_command_in_a_container_task(dcluster):
 # ---- zriver up, zriver web --------------------------------------------------------------------
 def read_until(process, marker: str, timeout: float = 60) -> str:
     """The first line of ``process``'s stdout containing ``marker`` (fails at its EOF or after
-    ``timeout`` seconds)."""
-    import selectors
+    ``timeout`` seconds). A thread reads the lines: ``select`` on a buffered text pipe would
+    miss lines already in Python's buffer."""
+    import queue
+    import threading
 
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in iter(
+        process.stdout.readline, "")] + [lines.put(None)], daemon=True).start()
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
-                break
-            line = process.stdout.readline()
-            if not line:
-                break
-            if marker in line:
-                return line
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        if marker in line:
+            return line
     raise AssertionError(f"no line with {marker!r} from the process")
 
 
@@ -537,3 +541,25 @@ def test_stopping_the_web_closes_its_websockets(api):
 
     kind, code = run(go())
     assert kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and code == 1001
+
+
+def test_zriver_host_prints_the_dashboard_url(tmp_path):
+    import subprocess
+    import sys
+
+    from procs import role_environment, write_config
+
+    config = write_config(tmp_path / "host.toml", {
+        "data_dir": str(tmp_path / "host"), "router_port": 0, "xsub_port": 0, "xpub_port": 0,
+        "stream_port": 0, "relay_port": -1, "web_port": 0})
+    host = subprocess.Popen([sys.executable, "-m", "zriver", "host", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=role_environment(tmp_path / "home"), cwd=tmp_path)
+    try:
+        line = read_until(host, "dashboard and HTTP API on")
+        url = line.split(" on ", 1)[1].split()[0]
+        endpoints = json.loads((tmp_path / "host" / "endpoints.json").read_text())
+        assert url == endpoints["web"]
+    finally:
+        host.terminate()
+        host.wait(30)
