@@ -181,6 +181,24 @@ def test_a_one_time_link_signs_in_once(api):
     assert again[0] == 401 and again[1]["error"]["code"] == "unauthenticated"
 
 
+def test_a_link_session_ends_with_its_key(api):
+    carol = api.client(key=api.key_for("carol", "user"))
+    link = carol.call("web.login_link", {})["url"]
+
+    async def go():
+        async with browser() as s:
+            async with s.get(link, allow_redirects=False) as r:
+                assert r.status == 302
+            before = await fetch(s, "GET", web(api) + "/api/v1/session")
+            op(api, ROOT, "key.revoke", {"name": "carol"})
+            after = await fetch(s, "GET", web(api) + "/api/v1/session")
+            return before, after
+
+    before, after = run(go())
+    assert before[0] == 200 and before[1]["name"] == "carol" and before[1]["role"] == "user"
+    assert after[0] == 401 and "revoked" in after[1]["error"]["message"]
+
+
 # ---- tokens ---------------------------------------------------------------------------------
 def test_token_roles_and_ownership(api):
     with pytest.raises(Exception, match="only an admin"):

@@ -6,10 +6,11 @@
 * Cookie ``zriver_session``: made by ``POST /api/v1/login {"token"}`` or by a one-time link
   ``GET /login?code=...``; HttpOnly, SameSite=Strict, Secure when served over https. A
   session made from a token lives no longer than the token (its secret's hash is kept and
-  checked on every request). Every state-changing request (not GET/HEAD/OPTIONS) with a
-  session must carry ``X-CSRF-Token`` equal to the session's ``csrf`` (``GET
-  /api/v1/session``); a WebSocket opened with the cookie must come from the page's own
-  origin (``check_origin``).
+  checked on every request); one made from a link, no longer than the key it was made for
+  (its name's CURVE key, live and of the same role). Every state-changing request (not
+  GET/HEAD/OPTIONS) with a session must carry ``X-CSRF-Token`` equal to the session's
+  ``csrf`` (``GET /api/v1/session``); a WebSocket opened with the cookie must come from the
+  page's own origin (``check_origin``).
 * One-time codes (``login_link``): random, good for ``LINK_TTL`` seconds and one use.
 
 Sessions and codes are in memory: a host restart signs everyone out (tokens stay).
@@ -143,7 +144,18 @@ class WebAuth:
         if session.token is not None and self.host.tokens.principal_for(session.token) is None:
             self.end(session_id)
             raise Unauthenticated("the token this session was made from is revoked or expired")
+        if session.token is None and not self.key_live(session.principal):
+            self.end(session_id)
+            raise Unauthenticated("the key this session was signed in with is revoked")
         return session
+
+    def key_live(self, principal: Principal) -> bool:
+        """Whether the CURVE key a one-time link was made for still stands for ``principal``
+        (its name, live, the same role); always with ``security = "none"``."""
+        if not self.host.secure:
+            return True
+        entry = self.host.keys.table.entry(principal.name)
+        return entry is not None and entry.live and entry.role == principal.role
 
     def _expire(self) -> None:
         now = time.time()
