@@ -93,14 +93,15 @@ def admin_token(cluster) -> str:
 
 @pytest.fixture
 def sign_in(browser):
-    """``sign_in(cluster)`` -> a page signed in to ``cluster``'s dashboard with an admin token.
+    """``sign_in(cluster, token=None, role="admin")`` -> a page signed in to ``cluster``'s
+    dashboard with ``token`` (default: a new admin token).
     Afterwards it fails the test on any error on the page, any request off the host, or a
     reload (everything must update in place)."""
     from playwright.sync_api import expect
 
     opened = []
 
-    def open_page(cluster):
+    def open_page(cluster, token: str | None = None, role: str = "admin"):
         url = cluster.host.endpoints["web"].rstrip("/")
         ws_url = url.replace("http://", "ws://", 1)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -117,9 +118,9 @@ def sign_in(browser):
                 else foreign.append(ws.url))
         page.goto(url + "/")
         expect(page.locator("#login-form")).to_be_visible()
-        page.fill("#login-token", admin_token(cluster))
+        page.fill("#login-token", token or admin_token(cluster))
         page.click("#login-form button[type=submit]")
-        expect(page.locator("#whoami")).to_contain_text("(admin)")
+        expect(page.locator("#whoami")).to_contain_text(f"({role})")
         expect(page.locator("#live")).to_have_text("live")
         page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
         return page
@@ -302,6 +303,36 @@ def test_dashboard_terminal_into_a_container_task(dcluster, sign_in, screenshots
 
     page.click("#task-detail [data-task-action=kill]")
     expect(page.locator("#td-state")).to_have_text("killed", timeout=30_000)
+
+
+def test_a_user_signs_in_sees_no_admin_controls_and_signs_out(make_cluster, sign_in,
+                                                               screenshots):
+    from playwright.sync_api import expect
+
+    cluster = make_cluster({"n1": {"cores": 2, "memory": "4G"}})
+    token = cluster.client().call("token.create", {"name": "alice-web", "role": "user",
+                                                   "owner": "alice"})["token"]
+    page = sign_in(cluster, token, role="user")
+    expect(page.locator("#whoami")).to_have_text("alice (user)")
+    show_view(page, "nodes")
+    row = page.locator("#nodes-table tr[data-node=n1]")
+    expect(row.locator(".node-state")).to_have_text("online")
+    expect(row.get_by_role("button")).to_have_count(0)  # drain/undrain: admins only
+    show_view(page, "submit")
+    expect(page.locator("#submit-form input[name=user]")).to_be_hidden()
+    page.screenshot(path=str(screenshots / "submit-as-user.png"), full_page=True)
+
+    page.click("#logout")
+    expect(page.locator("#login-form")).to_be_visible()
+    expect(page.locator("#tabs")).to_be_hidden()
+    page.fill("#login-token", "not-a-token")
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-error")).to_be_visible()
+    page.screenshot(path=str(screenshots / "sign-in-refused.png"), full_page=True)
+    page.fill("#login-token", token)
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#whoami")).to_have_text("alice (user)")
+    expect(page.locator("#live")).to_have_text("live")
 
 
 # ---- 100 nodes, 10,000 tasks ----------------------------------------------------------------
