@@ -581,3 +581,15 @@ def test_zriver_host_prints_the_dashboard_url(tmp_path):
     finally:
         host.terminate()
         host.wait(30)
+
+
+@pytest.mark.parametrize("url, endpoint, expected", [
+    ("http://127.0.0.1:8624/login?code=x", "tcp://lab1:8620", "http://lab1:8624/login?code=x"),
+    ("http://127.0.0.1:8624/login?code=x", "tcp://127.0.0.1:8620",
+     "http://127.0.0.1:8624/login?code=x"),
+    ("http://10.0.0.2:8624/login?code=x", "tcp://lab1:8620", "http://10.0.0.2:8624/login?code=x"),
+])
+def test_zriver_web_gives_a_link_at_the_address_the_client_reached(url, endpoint, expected):
+    from zriver.client.verbs_tokens import reachable
+
+    assert reachable(url, endpoint) == expected

@@ -67,12 +67,28 @@ def token_revoke(ctx: Context, args) -> int:
          arg("--print", dest="print_only", action="store_true",
              help="print the one-time link instead of opening a browser"))
 def web(ctx: Context, args) -> int:
-    url = ctx.client.call("web.login_link", {})["url"]
+    url = reachable(ctx.client.call("web.login_link", {})["url"], ctx.client.endpoint)
     if args.print_only or not _open(url):
         ctx.print(f"open this one-time sign-in link (valid a few minutes): {url}")
     else:
         ctx.print(f"opened the dashboard in your browser ({url.split('/login')[0]})")
     return 0
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def reachable(url: str, endpoint: str) -> str:
+    """``url`` with the host this client reached the cluster at, when the host's own idea
+    of its address is loopback (a host bound to all addresses says 127.0.0.1) and the
+    client's is not: ``http://127.0.0.1:8624/x`` via ``tcp://lab1:8620`` -> ``http://lab1:8624/x``."""
+    scheme, rest = url.split("://", 1)
+    where, _, path = rest.partition("/")
+    host, _, port = where.rpartition(":")
+    reached = endpoint.split("://", 1)[-1].rpartition(":")[0]
+    if host in LOOPBACK and reached and reached not in LOOPBACK and reached != "*":
+        return f"{scheme}://{reached}:{port}/{path}"
+    return url
 
 
 def _open(url: str) -> bool:
