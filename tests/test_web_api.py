@@ -419,6 +419,7 @@ def test_events_to_a_user_never_carry_anothers_task(api):
     assert visible(ROOT, "evt.task.3", {"owner": "bob"})
     assert visible(ALICE, "evt.node.n1", {}) and visible(ALICE, "hb.n1", {})
     assert not visible(ALICE, "log.3", {})
+    assert not visible(ROOT, "evt.something.new", {}), "unknown kinds: nobody until decided"
 
 
 # ---- the terminal ---------------------------------------------------------------------------

@@ -26,10 +26,12 @@ QUEUE = 10_000
 
 
 def visible(principal: Principal, topic: str, body: dict[str, Any]) -> bool:
-    """Whether ``principal`` may see the event ``topic``/``body``."""
-    if topic.startswith("evt.task.") and not principal.is_admin:
-        return body.get("owner") == principal.name
-    return topic.startswith(("evt.", "hb."))
+    """Whether ``principal`` may see the event ``topic``/``body``: task events (their owner
+    and admins), node events and heartbeats (everyone); nothing else (a new kind of event is
+    not shown until someone says who may see it)."""
+    if topic.startswith("evt.task."):
+        return principal.is_admin or body.get("owner") == principal.name
+    return topic.startswith(("evt.node.", "hb."))
 
 
 class EventSocket:
