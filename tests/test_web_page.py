@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -303,6 +304,35 @@ def test_dashboard_terminal_into_a_container_task(dcluster, sign_in, screenshots
 
     page.click("#task-detail [data-task-action=kill]")
     expect(page.locator("#td-state")).to_have_text("killed", timeout=30_000)
+
+    # A VPS from the form: listed live in the VPS view, a terminal into it, stopped.
+    import asyncssh
+
+    public_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    show_view(page, "submit")
+    vps_form = page.locator("#vps-form")
+    vps_form.locator("input[name=name]").fill("web-vps")
+    vps_form.locator("textarea[name=public_key]").fill(public_key)
+    vps_form.locator("select[name=container]").select_option("bb")
+    vps_form.locator("button[type=submit]").click()
+    vps_link = page.locator("#vps-result a.task-link")
+    expect(vps_link).to_be_visible()
+    vps_id = int(vps_link.get_attribute("data-task"))
+    show_view(page, "vps")
+    vps_row = page.locator(f"#vps-table tr[data-vps='{vps_id}']")
+    expect(vps_row.locator(".state")).to_have_text("running", timeout=60_000)
+    expect(vps_row.locator("code")).to_have_text(re.compile(rf"^zriver (ssh|connect) {vps_id}$"))
+    vps_row.get_by_role("button", name="terminal").click()
+    expect(page.locator("#term-status")).to_have_text("connected")
+    page.locator("#terminal").click()
+    page.keyboard.type("echo vps-$((6*7))")
+    page.keyboard.press("Enter")
+    expect(page.locator("#terminal .xterm-rows")).to_contain_text("vps-42")
+    page.screenshot(path=str(screenshots / "vps-running.png"), full_page=True)
+    page.click("#term-close")
+    vps_row.get_by_role("button", name="stop").click()
+    expect(page.locator("#vps-table tbody")).to_contain_text("no VPS", timeout=30_000)
+    assert cluster.task(vps_id)["state"] == "killed"
 
 
 def test_a_user_signs_in_sees_no_admin_controls_and_signs_out(make_cluster, sign_in,

@@ -836,7 +836,7 @@ function vpsRow(vps) {
     el("td", {}, when(vps.started_at)), el("td", {}, vps.streams),
     el("td", {}, vps.cpu_percent === null || vps.cpu_percent === undefined ? "-" : Number(vps.cpu_percent).toFixed(1)),
     el("td", {}, el("code", {}, connect)),
-    el("td", {class: "actions"},
+    el("td", {class: "buttons"},
       el("button", {type: "button", class: "small", disabled: !running, onclick: () => vpsAction(vps.id, "stop")}, "stop"),
       el("button", {type: "button", class: "small", onclick: () => vpsAction(vps.id, "restart")}, "restart"),
       el("button", {type: "button", class: "small", disabled: !running, onclick: () => openTerminal(vps.id)}, "terminal")));
