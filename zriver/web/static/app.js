@@ -541,6 +541,16 @@ async function taskAction(name) {
   coalesce("detail", refreshDetail, 0);
 }
 
+const LOG_READ = 256 * 1024;  // bytes asked for per log read
+
+/** How many bytes of the log a reply covers. The API sends the bytes as UTF-8 text with bad
+ * bytes replaced: without a replacement character the text's UTF-8 length is exact; with
+ * one, the slice's own length (what read_slice read: the limit, or up to the file's size). */
+function logBytesRead(reply, text, byteLength, offset) {
+  if (!text.includes("\uFFFD") || reply.size === undefined) return byteLength;
+  return Math.max(0, Math.min(LOG_READ, reply.size - offset));
+}
+
 function decodeLogData(reply) {
   // Text or {"data_base64"}/"encoding": "base64" (bytes): count bytes for the next offset.
   let bytes;
@@ -563,7 +573,7 @@ async function followLog() {
     for (;;) {
       detail.again = false;
       const stream = detail.stream;
-      const reply = await api("GET", `/api/v1/tasks/${detail.id}/logs${query({stream, offset: detail.offset})}`);
+      const reply = await api("GET", `/api/v1/tasks/${detail.id}/logs${query({stream, offset: detail.offset, limit: LOG_READ})}`);
       if (app.detail !== detail || detail.stream !== stream) return;
       const {bytes, text} = decodeLogData(reply);
       const start = reply.offset !== undefined ? reply.offset : detail.offset;
@@ -571,7 +581,7 @@ async function followLog() {
         const pre = $("#td-log");
         const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
         pre.append(text);
-        detail.offset += bytes.length;
+        detail.offset += logBytesRead(reply, text, bytes.length, detail.offset);
         if (atBottom && $("#td-follow").checked) pre.scrollTop = pre.scrollHeight;
       }
       const more = reply.size !== undefined && detail.offset < reply.size;
