@@ -259,9 +259,10 @@ def test_dashboard_views_submit_follow_kill(make_cluster, sign_in, screenshots, 
 
 @pytest.mark.docker
 def test_dashboard_terminal_into_a_container_task(dcluster, sign_in, screenshots):
-    """The envs view lists an env's versions; a container task submitted from the form with
-    that env gets a terminal in the page (xterm.js over /api/v1/terminal) that runs a
-    command; the shell's exit closes it; the task is killed from the page."""
+    """The envs view lists an env's versions and commits a new one; a container task
+    submitted from the form with that env gets a terminal in the page (xterm.js over
+    /api/v1/terminal) that runs a command; the shell's exit closes it; the task is killed
+    from the page; a VPS made from the form shows in the VPS view, takes a terminal, stops."""
     from playwright.sync_api import expect
 
     cluster = dcluster()
@@ -273,6 +274,10 @@ def test_dashboard_terminal_into_a_container_task(dcluster, sign_in, screenshots
     show_view(page, "envs")
     env = page.locator("#envs-list .env[data-env=bb]")
     expect(env).to_contain_text(version)
+    env.locator("form.env-commit input[name=message]").fill("from-the-page")
+    env.locator("form.env-commit button").click()
+    expect(page.locator("#envs-list .env[data-env=bb] tbody tr")).to_have_count(2, timeout=60_000)
+    expect(page.locator("#envs-list .env[data-env=bb]")).to_contain_text("from-the-page")
     page.screenshot(path=str(screenshots / "envs-with-env.png"), full_page=True)
 
     show_view(page, "submit")

@@ -352,7 +352,7 @@ function nodeRow(node) {
     el("td", {}, `${node.cores_used}/${node.cores}`),
     el("td", {}, `${size(node.memory_used)}/${size(node.memory)}`),
     el("td", {}, node.numa_zones),
-    el("td", {}, gpuCell(node)),
+    el("td", {class: "gpu-cell"}, gpuCell(node)),
     el("td", {}, (node.backends || []).join(", ") + (node.docker === false ? " (docker down)" : "")),
     el("td", {class: "heartbeat"}, ago(heartbeat)),
     el("td", {}, node.version),
@@ -371,6 +371,8 @@ function renderHeartbeats() {
     const node = app.nodes.get(row.dataset.node);
     const cell = $("td.heartbeat", row);
     if (node && cell) cell.textContent = ago(node.last_heartbeat || node.last_seen);
+    const gpus = $("td.gpu-cell", row);  // utilisation, memory, temperature: from heartbeats
+    if (node && gpus && (node.gpus || []).length) gpus.replaceChildren(gpuCell(node));
   }
 }
 
@@ -882,7 +884,26 @@ function envBlock(env) {
         el("td", {}, v.version), el("td", {}, size(v.size)), el("td", {}, when(v.created_at)),
         el("td", {}, v.message || ""), el("td", {}, v.tasks ?? ""),
         el("td", {class: "digest"}, (v.sha256 || "").slice(0, 16)))))),
-    el("p", {class: "hint"}, nodes.length ? `on nodes: ${nodes.join("; ")}` : "on no node yet"));
+    el("p", {class: "hint"}, nodes.length ? `on nodes: ${nodes.join("; ")}` : "on no node yet"),
+    el("form", {class: "inline env-commit", onsubmit: (event) => commitEnv(event, env.name)},
+      el("label", {}, "message ", el("input", {name: "message", size: 30})),
+      el("button", {type: "submit"}, "Commit a new version")));
+}
+
+/** ``env.commit``: the env's container as its newest version (owner or admin). */
+async function commitEnv(event, name) {
+  event.preventDefault();
+  const form = event.target;
+  const button = $("button", form);
+  button.disabled = true;
+  try {
+    const reply = await act(`env ${name}: committed`, () =>
+      api("POST", "/api/v1/ops/env.commit", {name, message: form.message.value}));
+    if (reply) notice(`env ${name}: version ${reply.version} committed`);
+    await loadEnvs();
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function renderEnvs() {
