@@ -258,7 +258,7 @@ def test_dashboard_views_submit_follow_kill(make_cluster, sign_in, screenshots, 
 
 
 @pytest.mark.docker
-def test_dashboard_terminal_into_a_container_task(dcluster, sign_in, screenshots):
+def test_dashboard_terminal_into_a_container_task(dcluster, busybox, sign_in, screenshots):
     """The envs view lists an env's versions and commits a new one; a container task
     submitted from the form with that env gets a terminal in the page (xterm.js over
     /api/v1/terminal) that runs a command; the shell's exit closes it; the task is killed
@@ -267,7 +267,7 @@ def test_dashboard_terminal_into_a_container_task(dcluster, sign_in, screenshots
 
     cluster = dcluster()
     made = cluster.client(timeout=120).call("env.create", {
-        "name": "bb", "image": "zriver-test-busybox", "commit": True}, timeout=120)
+        "name": "bb", "image": busybox, "commit": True}, timeout=120)
     version = made["version"]["version"]
     page = sign_in(cluster)
 
