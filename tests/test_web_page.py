@@ -251,9 +251,17 @@ def test_dashboard_views_submit_follow_kill(make_cluster, sign_in, screenshots, 
     assert cluster.task(task_id)["state"] == "killed"
     page.screenshot(path=str(screenshots / "task-killed.png"), full_page=True)
 
+    # A task submitted elsewhere (the CLI's client) appears in the open table by itself and
+    # runs to its end there.
+    other = cluster.submit(["true"], name="from-the-cli")
+    other_row = page.locator(f"#tasks-table tr[data-task='{other}']")
+    expect(other_row).to_contain_text("from-the-cli")
+    expect(other_row.locator(".task-state")).to_have_text("completed")
+
     # The overview counts it, live.
     view("overview")
     expect(page.locator("#ov-states tr[data-state=killed] td.num")).to_have_text("1")
+    expect(page.locator("#ov-states tr[data-state=completed] td.num")).to_have_text("1")
     page.screenshot(path=str(screenshots / "overview-after.png"), full_page=True)
 
 

@@ -460,26 +460,16 @@ function onTaskEvent(body) {
     app.tasks[index] = task;
     const row = $(`#tasks-table tr[data-task="${body.id}"]`);
     if (row) row.replaceWith(taskRow(task));
-  } else if (app.taskPage.before === null) {
-    coalesce(`task-new-${body.id}`, () => addNewTask(body.id), 0);
+  } else if (app.taskPage.before === null && matchesFilter(body, taskFilter())) {
+    // A task this page has not shown (new, or newly matching): one re-read of the first
+    // page for however many arrive together (a sweep of thousands is one request).
+    coalesce("tasks-refresh", () => refreshTasks().catch(() => {}), 200);
   }
   if (app.detail && app.detail.id === body.id) coalesce("detail", refreshDetail, 50);
   coalesce("counts", () => refreshCounts().catch(() => {}), 500);
   if (app.view === "overview") coalesce("chart", () => refreshChart().catch(() => {}), 5000);
   coalesce("nodes", () => refreshNodes().catch(() => {}), 300);
   if (app.view === "vps") coalesce("vps", () => refreshVps().catch(() => {}), 300);
-}
-
-async function addNewTask(id) {
-  if (app.tasks.some((t) => t.id === id)) return;
-  const reply = await api("GET", `/api/v1/tasks/${id}`);
-  const filter = taskFilter();
-  if (!matchesFilter(reply.task, filter) || app.taskPage.before !== null) return;
-  if (app.tasks.some((t) => t.id === id)) return;
-  app.tasks.push(reply.task);
-  app.tasks.sort((a, b) => b.id - a.id);
-  app.tasks = app.tasks.slice(0, filter.limit);
-  renderTasks();
 }
 
 // ---- a task's details and its output ----------------------------------------------------
