@@ -73,7 +73,8 @@ def test_openapi_describes_every_route_without_a_login(api):
     status, doc = run(go())
     assert status == 200 and doc["openapi"].startswith("3.")
     for path in ("/api/v1/tasks", "/api/v1/tasks/{id}/{action}", "/api/v1/events",
-                 "/api/v1/terminal/{task_id}", "/api/v1/ops/{op}"):
+                 "/api/v1/terminal/{task_id}", "/api/v1/envs/{name}/terminal",
+                 "/api/v1/ops/{op}"):
         assert path in doc["paths"], path
 
 
@@ -454,6 +455,35 @@ def test_the_terminal_runs_a_command_in_a_container_task(dcluster):
     assert refused == 4403
     assert b"web-42" in output and b"40 120" in output, output
     assert code == 1000
+
+
+
+@pytest.mark.docker
+def test_the_env_terminal_runs_a_shell_in_the_env_on_the_host(dcluster):
+    cluster = dcluster()
+    op(cluster, ALICE, "env.create", {"name": "abb", "image": "zriver-test-busybox"})
+    root, bob = token(cluster, ROOT), token(cluster, BOB)
+    url = f"{web(cluster)}/api/v1/envs/abb/terminal"
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            refused = await s.ws_connect(url, headers=bearer(bob))
+            await refused.receive()
+            ws = await s.ws_connect(url + "?cols=100&rows=30", headers=bearer(root))
+            await ws.send_str(json.dumps({"resize": [120, 40]}))
+            await ws.send_bytes(b"echo env-$((6*7)); stty size; exit 3\n")
+            output, reason = b"", None
+            async with asyncio.timeout(30):
+                while (message := await ws.receive()).type == aiohttp.WSMsgType.BINARY:
+                    output += message.data
+                if message.type == aiohttp.WSMsgType.CLOSE:
+                    reason = message.extra
+            return refused.close_code, output, ws.close_code, reason
+
+    refused, output, code, reason = run(go())
+    assert refused == 4403
+    assert b"env-42" in output and b"40 120" in output, output
+    assert code == 1000 and reason == "exit 3"
 
 
 # ---- zriver up, zriver web --------------------------------------------------------------------

@@ -287,6 +287,16 @@ def test_dashboard_terminal_into_a_container_task(dcluster, busybox, sign_in, sc
     expect(page.locator("#envs-list .env[data-env=bb] tbody tr")).to_have_count(2, timeout=60_000)
     expect(page.locator("#envs-list .env[data-env=bb]")).to_contain_text("from-the-page")
     page.screenshot(path=str(screenshots / "envs-with-env.png"), full_page=True)
+    env.locator("button.env-shell").click()  # a shell in the env on the host
+    expect(page.locator("#term-status")).to_have_text("connected", timeout=30_000)
+    page.locator("#terminal").click()
+    page.keyboard.type("echo env-$((6*7))")
+    page.keyboard.press("Enter")
+    expect(page.locator("#terminal .xterm-rows")).to_contain_text("env-42")
+    page.screenshot(path=str(screenshots / "env-shell.png"), full_page=True)
+    page.keyboard.type("exit")
+    page.keyboard.press("Enter")
+    expect(page.locator("#term-status")).to_have_text("closed (exit 0)")
 
     show_view(page, "submit")
     form = page.locator("#submit-form")

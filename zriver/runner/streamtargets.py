@@ -10,8 +10,8 @@ container task, no Docker here. Bytes pass through untouched (never decoded).
 * ``udp {"port"}``: a connected datagram socket to the same address; one ``DATA`` frame is one
   datagram both ways; datagrams arriving while the host's window is full are dropped.
 * ``exec {"command", "tty", "term", "cols", "rows", "env"}``: the exec is created with the
-  Docker SDK in a thread (never on the loop); its start is an HTTP upgrade done here on the
-  Docker unix socket (``POST /exec/ID/start``, ``Upgrade: tcp``). With a TTY the bytes are raw,
+  Docker SDK in a thread (never on the loop); its start is an HTTP upgrade on the
+  Docker unix socket (``zriver.dockerexec``, shared with the web's env shell) (``POST /exec/ID/start``, ``Upgrade: tcp``). With a TTY the bytes are raw,
   the host's EOF is ignored (closing stdin would hang the PTY up) and the size is set right
   after the start (API 1.41 cannot set it at start), before the stream is ``OPENED``; without one, Docker's 8-byte multiplexing
   headers become ``DATA``/``STDERR`` and the host's EOF half-closes the socket (stdin's end).
@@ -25,30 +25,31 @@ container task, no Docker here. Bytes pass through untouched (never decoded).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import struct
+import functools
 from typing import Any, Callable
 
 import structlog
 
+from zriver import dockerexec
+from zriver.dockerexec import (DEFAULT_DOCKER_SOCKET, EXIT_WAIT, MUX_HEADER,  # noqa: F401
+                               SHELL_TEST, ExecRefused, docker_socket)
 from zriver.runner.streams import Pipe, StreamRefused
 from zriver.streamproto import CHUNK
 
 log = structlog.get_logger("zriver.runner")
 
-DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
-MUX_HEADER = struct.Struct(">BxxxL")
 CONNECT_TIMEOUT = 10.0
-EXIT_WAIT = 10.0
-"""Seconds an exec may still say Running after its output ended."""
-SHELL_TEST = "if command -v bash >/dev/null; then echo bash; else echo sh; fi"
 
 
-def docker_socket(docker_host: str) -> str:
-    """The unix socket of the runner's Docker: ``docker_host`` when it is ``unix://...``."""
-    return docker_host[len("unix://"):] if docker_host.startswith("unix://") else DEFAULT_DOCKER_SOCKET
+def _refusing(fn: Callable) -> Callable:
+    """``fn`` (shared with ``zriver.dockerexec``) with its ``ExecRefused`` as ``StreamRefused``."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ExecRefused as exc:
+            raise StreamRefused(*exc.args) from None
+    return call
 
 
 class ContainerTargets:
@@ -164,49 +165,23 @@ class ContainerTargets:
                 asyncio.get_running_loop().run_in_executor(None, _hang_up, api, exec_id)
         return {"exit": await self._exit_code(api, exec_id), "error": None}
 
-    def _login_shell(self, api, container: str, task_id: int) -> list[str]:
-        """``bash -l`` when the container has bash, else ``sh -l`` (blocking: one ``sh -c``
-        test); refuses when there is no shell at all."""
-        exec_id = self._create_exec(api, container, task_id, ["sh", "-c", SHELL_TEST], False, {},
-                                    stdin=False)
-        output = api.exec_start(exec_id)
-        if _wait_exit(api, exec_id) != 0:  # 126/127: no sh to run the test
-            raise StreamRefused(f"task {task_id}'s container has no shell (no sh, no bash): "
-                                f"give a command to run")
-        return ["bash", "-l"] if output.strip() == b"bash" else ["sh", "-l"]
+    @staticmethod
+    def _login_shell(api, container: str, task_id: int) -> list[str]:
+        """``bash -l`` when the container has bash, else ``sh -l`` (blocking)."""
+        return _refusing(dockerexec.login_shell)(api, container, f"task {task_id}")
 
     @staticmethod
     def _create_exec(api, container: str, task_id: int, command: list[str], tty: bool,
                      env: dict[str, str], stdin: bool = True) -> str:
-        import docker.errors
-
-        try:
-            return api.exec_create(container, command, stdin=stdin, tty=tty,
-                                   environment=env or None)["Id"]
-        except docker.errors.APIError as exc:
-            reason = exc.explanation or str(exc)
-            raise StreamRefused(f"cannot run a command in task {task_id}: {reason}") from None
+        return _refusing(dockerexec.create_exec)(api, container, f"task {task_id}", command,
+                                                 tty, env, stdin)
 
     async def _start_exec(self, exec_id: str, tty: bool, task_id: int):
         """The HTTP upgrade of ``POST /exec/ID/start`` on the Docker socket: the raw stream."""
-        reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=CHUNK)
-        body = json.dumps({"Detach": False, "Tty": tty}).encode()
-        writer.write(b"POST /exec/%s/start HTTP/1.1\r\nHost: docker\r\n"
-                     b"Content-Type: application/json\r\nConnection: Upgrade\r\n"
-                     b"Upgrade: tcp\r\nContent-Length: %d\r\n\r\n%s"
-                     % (exec_id.encode(), len(body), body))
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            writer.close()
-            raise StreamRefused(f"Docker ended the exec in task {task_id} at once: {exc}") from None
-        status = head.split(b"\r\n", 1)[0].split(b" ", 2)
-        if len(status) < 2 or status[1] not in (b"101", b"200"):
-            detail = (await reader.read(4096)).decode(errors="replace").strip()
-            writer.close()
-            raise StreamRefused(f"Docker refused the exec in task {task_id}: "
-                                f"{head.splitlines()[0].decode(errors='replace')} {detail}")
-        return reader, writer
+            return await dockerexec.start_exec(self.socket_path, exec_id, tty, f"task {task_id}")
+        except ExecRefused as exc:
+            raise StreamRefused(*exc.args) from None
 
     async def _controls(self, api, exec_id: str, pipe: Pipe) -> None:
         """Apply the host's resizes and signals to the exec, in order, once Docker knows the
@@ -305,49 +280,11 @@ async def _datagrams_from_pipe(pipe: Pipe, transport: asyncio.DatagramTransport)
         transport.sendto(data)
 
 
-# ---- blocking Docker helpers (threads) ---------------------------------------------------------
-def _wait_exit(api, exec_id: str, timeout: float = EXIT_WAIT) -> int | None:
-    """The exec's exit code once Docker no longer says it runs (it may, just after EOF)."""
-    import time
-
-    deadline, delay = time.monotonic() + timeout, 0.005
-    while True:
-        state = api.exec_inspect(exec_id)
-        if not state.get("Running"):
-            return state.get("ExitCode")
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-
-
-def _wait_pid(api, exec_id: str, timeout: float = EXIT_WAIT) -> int | None:
-    """The exec's host PID: just after the start Docker may still say ``Pid: 0`` (a resize
-    or a signal then would be lost); ``None`` once it has ended or after ``timeout``."""
-    import time
-
-    deadline, delay = time.monotonic() + timeout, 0.002
-    while True:
-        state = api.exec_inspect(exec_id)
-        if state.get("Pid") or state.get("ExitCode") is not None or time.monotonic() > deadline:
-            return state.get("Pid") or None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def _signal_exec(api, exec_id: str, name: str) -> None:
-    pid = api.exec_inspect(exec_id).get("Pid")
-    if pid:
-        os.kill(int(pid), signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"])
-
-
-def _hang_up(api, exec_id: str) -> None:
-    try:
-        state = api.exec_inspect(exec_id)
-        if state.get("Running") and state.get("Pid"):
-            os.kill(int(state["Pid"]), signal.SIGHUP)
-    except Exception:
-        pass
+# ---- blocking Docker helpers (threads): shared with the web's env shell ------------------------
+_wait_exit = dockerexec.wait_exit
+_wait_pid = dockerexec.wait_pid
+_signal_exec = dockerexec.signal_exec
+_hang_up = dockerexec.hang_up
 
 
 def _port(target: dict) -> int:

@@ -1,5 +1,5 @@
 """``GET /api/v1/openapi.json``: an OpenAPI 3 description of ``zriver.web.api.ROUTES`` and the
-two WebSockets, built from the route table so it cannot drift from what is served."""
+WebSockets, built from the route table so it cannot drift from what is served."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ SUMMARIES = {
     "usage": "usage.report (?by=user|node&since=)",
     "any_op": "any op the principal's role may call (body as the op's)",
 }
+WS_IDS = {"/api/v1/envs/{name}/terminal": "env_terminal"}
 ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "code": {"type": "string", "enum": sorted(STATUS)}, "message": {"type": "string"}}}}}
 
@@ -62,9 +63,13 @@ def document() -> dict[str, Any]:
     for name, summary in (("/api/v1/events", "WebSocket: host events as JSON text messages "
                            "{topic, op, body}, filtered to what the principal may see"),
                           ("/api/v1/terminal/{task_id}", "WebSocket: a shell in a running "
-                           "container task; binary frames, text {\"resize\": [cols, rows]}")):
+                           "container task; binary frames, text {\"resize\": [cols, rows]}"),
+                          ("/api/v1/envs/{name}/terminal", "WebSocket: a login shell in the "
+                           "env's container on the host (env.shell: owner or admin); frames "
+                           "as the task terminal's")):
         _, params = openapi_path(name)
-        paths[name] = {"get": {"operationId": name.split("/")[3], "summary": summary,
+        paths[name] = {"get": {"operationId": WS_IDS.get(name, name.split("/")[3]),
+                               "summary": summary,
                                "parameters": params,
                                "responses": {"101": {"description": "switching protocols"}}}}
     return {"openapi": "3.0.3",

@@ -25,7 +25,7 @@ from zriver.web import api, openapi
 from zriver.web.api import CALLER, AUTH, HOST, SOCKETS
 from zriver.web.auth import WebAuth
 from zriver.web.events import events
-from zriver.web.terminal import terminal
+from zriver.web.terminal import env_terminal, terminal
 
 log = structlog.get_logger("zriver.web")
 
@@ -103,6 +103,7 @@ def make_app(host: Any, auth: WebAuth) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/api/v1/events", events)
     app.router.add_get("/api/v1/terminal/{task_id}", terminal)
+    app.router.add_get("/api/v1/envs/{name}/terminal", env_terminal)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/login", one_time_login)
     app.router.add_get("/", index)

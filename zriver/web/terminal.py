@@ -8,17 +8,24 @@ the first size, ``?command=`` runs one command instead of a login shell.
 Frames: binary both ways (the terminal's bytes); text frames from the browser are JSON
 ``{"resize": [cols, rows]}``. When the shell exits the socket closes with code 1000 and the
 reason ``exit N``.
+
+``GET /api/v1/envs/{name}/terminal``: the same, a login shell in an env's container on the
+host's Docker (``zriver env shell`` in the browser): ``env.shell`` as the caller first (the
+env's owner or an admin; it starts the container), then a ``docker exec`` with a TTY started
+as ``zriver.dockerexec`` does for the runner's ``exec`` target.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from zriver.errors import Conflict, NotFound, ZriverError
+from zriver import dockerexec
+from zriver.errors import Conflict, NotFound, Unavailable, ZriverError
 from zriver.host.handlers import check_owner
 from zriver.principal import Principal
 from zriver.web.api import CALLER, CLOSE_TIMEOUT, HOST, SOCKETS
@@ -92,6 +99,43 @@ async def terminal(request: web.Request) -> web.WebSocketResponse:
     finally:
         host.vps.touch(task_id, -1)
     return ws
+
+
+async def env_terminal(request: web.Request) -> web.WebSocketResponse:
+    """A login shell (or ``?command=``) in the env's container, bridged as ``terminal``."""
+    host = request.app[HOST]
+    ws = web.WebSocketResponse(heartbeat=30.0, timeout=CLOSE_TIMEOUT)
+    await ws.prepare(request)
+    name = request.match_info["name"]
+    try:
+        where = await host.call(request[CALLER].principal, "env.shell", {"name": name})
+        stream = await open_env_exec(where, request.query)
+    except (ZriverError, ValueError) as exc:
+        code = CLOSE_CODES.get(getattr(exc, "code", ""), 4400)
+        await ws.close(code=code, message=str(exc)[:120].encode())
+        return ws
+    await bridge(request.app, ws, stream)
+    return ws
+
+
+async def open_env_exec(where: dict[str, Any], query) -> dockerexec.TtyExec:
+    """The TTY exec in ``env.shell``'s ``container`` on its ``docker_host`` (a unix socket)."""
+    from zriver.host.envdocker import connect
+
+    docker_host = where.get("docker_host") or os.environ.get("DOCKER_HOST", "")
+    if docker_host and not docker_host.startswith("unix://"):
+        raise Unavailable(f"the env shell needs the host's Docker on a unix socket, "
+                          f"not {docker_host}")
+    command = query.get("command")
+    client = await asyncio.to_thread(connect, docker_host)
+    what = f"env {where['name']}"
+    try:
+        return await dockerexec.TtyExec.open(
+            client.api, dockerexec.docker_socket(docker_host), where["container"], what,
+            ["sh", "-c", command] if command else None, "xterm-256color",
+            int(query.get("cols", 80)), int(query.get("rows", 24)))
+    except (dockerexec.ExecRefused, OSError) as exc:
+        raise Conflict(str(exc)) from None
 
 
 async def bridge(app: web.Application, ws: web.WebSocketResponse, stream: Any) -> None:

@@ -877,7 +877,13 @@ function envBlock(env) {
     el("p", {class: "hint"}, nodes.length ? `on nodes: ${nodes.join("; ")}` : "on no node yet"),
     el("form", {class: "inline env-commit", onsubmit: (event) => commitEnv(event, env.name)},
       el("label", {}, "message ", el("input", {name: "message", size: 30})),
-      el("button", {type: "submit"}, "Commit a new version")));
+      el("button", {type: "submit"}, "Commit a new version")),
+    el("button", {type: "button", class: "env-shell", onclick: () => openEnvShell(env.name)}, "Shell"));
+}
+
+/** A shell in the env's container on the host (env.shell: owner or admin), in the terminal pane. */
+function openEnvShell(name) {
+  return openTerminal(name, `/api/v1/envs/${encodeURIComponent(name)}/terminal`, `env ${name}`);
 }
 
 /** ``env.commit``: the env's container as its newest version (owner or admin). */
@@ -925,18 +931,19 @@ function loadXterm() {
   return xtermLoading;
 }
 
-async function openTerminal(id) {
+/** A terminal over the WebSocket at ``path``: a task's (default) or an env's shell. */
+async function openTerminal(id, path = `/api/v1/terminal/${id}`, label = `task ${id}`) {
   closeTerminal();
   try { await loadXterm(); } catch (error) { notice(error.message, true); return; }
   const pane = $("#terminal-pane");
   pane.hidden = false;
-  $("#term-id").textContent = id;
+  $("#term-id").textContent = label;
   $("#term-status").textContent = "connecting";
   const box = $("#terminal");
   box.replaceChildren();
   const term = new window.Terminal({cols: 100, rows: 28, convertEol: false, cursorBlink: true});
   term.open(box);
-  const ws = new WebSocket(wsUrl(`/api/v1/terminal/${id}${query({cols: term.cols, rows: term.rows})}`));
+  const ws = new WebSocket(wsUrl(`${path}${query({cols: term.cols, rows: term.rows})}`));
   ws.binaryType = "arraybuffer";
   const encoder = new TextEncoder();
   app.terminal = {ws, term, id};
