@@ -199,7 +199,8 @@ def test_dashboard_views_submit_follow_kill(make_cluster, sign_in, screenshots, 
     expect(page.locator("#submit-count")).to_have_text("6 tasks (a sweep)")
     expect(page.locator("#submit-preview li").first).to_have_text(
         '["python","train.py","--seed","1","--lr","0.1"]')
-    form.locator("input[name=target]").fill("n1")
+    form.locator("select[name=t_node]").select_option("n1")
+    expect(form.locator("input[name=target]")).to_have_value("n1")
     form.locator("input[name=command]").fill(script)
     expect(page.locator("#submit-count")).to_have_text("1 task")
     form.locator("input[name=name]").fill("from-the-page")
@@ -266,6 +267,82 @@ def test_dashboard_views_submit_follow_kill(make_cluster, sign_in, screenshots, 
 
 
 @pytest.mark.docker
+def test_target_pickers_and_the_usage_chart(make_cluster, sign_in, screenshots):
+    """The submit form's target from pickers of the live inventory (node, then its NUMA zones,
+    then its GPUs, busy ones disabled), and the overview chart drawing real history samples."""
+    import time
+
+    from playwright.sync_api import expect
+
+    cluster = make_cluster({"n1": {"cores": 2, "memory": "4G"},
+                            "n2": {"numa_zones": "0-1;2-3", "memory": "8G", "gpus": 3}})
+    # Usage history for the last three hours, one sample each 5 minutes, put in directly.
+    now = time.time()
+    times = [now - 3 * 3600 + 300 * i for i in range(36)]
+    cluster.call_soon(lambda: [cluster.host.history.sample(at) for at in times])
+
+    page = sign_in(cluster)
+    show_view(page, "overview")
+    chart = page.locator("#ov-chart")
+    expect(page.locator("#ov-chart-info")).to_contain_text("samples since")
+    shown = int(chart.get_attribute("data-samples"))
+    assert 36 <= shown <= 38, shown  # ours, and any the host's own minute loop took meanwhile
+    for name in ("cores", "memory", "gpus"):
+        points = chart.locator(f"polyline.line-{name}").get_attribute("points").split()
+        assert len(points) == shown, (name, len(points), shown)
+        ys = {float(p.split(",")[1]) for p in points}
+        assert all(0 <= y <= 160 for y in ys)
+    xs = [float(p.split(",")[0]) for p in
+          chart.locator("polyline.line-cores").get_attribute("points").split()]
+    assert xs == sorted(xs) and 250 <= xs[0] <= 350 and xs[-1] <= 600, xs  # 3 h of 6
+    page.screenshot(path=str(screenshots / "overview-chart.png"), full_page=True)
+
+    # A task holds GPU 0 of n2: the form shows it busy.
+    busy = cluster.submit(["sleep", "60"], target="n2::0")
+    cluster.wait_state(busy, {"running"})
+
+    show_view(page, "submit")
+    form = page.locator("#submit-form")
+    node, zone = form.locator("select[name=t_node]"), form.locator("select[name=t_zone]")
+    target = form.locator("input[name=target]")
+    expect(node.locator("option")).to_have_count(3)
+    assert node.locator("option").all_inner_texts() == ["any", "n1", "n2"]
+    expect(target).to_have_value("")
+    node.select_option("n2")
+    expect(target).to_have_value("n2")
+    assert zone.locator("option").all_inner_texts() == ["any", "0", "1"]
+    gpus = form.locator("#t-gpus input[type=checkbox]")
+    expect(gpus).to_have_count(3)
+    assert [gpus.nth(i).get_attribute("value") for i in range(3)] == ["0", "1", "2"]
+    expect(gpus.nth(0)).to_be_disabled()  # held by the task above, live
+    expect(gpus.nth(1)).to_be_enabled()
+    expect(gpus.nth(2)).to_be_enabled()
+    zone.select_option("1")
+    expect(target).to_have_value("n2:1")
+    gpus.nth(1).check()
+    expect(target).to_have_value("n2:1:1")
+    form.locator("input[name=command]").fill("sleep 30")
+    page.screenshot(path=str(screenshots / "submit-pickers.png"), full_page=True)
+    form.locator("button[type=submit]").click()
+    link = page.locator("#submit-result a.task-link")
+    expect(link).to_be_visible()
+    task_id = int(link.get_attribute("data-task"))
+    cluster.wait_state(task_id, {"running"})
+    task = cluster.task(task_id)
+    assert task["target"] == "n2:1:1" and task["node"] == "n2", task
+    assert task["allocated_gpus"] == [1] and task["numa_zone"] == 1, task
+    # GPU 1 turns busy in the form by itself; a node of one zone offers only zone 0.
+    expect(gpus.nth(1)).to_be_disabled()
+    node.select_option("n1")
+    expect(target).to_have_value("n1")
+    assert zone.locator("option").all_inner_texts() == ["any", "0"]
+    expect(form.locator("#t-gpus")).to_have_text("none on this node")
+    node.select_option("")
+    expect(target).to_have_value("")
+    for task in (busy, task_id):
+        cluster.client().call("task.kill", {"id": task})
+
+
 def test_dashboard_terminal_into_a_container_task(dcluster, busybox, sign_in, screenshots):
     """The envs view lists an env's versions and commits a new one; a container task
     submitted from the form with that env gets a terminal in the page (xterm.js over

@@ -238,6 +238,7 @@ function renderChart(samples, range) {
   const lines = [["cores", "cores_used", "cores_total"], ["memory", "memory_used", "memory_total"],
                  ["gpus", "gpus_used", "gpus_total"]];
   svg.replaceChildren();
+  svg.dataset.samples = String(samples.length);
   for (const level of [0.25, 0.5, 0.75]) {
     const grid = document.createElementNS(ns, "line");
     Object.entries({x1: 0, x2: width, y1: y(level, 1), y2: y(level, 1), class: "grid-line"})
@@ -323,6 +324,7 @@ async function refreshNodes() {
   renderNodes();
   renderOverview();
   fillTargets();
+  fillTargetPickers();
 }
 
 function gpuCell(node) {
@@ -614,6 +616,58 @@ function fillTargets() {
     (node.gpus || []).forEach((gpu, i) => options.push(`${node.name}::${gpu.index ?? i}`));
   }
   list.replaceChildren(...options.map((value) => el("option", {value})));
+}
+
+/** The task form's target pickers, from the live inventory: a node (online ones; "any": no
+ * target), that node's NUMA zones, its GPUs (busy ones disabled); they compose the read-only
+ * target (zriver.spec.parse_target: NODE, NODE:ZONE, NODE::GPU[,GPU], NODE:ZONE:GPU[,...]). */
+function fillTargetPickers() {
+  const form = $("#submit-form");
+  const nodeSelect = form.t_node, zoneSelect = form.t_zone, box = $("#t-gpus");
+  const online = Array.from(app.nodes.values()).filter((n) => n.state === "online")
+    .sort((a, b) => a.name.localeCompare(b.name));
+  const setOptions = (select, values) => {  // rebuilt only when they change (keeps it open)
+    const keep = select.value;
+    const now = Array.from(select.options).slice(1).map((o) => o.value);
+    if (now.join("\n") !== values.join("\n")) {
+      select.replaceChildren(el("option", {value: ""}, "any"),
+        ...values.map((value) => el("option", {value}, value)));
+    }
+    select.value = values.includes(keep) ? keep : "";
+  };
+  setOptions(nodeSelect, online.map((n) => n.name));
+  const node = app.nodes.get(nodeSelect.value);
+  const zones = node ? Math.max(1, Number(node.numa_zones) || 1) : 0;
+  setOptions(zoneSelect, Array.from({length: zones}, (_, z) => String(z)));
+  zoneSelect.disabled = !node;
+  const free = new Set(((node && node.gpus_free) || []).map(String));
+  const checked = box.dataset.node === nodeSelect.value
+    ? new Set($$("input[type=checkbox]:checked", box).map((c) => c.value)) : new Set();
+  box.dataset.node = nodeSelect.value;
+  const gpus = node ? (node.gpus || []) : [];
+  if (!gpus.length) box.replaceChildren(node ? "none on this node" : "pick a node");
+  else {
+    box.replaceChildren(...gpus.map((gpu, i) => {
+      const index = String(gpu.index !== undefined ? gpu.index : i);
+      const busy = !free.has(index);
+      const input = el("input", {type: "checkbox", name: "t_gpu", value: index, onchange: composeTarget});
+      input.disabled = busy;
+      input.checked = !busy && checked.has(index);
+      return el("label", {class: busy ? "gpu-pick busy" : "gpu-pick", title: gpu.name || ""},
+                input, ` ${index}${busy ? " (busy)" : ""}`);
+    }));
+  }
+  composeTarget();
+}
+
+function composeTarget() {
+  const form = $("#submit-form");
+  const node = form.t_node.value, zone = form.t_zone.value;
+  const gpus = $$("#t-gpus input[type=checkbox]:checked").map((c) => c.value);
+  let target = node;
+  if (node && zone !== "") target += `:${zone}`;
+  if (node && gpus.length) target += `${zone !== "" ? ":" : "::"}${gpus.join(",")}`;
+  form.target.value = target;
 }
 
 async function refreshEnvChoices() {
@@ -1048,6 +1102,7 @@ function onHeartbeat(name, body) {
     node.last_heartbeat = body.at || Date.now() / 1000;
     node.heartbeat = body;
     if (app.view === "nodes") coalesce("hb-render", renderHeartbeats, 250);
+    if (app.view === "submit") coalesce("nodes", () => refreshNodes().catch(() => {}), 1000);
   }
   // A running task's output grows between state changes: its node's heartbeat is the event
   // that says "look again" (one read at a time; nothing runs when nothing is followed).
@@ -1080,6 +1135,8 @@ function wire() {
   $$("input[name=td-stream]").forEach((r) => r.addEventListener("change", switchStream));
   $("#submit-form").addEventListener("submit", onSubmitTask);
   $("#submit-form").addEventListener("input", previewCommand);
+  $("#submit-form").t_node.addEventListener("change", fillTargetPickers);
+  $("#submit-form").t_zone.addEventListener("change", composeTarget);
   $("#vps-form").addEventListener("submit", onSubmitVps);
   $("#term-close").addEventListener("click", closeTerminal);
 }
