@@ -276,10 +276,14 @@ def test_target_pickers_and_the_usage_chart(make_cluster, sign_in, screenshots):
 
     cluster = make_cluster({"n1": {"cores": 2, "memory": "4G"},
                             "n2": {"numa_zones": "0-1;2-3", "memory": "8G", "gpus": 3}})
-    # Usage history for the last three hours, one sample each 5 minutes, put in directly.
+    # Usage history for the last three hours, one sample each 5 minutes, put in directly: the
+    # second half while a task holds GPU 0 and a core of n2 (so the lines step up).
     now = time.time()
     times = [now - 3 * 3600 + 300 * i for i in range(36)]
-    cluster.call_soon(lambda: [cluster.host.history.sample(at) for at in times])
+    cluster.call_soon(lambda: [cluster.host.history.sample(at) for at in times[:18]])
+    busy = cluster.submit(["sleep", "60"], target="n2::0")
+    cluster.wait_state(busy, {"running"})
+    cluster.call_soon(lambda: [cluster.host.history.sample(at) for at in times[18:]])
 
     page = sign_in(cluster)
     show_view(page, "overview")
@@ -290,17 +294,16 @@ def test_target_pickers_and_the_usage_chart(make_cluster, sign_in, screenshots):
     for name in ("cores", "memory", "gpus"):
         points = chart.locator(f"polyline.line-{name}").get_attribute("points").split()
         assert len(points) == shown, (name, len(points), shown)
-        ys = {float(p.split(",")[1]) for p in points}
+        ys = [float(p.split(",")[1]) for p in points]
         assert all(0 <= y <= 160 for y in ys)
+        if name in ("cores", "gpus"):
+            assert ys[17] > ys[18] == ys[35], (name, ys)  # higher use: higher on the chart
     xs = [float(p.split(",")[0]) for p in
           chart.locator("polyline.line-cores").get_attribute("points").split()]
     assert xs == sorted(xs) and 250 <= xs[0] <= 350 and xs[-1] <= 600, xs  # 3 h of 6
     page.screenshot(path=str(screenshots / "overview-chart.png"), full_page=True)
 
-    # A task holds GPU 0 of n2: the form shows it busy.
-    busy = cluster.submit(["sleep", "60"], target="n2::0")
-    cluster.wait_state(busy, {"running"})
-
+    # The task above holds GPU 0 of n2: the form shows it busy.
     show_view(page, "submit")
     form = page.locator("#submit-form")
     node, zone = form.locator("select[name=t_node]"), form.locator("select[name=t_zone]")
