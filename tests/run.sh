@@ -127,6 +127,8 @@ start_docker
 python3 -m pip install -q --disable-pip-version-check -e '.[test,build]'
 
 # --- 4. the tests --------------------------------------------------------------------------
+# What tests leave for people to look at (the dashboard's screenshots) goes under one folder.
+export ZRIVER_ARTIFACTS="${ZRIVER_ARTIFACTS:-$PWD/artifacts}"
 status=0
 python3 -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then
