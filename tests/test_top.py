@@ -12,10 +12,9 @@ import dataclasses
 import time
 
 import pytest
-import zmq
 
 from test_shell import needs_tmux, screens, zriver_argv  # noqa: F401  (screens: a fixture)
-from zriver.protocol import decode, encode
+from fakerunners import FakeRunners
 
 FAKE_NODES = 100
 TASKS = 10_000
@@ -103,33 +102,6 @@ def fits(screen: str, width: int, height: int) -> bool:
 
 
 # ---- 100 nodes, 10,000 tasks --------------------------------------------------------------
-class FakeRunners:
-    """Runner identities that register and then only keep their sockets open."""
-
-    def __init__(self, endpoint: str, count: int) -> None:
-        self.context = zmq.Context.instance()
-        self.sockets = []
-        for i in range(count):
-            sock = self.context.socket(zmq.DEALER)
-            sock.linger = 0
-            name = f"fake{i:03d}"
-            sock.setsockopt(zmq.IDENTITY, f"r:{name}".encode())
-            sock.connect(endpoint)
-            gpus = [{"index": g, "uuid": f"GPU-{i}-{g}", "name": "FakeGPU", "memory": 16 << 30}
-                    for g in range(i % 3)]
-            info = {"cores": [0, 1, 2, 3], "zones": [[0, 1], [2, 3]], "memory": 16 << 30,
-                    "gpus": gpus, "hostname": name, "version": "test", "labels": {}}
-            sock.send(encode("runner.register", 1, {"name": name, "info": info, "tasks": []}))
-            self.sockets.append(sock)
-        for sock in self.sockets:
-            assert sock.poll(10_000), "the host did not answer a registration"
-            assert decode(sock.recv()).op == "ok"
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close(linger=0)
-
-
 @pytest.fixture
 def big_cluster(make_cluster):
     # every task is pending or placed; fake runners are plain DEALERs (no keys)

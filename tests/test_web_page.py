@@ -18,11 +18,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import zmq
 from docker_fixtures import *  # noqa: F401,F403  (fixtures)
 from procs import ADMIN
 
-from zriver.protocol import decode, encode
+from fakerunners import FakeRunners
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -470,33 +469,6 @@ def test_a_user_signs_in_sees_no_admin_controls_and_signs_out(make_cluster, sign
 
 # ---- 100 nodes, 10,000 tasks ----------------------------------------------------------------
 FAKE_NODES, TASKS, FIRST_VIEW_LIMIT_MS = 100, 10_000, 1000
-
-
-class FakeRunners:
-    """Runner identities that register (4 cores, 2 NUMA zones, 0-2 GPUs each) and then only
-    keep their sockets open (as tests/test_top.py's)."""
-
-    def __init__(self, endpoint: str, count: int) -> None:
-        self.sockets = []
-        for i in range(count):
-            sock = zmq.Context.instance().socket(zmq.DEALER)
-            sock.linger = 0
-            name = f"fake{i:03d}"
-            sock.setsockopt(zmq.IDENTITY, f"r:{name}".encode())
-            sock.connect(endpoint)
-            gpus = [{"index": g, "uuid": f"GPU-{i}-{g}", "name": "FakeGPU", "memory": 16 << 30}
-                    for g in range(i % 3)]
-            info = {"cores": [0, 1, 2, 3], "zones": [[0, 1], [2, 3]], "memory": 16 << 30,
-                    "gpus": gpus, "hostname": name, "version": "test", "labels": {}}
-            sock.send(encode("runner.register", 1, {"name": name, "info": info, "tasks": []}))
-            self.sockets.append(sock)
-        for sock in self.sockets:
-            assert sock.poll(10_000), "the host did not answer a registration"
-            assert decode(sock.recv()).op == "ok"
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close(linger=0)
 
 
 @pytest.fixture
