@@ -8,13 +8,12 @@ event costs: applying it to the model plus drawing a full screen of the tasks vi
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
 
 from test_shell import needs_tmux, screens, zriver_argv  # noqa: F401  (screens: a fixture)
-from fakerunners import FakeRunners
+from fakerunners import FakeRunners, keep_online
 
 FAKE_NODES = 100
 TASKS = 10_000
@@ -107,11 +106,7 @@ def big_cluster(make_cluster):
     # every task is pending or placed; fake runners are plain DEALERs (no keys)
     cluster = make_cluster({}, host={"prefetch": False, "security": "none"})
 
-    def never_lost():  # fake runners send no heartbeats; keep them online for the test
-        cluster.host.settings = cluster.host.core.settings = dataclasses.replace(
-            cluster.host.settings, heartbeat_misses=1_000_000)
-
-    cluster.call_soon(never_lost)
+    cluster.call_soon(lambda: keep_online(cluster))
     fakes = FakeRunners(cluster.endpoint, FAKE_NODES)
     specs = [{"command": ["true"], "name": f"job{i}", "cores": 1} for i in range(TASKS)]
     cluster.client(timeout=120).call("task.submit", {"tasks": [

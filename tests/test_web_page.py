@@ -10,7 +10,6 @@ chromium or Playwright fails the test instead of skipping it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ import pytest
 from docker_fixtures import *  # noqa: F401,F403  (fixtures)
 from procs import ADMIN
 
-from fakerunners import FakeRunners
+from fakerunners import FakeRunners, keep_online
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -476,11 +475,7 @@ def big_cluster(make_cluster):
     """100 fake nodes and 10,000 tasks (400 placed, the rest pending)."""
     cluster = make_cluster({}, host={"prefetch": False, "security": "none"})
 
-    def never_lost():  # fake runners send no heartbeats; keep them online for the test
-        cluster.host.settings = cluster.host.core.settings = dataclasses.replace(
-            cluster.host.settings, heartbeat_misses=1_000_000)
-
-    cluster.call_soon(never_lost)
+    cluster.call_soon(lambda: keep_online(cluster))
     fakes = FakeRunners(cluster.endpoint, FAKE_NODES)
     try:
         cluster.client(timeout=120).call("task.submit", {"tasks": [
