@@ -1,9 +1,18 @@
 #!/usr/bin/env python
 """Dispatch benchmark: zriver's control plane against bare ``os.posix_spawn``.
 
-Starts a real host and a real runner as two separate processes (``python -m zriver host`` and
-``python -m zriver runner``, configs in a temporary directory, ephemeral ports on 127.0.0.1,
-runner ``cores = 2``), then measures, for the trivial command ``true``:
+    python bench/dispatch.py [--tasks 1000] [--rounds 3] [--samples 200] [--json out.json]
+
+Starts real clusters of one node (configs in a temporary directory, ephemeral ports on
+127.0.0.1, ``heartbeat_interval = 1.0``, runner ``cores = 2``), by default two of them:
+
+* ``split``: a host and a runner as two processes (``python -m zriver host`` and
+  ``python -m zriver runner``), talking over loopback ZeroMQ;
+* ``embedded``: ``python -m zriver up --port 0 --cores 2``, host and runner in one process
+  on one loop, the runner on the in-process link (``zriver.inproc``);
+
+(``--clusters`` picks others: ``split-open`` and ``embedded-open`` are the same with
+``security = "none"``), then measures, for the trivial command ``true``:
 
 * throughput: ``--tasks`` tasks submitted in one ``task.submit`` call, until ``task.wait``
   says all are final (all must be ``completed``);
@@ -23,12 +32,14 @@ The owner ``bench`` has no account on the machine, so a runner running as root r
 tasks as its ``task_user`` (``nobody``): the account switch is in what zriver is measured
 doing, not in the baseline.
 
-Rounds are interleaved (bare, zriver, bare, zriver, ...) and the table shows medians over the
-rounds and the ratios (median of the per-round ratios). Beside wall-clock rates it shows the
-CPU time per task of every process involved (bare: the launcher and its children; zriver: the
-host, the runner and its children, i.e. the tasks), read from /proc: on a machine where the
-tasks and the control plane share two cores, ``bare CPU / zriver CPU`` is the ceiling of the
-throughput ratio, and it is much less disturbed by other load than the rates are.
+Rounds are interleaved (bare, split, embedded, bare, split, embedded, ...) and the table
+shows medians over the rounds and the ratios (median of the per-round ratios; embedded/split
+too). Beside wall-clock rates it shows the CPU time per task of every process involved (bare:
+the launcher and its children; zriver: the host, the runner agent, the node's task keeper and
+its children, i.e. the tasks; embedded: host and agent are one process), read from /proc: on
+a machine where the tasks and the control plane share two cores, ``bare CPU / zriver CPU`` is
+the ceiling of the throughput ratio, and it is much less disturbed by other load than the
+rates are.
 
 A round during which other processes (or the hypervisor: steal) used more than
 ``--noise-threshold`` of the machine (system-wide busy time minus ours, from /proc/stat) is
@@ -36,13 +47,13 @@ marked noisy, replaced by an extra round (at most ``--extra-rounds``) and left o
 medians unless no round was quiet. A VM throttled by its host shows idle time instead, which
 this cannot see: compare ratios, not absolute rates, between runs.
 
-    python bench/dispatch.py [--tasks 1000] [--rounds 3] [--samples 200] [--json out.json]
-
 Profiling (see docs/performance.md): ``--profile cprofile --profile-dir DIR`` runs both roles
-under cProfile (``host.prof``/``runner.prof``, written when the roles stop; wall clock);
+under cProfile (``host.prof``/``runner.prof``, ``embedded-up.prof``, written when the roles
+stop; wall clock);
 ``--profile cputime`` does the same with the main thread's CPU clock (``bench/cpuprof.py``);
-``--profile py-spy`` attaches ``py-spy record`` (raw collapsed stacks, ``host-r1.txt``, ...)
-to both roles during the zriver throughput rounds only; ``--profile attach --attach
+``--profile py-spy`` attaches ``py-spy record`` (raw collapsed stacks, ``split-host-r1.txt``,
+``embedded-up-r1.txt``, ``split-keeper-r1.txt``, ...) to the roles and the keeper during the
+zriver throughput rounds only; ``--profile attach --attach
 'perf record -g -p {pid} -o {out}.perf'`` does the same with any command. ``--skip-latency``
 keeps a profile on the batch. ``--wrapper SCRIPT`` starts the roles through a script that can
 apply experimental patches first.
@@ -165,14 +176,22 @@ class Load:
 
 
 # ---- the cluster under test ----------------------------------------------------------------
+CLUSTERS = {"split": (False, "curve"), "embedded": (True, "curve"),
+            "split-open": (False, "none"), "embedded-open": (True, "none")}
+"""Cluster shapes by name: (embedded, security)."""
+
+
 class Cluster:
-    """A host and a runner, each its own process, in ``root``."""
+    """A host and a runner in ``root``: each its own process, or (``embedded``) both in
+    one ``zriver up`` process."""
 
     def __init__(self, root: Path, profile: str, profile_dir: Path | None,
-                 attach: str = "", wrapper: str = "", security: str = "curve") -> None:
+                 attach: str = "", wrapper: str = "", security: str = "curve",
+                 embedded: bool = False) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.security = security
+        self.embedded = embedded
         self.attach = attach
         self.wrapper = wrapper
         self.profile = profile
@@ -183,20 +202,22 @@ class Cluster:
         self.client: Client | None = None
         self.spies: list[subprocess.Popen] = []
 
-    def _python_role(self, role: str, config: Path) -> list[str]:
+    def _python_role(self, role: str, config: Path | None) -> list[str]:
+        args = [role, "--config", str(config)] if config is not None else [
+            role, "--port", "0", "--cores", "2"]  # ``up``: configs from $ZRIVER_HOME
         if self.wrapper:
-            return [sys.executable, self.wrapper, role, "--config", str(config)]
+            return [sys.executable, self.wrapper, *args]
+        name = f"{'embedded-' if self.embedded else ''}{role}.prof"
         if self.profile == "cprofile":
-            out = self.profile_dir / f"{role}.prof"
-            return [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "zriver", role,
-                    "--config", str(config)]
+            out = self.profile_dir / name
+            return [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "zriver", *args]
         if self.profile == "cputime":
-            out = self.profile_dir / f"{role}.prof"
-            return [sys.executable, str(Path(__file__).with_name("cpuprof.py")), str(out), role,
-                    "--config", str(config)]
-        return [sys.executable, "-m", "zriver", role, "--config", str(config)]
+            out = self.profile_dir / name
+            return [sys.executable, str(Path(__file__).with_name("cpuprof.py")), str(out),
+                    *args]
+        return [sys.executable, "-m", "zriver", *args]
 
-    def _launch(self, role: str, config: Path) -> subprocess.Popen:
+    def _launch(self, role: str, config: Path | None) -> subprocess.Popen:
         log_file = self.root / f"{role}.log"
         self.logs[role] = log_file
         env = dict(os.environ, ZRIVER_HOME=str(self.root), PYTHONUNBUFFERED="1")
@@ -221,10 +242,15 @@ class Cluster:
             "router_port = 0\nxsub_port = 0\nxpub_port = 0\nheartbeat_interval = 1.0\n"
             f'security = "{self.security}"\n')
         admin = self.root / "keys" / "client.key_secret"
-        if self.security == "curve":  # what `zriver init keys` makes for the admin
-            public, _ = keyfiles.ensure_client_pair(admin, "bench", "admin")
-            keyfiles.ensure_admin_import(host_dir, public, "bench")
-        self._launch("host", host_toml)
+        if self.embedded:  # ``zriver up`` makes its admin key (there) and its runner's
+            (self.root / "runner.toml").write_text(
+                f'name = "bench-node"\ndata_dir = "{self.root / "runner"}"\ncores = 2\n')
+            self._launch("up", None)
+        else:
+            if self.security == "curve":  # what `zriver init keys` makes for the admin
+                public, _ = keyfiles.ensure_client_pair(admin, "bench", "admin")
+                keyfiles.ensure_admin_import(host_dir, public, "bench")
+            self._launch("host", host_toml)
         endpoints_file = host_dir / "endpoints.json"
         limit = time.monotonic() + min(30.0, deadline.left())
         while True:
@@ -242,6 +268,20 @@ class Cluster:
         host_key = endpoints.get("host_key", "")
         self.client = Client(self.endpoint, timeout=10.0, key=str(admin) if host_key else "none",
                              host_key=host_key or None)
+        if not self.embedded:
+            self._start_runner(host_key, port)
+        limit = time.monotonic() + min(30.0, deadline.left())
+        while True:
+            self._check_alive()
+            nodes = self.client.call("node.list")["nodes"]
+            if any(n["state"] == "online" for n in nodes):
+                return
+            if time.monotonic() > limit:
+                raise BenchError(f"the runner did not come online within 30 s: {nodes}")
+            time.sleep(0.05)
+
+    def _start_runner(self, host_key: str, port) -> None:
+        """The split cluster's runner process, with a node key the admin added."""
         runner_key = self.root / "runner.key_secret"
         if host_key:  # a node's key, added by the admin (`zriver keys add NODE --role runner`)
             public, _ = keyfiles.ensure_client_pair(runner_key, "bench-node", "runner")
@@ -253,21 +293,20 @@ class Cluster:
             f'host = "127.0.0.1"\nrouter_port = {port("router")}\nxsub_port = {port("xsub")}\n'
             f'name = "bench-node"\ndata_dir = "{self.root / "runner"}"\ncores = 2\n{keys}')
         self._launch("runner", runner_toml)
-        limit = time.monotonic() + min(30.0, deadline.left())
-        while True:
-            self._check_alive()
-            nodes = self.client.call("node.list")["nodes"]
-            if any(n["state"] == "online" for n in nodes):
-                return
-            if time.monotonic() > limit:
-                raise BenchError(f"the runner did not come online within 30 s: {nodes}")
-            time.sleep(0.05)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The control plane's processes: ``host`` and ``runner`` (the agent), or ``up``
+        (both), and ``keeper`` (the runner's task keeper: native tasks are its children, so
+        their CPU is counted with it)."""
+        return ("up", "keeper") if self.embedded else ("host", "runner", "keeper")
 
     def pid(self, role: str) -> int:
-        """The pid of ``host``, ``runner`` (the agent) or ``keeper`` (the runner's task keeper:
-        native tasks are its children, so their CPU is counted with it)."""
+        """The pid of one of ``roles``; ``host`` and ``runner`` are ``up`` when embedded."""
         if role == "keeper":
             return keeper_pid(self.root / "runner")
+        if self.embedded:
+            role = "up"
         return self.procs[role].pid
 
     def spy_start(self, tag: str) -> None:
@@ -282,8 +321,8 @@ class Cluster:
             template = self.attach
         else:
             return
-        for role in ("host", "runner"):
-            out = self.profile_dir / f"{role}{tag}"
+        for role in self.roles:
+            out = self.profile_dir / f"{'embedded' if self.embedded else 'split'}-{role}{tag}"
             command = template.format(pid=self.pid(role), role=role, out=out)
             with open(f"{out}.attach.log", "wb") as log_file:  # (no preexec_fn: threads)
                 self.spies.append(subprocess.Popen(
@@ -313,8 +352,9 @@ class Cluster:
 
 
 def stop_roles(procs: dict[str, subprocess.Popen], grace: float) -> None:
-    """SIGTERM the runner, then the host; SIGKILL whichever has not exited after ``grace``."""
-    for role in ("runner", "host"):
+    """SIGTERM the runner, then the host (or ``up``); SIGKILL whichever has not exited after
+    ``grace``."""
+    for role in ("runner", "host", "up"):
         proc = procs.get(role)
         if proc is None or proc.poll() is not None:
             continue
@@ -500,13 +540,11 @@ class Zriver:
         return result
 
     def throughput(self, count: int, deadline: Deadline) -> dict[str, float]:
-        host_pid, runner_pid = self.cluster.pid("host"), self.cluster.pid("runner")
-        keeper = self.cluster.pid("keeper")
+        pids = {role: self.cluster.pid(role) for role in self.cluster.roles}
         specs = [self.spec] * count
-        load = Load([host_pid, runner_pid, keeper, os.getpid()])
-        cpu_host, cpu_runner = cpu_seconds(host_pid), cpu_seconds(runner_pid)
-        cpu_keeper = cpu_seconds(keeper)
-        family0 = family_cpu([host_pid, runner_pid, keeper])
+        load = Load(list(pids.values()) + [os.getpid()])
+        cpu0 = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        family0 = family_cpu(list(pids.values()))
         t0 = time.perf_counter()
         ids = self.client.call("task.submit", {"tasks": specs}, timeout=60)["ids"]
         t_submitted = time.perf_counter()
@@ -518,18 +556,17 @@ class Zriver:
                 break
         elapsed = time.perf_counter() - t0
         other_load = load.other_share()
-        cpu_host = cpu_seconds(host_pid) - cpu_host
-        cpu_runner = cpu_seconds(runner_pid) - cpu_runner
-        cpu_keeper = cpu_seconds(keeper) - cpu_keeper
-        total = family_cpu([host_pid, runner_pid, keeper]) - family0
+        cpu = {role: cpu_seconds(pid) - cpu0[role] for role, pid in pids.items()}
+        total = family_cpu(list(pids.values())) - family0
         bad = [t for t in reply["tasks"] if t["state"] != lc.COMPLETED]
         if bad or len(reply["tasks"]) != count:
             raise BenchError(f"{len(bad)} of {count} tasks did not complete: {bad[:3]}")
+        # embedded: the one process of host and agent counts as the host, the agent as 0
         return {"tasks_per_s": count / elapsed, "seconds": elapsed,
                 "submit_call_s": t_submitted - t0,
-                "host_cpu_us_per_task": cpu_host / count * 1e6,
-                "runner_cpu_us_per_task": cpu_runner / count * 1e6,
-                "keeper_cpu_us_per_task": cpu_keeper / count * 1e6,
+                "host_cpu_us_per_task": cpu.get("host", cpu.get("up", 0.0)) / count * 1e6,
+                "runner_cpu_us_per_task": cpu.get("runner", 0.0) / count * 1e6,
+                "keeper_cpu_us_per_task": cpu["keeper"] / count * 1e6,
                 "total_cpu_us_per_task": total / count * 1e6,
                 "other_load": other_load}
 
@@ -540,9 +577,22 @@ def summarize(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def cluster_names(args: argparse.Namespace) -> list[str]:
+    """The clusters measured: ``--clusters``, or the older ``--security`` choice (split
+    clusters with CURVE on, off, or both)."""
+    if args.security is not None:
+        return {"curve": ["split"], "none": ["split-open"],
+                "both": ["split", "split-open"]}[args.security]
+    names = [name.strip() for name in args.clusters.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CLUSTERS]
+    if unknown or not names:
+        raise BenchError(f"--clusters: unknown {unknown or names}; choose from "
+                         f"{', '.join(CLUSTERS)}")
+    return names
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Interleaved rounds: bare, zriver (CURVE on), and with ``--security both`` (the
-    default) the same cluster shape with authentication off, each round."""
+    """Interleaved rounds: bare, then every cluster of ``cluster_names`` in turn."""
     deadline = Deadline(args.max_seconds)
     root = Path(tempfile.mkdtemp(prefix="zriver-bench-"))
     root.chmod(0o711)  # a root runner runs the tasks as its task_user: they enter work/
@@ -550,11 +600,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile != "none":
         profile_dir = Path(args.profile_dir or root / "profile").resolve()
         profile_dir.mkdir(parents=True, exist_ok=True)
-    modes = {"curve": ["zriver"], "none": ["zriver"], "both": ["zriver", "open"]}[args.security]
-    security = {"zriver": "none" if args.security == "none" else "curve", "open": "none"}
-    clusters = {key: Cluster(root / security[key], args.profile, profile_dir, args.attach or "",
-                             str(Path(args.wrapper).resolve()) if args.wrapper else "",
-                             security[key]) for key in modes}
+    names = cluster_names(args)
+    clusters = {name: Cluster(root / name, args.profile, profile_dir, args.attach or "",
+                              str(Path(args.wrapper).resolve()) if args.wrapper else "",
+                              CLUSTERS[name][1], embedded=CLUSTERS[name][0])
+                for name in names}
     for cluster in clusters.values():
         cluster.root.chmod(0o711)
     zrs: dict[str, Zriver] = {}
@@ -576,8 +626,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bare.latency(10, deadline)
             for zr in zrs.values():
                 zr.latency(10, deadline)
-        pids = [os.getpid()] + [c.pid(role) for c in clusters.values()
-                                for role in ("host", "runner", "keeper")]
+        pids = [os.getpid()] + [c.pid(role) for c in clusters.values() for role in c.roles]
         clean = number = 0
         while clean < args.rounds and number < args.rounds + args.extra_rounds:
             number += 1
@@ -585,7 +634,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row["bare_throughput"] = bare.throughput(args.tasks, 2, deadline)
             loads = [row["bare_throughput"]["other_load"]]
             for key, zr in zrs.items():
-                clusters[key].spy_start(f"-{key}-r{number}")
+                clusters[key].spy_start(f"-r{number}")
                 try:
                     row[f"{key}_throughput"] = zr.throughput(args.tasks, deadline)
                 finally:
@@ -603,7 +652,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row["noisy"] = row["other_load"] > args.noise_threshold
             clean += not row["noisy"]
             rounds.append(row)
-            print(round_line(row), flush=True)
+            print(round_line(row, names), flush=True)
     finally:
         # a second Ctrl-C or SIGTERM must not cut the cleanup short
         previous = {sig: signal.signal(sig, signal.SIG_IGN)
@@ -620,8 +669,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             signal.signal(sig, handler)
     if profile_dir is not None:
         print(f"profiles in {profile_dir}", file=sys.stderr)
-    return {"args": vars(args), "machine": machine() | {"loadavg": loadavg()}, "rounds": rounds,
-            "summary": summary(rounds)}
+    return {"args": vars(args), "clusters": names,
+            "machine": machine() | {"loadavg": loadavg()}, "rounds": rounds,
+            "summary": summary(rounds, names)}
 
 
 def machine() -> dict[str, Any]:
@@ -642,70 +692,84 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def round_line(row: dict[str, Any]) -> str:
-    bt, zt = row["bare_throughput"], row["zriver_throughput"]
-    text = (f"round {row['round']}: bare {bt['tasks_per_s']:.0f}/s, zriver "
-            f"{zt['tasks_per_s']:.0f}/s ({zt['tasks_per_s'] / bt['tasks_per_s']:.2f}); "
-            f"other load up to {row['other_load']:.0%}{' (noisy)' if row['noisy'] else ''}")
-    if "open_throughput" in row:
-        text += f", auth off {row['open_throughput']['tasks_per_s']:.0f}/s"
-    if "zriver_latency" in row:
-        text += (f"; latency p50 bare {statistics.median(row['bare_latency']) * 1e3:.2f} ms, "
-                 f"zriver {summarize(row['zriver_latency']['completed']) * 1e3:.2f} ms")
-    if "open_latency" in row:
-        text += f", auth off {summarize(row['open_latency']['completed']) * 1e3:.2f} ms"
-    return text
+def round_line(row: dict[str, Any], names: list[str]) -> str:
+    bt = row["bare_throughput"]["tasks_per_s"]
+    parts = [f"bare {bt:.0f}/s"]
+    for name in names:
+        zt = row[f"{name}_throughput"]["tasks_per_s"]
+        parts.append(f"{name} {zt:.0f}/s ({zt / bt:.2f})")
+    text = f"round {row['round']}: " + ", ".join(parts)
+    if "bare_latency" in row:
+        text += f"; latency p50 bare {statistics.median(row['bare_latency']) * 1e3:.2f} ms"
+        for name in names:
+            text += f", {name} {summarize(row[f'{name}_latency']['completed']) * 1e3:.2f} ms"
+    return text + (f"; other load up to {row['other_load']:.0%}"
+                   f"{' (noisy)' if row['noisy'] else ''}")
 
 
-def summary(all_rounds: list[dict[str, Any]]) -> dict[str, float]:
-    """Medians over the quiet rounds (over all rounds when none was quiet)."""
+def summary(all_rounds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Medians over the quiet rounds (over all rounds when none was quiet): the bare
+    baseline, each cluster (ratios: medians of the per-round ratios to bare), and each
+    cluster against the first one (``versus``: e.g. embedded / split)."""
     rounds = [r for r in all_rounds if not r["noisy"]] or all_rounds
+    latency = bool(rounds) and "bare_latency" in rounds[0]
 
     def med(get) -> float:
         return summarize([get(r) for r in rounds])
 
-    out = {
+    def p50(r: dict[str, Any], name: str) -> float:
+        return percentile([v for v in r[f"{name}_latency"]["completed"] if v == v], 50)
+
+    out: dict[str, Any] = {
         "rounds_used": len(rounds),
         "rounds_noisy": sum(r["noisy"] for r in all_rounds),
         "rounds_total": len(all_rounds),
-        "bare_tasks_per_s": med(lambda r: r["bare_throughput"]["tasks_per_s"]),
-        "zriver_tasks_per_s": med(lambda r: r["zriver_throughput"]["tasks_per_s"]),
-        "bare_cpu_us_per_task": med(lambda r: r["bare_throughput"]["cpu_us_per_task"]),
-        "host_cpu_us_per_task": med(lambda r: r["zriver_throughput"]["host_cpu_us_per_task"]),
-        "runner_cpu_us_per_task": med(
-            lambda r: r["zriver_throughput"]["runner_cpu_us_per_task"]),
-        "keeper_cpu_us_per_task": med(
-            lambda r: r["zriver_throughput"]["keeper_cpu_us_per_task"]),
-        "submit_call_ms": med(lambda r: r["zriver_throughput"]["submit_call_s"] * 1e3),
-        "other_load_bare": med(lambda r: r["bare_throughput"]["other_load"]),
-        "other_load_zriver": med(lambda r: r["zriver_throughput"]["other_load"]),
-        "throughput_ratio": med(lambda r: r["zriver_throughput"]["tasks_per_s"]
-                                / r["bare_throughput"]["tasks_per_s"]),
-        "bare_total_cpu_us_per_task": med(
-            lambda r: r["bare_throughput"]["total_cpu_us_per_task"]),
-        "zriver_total_cpu_us_per_task": med(
-            lambda r: r["zriver_throughput"]["total_cpu_us_per_task"]),
-        "cpu_ratio": med(lambda r: r["bare_throughput"]["total_cpu_us_per_task"]
-                         / r["zriver_throughput"]["total_cpu_us_per_task"]),
+        "bare": {
+            "tasks_per_s": med(lambda r: r["bare_throughput"]["tasks_per_s"]),
+            "cpu_us_per_task": med(lambda r: r["bare_throughput"]["cpu_us_per_task"]),
+            "total_cpu_us_per_task": med(
+                lambda r: r["bare_throughput"]["total_cpu_us_per_task"]),
+            "other_load": med(lambda r: r["bare_throughput"]["other_load"]),
+        },
+        "clusters": {},
+        "versus": {},
     }
-    if rounds and "zriver_latency" in rounds[0]:
+    if latency:
         for q in (50, 95):
-            out[f"bare_latency_p{q}_ms"] = med(lambda r: percentile(r["bare_latency"], q) * 1e3)
-            for key in ("reply", "running", "completed"):
-                out[f"zriver_{key}_p{q}_ms"] = med(
-                    lambda r: percentile([v for v in r["zriver_latency"][key] if v == v], q)
-                    * 1e3)
-        out["latency_ratio_p50"] = out["zriver_completed_p50_ms"] / out["bare_latency_p50_ms"]
-    if rounds and "open_throughput" in rounds[0]:
-        out["open_tasks_per_s"] = med(lambda r: r["open_throughput"]["tasks_per_s"])
-        out["open_total_cpu_us_per_task"] = med(
-            lambda r: r["open_throughput"]["total_cpu_us_per_task"])
-        out["auth_throughput_ratio"] = med(lambda r: r["zriver_throughput"]["tasks_per_s"]
-                                           / r["open_throughput"]["tasks_per_s"])
-        if "open_latency" in rounds[0]:
-            out["open_completed_p50_ms"] = med(
-                lambda r: percentile([v for v in r["open_latency"]["completed"] if v == v], 50)
-                * 1e3)
+            out["bare"][f"latency_p{q}_ms"] = med(
+                lambda r: percentile(r["bare_latency"], q) * 1e3)
+    for name in names:
+        thr = f"{name}_throughput"
+        one: dict[str, Any] = {
+            "tasks_per_s": med(lambda r: r[thr]["tasks_per_s"]),
+            "throughput_ratio": med(lambda r: r[thr]["tasks_per_s"]
+                                    / r["bare_throughput"]["tasks_per_s"]),
+            "cpu_ratio": med(lambda r: r["bare_throughput"]["total_cpu_us_per_task"]
+                             / r[thr]["total_cpu_us_per_task"]),
+            "submit_call_ms": med(lambda r: r[thr]["submit_call_s"] * 1e3),
+            "other_load": med(lambda r: r[thr]["other_load"]),
+        }
+        for key in ("host", "runner", "keeper", "total"):
+            one[f"{key}_cpu_us_per_task"] = med(lambda r: r[thr][f"{key}_cpu_us_per_task"])
+        if latency:
+            lat = f"{name}_latency"
+            for q in (50, 95):
+                for key in ("reply", "running", "completed"):
+                    one[f"{key}_p{q}_ms"] = med(lambda r: percentile(
+                        [v for v in r[lat][key] if v == v], q) * 1e3)
+            one["latency_ratio_p50"] = med(lambda r: p50(r, name)
+                                           / percentile(r["bare_latency"], 50))
+        out["clusters"][name] = one
+    first = names[0]
+    for name in names[1:]:
+        versus: dict[str, float] = {"throughput": med(
+            lambda r: r[f"{name}_throughput"]["tasks_per_s"]
+            / r[f"{first}_throughput"]["tasks_per_s"]),
+            "cpu_per_task": med(lambda r: r[f"{name}_throughput"]["total_cpu_us_per_task"]
+                                / r[f"{first}_throughput"]["total_cpu_us_per_task"])}
+        if latency:
+            versus["latency_p50"] = med(lambda r: p50(r, name) / p50(r, first))
+        out["versus"][f"{name}/{first}"] = versus
     return out
 
 
@@ -718,63 +782,65 @@ def noise_note(s: dict[str, Any]) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    s, m, a = result["summary"], result["machine"], result["args"]
-    tasks_cpu = (s["zriver_total_cpu_us_per_task"] - s["host_cpu_us_per_task"]
-                 - s["runner_cpu_us_per_task"] - s["keeper_cpu_us_per_task"])
+    s, m, a, names = result["summary"], result["machine"], result["args"], result["clusters"]
+    b, cs = s["bare"], s["clusters"]
+    width = 44
+
+    def row(label: str, bare: str, values: list[str], note: str = "") -> str:
+        return (f"{label:<{width}}{bare:>10}" + "".join(f"{v:>15}" for v in values)
+                + (f"  {note}" if note else ""))
+
+    def each(fmt: str, key: str) -> list[str]:
+        return [format(cs[n][key], fmt) for n in names]
+
     lines = [
         f"zriver dispatch benchmark: medians of {s['rounds_used']} interleaved rounds "
         f"{noise_note(s)}; {a['tasks']} tasks per batch, {a['samples']} latency samples "
         "per round",
-        "ratio = median of the per-round ratios zriver/bare",
+        "ratios: medians of the per-round ratios to bare (embedded: host and runner agent "
+        "are one process)",
         f"machine: {m['affinity']} cores usable ({m['processor']}), Python {m['python']}",
         "",
-        f"{'metric':<44}{'bare':>10}{'zriver':>10}{'ratio':>9}  target",
-        "-" * 90,
-        f"{'throughput (tasks/s, 2 at a time)':<44}{s['bare_tasks_per_s']:>10.0f}"
-        f"{s['zriver_tasks_per_s']:>10.0f}{s['throughput_ratio']:>9.2f}  >= 0.5 (ideally 0.65)",
+        row("metric", "bare", names),
+        "-" * (width + 10 + 15 * len(names) + 12),
+        row("throughput (tasks/s, 2 at a time)", f"{b['tasks_per_s']:.0f}",
+            each(".0f", "tasks_per_s")),
+        row("   ratio to bare", "", each(".2f", "throughput_ratio"), ">= 0.65"),
     ]
-    if "zriver_completed_p50_ms" in s:
+    if "latency_p50_ms" in b:
         lines += [
-            f"{'submit -> completed p50 (ms)':<44}{s['bare_latency_p50_ms']:>10.2f}"
-            f"{s['zriver_completed_p50_ms']:>10.2f}{s['latency_ratio_p50']:>8.1f}x  < 2 ms",
-            f"{'submit -> completed p95 (ms)':<44}{s['bare_latency_p95_ms']:>10.2f}"
-            f"{s['zriver_completed_p95_ms']:>10.2f}"
-            f"{s['zriver_completed_p95_ms'] / s['bare_latency_p95_ms']:>8.1f}x",
-            f"{'submit -> running event p50 / p95 (ms)':<44}{'':>10}"
-            f"{s['zriver_running_p50_ms']:>5.2f}/{s['zriver_running_p95_ms']:<4.2f}",
-            f"{'submit -> submit reply p50 / p95 (ms)':<44}{'':>10}"
-            f"{s['zriver_reply_p50_ms']:>5.2f}/{s['zriver_reply_p95_ms']:<4.2f}",
+            row("submit -> completed p50 (ms)", f"{b['latency_p50_ms']:.2f}",
+                each(".2f", "completed_p50_ms"), "< 1.5 ms"),
+            row("   ratio to bare", "", [f"{cs[n]['latency_ratio_p50']:.1f}x" for n in names]),
+            row("submit -> completed p95 (ms)", f"{b['latency_p95_ms']:.2f}",
+                each(".2f", "completed_p95_ms")),
+            row("submit -> running event p50 (ms)", "", each(".2f", "running_p50_ms")),
+            row("submit -> submit reply p50 (ms)", "", each(".2f", "reply_p50_ms")),
         ]
-    if "open_tasks_per_s" in s:
-        lines += [
-            "",
-            "authentication (CURVE on, the default) against the same cluster with it off:",
-            f"{'throughput (tasks/s), auth on / off':<44}{s['zriver_tasks_per_s']:>10.0f}"
-            f"{s['open_tasks_per_s']:>10.0f}{s['auth_throughput_ratio']:>9.2f}  >= 0.9",
-            f"{'CPU per task (us), auth on / off':<44}{s['zriver_total_cpu_us_per_task']:>10.0f}"
-            f"{s['open_total_cpu_us_per_task']:>10.0f}",
-        ]
-        if "open_completed_p50_ms" in s:
-            lines.append(f"{'submit -> completed p50 (ms), auth on / off':<44}"
-                         f"{s['zriver_completed_p50_ms']:>10.2f}{s['open_completed_p50_ms']:>10.2f}")
-        lines.append("")
+    tasks_cpu = [cs[n]["total_cpu_us_per_task"] - cs[n]["host_cpu_us_per_task"]
+                 - cs[n]["runner_cpu_us_per_task"] - cs[n]["keeper_cpu_us_per_task"]
+                 for n in names]
     lines += [
-        f"{'CPU per task in the batch, all processes (us)':<44}"
-        f"{s['bare_total_cpu_us_per_task']:>10.0f}{s['zriver_total_cpu_us_per_task']:>10.0f}"
-        f"{s['cpu_ratio']:>9.2f}  (bare/zriver: CPU-bound ceiling)",
-        f"{'   launcher / host process':<44}{s['bare_cpu_us_per_task']:>10.0f}"
-        f"{s['host_cpu_us_per_task']:>10.0f}",
-        f"{'   runner process (the agent)':<44}{'':>10}{s['runner_cpu_us_per_task']:>10.0f}",
-        f"{'   task keeper process (spawns, reaps)':<44}{'':>10}"
-        f"{s['keeper_cpu_us_per_task']:>10.0f}",
-        f"{'   the tasks themselves (true)':<44}"
-        f"{s['bare_total_cpu_us_per_task'] - s['bare_cpu_us_per_task']:>10.0f}"
-        f"{tasks_cpu:>10.0f}",
-        f"{'the task.submit call of the batch (ms)':<44}{'':>10}{s['submit_call_ms']:>10.1f}",
-        f"{'other load on the machine (throughput runs)':<44}{s['other_load_bare']:>10.0%}"
-        f"{s['other_load_zriver']:>10.0%}",
-        f"load average at the end: {m['loadavg']}",
+        row("CPU per task in the batch, all (us)", f"{b['total_cpu_us_per_task']:.0f}",
+            each(".0f", "total_cpu_us_per_task")),
+        row("   bare/zriver (CPU-bound ceiling)", "", each(".2f", "cpu_ratio")),
+        row("   launcher / host process", f"{b['cpu_us_per_task']:.0f}",
+            each(".0f", "host_cpu_us_per_task")),
+        row("   runner process (the agent)", "", each(".0f", "runner_cpu_us_per_task")),
+        row("   task keeper process (spawns, reaps)", "", each(".0f", "keeper_cpu_us_per_task")),
+        row("   the tasks themselves (true)",
+            f"{b['total_cpu_us_per_task'] - b['cpu_us_per_task']:.0f}",
+            [f"{v:.0f}" for v in tasks_cpu]),
+        row("the task.submit call of the batch (ms)", "", each(".1f", "submit_call_ms")),
+        row("other load (throughput runs)", f"{b['other_load']:.0%}", each(".0%", "other_load")),
     ]
+    for pair, versus in s["versus"].items():
+        text = f"{pair}: throughput {versus['throughput']:.2f}x, CPU per task " \
+               f"{versus['cpu_per_task']:.2f}x"
+        if "latency_p50" in versus:
+            text += f", completed p50 {versus['latency_p50']:.2f}x"
+        lines.append(text + " (medians of per-round ratios)")
+    lines.append(f"load average at the end: {m['loadavg']}")
     return "\n".join(lines)
 
 
@@ -784,9 +850,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--samples", type=int, default=200, help="latency samples per round")
     parser.add_argument("--skip-latency", action="store_true", help="throughput rounds only")
-    parser.add_argument("--security", choices=("both", "curve", "none"), default="both",
-                        help="measure with authentication on (curve), off (none), or both "
-                        "in the same rounds (the default; the table shows the ratio)")
+    parser.add_argument("--clusters", default="split,embedded",
+                        help="comma-separated clusters to measure in each round, of "
+                        f"{', '.join(CLUSTERS)} (default: split,embedded; the table compares "
+                        "each with the first)")
+    parser.add_argument("--security", choices=("both", "curve", "none"), default=None,
+                        help="instead of --clusters: split clusters with authentication on "
+                        "(curve), off (none), or both in the same rounds")
     parser.add_argument("--noise-threshold", type=float, default=0.10,
                         help="a round during which other processes used more than this share "
                         "of the machine is noisy: it is re-run and left out of the medians")

@@ -9,6 +9,7 @@ and the host, then checks the scheduler's invariants.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from dataclasses import replace
@@ -25,6 +26,9 @@ from zriver.host.service import Host
 from zriver.eventloop import new_loop
 from zriver.roles import runner_for
 from zriver.runner.agent import Runner
+
+EMBEDDED = os.environ.get("ZRIVER_TEST_EMBEDDED") == "1"
+"""Whether the fixture's runners speak to the host over the in-process link by default."""
 
 
 class Cluster:
@@ -92,7 +96,10 @@ class Cluster:
             self.client().call("key.add", {"name": name, "role": role, "public_key": public})
         return secret
 
-    def start_runner(self, name: str, **overrides: Any) -> Runner:
+    def start_runner(self, name: str, embedded: bool = EMBEDDED, **overrides: Any) -> Runner:
+        """Start runner ``name`` on the cluster's loop: over loopback sockets, or with
+        ``embedded`` over an in-process link as ``zriver up`` runs its runner
+        (``ZRIVER_TEST_EMBEDDED=1`` makes that every runner's default)."""
         settings = RunnerSettings(name=name, data_dir=str(self.root / name), kill_grace=2.0,
                                   request_timeout=1.0, log_poll_interval=0.05)
         if self.secure:
@@ -104,7 +111,7 @@ class Cluster:
         self._runner_dirs.add(Path(settings.data_dir))
 
         async def start() -> Runner:
-            runner = runner_for(self.host, settings)
+            runner = runner_for(self.host, settings, embedded=embedded)
             await runner.start()
             await asyncio.wait_for(runner.registered.wait(), 10)
             return runner

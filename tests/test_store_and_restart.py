@@ -59,10 +59,10 @@ def test_host_restart_keeps_history_and_continues_ids(make_cluster):
 def test_runner_of_another_protocol_version_is_told_clearly(cluster, monkeypatch):
     import msgpack
 
-    def old_encode(op, rid=0, body=None):
-        return msgpack.packb({"v": 999, "op": op, "rid": rid, "body": body or {}})
+    def old_pack(env):
+        return msgpack.packb({"v": 999, "op": env.op, "rid": env.rid, "body": env.body or {}})
 
-    monkeypatch.setattr("zriver.runner.agent.encode", old_encode)
+    monkeypatch.setattr("zriver.runner.uplink.pack", old_pack)
     runner = runner_for(cluster.host, RunnerSettings(
         name="old", data_dir=str(cluster.root / "old"), request_timeout=1.0,
         key=str(cluster.key_for("old", "runner")), host_key=cluster.server_keys.public))

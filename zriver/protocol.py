@@ -66,6 +66,16 @@ def encode_error(rid: int, code: str, msg: str) -> bytes:
     )
 
 
+def pack(env: Envelope) -> bytes:
+    """The frame of ``env`` (what ``encode``, ``encode_ok`` or ``encode_error`` makes of it):
+    senders that queue envelopes as objects (the host, the in-process link of ``zriver up``)
+    encode only where a socket is the next hop."""
+    if env.op == ERROR:
+        return encode_error(env.rid, env.code, env.msg)
+    return msgpack.packb({"v": PROTOCOL_VERSION, "op": env.op, "rid": env.rid,
+                          "body": env.body or {}})
+
+
 MAX_ARRAY_LEN = 1 << 17
 """Most elements one msgpack array may have (a submit holds at most 100,000 tasks)."""
 MAX_MAP_LEN = 1 << 16

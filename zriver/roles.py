@@ -35,12 +35,15 @@ def port_of(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
-def runner_for(host: Host, settings: RunnerSettings) -> Runner:
-    """A runner wired to ``host``'s actual (possibly ephemeral) ports on loopback."""
+def runner_for(host: Host, settings: RunnerSettings, embedded: bool = False) -> Runner:
+    """A runner of ``host`` in this process: wired to its actual (possibly ephemeral) ports
+    on loopback, or, ``embedded``, speaking to it over an in-process link
+    (``Host.runner_link``; its byte streams still use the stream port)."""
     return Runner(replace(settings, host="127.0.0.1" if host.settings.bind_address in
                           ("0.0.0.0", "*") else host.settings.bind_address,
                           router_port=port_of(host.endpoints["router"]),
-                          xsub_port=port_of(host.endpoints["xsub"])))
+                          xsub_port=port_of(host.endpoints["xsub"])),
+                  link=host.runner_link() if embedded else None)
 
 
 async def _until_signalled(started: Callable[[], Awaitable[None]],
@@ -103,7 +106,8 @@ async def serve_runner(settings: RunnerSettings, kill_tasks: bool = False) -> No
 
 async def serve_both(host_settings: HostSettings, runner_settings: RunnerSettings,
                      announce: Callable[[Host, Runner], None], kill_tasks: bool = False) -> None:
-    """``zriver up``: a host and one runner in this process.
+    """``zriver up``: a host and one runner in this process, on one loop, the runner
+    speaking to the host over an in-process link (``zriver.inproc``), not loopback sockets.
 
     Locks both data dirs (the host's, then the runner's) before starting anything; raises
     ``DirectoryInUse`` when either is taken (the other is released again)."""
@@ -145,7 +149,7 @@ async def _serve_both(host_settings: HostSettings, runner_settings: RunnerSettin
     async def started() -> None:
         nonlocal runner
         await host.start()
-        runner = runner_for(host, runner_settings)
+        runner = runner_for(host, runner_settings, embedded=True)
         await runner.start()
         await asyncio.wait_for(runner.registered.wait(), 30)
         announce(host, runner)

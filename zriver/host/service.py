@@ -13,7 +13,12 @@ effects it returns in a fixed order per loop tick:
 
 Other front ends in this process (the SSH relay, the web API) use the same seam: ``call``
 runs an op as a principal and returns its reply (deferred or not) after the commit, and
-``bus`` carries every event (``zriver.host.bus``).
+``bus`` carries every event (``zriver.host.bus``). A runner in this process (``zriver up``)
+speaks to the host over an ``InProcessLink`` (``zriver.inproc``, made by ``runner_link``):
+its envelopes enter exactly where decoded ROUTER messages do (``_on_envelope``, with its
+identity and key), and what the host sends to its identity is handed to it as objects.
+Messages to ROUTER peers are queued as ``Envelope`` objects and encoded only when a socket
+is the next hop.
 
 Live logs: runners publish ``log.<id>`` chunks to the XSUB. With authentication on they are
 not forwarded on the XPUB (which anyone with a key may subscribe to); each chunk goes over
@@ -32,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-import msgpack
 import structlog
 
 from zriver import keys as keyfiles
@@ -60,7 +64,8 @@ from zriver.host.ops import DEFERRED, PEOPLE_ONLY, SERVICE, OpTable
 from zriver.host.store import CORE_MIGRATIONS, Store
 from zriver.logfiles import read_slice
 from zriver.principal import ADMIN, RUNNER, Principal
-from zriver.protocol import arg, decode, encode, encode_error, encode_ok, peek_rid, Envelope
+from zriver.inproc import InProcessLink
+from zriver.protocol import ERROR, OK, arg, decode, encode, pack, peek_rid, Envelope
 from zriver.wire import Channel, Unreachable, Wire
 
 log = structlog.get_logger("zriver.host")
@@ -108,7 +113,11 @@ class Host:
         self.runner_calls: dict[int, asyncio.Future] = {}
         self.endpoints: dict[str, str] = {}
         self.started_at = 0.0
-        self._outgoing: list[tuple[Channel, list[bytes]]] = []
+        self._outgoing: list[tuple[Channel | None, list]] = []
+        """Queued for after the commit: ``(self.xpub, [topic, frame])`` or ``(self.router
+        or None, [identity, Envelope])``; ``None``: nobody minds if it finds no peer."""
+        self._links: dict[bytes, InProcessLink] = {}
+        """Runner identities reached over an in-process link (``zriver up``)."""
         self._answers: list[tuple[asyncio.Future, dict | None, ZriverError | None]] = []
         self._runner_cmds: dict[str, list[dict[str, Any]]] = {}
         self._task_events: dict[int, dict[str, Any]] = {}
@@ -261,21 +270,26 @@ class Host:
         if len(frames) != 2:
             log.warning("host.bad_frames", count=len(frames))
             if len(frames) >= 2:
-                self._send_to(frames[0], encode_error(0, "bad_request",
-                                                      "a request is exactly one frame"))
+                self._send_to(frames[0], Envelope(ERROR, 0, {}, "bad_request",
+                                                  "a request is exactly one frame"))
             return
         identity, frame = frames
         try:
             env = decode(frame, self.settings.max_message_bytes)
         except ZriverError as exc:
             log.warning("host.bad_message", error=str(exc), code=exc.code)
-            self._send_to(identity, encode_error(peek_rid(frame), exc.code, str(exc)))
+            self._send_to(identity, Envelope(ERROR, peek_rid(frame), {}, exc.code, str(exc)))
             return
+        self._on_envelope(identity, env, user)
+
+    def _on_envelope(self, identity: bytes, env: Envelope, user: str | None) -> None:
+        """A decoded ROUTER message, or an envelope from an in-process runner: the sender's
+        principal from its key and identity, then the request or the runner's reply."""
         try:
             principal = self._principal(identity, user)
         except Forbidden as exc:
             if not env.is_reply:
-                self._send_to(identity, encode_error(env.rid, exc.code, str(exc)))
+                self._send_to(identity, Envelope(ERROR, env.rid, {}, exc.code, str(exc)))
             return
         current = now()
         if principal.role == RUNNER:
@@ -450,7 +464,7 @@ class Host:
         of results fetches the next starts), else as ``runner.batch`` (or the lone command).
         A command with its own ``link`` goes alone, and nobody minds if it finds no one."""
         if effect.link is not None:
-            self._outgoing.append((None, [effect.link, encode(effect.op, 0, effect.body)]))
+            self._outgoing.append((None, [effect.link, Envelope(effect.op, 0, effect.body)]))
         else:
             self._runner_cmds.setdefault(effect.node, []).append(
                 {"op": effect.op, "body": effect.body})
@@ -519,7 +533,8 @@ class Host:
         elif request.principal.role == RUNNER:  # its ack may carry this tick's commands
             self._runner_acks.setdefault(request.principal.name, []).append((request, body or {}))
         else:
-            self._outgoing.append((self.router, [request.link, encode_ok(request.rid, body)]))
+            self._outgoing.append((self.router, [request.link, Envelope(OK, request.rid,
+                                                                        body or {})]))
         self.schedule_flush()
 
     def reply_error(self, request: Request, code: str, msg: str) -> None:
@@ -528,7 +543,7 @@ class Host:
             self._answers.append((request.future, None, error_from_reply(code, msg)))
         else:
             self._outgoing.append((self.router, [request.link,
-                                                 encode_error(request.rid, code, msg)]))
+                                                 Envelope(ERROR, request.rid, {}, code, msg)]))
         self.schedule_flush()
 
     def publish(self, topic: str, op: str, body: dict[str, Any]) -> None:
@@ -547,18 +562,39 @@ class Host:
         future = asyncio.get_running_loop().create_future()
         self.runner_calls[rid] = future
         try:
-            self.router.send([self._link_of(node), encode(op, rid, body)])
+            self._deliver(self._link_of(node), Envelope(op, rid, body))
             return await asyncio.wait_for(future, timeout)
         except (Unreachable, asyncio.TimeoutError):
             raise Unavailable(f"node {node} did not answer") from None
         finally:
             self.runner_calls.pop(rid, None)
 
-    def _send_to(self, identity: bytes, frame: bytes) -> None:
+    def _send_to(self, identity: bytes, env: Envelope) -> None:
         try:
-            self.router.send([identity, frame])
+            self._deliver(identity, env)
         except Unreachable:
             pass
+
+    def _deliver(self, identity: bytes, env: Envelope) -> None:
+        """Send ``env`` to a ROUTER peer: handed as it is to a runner on an in-process
+        link, else encoded onto the ROUTER (``Unreachable`` when no such peer is there)."""
+        link = self._links.get(identity)
+        if link is not None:
+            link.deliver(env)
+        else:
+            self.router.send([identity, pack(env)])
+
+    def runner_link(self) -> InProcessLink:
+        """An in-process link for a runner in this process (``zriver up``): the runner
+        opens it with its identity and key, and is then reached without sockets."""
+        return InProcessLink(self._on_envelope, self._on_published, self.flush,
+                             self._attach_link)
+
+    def _attach_link(self, identity: bytes, link: InProcessLink | None) -> None:
+        if link is None:
+            self._links.pop(identity, None)
+        else:
+            self._links[identity] = link
 
     def _link_of(self, name: str) -> bytes:
         """Where commands for node ``name`` go: its registered runner."""
@@ -569,7 +605,10 @@ class Host:
         return node.link
 
     def _linked(self, link: bytes) -> bool:
-        """Whether a runner is connected at ``link`` now (a probe the ROUTER can refuse)."""
+        """Whether a runner is connected at ``link`` now (a probe the ROUTER can refuse; a
+        runner on an in-process link is there while its link is open)."""
+        if link in self._links:
+            return True
         try:
             self.router.send([link, encode("runner.probe")])
         except Unreachable:
@@ -613,14 +652,18 @@ class Host:
         outgoing.extend(acks)
         outgoing.extend(self._outgoing)
         self._outgoing = []
+        xpub = self.xpub
         for channel, frames in outgoing:
+            if channel is xpub:
+                xpub.send(frames)
+                if self.bus:
+                    self.bus.publish(frames[0], frames[1])
+                continue
             try:
-                (channel or self.router).send(frames)
+                self._deliver(frames[0], frames[1])
             except Unreachable:
                 if channel is not None:
-                    self._on_unreachable(frames)
-            if channel is self.xpub and self.bus:
-                self.bus.publish(frames[0], frames[1])
+                    self._on_unreachable(frames[0], frames[1])
         answers, self._answers = self._answers, []
         for future, body, error in answers:
             if not future.done():
@@ -638,7 +681,7 @@ class Host:
             self.store.conn.execute("ROLLBACK")
         message = (f"the host could not write its store ({exc}); nothing of this request "
                    f"was kept: try again once the host's disk has room")
-        refusals = [[frames[0], encode_error(peek_rid(frames[1]), "unavailable", message)]
+        refusals = [[frames[0], Envelope(ERROR, frames[1].rid, {}, "unavailable", message)]
                     for channel, frames in self._outgoing
                     if channel is self.router and node_of(frames[0]) is None]
         answers, self._answers = self._answers, []
@@ -663,36 +706,32 @@ class Host:
         commanding, plain = [], []
         for node, replies in acks.items():
             for request, body in replies[:-1]:
-                plain.append((self.router, [request.link, encode_ok(request.rid, body)]))
+                plain.append((self.router, [request.link, Envelope(OK, request.rid, body)]))
             request, body = replies[-1]
             if node in cmds:
                 body = {**body, "commands": cmds.pop(node)}
-                commanding.append((self.router, [request.link, encode_ok(request.rid, body)]))
+                commanding.append((self.router, [request.link, Envelope(OK, request.rid, body)]))
             else:
-                plain.append((self.router, [request.link, encode_ok(request.rid, body)]))
+                plain.append((self.router, [request.link, Envelope(OK, request.rid, body)]))
         for node, commands in cmds.items():
             link = self._link_of(node)
             if len(commands) == 1:
-                frame = encode(commands[0]["op"], 0, commands[0]["body"])
+                env = Envelope(commands[0]["op"], 0, commands[0]["body"])
             else:
-                frame = encode("runner.batch", 0, {"commands": commands})
-            commanding.append((self.router, [link, frame]))
+                env = Envelope("runner.batch", 0, {"commands": commands})
+            commanding.append((self.router, [link, env]))
         return commanding, plain
 
-    def _on_unreachable(self, frames: list[bytes]) -> None:
+    def _on_unreachable(self, identity: bytes, env: Envelope) -> None:
         """A message to a runner found no connection: the core decides what that means."""
-        name = node_of(frames[0])
+        name = node_of(identity)
         if name is None:
             return  # a client that left: nothing to do
         node = self.core.nodes.get(name)
-        if node is not None and node.link not in (None, frames[0]):
+        if node is not None and node.link not in (None, identity):
             return  # not its registered runner (a reregister request to a stranger)
-        try:
-            env = msgpack.unpackb(frames[1], raw=False)
-        except Exception:
-            return
-        body = env.get("body") or {}
-        commands = body.get("commands") or [env]  # runner.batch, an ack carrying commands, or one
+        # runner.batch, an ack carrying commands, or one command
+        commands = env.body.get("commands") or [{"op": env.op, "body": env.body}]
         self.begin()
         self._execute(self.core.undeliverable(name, commands, now()))
 
@@ -706,6 +745,8 @@ class Host:
             # are queued); the core shifts every node's clock by a stall.
             self.router.drain()
             self.xsub.drain()
+            for link in list(self._links.values()):
+                link.drain()
             current = now()
             if current.mono - last > interval:
                 log.warning("host.stalled", seconds=round(current.mono - last, 2))

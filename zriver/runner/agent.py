@@ -1,8 +1,10 @@
 """The runner agent: registers with the host, runs what it is told, reports what happened.
 
-Wire: a DEALER (identity ``r:<node name>``) to the host's ROUTER for requests, replies and the
-host's commands; a PUB to the host's XSUB for heartbeats (``hb.<node>``) and log chunks; once
-registered, a second DEALER (``s:<node>:<instance>``) to the port the register reply names
+Wire: a DEALER (identity ``r:<node name>:<instance>``) to the host's ROUTER for requests,
+replies and the host's commands; a PUB to the host's XSUB for heartbeats (``hb.<node>``) and
+log chunks (``zriver.runner.uplink``); under ``zriver up`` both are an in-process link
+instead (``zriver.inproc``: the same envelopes, passed as objects). Once registered, a
+second DEALER (``s:<node>:<instance>``) to the port the register reply names
 (``stream_port``) for byte streams (``zriver.runner.streams``: shells, port forwards).
 
 Updates (task state changes) go through the persistent outbox of ``Ledger``: the updates of a
@@ -48,7 +50,7 @@ from zriver.config import RunnerSettings
 from zriver.errors import BadVersion, Conflict, ZriverError, error_from_reply
 from zriver.keys import runner_client_keys
 from zriver.logfiles import log_path, read_slice
-from zriver.protocol import arg, decode, encode, encode_error, encode_ok
+from zriver.protocol import ERROR, OK, Envelope, arg
 from zriver.runner import resources
 from zriver.runner.accounts import can_switch, own_name
 from zriver.runner.backends import Exit, Job, StartError
@@ -60,8 +62,9 @@ from zriver.runner.ledger import Ledger
 from zriver.runner.logtail import LogTail
 from zriver.runner.streams import StreamEndpoint
 from zriver.runner.streamtargets import ContainerTargets, docker_socket
+from zriver.runner.uplink import SocketUplink
 from zriver.spec import TaskSpec
-from zriver.wire import Channel, Wire, send_frames
+from zriver.wire import Wire
 
 log = structlog.get_logger("zriver.runner")
 MAX_BATCH = 2000
@@ -81,10 +84,14 @@ ACK_WRITE_DELAY = 0.5
 
 
 class Runner:
-    """One node agent. ``start`` connects and registers in the background; ``stop`` ends it."""
+    """One node agent. ``start`` connects and registers in the background; ``stop`` ends it.
 
-    def __init__(self, settings: RunnerSettings) -> None:
+    ``link``: reach the host over this in-process link (``Host.runner_link``, ``zriver up``)
+    instead of its ROUTER and XSUB sockets."""
+
+    def __init__(self, settings: RunnerSettings, link: Any = None) -> None:
         self.settings = settings.resolved()
+        self.link = link
         self.name = self.settings.name
         self.data_dir = Path(self.settings.data_dir)
         self.registered = asyncio.Event()
@@ -165,11 +172,12 @@ class Runner:
                                "whatever their --user, owner or task_user")
         self.wire = Wire(self.settings.max_message_bytes, client_keys=client_keys)
         self.streams.wire = self.wire
-        host = self.settings.host
-        dealer = self.wire.dealer(f"tcp://{host}:{self.settings.router_port}",
-                                  identity=f"r:{self.name}:{self.instance}".encode())
-        self.channel = Channel(dealer, self._on_message)
-        self.pub = self.wire.pub(f"tcp://{host}:{self.settings.xsub_port}")
+        self.uplink = self.link or SocketUplink(self.wire, self.settings.host,
+                                                self.settings.router_port,
+                                                self.settings.xsub_port)
+        self.uplink.open(f"r:{self.name}:{self.instance}".encode(),
+                         client_keys.public if client_keys is not None else "",
+                         self._on_envelope)
         self.logtail = LogTail(self.publish)
         self._persisted = self.ledger.pending()
         self._known = {(u["id"], u.get("attempt", 1)) for _, u in self._persisted}
@@ -252,7 +260,7 @@ class Runner:
         await self.streams.close(f"the runner of node {self.name} stopped")
         for backend in self.backends.values():
             backend.close()
-        self.channel.close()
+        self.uplink.close()
         self.wire.close()
         self.ledger.close()
         log.info("runner.stopped", node=self.name)
@@ -293,7 +301,7 @@ class Runner:
         self._calls[rid] = future
         self._call_sent[rid] = time.monotonic()
         try:
-            self.channel.send([encode(op, rid, body)])
+            self.uplink.send(Envelope(op, rid, body))
             return await asyncio.wait_for(future, timeout or self.settings.request_timeout)
         finally:
             self._calls.pop(rid, None)
@@ -397,10 +405,8 @@ class Runner:
         log.info("runner.registered", node=self.name, stop=reply.get("stop", []))
 
     def publish(self, topic: str, body: dict) -> None:
-        try:
-            send_frames(self.pub, [topic.encode(), encode(topic.split(".", 1)[0], 0, body)])
-        except Exception:  # PUB is lossy by design
-            pass
+        """A heartbeat or log chunk for the host (lossy by design)."""
+        self.uplink.publish(topic, body)
 
     def _usage(self) -> dict[str, Any]:
         body = resources.usage()
@@ -444,7 +450,7 @@ class Runner:
             self._next_rid += 1
             self._pings = {r: t for r, t in self._pings.items() if now - t < 60}
             self._pings[rid] = now
-            self.channel.send([encode("runner.ping", rid, {"name": self.name})])
+            self.uplink.send(Envelope("runner.ping", rid, {"name": self.name}))
 
     def _fence_others(self) -> None:
         """Self-fencing of container tasks (the keeper fences native ones by itself): kill
@@ -478,12 +484,8 @@ class Runner:
             f"{self.lease.fence_at - self.lease.start:.3g} s (self-fencing; the host may "
             f"run it again elsewhere)")
 
-    def _on_message(self, frames: list[bytes]) -> None:
-        try:
-            env = decode(frames[-1], self.settings.max_message_bytes)
-        except ZriverError as exc:
-            log.warning("runner.bad_message", error=str(exc))
-            return
+    def _on_envelope(self, env: Envelope) -> None:
+        """A message from the host: a reply to one of ours, or a command."""
         if env.is_reply:
             self._on_reply(env)
             return
@@ -516,8 +518,8 @@ class Runner:
             if exc is not None:
                 log.warning("runner.command_failed", error=str(exc), code=code)
             return
-        frame = encode_ok(rid, body) if exc is None else encode_error(rid, code, str(exc))
-        self.channel.send([frame])
+        self.uplink.send(Envelope(OK, rid, body or {}) if exc is None
+                         else Envelope(ERROR, rid, {}, code, str(exc)))
 
     def _on_reply(self, env) -> None:
         if self._inflight is not None and env.rid == self._inflight[0]:
@@ -652,8 +654,8 @@ class Runner:
         rid = self._next_rid
         self._next_rid += 1
         self._inflight = (rid, [seq for seq, _ in batch], time.monotonic())
-        self.channel.send([encode("task.update", rid, {"name": self.name,
-                                                      "updates": [u for _, u in batch]})])
+        self.uplink.send(Envelope("task.update", rid, {"name": self.name,
+                                                      "updates": [u for _, u in batch]}))
         self._resend = asyncio.get_running_loop().call_later(
             self.settings.request_timeout, self._resend_batch)
 
