@@ -276,8 +276,8 @@ def test_a_heartbeat_from_another_runner_of_the_node_is_dropped(h):
 
 
 # ---- the core does no I/O -------------------------------------------------------------------------
-PURE = ["core", "dispatch", "handlers", "waiting", "effects", "model", "scheduler", "deps",
-        "ops", "followers", "bus", "vpscore"]
+PURE = ["core", "dispatch", "handlers", "waiting", "effects", "model", "scheduler", "freeindex",
+        "deps", "ops", "followers", "bus", "vpscore"]
 
 
 @pytest.mark.parametrize("module", PURE)

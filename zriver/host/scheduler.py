@@ -22,6 +22,10 @@ to the host. A staged task holds nothing of its own
 (its books are its predecessor's); it counts towards its batch's ``max_parallel``. Chaining
 stops at the first task that has to wait otherwise, so it never jumps a reservation.
 
+Placement does not scan the nodes: the usable ones are filed by free cores and free GPUs
+(``host/freeindex.py``) and a task takes the first node that fits in its policy's order, so a
+plain placement costs O(log nodes). Each node keeps the set of tasks holding resources there.
+
 Queue order: priority (higher first), then submission order. A task that does not fit now
 does not block the others (backfill), except that the first blocked task that could run
 somewhere gets a reservation on one node: no new task is placed there until it starts, unless
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from zriver.errors import Impossible, NotFound
+from zriver.host.freeindex import FreeIndex
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -162,6 +167,11 @@ class Scheduler:
         self._successor: dict[int, int] = {}  # placed task -> the task staged behind it
         self._staged: dict[int, tuple[int, Allocation, Request]] = {}  # -> (behind, alloc, req)
         self._open: dict[tuple[int, int, int], dict[int, None]] = {}  # shape -> placed, no successor
+        self._on_node: dict[str, set[int]] = {}  # node -> tasks holding an allocation there
+        self._usable: dict[str, _Node] = {}
+        self._index = FreeIndex()  # the usable nodes by free cores and GPUs
+        self._hopeless: set[tuple] = set()
+        """Shapes (``_fit_key``) no usable node can ever run, found so far in this pass."""
 
     # ---- nodes -------------------------------------------------------------------------
     def set_node(self, name: str, spec: NodeSpec) -> None:
@@ -169,18 +179,32 @@ class Scheduler:
         old = self._nodes.get(name)
         node = _Node(name, spec, old.state if old else OFFLINE, old.drained if old else False)
         node.free_cores, node.free_memory, node.free_gpus = set(spec.cores), spec.memory, set(spec.gpus)
-        for alloc in self._held.values():
-            if alloc.node == name:
-                node.free_cores -= set(alloc.cores)
-                node.free_memory -= alloc.memory
-                node.free_gpus -= set(alloc.gpus)
+        for task_id in self._on_node.get(name, ()):
+            alloc = self._held[task_id]
+            node.free_cores -= set(alloc.cores)
+            node.free_memory -= alloc.memory
+            node.free_gpus -= set(alloc.gpus)
         self._nodes[name] = node
+        self._refile(node)
 
     def set_node_state(self, name: str, state: str) -> None:
-        self._node(name).state = state
+        node = self._node(name)
+        node.state = state
+        self._refile(node)
 
     def set_drained(self, name: str, drained: bool) -> None:
-        self._node(name).drained = drained
+        node = self._node(name)
+        node.drained = drained
+        self._refile(node)
+
+    def _refile(self, node: _Node) -> None:
+        """Bring the usable set and the free index up to date after ``node`` changed."""
+        if node.usable:
+            self._usable[node.name] = node
+            self._index.file(node.name, len(node.free_cores), len(node.free_gpus))
+        else:
+            self._usable.pop(node.name, None)
+            self._index.drop(node.name)
 
     def has_node(self, name: str) -> bool:
         return name in self._nodes
@@ -230,7 +254,8 @@ class Scheduler:
         node.free_cores -= set(alloc.cores)
         node.free_memory -= alloc.memory
         node.free_gpus -= set(alloc.gpus)
-        self._held[task_id] = alloc
+        self._refile(node)
+        self._keep(task_id, alloc)
         if req is not None:
             self._held_req[task_id] = req
             self._open.setdefault(_shape(req), {})[task_id] = None
@@ -258,6 +283,8 @@ class Scheduler:
                 self._batch_running[req.batch] -= 1
             self._open.get(_shape(req), {}).pop(task_id, None)
         alloc = self._held.pop(task_id, None)
+        if alloc is not None:
+            self._on_node[alloc.node].discard(task_id)
         successor = self._successor.pop(task_id, None)
         if successor is not None and alloc is not None:
             self._take_over(successor)
@@ -267,6 +294,15 @@ class Scheduler:
             node.free_cores |= set(alloc.cores)
             node.free_memory += alloc.memory
             node.free_gpus |= set(alloc.gpus)
+            self._refile(node)
+
+    def _keep(self, task_id: int, alloc: Allocation) -> None:
+        """Book ``alloc`` as held by ``task_id`` (its node's resources are taken already)."""
+        old = self._held.get(task_id)
+        if old is not None:
+            self._on_node[old.node].discard(task_id)
+        self._held[task_id] = alloc
+        self._on_node.setdefault(alloc.node, set()).add(task_id)
 
     def _stage(self, task_id: int, behind: int, alloc: Allocation, req: Request) -> None:
         self._staged[task_id] = (behind, alloc, req)
@@ -296,7 +332,7 @@ class Scheduler:
         """The predecessor ended: its resources are now the staged task's own (whatever is
         staged behind it stays there, one step closer to the front)."""
         _, alloc, req = self._staged.pop(task_id)
-        self._held[task_id] = alloc
+        self._keep(task_id, alloc)
         self._held_req[task_id] = req
         self._reopen_tail(task_id)
 
@@ -367,18 +403,20 @@ class Scheduler:
     def schedule(self, now: float = 0.0) -> list[Placement]:
         """Place every queued task that fits now, in queue order, honouring one reservation.
 
-        Cost: a task that cannot fit anywhere by size is passed over in O(1) (the largest free
-        core and GPU counts are kept up to date), and the walk stops once no core is free and
-        the head of the queue holds its reservation.
+        Cost: a placement looks at the best nodes by the free index first and stops at the
+        first that fits (O(log nodes) for a plain request); a task that cannot fit anywhere by
+        size is passed over in O(1) (the largest free core and GPU counts come from the index);
+        the walk stops once no core is free and the head of the queue holds its reservation.
         """
         placements: list[Placement] = []
         if not any(self._queues.values()):
             return placements  # nothing waits (the common case after a task ends)
-        usable = [n for n in self._nodes.values() if n.usable]
+        usable = self._usable
         self._stalled = not usable
         if self._stalled:
             return placements  # nothing can run: reasons are worked out when asked
-        most_cores, most_gpus = _most_free(usable)
+        most_cores, most_gpus = self._most_free()
+        self._hopeless.clear()
         reservation: tuple[str, float] | None = None  # (node, earliest start of its owner)
         for req in self.queued():
             if most_cores == 0 and reservation is not None:
@@ -392,7 +430,7 @@ class Scheduler:
                 node = self._choose(req, usable, reservation, now)
                 if node is not None:
                     placements.append(self._place(req, node))
-                    most_cores, most_gpus = _most_free(usable)
+                    most_cores, most_gpus = self._most_free()
                     continue
             if self.chain and reservation is None and self._chain(req, placements):
                 continue
@@ -429,48 +467,79 @@ class Scheduler:
         return bool(req.batch is not None and req.max_parallel
                     and self._batch_running.get(req.batch, 0) >= req.max_parallel)
 
-    def _choose(self, req: Request, usable: list[_Node], reservation: tuple[str, float] | None,
-                now: float) -> _Node | None:
-        best = None
+    def _most_free(self) -> tuple[int, int]:
+        """The largest free core count and free GPU count of any usable node."""
+        return self._index.most_free()
+
+    def _choose(self, req: Request, usable: dict[str, _Node],
+                reservation: tuple[str, float] | None, now: float) -> _Node | None:
+        """The usable node ``req`` goes to now, if any: of those it fits (and that the
+        reservation lets it use), the first by the policy's key, ``(-free, name)`` for spread
+        and ``(free, name)`` for pack, *free* counting GPUs for a GPU task, else cores."""
+        if req.target is not None:
+            node = usable.get(req.target)
+            return node if node is not None and self._admits(node, req, reservation, now) else None
+        if req.cores < 1 or req.gpus < 0:  # never from a spec; the walks assume a core at least
+            return self._scan(req, usable, reservation, now)
         policy = self.gpu_placement if req.gpu_count else self.placement
-        for node in usable:
-            if (req.target is not None and node.name != req.target) or not node.fits_now(req):
-                continue
-            if not req.needs <= node.spec.features:
-                continue
-            if reservation and node.name == reservation[0] and not _ends_before(req, now,
-                                                                                reservation[1]):
-                continue
-            free = len(node.free_gpus) if req.gpu_count else len(node.free_cores)
-            key = (free if policy == PACK else -free, node.name)
-            if best is None or key < best[0]:
-                best = (key, node)
-        return None if best is None else best[1]
+        least = req.gpu_count or req.cores
+        for name in self._index.walk(bool(req.gpu_count), least, policy != PACK):
+            node = usable[name]
+            if self._admits(node, req, reservation, now):
+                return node
+        return None
+
+    def _scan(self, req: Request, usable: dict[str, _Node],
+              reservation: tuple[str, float] | None, now: float) -> _Node | None:
+        """``_choose`` over every usable node, by the same key."""
+        policy = self.gpu_placement if req.gpu_count else self.placement
+        fitting = [n for n in usable.values() if self._admits(n, req, reservation, now)]
+        if not fitting:
+            return None
+        sign = 1 if policy == PACK else -1
+        return min(fitting, key=lambda n: (
+            sign * len(n.free_gpus if req.gpu_count else n.free_cores), n.name))
+
+    @staticmethod
+    def _admits(node: _Node, req: Request, reservation: tuple[str, float] | None,
+                now: float) -> bool:
+        """``req`` fits ``node`` now, ``node`` offers its features, and the reservation (if
+        ``node`` is the reserved one) lets it in."""
+        if not node.fits_now(req) or not req.needs <= node.spec.features:
+            return False
+        return not (reservation and node.name == reservation[0]
+                    and not _ends_before(req, now, reservation[1]))
 
     def _place(self, req: Request, node: _Node) -> Placement:
         cores = _pick_cores(node, req)
-        gpus = req.gpu_ids or tuple(sorted(node.free_gpus)[: req.gpus])
-        node.free_cores -= set(cores)
+        gpus = req.gpu_ids or (tuple(sorted(node.free_gpus)[: req.gpus]) if req.gpus else ())
+        node.free_cores.difference_update(cores)
         node.free_memory -= req.memory
-        node.free_gpus -= set(gpus)
+        if gpus:
+            node.free_gpus.difference_update(gpus)
+        self._index.file(node.name, len(node.free_cores), len(node.free_gpus))  # still usable
         alloc = Allocation(node.name, cores, req.memory, gpus, req.numa)
         del self._queues[req.priority][req.task_id]
         self._reasons.pop(req.task_id, None)
-        self._held[req.task_id] = alloc
+        self._keep(req.task_id, alloc)
         self._held_req[req.task_id] = req
         self._open.setdefault(_shape(req), {})[req.task_id] = None
         if req.batch is not None:
             self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
         return Placement(req.task_id, alloc)
 
-    def _block(self, req: Request, usable: list[_Node], reservation: tuple[str, float] | None,
-               now: float) -> tuple[str, float] | None:
+    def _block(self, req: Request, usable: dict[str, _Node],
+               reservation: tuple[str, float] | None, now: float) -> tuple[str, float] | None:
         """Record why ``req`` waits; give it the reservation if it is the first blocked one."""
         if req.target is not None:
-            target = self._nodes.get(req.target)
-            candidates = [target] if target in usable and target.fits_ever(req) else []
+            target = usable.get(req.target)
+            candidates = [target] if target is not None and target.fits_ever(req) else []
+        elif _fit_key(req) in self._hopeless:
+            candidates = []  # another task of this shape found no node in this pass
         else:
-            candidates = [n for n in usable if n.fits_ever(req)]
+            candidates = [n for n in usable.values() if n.fits_ever(req)]
+            if not candidates:
+                self._hopeless.add(_fit_key(req))
         if not candidates:
             self._reasons[req.task_id] = _unusable_reason(req, self._nodes)
             return reservation
@@ -487,10 +556,8 @@ class Scheduler:
     def _earliest_start(self, node: _Node, req: Request, now: float) -> float:
         """When enough frees on ``node`` for ``req``, from running tasks' time limits
         (infinity when any task in the way has none)."""
-        ends = sorted(
-            (self._limit_end(task_id, now), task_id)
-            for task_id, alloc in self._held.items() if alloc.node == node.name
-        )
+        ends = sorted((self._limit_end(task_id, now), task_id)
+                      for task_id in self._on_node.get(node.name, ()))
         cores, memory, gpus = set(node.free_cores), node.free_memory, set(node.free_gpus)
         probe = _Node(node.name, node.spec, ONLINE, False, cores, memory, gpus)
         if probe.fits_now(req):
@@ -516,14 +583,22 @@ class Scheduler:
         queued = [req.task_id for req in self.queued()]
         assert len(queued) == len(set(queued)), "a task is queued twice"
         assert not set(queued) & set(self._held), "a task is both queued and placed"
+        by_node: dict[str, list[Allocation]] = {name: [] for name in self._nodes}
+        for task_id, alloc in self._held.items():
+            by_node.setdefault(alloc.node, []).append(alloc)
+            assert task_id in self._on_node.get(alloc.node, ()), f"task {task_id} not on its node"
+        assert sum(map(len, self._on_node.values())) == len(self._held), "node task sets off"
         for node in self._nodes.values():
-            allocs = [a for a in self._held.values() if a.node == node.name]
+            allocs = by_node[node.name]
             for kind, free in (("cores", node.free_cores), ("gpus", node.free_gpus)):
                 taken = [x for a in allocs for x in getattr(a, kind)]
                 assert len(taken) == len(set(taken)), f"{kind} held twice on {node.name}"
                 assert not set(taken) & free, f"held {kind} marked free on {node.name}"
             used = sum(a.memory for a in allocs)
             assert node.free_memory == node.spec.memory - used, f"memory books off on {node.name}"
+        assert self._usable == {n.name: n for n in self._nodes.values() if n.usable}, "usable off"
+        self._index.check({n.name: (len(n.free_cores), len(n.free_gpus))
+                           for n in self._usable.values()})
         for task_id, (behind, alloc, _) in self._staged.items():
             head = behind
             while head in self._staged:
@@ -553,10 +628,9 @@ def _shape(req: Request) -> tuple[int, int, int]:
     return req.cores, req.memory, req.gpu_count
 
 
-def _most_free(nodes: list[_Node]) -> tuple[int, int]:
-    """The largest free core count and free GPU count over ``nodes``."""
-    return (max((len(n.free_cores) for n in nodes), default=0),
-            max((len(n.free_gpus) for n in nodes), default=0))
+def _fit_key(req: Request) -> tuple:
+    """What ``_Node.fits_ever`` looks at in an untargeted request."""
+    return req.cores, req.memory, req.numa, req.gpu_ids, req.gpu_count, req.needs
 
 
 def _ends_before(req: Request, now: float, reserved_start: float) -> bool:
