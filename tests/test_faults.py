@@ -298,8 +298,17 @@ def test_full_disk_while_a_task_writes_its_log(tmp_path: Path) -> None:
 
 # ---- 3. the host's store unwritable ------------------------------------------------------
 def store_ids(cluster: Cluster) -> set[int]:
+    """Every task id the host lists (page after page: a page holds 1,000 at most)."""
+    ids: set[int] = set()
+    before = None
     with cluster.host.client(timeout=5) as client:
-        return {t["id"] for t in client.call("task.list", {"limit": 100_000})["tasks"]}
+        for _ in range(1000):  # bounded: a million rows
+            reply = client.call("task.list", {"limit": 1000, "before": before})
+            ids |= {t["id"] for t in reply["tasks"]}
+            before = reply.get("next")
+            if before is None:
+                break
+    return ids
 
 
 def test_host_store_full_under_a_running_host(tmp_path: Path) -> None:

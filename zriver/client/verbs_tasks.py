@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import sys
 
@@ -144,28 +145,93 @@ def submit(ctx: Context, args) -> int:
     return 0
 
 
+TASK_COLUMNS = ["id", "name", "state", "node", "cores", "mem", "age", "exit", "detail"]
+#: Rows per page that ``--all`` asks for (the host's most).
+ALL_PAGE = 1000
+
+
 @command(
-    "tasks", "list tasks, newest first (pending ones say why they wait)",
+    "tasks", "list tasks, newest first, a page at a time (pending ones say why they wait)",
     arg("--state", action="append", choices=lc.ALL_STATES, help="only this state (repeatable)"),
     arg("--batch", type=int, help="only this batch (sweep) id"),
     arg("--user", help="only tasks of this owner"),
-    arg("--limit", type=int, default=50, help="at most this many (default 50)"),
-    arg("--all", action="store_true", help="no limit"),
+    arg("--node", help="only tasks placed on this node"),
+    arg("--name", help="only tasks whose name contains this"),
+    arg("--limit", type=int, default=50, help="rows in the page (default 50, at most 1000)"),
+    arg("--before", type=int, metavar="ID", help="only ids below ID (the next page)"),
+    arg("--all", action="store_true",
+        help="every matching row, page after page as they arrive (--json: one JSON object "
+             "a line)"),
     JSON,
 )
 def tasks(ctx: Context, args) -> int:
-    limit = 100_000 if args.all else args.limit
-    rows = ctx.client.call("task.list", {"states": args.state, "limit": limit,
-                                         "batch": args.batch, "owner": args.user})["tasks"]
+    """One page (``--limit`` rows from ``--before``), then how many more match and how to see
+    them; ``--all`` prints page after page until the last (a table whose header comes once, or
+    with ``--json`` JSON lines: one task object a line). Without ``--all``, ``--json`` prints
+    the page as one array (the "more" line goes to stderr)."""
+    body = {"states": args.state, "batch": args.batch, "owner": args.user,
+            "node": args.node, "name": args.name}
+    if args.all:
+        return _all_pages(ctx, body, args.before, args.json)
+    reply = ctx.client.call("task.list", {**body, "limit": args.limit, "before": args.before})
+    rows = reply["tasks"]
     if args.json:
         ctx.print(as_json(rows))
-        return 0
-    ctx.print(table(
-        ["id", "name", "state", "node", "cores", "mem", "age", "exit", "detail"],
-        [[t["id"], t["name"] or "-", t["state"], t["node"], t["cores"], size(t["memory"]),
-          age(t["submitted_at"]), t["exit_code"], shorten(t["detail"] or "", 60)]
-         for t in rows]))
+    else:
+        ctx.print(table(TASK_COLUMNS, (_cells(t) for t in rows)))
+    hint = more_line(reply)
+    if hint and args.json:
+        print(hint, file=sys.stderr, flush=True)
+    elif hint:
+        ctx.print(hint)
     return 0
+
+
+def more_line(reply: dict) -> str:
+    """``... 19,800 more: zriver tasks --all, or --before ID`` (empty on the last page; a
+    count the host capped reads ``100,000+``)."""
+    after = reply.get("next")
+    if after is None:
+        return ""
+    more = f"{reply.get('more', 0):,}{'' if reply.get('more_exact', True) else '+'}"
+    return f"... {more} more: zriver tasks --all, or --before {after}"
+
+
+def _all_pages(ctx: Context, body: dict, before: int | None, as_lines: bool) -> int:
+    widths: list[int] = []
+    for _ in range(1 << 40):  # ends on the last page (ids only go down)
+        reply = ctx.client.call("task.list", {**body, "limit": ALL_PAGE, "before": before})
+        if as_lines:
+            for row in reply["tasks"]:
+                ctx.print(json.dumps(row, sort_keys=True, default=str))
+        else:
+            widths = _print_rows(ctx, [_cells(t) for t in reply["tasks"]], widths)
+        before = reply.get("next")
+        if before is None or not reply["tasks"]:
+            return 0
+    return 0
+
+
+def _print_rows(ctx: Context, rows: list[list], widths: list[int]) -> list[int]:
+    """Rows of the tasks table, in columns at least as wide as the pages before (``widths``;
+    the header is printed with the first page); returns the widths used."""
+    cells = [["-" if v is None else str(v) for v in row] for row in rows]
+    first = not widths
+    widths = widths or [len(h) for h in TASK_COLUMNS]
+    for row in cells:
+        widths = [max(w, len(v)) for w, v in zip(widths, row)]
+    lines: list[str] = []
+    if first:
+        lines.append("  ".join(h.upper().ljust(w) for h, w in zip(TASK_COLUMNS, widths)).rstrip())
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    if lines:
+        ctx.print("\n".join(lines))
+    return widths
+
+
+def _cells(t: dict) -> list:
+    return [t["id"], t["name"] or "-", t["state"], t["node"], t["cores"], size(t["memory"]),
+            age(t["submitted_at"]), t["exit_code"], shorten(t["detail"] or "", 60)]
 
 
 @command("status", "every field of one task, with its state history", TASK_ID, JSON)

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from zriver.host.core import HostCore
 
 MAX_SUBMIT = 100_000
+PAGE = 200
+"""Rows of a ``task.list`` page by default..."""
+MAX_PAGE = 1000
+"""...and at most (a page of 1,000 is about 0.4 MiB)."""
 MAX_LOG_READ = 1024 * 1024
 MAX_LOG_OFFSET = 1 << 53
 MAX_SUBMIT_KEY = 128
@@ -155,17 +159,60 @@ def _inside(path: str, root: str) -> bool:
 
 
 def list_tasks(core: "HostCore", request: Request, body: dict) -> dict:
+    """One page of tasks, newest first: ``{tasks, next, more, more_exact}``.
+
+    ``limit`` rows at most (default ``PAGE``, at most ``MAX_PAGE``), filtered by ``states``,
+    ``batch``, ``owner``, ``node`` (in SQL, through indexes) and ``name`` (a substring), with
+    ids below ``before``. ``next`` is the ``before`` of the following page (``None`` on the
+    last one): ids only go up, so paging by it loses and repeats no row while tasks are
+    added. ``more`` is how many rows match beyond this page, counted exactly up to
+    ``store.COUNT_CAP`` per listed state; ``more_exact`` is false above that (then there are
+    at least ``more``)."""
+    filters = _list_filters(body)
+    limit = max(1, min(arg(body, "limit", int, PAGE), MAX_PAGE))
+    rows = core.records.list_tasks(limit=limit + 1, before=arg(body, "before", int, None),
+                                   **filters)
+    page, after, more, exact = rows[:limit], None, 0, True
+    if len(rows) > limit:
+        after = page[-1]["id"]
+        more, exact = core.records.count_tasks(before=after, **filters)
+    return {"tasks": [public_task(core, row) for row in page], "next": after, "more": more,
+            "more_exact": exact}
+
+
+def _list_filters(body: dict) -> dict:
+    """The filters of ``task.list`` and ``task.counts`` (states checked)."""
+    return {"states": _states(body), "batch": arg(body, "batch", int, None),
+            "owner": arg(body, "owner", str, None), "node": arg(body, "node", str, None),
+            "name": arg(body, "name", str, None)}
+
+
+def _states(body: dict) -> list[str] | None:
     states = arg_list(body, "states", str, None)
     if states and not set(states) <= set(lc.ALL_STATES):
         raise InvalidArgument(f"unknown state in {states}; states are {', '.join(lc.ALL_STATES)}")
-    limit = arg(body, "limit", int, 200)
-    rows = core.records.list_tasks(states, max(1, min(limit, 100_000)),
-                                   batch=arg(body, "batch", int, None),
-                                   owner=arg(body, "owner", str, None),
-                                   before=arg(body, "before", int, None),
-                                   node=arg(body, "node", str, None),
-                                   name=arg(body, "name", str, None))
-    return {"tasks": [public_task(core, row) for row in rows]}
+    return states or None
+
+
+def counts(core: "HostCore", request: Request, body: dict) -> dict:
+    """Tasks per state: ``{counts: {state: n}, capped: [state...]}``, for ``states`` (default
+    all), optionally of one ``owner`` and/or ``batch``. Unfinished states are counted from the
+    live tasks in memory (exact; no SQL), finished ones in SQL through the state indexes,
+    exactly up to ``store.COUNT_CAP`` (a state in ``capped`` has at least that many)."""
+    states = _states(body) or list(lc.ALL_STATES)
+    owner, batch = arg(body, "owner", str, None), arg(body, "batch", int, None)
+    result = dict.fromkeys(states, 0)
+    if any(not lc.is_final(state) for state in states):
+        for task in core.tasks.values():
+            if (task.state in result and (owner is None or task.spec.owner == owner)
+                    and (batch is None or task.batch_id == batch)):
+                result[task.state] += 1
+    capped = []
+    for state in (s for s in states if lc.is_final(s)):
+        result[state], exact = core.records.count_tasks([state], batch=batch, owner=owner)
+        if not exact:
+            capped.append(state)
+    return {"counts": result, "capped": capped}
 
 
 def get_task(core: "HostCore", request: Request, body: dict) -> dict:
@@ -520,6 +567,7 @@ def register_core_ops(ops: OpTable) -> None:
         ("cluster.hello", hello, EVERYONE),
         ("task.submit", submit, PEOPLE_ONLY),
         ("task.list", list_tasks, PEOPLE_ONLY),
+        ("task.counts", counts, PEOPLE_ONLY),
         ("task.get", get_task, PEOPLE_ONLY),
         ("task.kill", kill, PEOPLE_ONLY),
         ("task.pause", pause, PEOPLE_ONLY),

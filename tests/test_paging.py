@@ -1,0 +1,181 @@
+"""Every listing is paged: ``task.list`` pages (a cursor, newest first, filters in SQL through
+indexes), ``task.counts``, ``zriver tasks`` (one page, then how many more; ``--all`` streams)
+and the bounded live model of ``top`` and ``shell`` against 100,000 queued tasks.
+
+Queued tasks come from ``prefill`` (rows written into the store before the host starts), so
+the tests do not wait on submits.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from prefill import prefill
+from test_cli import zriver
+
+from zriver.host.store import Store
+
+
+# ---- the store: each filter reads through an index, never a sort ---------------------------
+FILTERS = [
+    {"before": 50}, {"states": ["pending"]}, {"states": ["completed"], "before": 9},
+    {"owner": "alice"}, {"owner": "alice", "states": ["failed"]}, {"owner": "a", "before": 9},
+    {"batch": 3}, {"batch": 3, "states": ["pending"]}, {"node": "n1"},
+    {"node": "n1", "before": 9}, {"owner": "alice", "name": "train"},
+]
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(sorted(f)))
+def test_each_filter_reads_through_an_index(tmp_path, filters):
+    store = Store(tmp_path / "host.db")
+    try:
+        for kind in ("list", "count"):
+            plan = " | ".join(store.plan(kind, **filters))
+            assert "TEMP B-TREE" not in plan, plan  # no sort of what matched
+            assert "USING" in plan and "INDEX" in plan or "PRIMARY KEY" in plan, plan
+    finally:
+        store.close()
+
+
+def test_counts_stop_at_the_cap_and_say_so(tmp_path):
+    store = Store(tmp_path / "host.db")
+    try:
+        with store.batch():
+            for i in range(30):
+                store.insert_task({"name": f"t{i}", "owner": "o", "state": "pending",
+                                   "spec": {"command": ["true"]}, "submitted_at": 1.0})
+        assert store.count_tasks(["pending"]) == (30, True)
+        assert store.count_tasks(["pending"], cap=10) == (10, False)
+        assert store.count_tasks(["pending", "failed"], before=11) == (10, True)
+        assert [r["id"] for r in store.list_tasks(["failed", "pending"], 3, before=20)] == \
+            [19, 18, 17]
+    finally:
+        store.close()
+
+
+# ---- task.list and task.counts on a host ---------------------------------------------------
+QUEUED = 2500
+
+
+@pytest.fixture
+def queued(tmp_path, make_cluster):
+    """A host with ``QUEUED`` pending tasks (no node: they wait) and nothing else."""
+    prefill(tmp_path / "c0" / "host", QUEUED)
+    return make_cluster({})
+
+
+def page_through(client, body: dict, limit: int) -> list[list[dict]]:
+    pages, before = [], None
+    for _ in range(10_000):
+        reply = client.call("task.list", {**body, "limit": limit, "before": before})
+        pages.append(reply["tasks"])
+        if reply["next"] is None:
+            assert reply["more"] == 0
+            return pages
+        assert reply["next"] == reply["tasks"][-1]["id"]
+        before = reply["next"]
+    raise AssertionError("paging never ended")
+
+
+def test_pages_lose_and_repeat_nothing_while_tasks_are_added(queued):
+    client, other = queued.client(), queued.client()
+    done, added = threading.Event(), []
+
+    def submit_meanwhile():
+        for _ in range(200):
+            if done.is_set():
+                return
+            added.extend(other.call("task.submit", {"tasks": [
+                {"command": ["true"], "workdir": str(queued.root)}] * 5})["ids"])
+
+    thread = threading.Thread(target=submit_meanwhile)
+    first = client.call("task.list", {"limit": 100})
+    thread.start()
+    try:
+        ids = [t["id"] for t in first["tasks"]]
+        assert first["more"] == first["next"] - 1 and first["more_exact"]
+        before = first["next"]
+        while before is not None:
+            reply = client.call("task.list", {"limit": 100, "before": before})
+            assert reply["more"] == (reply["next"] - 1 if reply["next"] else 0)
+            ids += [t["id"] for t in reply["tasks"]]
+            before = reply["next"]
+    finally:
+        done.set()
+        thread.join(30)
+    top = first["tasks"][0]["id"]
+    assert ids == list(range(top, 0, -1))  # newest first, each once, none lost
+    assert added and min(added) > QUEUED  # tasks were added while paging
+
+
+def test_pages_are_bounded_and_old_clients_still_work(queued):
+    client = queued.client()
+    default = client.call("task.list", {})
+    assert len(default["tasks"]) == 200 and default["more"] == QUEUED - 200
+    old = client.call("task.list", {"limit": 100_000})  # an old client asking for everything
+    assert len(old["tasks"]) == 1000 and old["next"] == QUEUED - 999
+    below = client.call("task.list", {"before": 11, "limit": 100_000})
+    assert [t["id"] for t in below["tasks"]] == list(range(10, 0, -1))
+    assert below["next"] is None and below["more"] == 0
+
+
+def test_filters_page_through_several_states(queued):
+    client = queued.client()
+    killed = list(range(100, 160))
+    for task_id in killed:
+        client.call("task.kill", {"id": task_id})
+    pages = page_through(client, {"states": ["killed"]}, 25)
+    assert [t["id"] for page in pages for t in page] == killed[::-1]
+    both = page_through(client, {"states": ["pending", "killed"]}, 333)
+    ids = [t["id"] for page in both for t in page]
+    assert ids == list(range(QUEUED, 0, -1))
+    reply = client.call("task.list", {"states": ["pending"], "limit": 10, "before": 160})
+    assert [t["id"] for t in reply["tasks"]] == list(range(99, 89, -1))
+    assert reply["more"] == 89
+    assert client.call("task.list", {"states": ["pending"], "owner": "nobody"})["tasks"] == []
+    batch = client.call("task.list", {"batch": 1, "states": ["killed"], "limit": 5})
+    assert batch["more"] == len(killed) - 5
+
+
+def test_counts_by_state_owner_and_batch(queued):
+    client = queued.client()
+    for task_id in (1, 2, 3):
+        client.call("task.kill", {"id": task_id})
+    counts = client.call("task.counts")
+    assert counts["counts"]["pending"] == QUEUED - 3 and counts["counts"]["killed"] == 3
+    assert counts["counts"]["completed"] == 0 and counts["capped"] == []
+    mine = client.call("task.counts", {"owner": "test", "states": ["pending", "killed"]})
+    assert mine["counts"] == {"pending": QUEUED - 3, "killed": 3}
+    assert client.call("task.counts", {"batch": 999_999})["counts"]["pending"] == 0
+    assert client.call("task.counts", {"owner": "else"})["counts"]["killed"] == 0
+    with pytest.raises(Exception, match="unknown state"):
+        client.call("task.counts", {"states": ["weird"]})
+
+
+# ---- zriver tasks ---------------------------------------------------------------------------
+def test_tasks_shows_a_page_and_says_how_many_more(queued):
+    flags = queued.cli_flags()
+    out = zriver(*flags, "tasks", check=True).stdout
+    lines = out.strip().split("\n")
+    assert lines[1].split()[0] == str(QUEUED)
+    assert lines[-1] == (f"... {QUEUED - 50:,} more: zriver tasks --all, or --before "
+                         f"{QUEUED - 49}")
+    older = zriver(*flags, "tasks", "--before", str(QUEUED - 49), "--limit", "3",
+                   check=True).stdout.strip().split("\n")
+    assert [line.split()[0] for line in older[1:4]] == [str(QUEUED - 50 - i) for i in range(3)]
+    assert older[-1].startswith(f"... {QUEUED - 53:,} more")
+
+
+def test_tasks_all_yields_every_row_once(queued):
+    flags = queued.cli_flags()
+    table = zriver(*flags, "tasks", "--all", check=True).stdout.strip().split("\n")
+    ids = [int(line.split()[0]) for line in table if line.split()[0].isdigit()]
+    assert ids == list(range(QUEUED, 0, -1)) and "more" not in table[-1]
+    lines = zriver(*flags, "tasks", "--all", "--json", check=True).stdout.strip().split("\n")
+    rows = [json.loads(line) for line in lines]  # JSON lines: one task each
+    assert [row["id"] for row in rows] == list(range(QUEUED, 0, -1))
+    one = json.loads(zriver(*flags, "tasks", "--json", "--limit", "2", check=True).stdout)
+    assert [row["id"] for row in one] == [QUEUED, QUEUED - 1]
