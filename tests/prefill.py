@@ -17,8 +17,10 @@ from zriver.spec import TaskSpec
 
 
 def prefill(data_dir: Path, count: int, *, name: str = "job", owner: str = "test",
-            command: tuple[str, ...] = ("true",), cores: int = 1) -> list[int]:
-    """Insert ``count`` pending tasks (one batch, names ``{name}{i}``); return their ids."""
+            command: tuple[str, ...] = ("true",), cores: int = 1,
+            user: str | None = None) -> list[int]:
+    """Insert ``count`` pending tasks (one batch, names ``{name}{i}``, run as ``user`` in
+    ``data_dir``); return their ids."""
     data_dir.mkdir(parents=True, exist_ok=True)
     host = Host(HostSettings(data_dir=str(data_dir)))  # its migrations only: nothing starts
     store = Store(data_dir / "host.db", host.migrations)
@@ -26,7 +28,8 @@ def prefill(data_dir: Path, count: int, *, name: str = "job", owner: str = "test
     first = store.last_task_id() + 1
     ids = list(range(first, first + count))
     wire = TaskSpec.from_wire({"command": list(command), "owner": owner, "cores": cores,
-                               "workdir": str(data_dir), "backend": "native"}).to_wire()
+                               "workdir": str(data_dir), "backend": "native",
+                               "user": user}).to_wire()
     batch = first if count > 1 else None
     try:
         with store.batch():

@@ -249,14 +249,17 @@ def test_task_list_filters_and_pages(api):
         async with aiohttp.ClientSession(headers=api.tokens["test"]) as s:
             urls = ["/api/v1/tasks?limit=2", f"/api/v1/tasks?limit=2&before={ids[3]}",
                     "/api/v1/tasks?name=job-4", "/api/v1/tasks?node=n1&state=completed",
-                    "/api/v1/tasks?node=n9"]
-            return [(await fetch(s, "GET", web(api) + url))[1]["tasks"] for url in urls]
+                    "/api/v1/tasks?node=n9", "/api/v1/counts?state=completed,pending"]
+            return [(await fetch(s, "GET", web(api) + url))[1] for url in urls]
 
-    first, second, named, on_n1, nowhere = run(go())
-    assert [t["id"] for t in first] == [ids[4], ids[3]]
-    assert [t["id"] for t in second] == [ids[2], ids[1]]
-    assert [t["id"] for t in named] == [ids[4]]
-    assert sorted(t["id"] for t in on_n1) == sorted(ids) and nowhere == []
+    first, second, named, on_n1, nowhere, counts = run(go())
+    assert [t["id"] for t in first["tasks"]] == [ids[4], ids[3]]
+    assert first["next"] == ids[3] and first["more"] == 3 and first["more_exact"]
+    assert [t["id"] for t in second["tasks"]] == [ids[2], ids[1]]
+    assert second["next"] == ids[1] and second["more"] == 1
+    assert [t["id"] for t in named["tasks"]] == [ids[4]] and named["next"] is None
+    assert sorted(t["id"] for t in on_n1["tasks"]) == sorted(ids) and nowhere["tasks"] == []
+    assert counts == {"counts": {"completed": 5, "pending": 0}, "capped": []}
 
 
 def test_drain_and_undrain_are_for_admins(api):

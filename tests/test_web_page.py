@@ -509,4 +509,9 @@ def test_first_view_with_a_hundred_nodes_and_ten_thousand_tasks(big_cluster, sig
     show_view(page, "tasks")
     expect(page.locator("#tasks-table tbody tr[data-task]")).to_have_count(50)
     expect(page.locator("#tasks-table tr[data-task='10000'] .task-state")).to_have_text("pending")
+    expect(page.locator("#page-info")).to_have_text("tasks 9951-10000 · 9,950 more")
+    page.click("#page-older")  # the reply's cursor: the next 50, and what is left after them
+    expect(page.locator("#page-info")).to_have_text("tasks 9901-9950 · 9,900 more")
+    page.click("#page-newest")
+    expect(page.locator("#page-info")).to_have_text("tasks 9951-10000 · 9,950 more")
     page.screenshot(path=str(screenshots / "tasks-10000.png"), full_page=True)

@@ -2,9 +2,13 @@
 
 ``Feed`` owns its own ``Client`` and SUB socket (ZeroMQ sockets are not thread-safe; the shell
 and ``top`` keep theirs for the user's commands). It connects, subscribes (``evt.`` and ``hb.``,
-plus ``log.<id>`` of the one task ``follow_log`` names), then takes a snapshot (``node.list``,
-the unfinished tasks, the newest finished ones, ``env.list`` where the host has it) and passes
-every pushed message on. Subscribing before the snapshot means nothing can slip between them.
+plus ``log.<id>`` of the one task ``follow_log`` names), then takes a snapshot and passes every
+pushed message on. Subscribing before the snapshot means nothing can slip between them.
+
+A snapshot is bounded whatever the queue holds: ``node.list``, the counts per state
+(``task.counts``), the active tasks (at most ``ACTIVE_PAGES`` pages), the newest
+``PENDING_WINDOW`` pending ones, the ``RECENT`` newest tasks, ``env.list`` where the host has it:
+with 100,000 queued tasks it is a few pages, not 38 MiB.
 
 Everything reaches the caller through a ``Sink``'s methods, called on the feed thread; a sink
 hands things over to its own thread (``top``) or applies them under a lock (the shell).
@@ -13,9 +17,11 @@ It also fetches, off the caller's thread, what the events do not carry: the full
 first seen in an event (``want_tasks``), ``node.list`` again after a node event, the pending
 tasks shortly after task events (their reasons change when others start or end, without an
 event of their own; skipped when more than ``PENDING_REFRESH`` wait), and a fresh snapshot
-every ``resync`` seconds or on ``resync_soon`` (the host publishes nothing when a task is
-submitted). When the host does not answer, the sink is told (``status``) and the feed retries
-every second.
+every ``resync`` seconds or on ``resync_soon`` (at most every ``MIN_RESYNC`` seconds), the
+counts ``COUNTS_DELAY`` after task events (one read for a burst; the model moves them by events
+in between, and this read makes them converge), and the newest pending tasks after the summary
+event of a big submit (``evt.batch.<id>``). When the host does not answer, the sink is told
+(``status``) and the feed retries every second.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import zmq
 
 from zriver.client.api import Client
 from zriver.client.follow import ask_follow
+from zriver.client.topmodel import PENDING_WINDOW
 from zriver.errors import ZriverError
 from zriver import lifecycle as lc
 from zriver.protocol import decode
@@ -36,7 +43,15 @@ from zriver.protocol import decode
 log = structlog.get_logger("zriver.client")
 
 UNFINISHED = [lc.PENDING, lc.ASSIGNED, lc.RUNNING, lc.PAUSED]
-#: Finished tasks fetched with a snapshot (for the shell's completion of task ids).
+#: States of tasks that hold a node's resources (all of them are fetched, up to the pages).
+ACTIVE = [lc.ASSIGNED, lc.RUNNING, lc.PAUSED, lc.UNREACHABLE]
+#: States counted (``task.counts``): the unfinished ones, from the host's memory.
+COUNTED = UNFINISHED + [lc.UNREACHABLE]
+#: Rows of one ``task.list`` page the feed asks for (the host's most)...
+PAGE = 1000
+#: ...and pages of active tasks at most in a snapshot.
+ACTIVE_PAGES = 5
+#: The newest tasks fetched with a snapshot (for the shell's completion of task ids).
 RECENT = 200
 #: At most this many tasks are fetched one by one; more unknown tasks mean a new snapshot.
 DETAIL_BATCH = 100
@@ -46,13 +61,24 @@ DRAIN = 2000
 PENDING_DELAY = 0.5
 #: ...when there are fewer than this many (else the periodic snapshot refreshes them).
 PENDING_REFRESH = 500
+#: Counts are re-read this long after the last read when task events came in between.
+COUNTS_DELAY = 1.0
+#: Seconds between two snapshots at least, when asked for one (``resync_soon``, many unknown
+#: tasks at once).
+MIN_RESYNC = 2.0
 
 
 class Sink(Protocol):
     """What a feed calls (on its own thread)."""
 
-    def snapshot(self, nodes: list[dict], tasks: list[dict], envs: list[str] | None) -> None:
-        """A full picture: ``node.list`` rows, unfinished then recent finished task rows."""
+    def snapshot(self, nodes: list[dict], tasks: list[dict], envs: list[str] | None,
+                 counts: dict[str, int] | None) -> None:
+        """A full picture: ``node.list`` rows, the window's task rows (active, newest pending,
+        recent), ``env.list`` names, the counts per state (None: a host without
+        ``task.counts``)."""
+
+    def counts(self, counts: dict[str, int]) -> None:
+        """Counts per state of the unfinished states, re-read (``task.counts``)."""
 
     def messages(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         """Pushed messages in arrival order, as (topic, body)."""
@@ -64,7 +90,7 @@ class Sink(Protocol):
         """A full task row asked for with ``want_tasks``."""
 
     def pending(self, rows: list[dict]) -> None:
-        """Every pending task's row (their reasons), re-read after task events."""
+        """The newest pending tasks' rows (their reasons), re-read after task events."""
 
     def status(self, connected: bool, message: str) -> None:
         """The host answers (again), or stopped answering (``message`` says what)."""
@@ -84,12 +110,13 @@ class Feed:
     requests the thread carries out at its next turn (within ``tick`` seconds)."""
 
     def __init__(self, host: str | None, sink: Sink, *, resync: float = 30.0,
-                 timeout: float = 2.0, tick: float = 0.1, limit: int = 100_000,
+                 timeout: float = 2.0, tick: float = 0.1, window: int = PENDING_WINDOW,
                  envs: bool = False, key: str | None = None,
                  host_key: str | None = None) -> None:
         self.host, self.sink, self.resync, self.timeout, self.tick = host, sink, resync, timeout, tick
         self.key, self.host_key = key, host_key  # --key / --host-key (see ``Client``)
-        self.limit, self.envs = limit, envs
+        self.window, self.envs = window, envs  # pending tasks held; env.list or not
+        self._snapshot_at = 0.0
         self._stop = threading.Event()
         self._resync_now = threading.Event()
         self._want: set[int] = set()
@@ -157,10 +184,14 @@ class Feed:
 
     def _snapshot(self, client: Client) -> None:
         nodes = client.call("node.list")["nodes"]
-        tasks = client.call("task.list", {"states": UNFINISHED, "limit": self.limit})["tasks"]
+        counts = self._counts(client)
+        tasks = self._pages(client, {"states": ACTIVE}, ACTIVE_PAGES)
+        pending = client.call("task.list", {"states": [lc.PENDING],
+                                            "limit": self.window})["tasks"]
         recent = client.call("task.list", {"limit": RECENT})["tasks"]
+        tasks += pending
         seen = {t["id"] for t in tasks}
-        self._pending = sum(1 for t in tasks if t["state"] == lc.PENDING)
+        self._pending = counts.get(lc.PENDING, 0) if counts is not None else len(pending)
         tasks += [t for t in reversed(recent) if t["id"] not in seen]
         envs = None
         if self.envs:
@@ -169,14 +200,39 @@ class Feed:
             except ZriverError:  # no such op on this host, or Docker is slow: not fatal
                 pass
         self._resync_now.clear()
+        self._snapshot_at = time.monotonic()
         with self._want_lock:
             self._want.clear()
-        self.sink.snapshot(nodes, tasks, envs)
+        self.sink.snapshot(nodes, tasks, envs, counts)
+
+    @staticmethod
+    def _pages(client: Client, body: dict, pages: int) -> list[dict]:
+        """Up to ``pages`` pages of ``task.list`` with ``body``, newest first."""
+        rows: list[dict] = []
+        before = None
+        for _ in range(pages):
+            reply = client.call("task.list", {**body, "limit": PAGE, "before": before})
+            rows += reply["tasks"]
+            before = reply.get("next")
+            if before is None:
+                break
+        return rows
+
+    def _counts(self, client: Client) -> dict[str, int] | None:
+        """The unfinished states' counts (None: the host has no ``task.counts``)."""
+        try:
+            counts = client.call("task.counts", {"states": COUNTED})["counts"]
+        except ZriverError as exc:
+            if exc.code != "unknown_op":
+                raise
+            return None
+        self._pending = counts.get(lc.PENDING, 0)
+        return counts
 
     def _serve(self, client: Client, sub) -> None:
         incarnation = client.hello().get("incarnation")
         next_resync = time.monotonic() + self.resync
-        pending_due = None
+        pending_due = counts_due = None
         log_task = None
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
@@ -208,17 +264,24 @@ class Feed:
                 self.sink.messages(batch)
                 if any(topic.startswith("evt.node.") for topic, _ in batch):
                     self.sink.nodes(client.call("node.list")["nodes"])
-                if (pending_due is None and self._pending < PENDING_REFRESH
-                        and any(t.startswith("evt.task.") for t, _ in batch)):
+                tasks_moved = any(t.startswith(("evt.task.", "evt.batch.")) for t, _ in batch)
+                if counts_due is None and tasks_moved:
+                    counts_due = time.monotonic() + COUNTS_DELAY
+                if pending_due is None and (
+                        any(t.startswith("evt.batch.") for t, _ in batch)
+                        or (tasks_moved and self._pending < PENDING_REFRESH)):
                     pending_due = time.monotonic() + PENDING_DELAY
             if pending_due is not None and time.monotonic() >= pending_due:
                 pending_due = None
-                rows = client.call("task.list", {"states": [lc.PENDING],
-                                                 "limit": PENDING_REFRESH})["tasks"]
-                self._pending = len(rows)
-                if len(rows) < PENDING_REFRESH:
-                    self.sink.pending(rows)
-            if self._resync_now.is_set() or time.monotonic() >= next_resync:
+                self.sink.pending(client.call("task.list", {"states": [lc.PENDING],
+                                                            "limit": self.window})["tasks"])
+            if counts_due is not None and time.monotonic() >= counts_due:
+                counts_due = None
+                counts = self._counts(client)
+                if counts is not None:
+                    self.sink.counts(counts)
+            if ((self._resync_now.is_set() and time.monotonic() >= self._snapshot_at + MIN_RESYNC)
+                    or time.monotonic() >= next_resync):
                 if client.call("cluster.hello").get("incarnation") != incarnation:
                     return  # a restarted host: subscribe again (its ports may have moved)
                 self._snapshot(client)

@@ -84,13 +84,17 @@ class ShellState:
         if name:
             self.me = name
 
-    def snapshot(self, nodes: list[dict], tasks: list[dict], envs: list[str] | None) -> None:
+    def snapshot(self, nodes: list[dict], tasks: list[dict], envs: list[str] | None,
+                 counts: dict[str, int] | None = None) -> None:
         with self.lock:
-            self.model.load(nodes, [], time.time())
-            for row in tasks:
-                self.model.upsert_task(row)
+            self.model.load(nodes, tasks, time.time(), counts)
             if envs is not None:
                 self.env_names = envs
+        self.on_change()
+
+    def counts(self, counts: dict[str, int]) -> None:
+        with self.lock:
+            self.model.set_counts(counts)
         self.on_change()
 
     def messages(self, batch: list[tuple[str, dict[str, Any]]]) -> None:

@@ -173,8 +173,11 @@ class Top:
         self.app = self._build()
 
     # ---- live.Sink (called on the feed thread: queue and wake) --------------------------
-    def snapshot(self, nodes, tasks, envs) -> None:
-        self._push(("snapshot", nodes, tasks))
+    def snapshot(self, nodes, tasks, envs, counts=None) -> None:
+        self._push(("snapshot", nodes, tasks, counts))
+
+    def counts(self, counts) -> None:
+        self._push(("counts", counts))
 
     def messages(self, batch) -> None:
         self._push(("messages", batch))
@@ -212,7 +215,9 @@ class Top:
                 break
             kind = item[0]
             if kind == "snapshot":
-                self.model.load(item[1], item[2], now)
+                self.model.load(item[1], item[2], now, item[3])
+            elif kind == "counts":
+                self.model.set_counts(item[1])
             elif kind == "messages":
                 for topic, body in item[1]:
                     if topic.startswith("log."):
@@ -334,12 +339,20 @@ class Top:
                 ("class:header", "  " + time.strftime("%H:%M:%S") + " ")]
 
     def tabs(self) -> tv.Fragments:
-        counts = {NODES: len(self.model.node_names()), TASKS: len(self.model.task_ids()),
-                  EVENTS: len(self.model.event_list())}
+        """The view tabs with their row counts: the tasks tab counts the whole cluster's
+        unfinished tasks (the model holds a window of them; a filter counts what it shows)."""
+        model = self.model
+        filtered = bool(model.filter(TASKS))
+        counts = {NODES: len(model.node_names()),
+                  TASKS: len(model.task_ids()) if filtered else max(model.total(), model.held()),
+                  EVENTS: len(model.event_list())}
         out: tv.Fragments = []
         for number, view in enumerate(VIEWS, 1):
             style = "class:tab.active" if view == self.view else "class:tab"
             out += [(style, f" {number} {view.capitalize()} {counts[view]} "), ("", " ")]
+        if self.view == TASKS and model.held() < model.total():
+            out.append(("class:dim", f"showing {model.held():,}: the running and the newest "
+                                     f"pending{' (the filter looks at those)' if filtered else ''} "))
         if self.view == LOG and self.log is not None:
             out += [("class:tab.active", f" log of task {self.log.task_id} "), ("", " ")]
         text = self.model.filter(self.view) if self.view in VIEWS else ""

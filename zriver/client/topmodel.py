@@ -14,6 +14,18 @@ rows of ``node.list`` and ``task.list``) and then the host's pushed messages (``
   ``field:value`` matches that field by prefix (``state:pend``, ``node:gpu``), ``field=value``
   exactly (``node=gpu1``), any other term anywhere in the row; all case-insensitively.
 
+A bounded window: the model holds the rows it was given (the feed gives every active task,
+the newest ``PENDING_WINDOW`` pending ones and recent finished ones), never the whole queue;
+pending tasks that events add beyond the window push the oldest pending one out. Beside the
+window it keeps the count of tasks per state over the whole cluster (``count``, ``summary``):
+from the host (``task.counts``, passed to ``load`` or ``set_counts``), then moved by every
+event. A task in the window (or recently finished) moves its count exactly; for a task outside
+it, an id above every id seen is new (counted in, nothing out), else its previous state is
+the usual one before what the event says (``PREVIOUS``: assigned after pending...). The
+summary event of a big submit (``evt.batch.<id>``: ``count`` pending tasks, no rows) adds to
+the pending count. Guesses can be wrong (a lost event, a kill of a pending task outside the
+window): the feed re-reads the counts a second after the last task event, so they converge.
+
 A task first seen through an event (submitted after the snapshot) is shown from what the event
 says and listed in ``unknown_tasks`` until a full row arrives (``upsert_task``); a node first
 seen through an event or heartbeat is listed in ``unknown_nodes``. The caller fetches those.
@@ -41,6 +53,12 @@ HOLDING = frozenset({lc.ASSIGNED, lc.RUNNING, lc.PAUSED})
 GPU_BUSY_PERCENT = 10
 #: Node states in which a node runs tasks (a degraded node's GPU set changed; it still runs).
 UP = frozenset({"online", "degraded"})
+#: Pending tasks held in the window at most when events add more (the newest are kept).
+PENDING_WINDOW = 1000
+#: The state a task outside the window most likely left for the first state an event names.
+PREVIOUS = {lc.ASSIGNED: lc.PENDING, lc.RUNNING: lc.ASSIGNED, lc.PAUSED: lc.RUNNING,
+            lc.UNREACHABLE: lc.RUNNING, lc.PENDING: lc.RUNNING,
+            **{state: lc.RUNNING for state in lc.FINAL}}
 
 
 @dataclass(slots=True)
@@ -199,26 +217,32 @@ def _matcher(text: str):
 class ClusterModel:
     """Nodes, unfinished tasks and recent events; see the module docstring."""
 
-    def __init__(self, keep_events: int = 1000, keep_finished: int = 500) -> None:
+    def __init__(self, keep_events: int = 1000, keep_finished: int = 500,
+                 pending_window: int = PENDING_WINDOW) -> None:
         self.nodes: dict[str, Node] = {}
         self.tasks: dict[int, Task] = {}
         self.finished: OrderedDict[int, Task] = OrderedDict()
         self.events: deque[Event] = deque(maxlen=keep_events)
-        self.keep_finished = keep_finished
+        self.keep_finished, self.pending_window = keep_finished, pending_window
         self.unknown_tasks: set[int] = set()
         self.unknown_nodes: set[str] = set()
         self.version = 0
         self.loaded = False
         self._order: list[tuple[int, int]] = []
         self._counts: dict[str, int] = {}
+        """Tasks per state in the whole cluster (not only the window)."""
+        self._newest = 0
+        """The highest task id seen: an event of a higher one is a new task."""
         self._filters: dict[str, str] = {view: "" for view in VIEWS}
         self._views: dict[str, list | None] = {view: None for view in VIEWS}
 
     # ---- feeding -----------------------------------------------------------------------
     def load(self, nodes: Iterable[dict[str, Any]], tasks: Iterable[dict[str, Any]],
-             now: float) -> None:
+             now: float, counts: dict[str, int] | None = None) -> None:
         """Replace everything but the events with a snapshot (``node.list``, ``task.list``
-        of the unfinished states); heartbeats already seen are kept."""
+        rows: unfinished ones make the window, finished ones the recently finished) and the
+        counts per state (``task.counts``; None: counted from the rows, for a host without
+        that op); heartbeats already seen are kept."""
         old = self.nodes
         self.nodes = {}
         for row in nodes:
@@ -228,12 +252,24 @@ class ClusterModel:
         self.tasks, self._order, self._counts = {}, [], {}
         self.unknown_tasks.clear()
         self.unknown_nodes = {n for n in self.unknown_nodes if n not in self.nodes}
+        tally: dict[str, int] = {}
         for row in tasks:
             task = task_from_row(row)
+            self._newest = max(self._newest, task.id)
             if task.state in GROUP:
                 self._insert(task)
+            elif lc.is_final(task.state):
+                self._finish(task)
+            tally[task.state] = tally.get(task.state, 0) + 1
+        self._counts = dict(counts) if counts is not None else tally
         self.loaded = True
         self._changed(NODES, TASKS)
+
+    def set_counts(self, counts: dict[str, int]) -> None:
+        """Tasks per state as the host counted them (``task.counts``) replace ours."""
+        if counts != {state: n for state, n in self._counts.items() if state in counts}:
+            self._counts.update(counts)
+            self._changed(TASKS, NODES)
 
     def load_nodes(self, nodes: Iterable[dict[str, Any]]) -> None:
         """Refresh node capacities and states (``node.list``), keeping tasks and heartbeats."""
@@ -252,6 +288,9 @@ class ClusterModel:
         current = self.tasks.get(task.id)
         if current is not None:
             self._remove(current)
+        known = current or self.finished.get(task.id)
+        if known is not None and known.state != task.state:
+            self._move(known.state, task.state)  # the row is newer than what we held
         if task.state in GROUP:
             self._insert(task)
         else:
@@ -259,8 +298,9 @@ class ClusterModel:
         self._changed(TASKS, NODES)
 
     def refresh_pending(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Every pending task's row (reasons change without events): update them; a task we
-        hold as pending that is not among them has moved on (its event will say where)."""
+        """The newest pending tasks' rows (reasons change without events): they become the
+        window's pending tasks; one we hold as pending that is not among them has moved on
+        (its event will say where) or is older than the window. Counts do not change."""
         listed = set()
         for row in rows:
             listed.add(row["id"])
@@ -276,6 +316,8 @@ class ClusterModel:
             return self._task_event(body, now)
         if topic.startswith("evt.node.") and isinstance(body.get("name"), str):
             return self._node_event(body, now)
+        if topic.startswith("evt.batch.") and isinstance(body.get("count"), int):
+            return self._batch_event(body, now)
         if topic.startswith("hb."):
             node = self._node(topic[3:])
             node.heartbeat, node.heartbeat_at = body, now
@@ -290,10 +332,14 @@ class ClusterModel:
             task = self.finished.get(body["id"])
             if task is not None and lc.is_final(task.state):
                 return TASKS  # a late duplicate of an end we already know
-            task = Task(body["id"], state, name=body.get("name") or "")
+            previous = task.state if task is not None else self._previous(body)
+            task = Task(body["id"], state, name=body.get("name") or "",
+                        owner=body.get("owner") or "")
             self.unknown_tasks.add(task.id)
         else:
+            previous = task.state
             self._remove(task)
+        self._move(previous, state)
         task.state = state
         task.name = body.get("name") or task.name
         if "node" in body:
@@ -307,6 +353,8 @@ class ClusterModel:
             self._finish(task)
         elif state in GROUP:
             self._insert(task)
+            if state == lc.PENDING:
+                self._trim_pending()
         label = f"{task.id} ({task.name})" if task.name else str(task.id)
         self.events.appendleft(Event(now, "task", str(task.id), state,
                                      f"task {label} {state}"
@@ -314,6 +362,30 @@ class ClusterModel:
                                         if lc.is_final(state) and task.exit_code else "")
                                      + (f": {task.detail}" if task.detail else "")))
         self._changed(TASKS, NODES, EVENTS)
+        return TASKS
+
+    def _previous(self, body: dict[str, Any]) -> str | None:
+        """The state a task outside the window left (None: a task new to us)."""
+        if body["id"] > self._newest:
+            self._newest = body["id"]
+            return None
+        first = (body.get("passed") or [body.get("state")])[0]
+        if first == lc.KILLED and "pending" in (body.get("detail") or ""):
+            return lc.PENDING
+        return PREVIOUS.get(first)
+
+    def _batch_event(self, body: dict[str, Any], now: float) -> str:
+        """A big submit: ``count`` pending tasks, ids ``first_id``..``last_id``, no rows."""
+        count = max(0, body["count"])
+        last = body.get("last_id")
+        if isinstance(last, int):
+            self._newest = max(self._newest, last)
+        self._counts[lc.PENDING] = self._counts.get(lc.PENDING, 0) + count
+        name = f" ({body['name']})" if body.get("name") else ""
+        self.events.appendleft(Event(now, "task", str(body.get("batch_id", "")), lc.PENDING,
+                                     f"batch {body.get('batch_id')}{name}: {count} tasks "
+                                     f"submitted ({body.get('first_id')}-{last})"))
+        self._changed(TASKS, EVENTS)
         return TASKS
 
     def _node_event(self, body: dict[str, Any], now: float) -> str:
@@ -361,7 +433,16 @@ class ClusterModel:
         return cached
 
     def count(self, state: str) -> int:
+        """Tasks in ``state`` in the whole cluster (not only those held)."""
         return self._counts.get(state, 0)
+
+    def total(self) -> int:
+        """Unfinished tasks shown in the tasks view's states, in the whole cluster."""
+        return sum(self._counts.get(state, 0) for state in GROUP)
+
+    def held(self) -> int:
+        """Unfinished tasks held in the window."""
+        return len(self._order)
 
     def summary(self) -> Summary:
         online = [n for n in self.nodes.values() if n.state in UP]
@@ -408,10 +489,18 @@ class ClusterModel:
             node.gpus_held += sign * task.gpus
             node.tasks += sign
 
+    def _move(self, previous: str | None, state: str) -> None:
+        """One task went from ``previous`` (None: new) to ``state``: the counts follow."""
+        if previous == state:
+            return
+        if previous:
+            self._counts[previous] = max(0, self._counts.get(previous, 0) - 1)
+        if state:
+            self._counts[state] = self._counts.get(state, 0) + 1
+
     def _insert(self, task: Task) -> None:
         self.tasks[task.id] = task
         bisect.insort(self._order, task.key)
-        self._counts[task.state] = self._counts.get(task.state, 0) + 1
         self._account(task, +1)
 
     def _remove(self, task: Task) -> None:
@@ -419,8 +508,15 @@ class ClusterModel:
         index = bisect.bisect_left(self._order, task.key)
         if index < len(self._order) and self._order[index] == task.key:
             del self._order[index]
-        self._counts[task.state] -= 1
         self._account(task, -1)
+
+    def _trim_pending(self) -> None:
+        """Over ``pending_window`` pending tasks held: let the oldest one go (still counted)."""
+        group = GROUP[lc.PENDING]
+        low = bisect.bisect_left(self._order, (group, -1))
+        high = bisect.bisect_left(self._order, (group + 1, -1))
+        if high - low > self.pending_window:
+            self._remove(self.tasks[self._order[low][1]])
 
     def _finish(self, task: Task) -> None:
         self.finished[task.id] = task

@@ -133,7 +133,9 @@ async def node_action(request: web.Request) -> web.Response:
 
 def list_body(query) -> dict[str, Any]:
     """The ``task.list`` body of ``?state=&owner=&node=&name=&batch=&limit=&before=``
-    (``state``: a comma list; ``before``: ids below it, the next page, newest first)."""
+    (``state``: a comma list; ``before``: ids below it, newest first). The reply is one page
+    (``limit``: 200 by default, at most 1,000) with ``next`` (the ``before`` of the following
+    page, null on the last) and ``more`` (rows beyond it; ``more_exact`` false when capped)."""
     body: dict[str, Any] = {}
     if query.get("state"):
         body["states"] = [s for s in query["state"].split(",") if s]
@@ -148,6 +150,13 @@ def list_body(query) -> dict[str, Any]:
 
 async def list_tasks(request: web.Request) -> web.Response:
     return await call(request, "task.list", list_body(request.query))
+
+
+async def task_counts(request: web.Request) -> web.Response:
+    """``task.counts`` of ``?state=a,b&owner=&batch=`` (tasks per state)."""
+    body = {key: value for key, value in list_body(request.query).items()
+            if key in ("states", "owner", "batch")}
+    return await call(request, "task.counts", body)
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -208,6 +217,7 @@ ROUTES = [
     ("GET", "/api/v1/nodes", list_nodes),
     ("POST", "/api/v1/nodes/{name}/{action:drain|undrain}", node_action),
     ("GET", "/api/v1/tasks", list_tasks),
+    ("GET", "/api/v1/counts", task_counts),
     ("POST", "/api/v1/tasks", submit),
     ("GET", "/api/v1/tasks/{id}", get_task),
     ("POST", "/api/v1/tasks/{id}/{action:kill|pause|resume}", task_action),

@@ -15,7 +15,10 @@ SUMMARIES = {
     "logout": "end this session",
     "list_nodes": "node.list",
     "node_action": "node.drain / node.undrain (admins)",
-    "list_tasks": "task.list (?state=a,b&owner=&batch=&limit=&node=&name=&before=)",
+    "list_tasks": "task.list: one page, newest first (?state=a,b&owner=&batch=&limit=&node=&"
+                  "name=&before=); the reply's next is the before of the following page, "
+                  "more the rows beyond it",
+    "task_counts": "task.counts: tasks per state (?state=a,b&owner=&batch=)",
     "submit": "task.submit (body as the op's)",
     "get_task": "task.get",
     "task_action": "task.kill / task.pause / task.resume (owner or admin)",

@@ -9,14 +9,13 @@
 const STATES = ["pending", "assigned", "running", "paused", "unreachable", "completed",
                 "failed", "killed", "killed_oom", "lost", "timeout"];
 const FINAL = new Set(["completed", "failed", "killed", "killed_oom", "lost", "timeout"]);
-const COUNT_CAP = 1000;  // tasks by state: counted up to this many per state ("1000+")
 
 const app = {
   session: null,           // {name, role, csrf}
   view: "overview",
   nodes: new Map(),        // name -> public_node (+ last_heartbeat, heartbeat)
   tasks: [],               // the tasks page shown
-  taskPage: {before: null, stack: []},
+  taskPage: {before: null, stack: [], next: null, more: 0},  // next: the older page's cursor
   counts: {},              // state -> count
   detail: null,            // {id, task, events, stream, offset, loading, again}
   vps: [],
@@ -275,35 +274,13 @@ function renderOverview() {
   if (!body.children.length) body.append(el("tr", {}, el("td", {colspan: 2}, "no tasks")));
 }
 
-/** Unfinished tasks by state, exact and cheap, from the host's /metrics (null without it). */
-async function liveCounts() {
-  try {
-    const response = await fetch("/metrics", {credentials: "same-origin"});
-    if (!response.ok) return null;
-    const counts = {};
-    for (const m of (await response.text()).matchAll(/^zriver_tasks\{state="([a-z_]+)"\}\s+([0-9.e+]+)/gm)) {
-      counts[m[1]] = Number(m[2]);
-    }
-    return Object.keys(counts).length ? counts : null;
-  } catch (_) {
-    return null;
-  }
-}
-
-/** Tasks by state: the live ones from /metrics, the others counted by listing (capped). */
+/** Tasks by state (task.counts): unfinished ones exact, finished ones exact up to the host's
+ * cap ("100000+" above it). */
 async function refreshCounts() {
-  const countListed = async (states) => {
-    const replies = await Promise.all(states.map((state) =>
-      api("GET", `/api/v1/tasks${query({state, limit: COUNT_CAP + 1})}`)));
-    return Object.fromEntries(states.map((state, i) => {
-      const n = replies[i].tasks.length;
-      return [state, n > COUNT_CAP ? `${COUNT_CAP}+` : n];
-    }));
-  };
-  const [live, finished] = await Promise.all([
-    liveCounts(), countListed(STATES.filter((state) => FINAL.has(state)))]);
-  const unfinished = live || await countListed(STATES.filter((state) => !FINAL.has(state)));
-  app.counts = {...unfinished, ...finished};
+  const reply = await api("GET", "/api/v1/counts");
+  const capped = new Set(reply.capped || []);
+  app.counts = Object.fromEntries(Object.entries(reply.counts).map(
+    ([state, n]) => [state, capped.has(state) ? `${n}+` : n]));
   renderOverview();
 }
 
@@ -409,6 +386,9 @@ async function refreshTasks() {
   const filter = taskFilter();
   const reply = await api("GET", `/api/v1/tasks${query({...filter, before: app.taskPage.before})}`);
   app.tasks = reply.tasks;
+  app.taskPage.next = reply.next ?? null;
+  app.taskPage.more = reply.more || 0;
+  app.taskPage.moreExact = reply.more_exact !== false;
   renderTasks();
 }
 
@@ -430,16 +410,18 @@ function renderTasks() {
   body.replaceChildren(...app.tasks.map(taskRow));
   if (!app.tasks.length) body.append(el("tr", {}, el("td", {colspan: 11}, "no tasks")));
   const ids = app.tasks.map((t) => t.id);
+  const more = app.taskPage.next === null ? ""
+    : ` · ${app.taskPage.more.toLocaleString()}${app.taskPage.moreExact ? "" : "+"} more`;
   $("#page-info").textContent = ids.length
-    ? `tasks ${Math.min(...ids)}-${Math.max(...ids)}` : "";
-  $("#page-older").disabled = app.tasks.length < taskFilter().limit;
+    ? `tasks ${Math.min(...ids)}-${Math.max(...ids)}${more}` : "";
+  $("#page-older").disabled = app.taskPage.next === null;
   $("#page-newer").disabled = !app.taskPage.stack.length;
 }
 
 function pageOlder() {
-  if (!app.tasks.length) return;
+  if (app.taskPage.next === null) return;
   app.taskPage.stack.push(app.taskPage.before);
-  app.taskPage.before = Math.min(...app.tasks.map((t) => t.id));
+  app.taskPage.before = app.taskPage.next;
   refreshTasks().catch((e) => notice(e.message, true));
 }
 
@@ -449,7 +431,7 @@ function pageNewer() {
 }
 
 function pageNewest() {
-  app.taskPage = {before: null, stack: []};
+  app.taskPage = {before: null, stack: [], next: null, more: 0};
   refreshTasks().catch((e) => notice(e.message, true));
 }
 
