@@ -17,6 +17,7 @@ from typing import Any
 
 from zriver.errors import InvalidArgument
 from zriver.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from zriver.sizes import parse_duration
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,9 @@ DEFAULT_STREAM_PORT = 8623
 DEFAULT_RELAY_PORT = 2222
 DEFAULT_WEB_PORT = 8624
 SECURITY_MODES = ("curve", "none")
+DEFAULT_RETENTION = "180d"
+RETENTION_RANGE = (3600.0, 100 * 365 * 86400.0)
+"""The shortest and longest retention accepted (1 hour, 100 years), in seconds."""
 
 
 def zriver_home() -> Path:
@@ -72,8 +76,22 @@ class HostSettings:
     security: str = "curve"
     """``curve``: every socket is CURVE-encrypted and only known keys connect (``zriver
     keys``); ``none``: no encryption, no authentication (a trusted network only)."""
+    retention: str = DEFAULT_RETENTION
+    """How long finished tasks and their events are kept (``180d``, ``12h``, ...; ``0`` or
+    ``forever``: kept for ever). Older ones are pruned in the background; ``zriver usage``
+    keeps their sums (``zriver.host.retention``)."""
+
+    def check(self) -> None:
+        """Refuse values out of range, naming the key (``from_mapping`` adds the file)."""
+        retention_seconds(self.retention)
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """``retention`` in seconds; ``None`` when finished tasks are kept for ever."""
+        return retention_seconds(self.retention)
 
     def resolved(self) -> "HostSettings":
+        self.check()
         if self.security not in SECURITY_MODES:
             raise InvalidArgument(f"security must be 'curve' or 'none', got {self.security!r}")
         for key in ("placement", "gpu_placement"):
@@ -170,8 +188,25 @@ def load(path: str | Path | None, cls: type, default_name: str) -> Any:
     return from_mapping(data, cls, str(path))
 
 
+def retention_seconds(text: str) -> float | None:
+    """Seconds in a ``retention`` value (``None``: for ever); ``InvalidArgument`` naming the
+    key when it is not a duration in ``RETENTION_RANGE``."""
+    if text.strip().lower() in ("0", "forever"):
+        return None
+    try:
+        seconds = parse_duration(text)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"retention: {exc} (or \"forever\")") from None
+    low, high = RETENTION_RANGE
+    if not low <= seconds <= high:
+        raise InvalidArgument(f"retention: {text!r} is out of range: keep finished tasks at "
+                              f"least 1h and at most 36500d (or \"forever\")")
+    return seconds
+
+
 def from_mapping(data: dict[str, Any], cls: type, origin: str = "config") -> Any:
-    """Build ``cls`` from a mapping, refusing unknown keys and wrong types."""
+    """Build ``cls`` from a mapping, refusing unknown keys, wrong types and (through the
+    class's ``check``, when it has one) values out of range, with ``origin`` named."""
     known = {f.name: f for f in fields(cls)}
     values = {}
     for key, value in data.items():
@@ -180,7 +215,14 @@ def from_mapping(data: dict[str, Any], cls: type, origin: str = "config") -> Any
                 f"{origin}: unknown setting {key!r} (known: {', '.join(sorted(known))})"
             )
         values[key] = _coerce(value, known[key].type, f"{origin}: {key}")
-    return cls(**values)
+    settings = cls(**values)
+    check = getattr(settings, "check", None)
+    if check is not None:
+        try:
+            check()
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{origin}: {exc}") from None
+    return settings
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -258,6 +300,11 @@ env_keep_versions = 5
 # authentication off: anyone who can reach the ports can do anything. Use it only on a
 # network you trust completely.
 security = "curve"
+
+# Finished tasks and their events older than this are pruned in the background (after their
+# core- and GPU-hours are rolled up, so `zriver usage` keeps its sums). A duration (12h, 30d,
+# 180d), or "forever" (also "0") to keep everything.
+retention = "{DEFAULT_RETENTION}"
 """
 
 RUNNER_TEMPLATE = f"""\

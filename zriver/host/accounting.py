@@ -4,33 +4,97 @@ A task counts from ``started_at`` to ``finished_at`` (or ``now`` while it runs),
 window ``[since, now]``. Core-hours are cores allocated x hours held; GPU-hours likewise. The
 owner is whoever submitted the task (from config/env today; the authenticated identity once
 authentication exists).
+
+Times are counted in whole milliseconds (``to_ms``) and sums are integers
+(core-milliseconds), so a sum does not depend on the order it was added in: a report made
+from task rows and one made from hourly roll-ups of the same rows (``rollup``, what
+``zriver.host.retention`` keeps of pruned tasks) are equal, not just close.
+
+Roll-ups: ``rollup(rows)`` splits each finished task's held time into the hours
+(``HOUR_MS``) it overlapped, keyed ``(hour, owner, node)`` with ``[tasks, failed, core_ms,
+gpu_ms]``; the task itself (``tasks``, ``failed``) is counted in the hour its end falls in
+(an end exactly on an hour's start belongs to the hour before). A report over roll-ups
+includes each hour that ends after ``since`` (``first_hour``): exact for a ``since`` on an
+hour boundary, and otherwise the hour holding ``since`` counts whole.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 FINAL_FAILED = {"failed", "killed_oom", "lost", "timeout"}
+HOUR_MS = 3_600_000
+_MS_RANGE = 1 << 62
+"""Times are clamped to +-2^62 ms so that any finite ``since`` binds as a 64-bit integer."""
 
 
-def usage_report(rows: list[dict[str, Any]], since: float, now: float, by: str) -> list[dict]:
-    """One row per owner (``by="user"``) or node (``by="node"``), busiest first."""
-    totals: dict[str, dict[str, Any]] = {}
+def to_ms(seconds: float) -> int:
+    """Epoch seconds as whole milliseconds (clamped to +-2^62)."""
+    return max(-_MS_RANGE, min(_MS_RANGE, round(seconds * 1000)))
+
+
+def first_hour(since: float) -> int:
+    """The first roll-up hour a report from ``since`` includes (the one holding ``since``)."""
+    return to_ms(since) // HOUR_MS
+
+
+def _resources(row: dict[str, Any]) -> tuple[int, int]:
+    """``(cores, gpus)`` the task held."""
+    return row["spec"]["cores"], len((row["alloc"] or {}).get("gpus") or [])
+
+
+def rollup(rows: Iterable[dict[str, Any]]) -> dict[tuple[int, str, str], list[int]]:
+    """Finished task rows -> ``{(hour, owner, node): [tasks, failed, core_ms, gpu_ms]}``
+    (see the module docstring); rows that never held anything add nothing."""
+    sums: dict[tuple[int, str, str], list[int]] = {}
     for row in rows:
-        start = max(row["started_at"], since)
-        end = min(row["finished_at"] or now, now)
+        if row["started_at"] is None or row["finished_at"] is None:
+            continue
+        start, end = to_ms(row["started_at"]), to_ms(row["finished_at"])
         if end <= start:
             continue
-        hours = (end - start) / 3600.0
+        cores, gpus = _resources(row)
+        owner, node = row["owner"] or "", row["node"] or ""
+        last = (end - 1) // HOUR_MS
+        for hour in range(start // HOUR_MS, last + 1):
+            held = min(end, (hour + 1) * HOUR_MS) - max(start, hour * HOUR_MS)
+            entry = sums.setdefault((hour, owner, node), [0, 0, 0, 0])
+            entry[2] += cores * held
+            entry[3] += gpus * held
+        entry = sums[(last, owner, node)]
+        entry[0] += 1
+        entry[1] += row["state"] in FINAL_FAILED
+    return sums
+
+
+def usage_report(rows: list[dict[str, Any]], since: float, now: float, by: str,
+                 rolled: Iterable[tuple[str, int, int, int, int]] = ()) -> list[dict]:
+    """One row per owner (``by="user"``) or node (``by="node"``), busiest first.
+
+    ``rows``: task rows; ``rolled``: roll-ups already summed per key from ``first_hour(since)``
+    on, as ``(key, tasks, failed, core_ms, gpu_ms)`` (key: the owner or node, ``""`` when
+    none)."""
+    totals: dict[str, list[int]] = {}
+    since_ms, now_ms = to_ms(since), to_ms(now)
+    for row in rows:
+        start = max(to_ms(row["started_at"]), since_ms)
+        end = min(to_ms(row["finished_at"]) if row["finished_at"] is not None else now_ms,
+                  now_ms)
+        if end <= start:
+            continue
+        cores, gpus = _resources(row)
         key = (row["owner"] if by == "user" else row["node"]) or "-"
-        entry = totals.setdefault(key, {by: key, "tasks": 0, "failed": 0, "core_hours": 0.0,
-                                        "gpu_hours": 0.0})
-        entry["tasks"] += 1
-        entry["failed"] += row["state"] in FINAL_FAILED
-        entry["core_hours"] += row["spec"]["cores"] * hours
-        entry["gpu_hours"] += len((row["alloc"] or {}).get("gpus") or []) * hours
-    ordered = sorted(totals.values(), key=lambda e: (-e["core_hours"], str(e[by])))
-    for entry in ordered:
-        entry["core_hours"] = round(entry["core_hours"], 6)
-        entry["gpu_hours"] = round(entry["gpu_hours"], 6)
-    return ordered
+        entry = totals.setdefault(key, [0, 0, 0, 0])
+        entry[0] += 1
+        entry[1] += row["state"] in FINAL_FAILED
+        entry[2] += cores * (end - start)
+        entry[3] += gpus * (end - start)
+    for key, *sums in rolled:
+        entry = totals.setdefault(key or "-", [0, 0, 0, 0])
+        for index, value in enumerate(sums):
+            entry[index] += value
+    ordered = sorted((item for item in totals.items() if item[1][0] > 0),
+                     key=lambda item: (-item[1][2], item[0]))
+    return [{by: key, "tasks": tasks, "failed": failed,
+             "core_hours": round(core_ms / HOUR_MS, 6), "gpu_hours": round(gpu_ms / HOUR_MS, 6)}
+            for key, (tasks, failed, core_ms, gpu_ms) in ordered]

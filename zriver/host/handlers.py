@@ -16,7 +16,6 @@ from zriver import PROTOCOL_VERSION, __version__
 from zriver import lifecycle as lc
 from zriver.errors import BadRequest, Conflict, Forbidden, InvalidArgument, NotFound
 from zriver.host import waiting
-from zriver.host.accounting import usage_report
 from zriver.host.dispatch import apply_update, enqueue, move, publish_task, signal, start_body
 from zriver.host.effects import ReadLog, Request
 from zriver.host.model import LiveTask, NodeRecord, gpu_change, node_spec
@@ -326,16 +325,6 @@ def _set_drained(core: "HostCore", name: str, reason: str | None) -> dict:
     return public_node(core, node)
 
 
-def usage(core: "HostCore", request: Request, body: dict) -> dict:
-    """Core-hours, GPU-hours and task counts since ``since`` (epoch seconds), grouped."""
-    by = arg(body, "by", str, "user")
-    if by not in ("user", "node"):
-        raise InvalidArgument("by must be 'user' or 'node'")
-    since = float(arg(body, "since", (int, float), 0.0))
-    return {"rows": usage_report(core.records.tasks_since(since), since, core.now.wall, by),
-            "since": since, "by": by}
-
-
 # ---- runners -------------------------------------------------------------------------------
 def register(core: "HostCore", request: Request, body: dict) -> dict:
     """A runner (re)joins: record it, reconcile what it runs with what the host believes.
@@ -578,7 +567,6 @@ def register_core_ops(ops: OpTable) -> None:
         ("node.health", health, PEOPLE_ONLY),
         ("node.drain", drain, ADMINS),
         ("node.undrain", undrain, ADMINS),
-        ("usage.report", usage, PEOPLE_ONLY),
         ("runner.register", register, RUNNERS),
         ("runner.ping", ping, RUNNERS),
         ("task.update", task_update, RUNNERS),

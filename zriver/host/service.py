@@ -50,6 +50,7 @@ from zriver.host.effects import (ArmTimer, CallService, CancelTimer, Command, No
 from zriver.host.envs import Environments
 from zriver.host.followers import Followers
 from zriver.host.history import History
+from zriver.host.retention import Retention
 from zriver.host.keytable import Keys
 from zriver.host.latency import Latency
 from zriver.host.relay import Relay
@@ -96,8 +97,11 @@ class Host:
         self.vps = Vps()
         self.history = History()
         """Cluster usage samples (``zriver.host.history``): ``usage.history``."""
+        self.retention = Retention(self.settings.retention_seconds)
+        """Old finished tasks pruned, their usage rolled up (``zriver.host.retention``):
+        ``usage.report``."""
         self.extensions = [self.keys, self.ssh_keys, self.tokens, self.vps,
-                           self.history] + (
+                           self.history, self.retention] + (
             extensions if extensions is not None else [Environments(self.settings)])
         self.ops = OpTable()
         register_core_ops(self.ops)

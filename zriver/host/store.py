@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 import apsw
 import msgpack
 
+from zriver import lifecycle as lc
 from zriver.errors import Internal
 from zriver.host.effects import WRITE_METHODS
 
@@ -130,6 +131,7 @@ _COUNT = "SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT ?)"
 COUNT_CAP = 100_000
 """Counts of a listing (``count_tasks``) stop here, per state: reading more index entries than
 this would cost the loop more than about 8 ms."""
+_FINAL = f"({', '.join(repr(state) for state in sorted(lc.FINAL))})"
 
 
 def pack(value: Any) -> bytes:
@@ -317,6 +319,22 @@ class Store:
         """Tasks that held resources at some time after ``since`` (for usage reports)."""
         return self._tasks("WHERE started_at IS NOT NULL AND (finished_at IS NULL OR "
                            "finished_at >= ?)", (since,))
+
+    def finished_before(self, before: float, limit: int) -> list[dict[str, Any]]:
+        """At most ``limit`` tasks in a final state that finished before ``before``, oldest
+        first (for ``zriver.host.retention``; a range of the ``tasks_by_finished`` index of
+        migration 11)."""
+        return self._tasks(f"WHERE finished_at < ? AND state IN {_FINAL} "
+                           f"ORDER BY finished_at LIMIT ?", (before, limit))
+
+    def delete_tasks(self, ids: list[int]) -> None:
+        """Remove tasks and their events (inside the caller's transaction; at most 500 ids a
+        statement)."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.conn.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", chunk)
+            self.conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", chunk)
 
     def task_states(self, ids: list[int]) -> dict[int, str]:
         """State of each existing task among ``ids``."""
