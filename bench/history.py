@@ -23,7 +23,8 @@ measures:
 * list: ``task.list`` with its default page (the ``zriver tasks`` call), p50 and p90;
 * usage (the big store only, not in the ratios): ``usage.report`` over the last 7 days (what
   ``zriver usage`` asks by default), p50 of ``--usages`` calls: its cost follows the tasks
-  that ran in the window (about 47,000 here), not the history.
+  that ran in the window (about 47,000 here), not the history; and the p50 of single-task
+  submits made from another client meanwhile (the report is read off the host's loop).
 
 The ratios big/empty (median of the per-round ratios) are what the issue bounds (within 1.5x).
 Then, in this process, ``--prune-tasks`` tasks finished 200 days ago are pruned by
@@ -46,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -200,11 +202,26 @@ def measure(host: HostProc, submits: int, lists: int) -> dict[str, float]:
             "list_p90_ms": 1000 * percentile(list_times, 0.9)}
 
 
-def measure_usage(host: HostProc, count: int) -> float:
-    """p50 milliseconds of ``usage.report`` since 7 days ago."""
+def measure_usage(host: HostProc, count: int) -> dict[str, float]:
+    """p50 milliseconds of ``usage.report`` since 7 days ago, and of single-task submits
+    made meanwhile from another client (the report is read off the host's loop)."""
     body = {"since": time.time() - 7 * DAY, "by": "user"}
-    return 1000 * statistics.median(timed(lambda: host.client.call("usage.report", body),
-                                          count))
+    usage: list[float] = []
+
+    def report() -> None:
+        with Client(host.client.endpoint, timeout=120) as client:
+            usage.extend(timed(lambda: client.call("usage.report", body), count))
+
+    asker = threading.Thread(target=report)
+    asker.start()
+    submit = {"tasks": [{"command": ["true"], "name": "bench"}]}
+    during: list[float] = []
+    deadline = time.monotonic() + 600
+    while asker.is_alive() and time.monotonic() < deadline:
+        during += timed(lambda: host.client.call("task.submit", submit), 1)
+    asker.join(600)
+    return {"usage_7d_ms": 1000 * statistics.median(usage),
+            "submit_p50_during_usage_ms": 1000 * statistics.median(during or [0.0])}
 
 
 def measure_prune(root: Path, count: int) -> dict[str, float]:
@@ -275,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 start = host.wait_ready()
                 round_[name] = {"start_s": start, **measure(host, args.submits, args.lists)}
                 if name == "big" and args.usages:
-                    round_["usage_7d_ms"] = measure_usage(host, args.usages)
+                    round_["usage"] = measure_usage(host, args.usages)
                 host.stop()
                 hosts.remove(host)
             rounds.append(round_)
@@ -286,8 +303,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         medians = {name: {key: statistics.median(r[name][key] for r in rounds) for key in keys}
                    for name in ("empty", "big")}
         prune = measure_prune(root, args.prune_tasks) if args.prune_tasks else None
-        usage = [r["usage_7d_ms"] for r in rounds if "usage_7d_ms" in r]
-        return {"usage_7d_ms": statistics.median(usage) if usage else None,
+        usage = [r["usage"] for r in rounds if "usage" in r]
+        return {"usage": {key: statistics.median(u[key] for u in usage) for key in usage[0]}
+                if usage else None,
                 "tasks": args.tasks, "baseline_tasks": args.baseline_tasks, "build_s": build_s, "rounds": rounds, "median": medians,
                 "ratio_big_over_empty": ratios, "prune": prune}
     finally:
@@ -313,8 +331,10 @@ def main() -> int:
     for key in ratios:
         print(f"{key:16}{medians['empty'][key]:10.2f}{medians['big'][key]:10.2f}"
               f"{ratios[key]:10.2f}x")
-    if result["usage_7d_ms"] is not None:
-        print(f"\nusage.report since 7d on the big store: {result['usage_7d_ms']:.0f} ms")
+    if result["usage"] is not None:
+        u = result["usage"]
+        print(f"\nusage.report since 7d on the big store: {u['usage_7d_ms']:.0f} ms; single "
+              f"submits meanwhile: p50 {u['submit_p50_during_usage_ms']:.2f} ms")
     if result["prune"]:
         p = result["prune"]
         print(f"\nprune: {p['pruned']} tasks in {p['seconds']:.1f} s ({p['tasks_per_s']:.0f}/s), "

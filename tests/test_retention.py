@@ -305,3 +305,31 @@ def test_start_and_submit_read_no_finished_rows(cluster):
     load_plans = _plans(store.conn, statements)
     store.close()
     assert load_plans and not _scans(load_plans), load_plans
+
+
+def test_a_usage_report_does_not_hold_the_loop(cluster):
+    """The report is read in a worker thread: held there (as a week of a busy lab's rows
+    would hold it), the host still answers a submit."""
+    retention = cluster.host.retention
+    reading, release = threading.Event(), threading.Event()
+    original = retention._report
+
+    def held(since, by):
+        reading.set()
+        assert release.wait(20)
+        return original(since, by)
+
+    retention._report = held
+    answers: list = []
+    asker = threading.Thread(target=lambda: answers.append(
+        cluster.client(timeout=30).call("usage.report", {"since": 0})))
+    asker.start()
+    try:
+        assert reading.wait(20), "usage.report never reached its read"
+        task = cluster.client(timeout=5).call("task.submit",
+                                              {"tasks": [{"command": ["true"]}]})["ids"][0]
+        assert not answers
+    finally:
+        release.set()
+        asker.join(30)
+    assert answers and answers[0]["rows"] == [] and cluster.wait(task)[0]["state"] == "completed"

@@ -19,7 +19,10 @@ A host extension (``host.retention``):
   rows still kept plus the roll-ups of the hours from ``since`` on
   (``accounting.usage_report``): the same reply before and after a prune for any
   ``since`` newer than the retention or on an hour boundary (for an older ``since`` inside an
-  hour, that hour of pruned tasks counts whole).
+  hour, that hour of pruned tasks counts whole). Its cost follows the tasks that ran in the
+  window (a week of a busy lab: tens of thousands of rows, seconds), so it is read off the
+  loop: in one worker thread, on a connection of its own to the same database, both reads in
+  one read transaction (one committed snapshot: a prune is seen wholly or not at all).
 
 Tables (migration 11): ``usage_rollups`` and the index ``tasks_by_finished`` on
 ``tasks(finished_at)`` that makes each batch an index range (and ``usage.report`` over a
@@ -30,6 +33,7 @@ not grow with the history.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from typing import Any
 
@@ -107,6 +111,9 @@ class Retention:
         """Tasks pruned since the start."""
         self._pruning: asyncio.Lock | None = None
         self._loop_task: asyncio.Task | None = None
+        self._reader: Store | None = None
+        """The usage reads' own connection (opened and used in the worker thread only)."""
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def register(self, ops: OpTable) -> None:
         ops.add("usage.report", self.usage, PEOPLE_ONLY, SERVICE)
@@ -115,6 +122,8 @@ class Retention:
         self.host = service
         self.records = RollupRecords(service.store)
         self._pruning = asyncio.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="zriver-usage")
         if self.retention is not None:
             self._loop_task = asyncio.ensure_future(self._prune_loop())
 
@@ -122,6 +131,10 @@ class Retention:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_reader)
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     async def _prune_loop(self) -> None:
         await asyncio.sleep(FIRST_PRUNE)
@@ -168,13 +181,26 @@ class Retention:
         await asyncio.sleep(0)
 
     # ---- the op --------------------------------------------------------------------------
-    def usage(self, service: Any, request: Any, body: dict) -> dict:
+    async def usage(self, service: Any, request: Any, body: dict) -> dict:
         """``usage.report {since?, by?}``: see the module docstring."""
         by = arg(body, "by", str, "user")
         if by not in _GROUP:
             raise InvalidArgument("by must be 'user' or 'node'")
         since = float(arg(body, "since", (int, float), 0.0))
-        rows = service.store.tasks_since(since)
-        rolled = self.records.sums(by, first_hour(since))
-        return {"rows": usage_report(rows, since, time.time(), by, rolled),
-                "since": since, "by": by}
+        rows = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._report, since, by)
+        return {"rows": rows, "since": since, "by": by}
+
+    def _report(self, since: float, by: str) -> list[dict]:
+        """In the worker thread: the report from one snapshot of the store."""
+        if self._reader is None:
+            self._reader = Store(self.host.data_dir / "host.db", self.host.migrations)
+        with self._reader.conn:
+            rows = self._reader.tasks_since(since)
+            rolled = RollupRecords(self._reader).sums(by, first_hour(since))
+        return usage_report(rows, since, time.time(), by, rolled)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
