@@ -19,7 +19,7 @@ from zriver import lifecycle as lc
 from zriver.config import HostSettings, load
 from zriver.errors import InvalidArgument, NotFound
 from zriver.host import retention as ret
-from zriver.host.accounting import HOUR_MS, first_hour, rollup, usage_report
+from zriver.host.accounting import HOUR_US, first_hour, rollup, usage_report
 from zriver.host.core import HostCore
 from zriver.host.model import allocation_to_wire
 from zriver.host.ops import OpTable
@@ -72,6 +72,7 @@ def put_tasks(cluster, shapes: list[dict]) -> list[int]:
                 " submitted_at, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", tasks)
             store.conn.executemany(
                 "INSERT INTO task_events(task_id, state, at, detail) VALUES (?,?,?,?)", events)
+        cluster.host.flush()  # committed (with the tick, when one was open): readers see them
         return ids
 
     return cluster.call_soon(write)
@@ -96,7 +97,13 @@ def stored(cluster, ids: list[int]) -> tuple[set[int], set[int]]:
 
 
 def prune(cluster, now: float = NOW) -> int:
-    return cluster.run(lambda: cluster.host.retention.prune(now), timeout=120)
+    """Prune on the host's loop; returns once the last batch is committed."""
+    async def run():
+        count = await cluster.host.retention.prune(now)
+        cluster.host.flush()
+        return count
+
+    return cluster.run(run, timeout=120)
 
 
 def count_batches(cluster) -> list[int]:
@@ -161,7 +168,7 @@ def test_usage_is_the_same_before_and_after_pruning(cluster):
     recent = cluster.submit(["true"], cores=2)
     cluster.wait(recent)
     put_tasks(cluster, _history())
-    hour = HOUR_MS / 1000
+    hour = HOUR_US / 1e6
     windows = [0.0, (OLD // hour - 2) * hour, (OLD // hour + 30) * hour, NOW - 7 * DAY,
                NOW - 60]
     client = cluster.client()
@@ -179,7 +186,7 @@ def test_usage_is_the_same_before_and_after_pruning(cluster):
 
 
 _TASKS = st.lists(st.tuples(
-    st.integers(0, 40 * HOUR_MS), st.integers(-10, 5 * HOUR_MS), st.integers(1, 8),
+    st.integers(0, 40 * HOUR_US), st.integers(-10, 5 * HOUR_US), st.integers(1, 8),
     st.integers(0, 2), st.sampled_from(["a", "b", ""]), st.sampled_from(["n1", "n2", None]),
     st.sampled_from(sorted(lc.FINAL))), max_size=30)
 
@@ -187,13 +194,13 @@ _TASKS = st.lists(st.tuples(
 @settings(max_examples=200, deadline=None)
 @given(_TASKS, st.integers(-2, 45), st.sampled_from(["user", "node"]))
 def test_rolled_up_sums_equal_the_rows_for_hour_aligned_windows(tasks, since_hour, by):
-    base = 1_700_000_000_000 // HOUR_MS * HOUR_MS
-    rows = [{"owner": owner, "node": node, "state": state, "started_at": (base + s) / 1000,
-             "finished_at": (base + s + d) / 1000, "spec": {"cores": cores},
+    base = 1_700_000_000_000_000 // HOUR_US * HOUR_US  # microseconds
+    rows = [{"owner": owner, "node": node, "state": state, "started_at": (base + s) / 1e6,
+             "finished_at": (base + s + d) / 1e6, "spec": {"cores": cores},
              "alloc": {"gpus": list(range(gpus))}}
             for s, d, cores, gpus, owner, node, state in tasks]
-    since = (base + since_hour * HOUR_MS) / 1000
-    now = (base + 50 * HOUR_MS) / 1000
+    since = (base + since_hour * HOUR_US) / 1e6
+    now = (base + 50 * HOUR_US) / 1e6
     grouped: dict[str, list[int]] = {}
     for (hour, owner, node), sums in rollup(rows).items():
         if hour >= first_hour(since):

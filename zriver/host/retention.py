@@ -10,7 +10,7 @@ A host extension (``host.retention``):
   committed with it), and the loop is yielded to between batches (``breathe``), so a prune of
   a million rows never holds the host for longer than one batch (a few milliseconds).
   Unfinished tasks are never pruned, whatever their age;
-* before a batch is deleted, its tasks' core- and GPU-milliseconds are added to
+* before a batch is deleted, its tasks' core- and GPU-microseconds are added to
   ``usage_rollups`` per (hour, owner, node), with the task counted in the hour it ended in
   (``zriver.host.accounting.rollup``), in the same savepoint as the delete: a task is in
   exactly one of ``tasks`` and ``usage_rollups``;
@@ -54,8 +54,8 @@ CREATE TABLE usage_rollups(
     node TEXT NOT NULL,
     tasks INTEGER NOT NULL,
     failed INTEGER NOT NULL,
-    core_ms INTEGER NOT NULL,
-    gpu_ms INTEGER NOT NULL,
+    core_us INTEGER NOT NULL,
+    gpu_us INTEGER NOT NULL,
     PRIMARY KEY (hour, owner, node)
 ) WITHOUT ROWID;
 CREATE INDEX tasks_by_finished ON tasks(finished_at);
@@ -67,6 +67,9 @@ FIRST_PRUNE = 60.0
 """Seconds after the host's start before the first prune (the start itself stays quick)."""
 PRUNE_EVERY = 3600.0
 _GROUP = {"user": "owner", "node": "node"}
+ERA = 256
+"""Hours SQLite sums at once in ``RollupRecords.sums``: 256 h of a million busy cores is
+under 2^60 core-microseconds."""
 
 
 class RollupRecords:
@@ -78,19 +81,26 @@ class RollupRecords:
     def add(self, sums: dict[tuple[int, str, str], list[int]]) -> None:
         """Add ``accounting.rollup`` sums (inside the caller's transaction)."""
         self.conn.executemany(
-            "INSERT INTO usage_rollups(hour, owner, node, tasks, failed, core_ms, gpu_ms) "
+            "INSERT INTO usage_rollups(hour, owner, node, tasks, failed, core_us, gpu_us) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hour, owner, node) DO UPDATE SET "
             "tasks = tasks + excluded.tasks, failed = failed + excluded.failed, "
-            "core_ms = core_ms + excluded.core_ms, gpu_ms = gpu_ms + excluded.gpu_ms",
+            "core_us = core_us + excluded.core_us, gpu_us = gpu_us + excluded.gpu_us",
             [(*key, *values) for key, values in sums.items()])
 
     def sums(self, by: str, from_hour: int) -> list[tuple[str, int, int, int, int]]:
-        """``(key, tasks, failed, core_ms, gpu_ms)`` per owner (``by="user"``) or node, over
-        the hours from ``from_hour`` on."""
+        """``(key, tasks, failed, core_us, gpu_us)`` per owner (``by="user"``) or node, over
+        the hours from ``from_hour`` on. SQLite sums each ``ERA`` of hours (a sum that stays
+        far inside 64 bits), Python adds the eras (its integers do not overflow)."""
         column = _GROUP[by]
-        return self.conn.execute(
-            f"SELECT {column}, sum(tasks), sum(failed), sum(core_ms), sum(gpu_ms) "
-            f"FROM usage_rollups WHERE hour >= ? GROUP BY {column}", (from_hour,)).fetchall()
+        totals: dict[str, list[int]] = {}
+        for key, *sums in self.conn.execute(
+                f"SELECT {column}, sum(tasks), sum(failed), sum(core_us), sum(gpu_us) "
+                f"FROM usage_rollups WHERE hour >= ? GROUP BY {column}, hour / {ERA}",
+                (from_hour,)):
+            entry = totals.setdefault(key, [0, 0, 0, 0])
+            for index, value in enumerate(sums):
+                entry[index] += value
+        return [(key, *sums) for key, sums in totals.items()]
 
     def count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM usage_rollups").fetchall()[0][0]
