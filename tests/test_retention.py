@@ -340,3 +340,18 @@ def test_a_usage_report_does_not_hold_the_loop(cluster):
         release.set()
         asker.join(30)
     assert answers and answers[0]["rows"] == [] and cluster.wait(task)[0]["state"] == "completed"
+
+
+def test_a_pruned_dependency_of_a_waiting_task_counts_as_completed(tmp_path):
+    """B waits on C and on A; A completed long ago and was pruned: after a restart B still
+    waits on C alone, and runs once C completes."""
+    settings = HostSettings(data_dir=str(tmp_path), security="none")
+    store = Store(tmp_path / "host.db", Host(settings).migrations)
+    for task_id, after in ((2, []), (3, [1, 2])):  # A = 1 (pruned), C = 2, B = 3
+        spec = TaskSpec(["true"], after=after).to_wire()
+        store.insert_task({"id": task_id, "name": "", "owner": "alice", "state": "pending",
+                           "spec": spec, "submitted_at": NOW})
+    core = HostCore(settings, store, OpTable(), "deps")
+    core.load(core.now)
+    assert core.deps.ended(2, "completed") == ([3], [])
+    store.close()

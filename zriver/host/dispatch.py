@@ -99,10 +99,15 @@ def retry(core: "HostCore", task: "LiveTask", failure: str, at: float, detail: s
 
 
 def enqueue(core: "HostCore", task: "LiveTask") -> None:
-    """A pending task enters the queue, or waits for its dependencies, or fails on them."""
+    """A pending task enters the queue, or waits for its dependencies, or fails on them.
+
+    A dependency that is no longer stored was pruned (``zriver.host.retention``; a submit
+    refuses unknown ones): it ended long ago, and ended well for this task, which would have
+    failed with it otherwise, so it counts as ``completed``."""
     deps = task.spec.after + task.spec.after_any
-    ended = {tid: state for tid, state in core.records.task_states(deps).items()
-             if lc.is_final(state)} if deps else {}
+    states = core.records.task_states(deps) if deps else {}
+    ended = {tid: states.get(tid, lc.COMPLETED) for tid in deps
+             if lc.is_final(states.get(tid, lc.COMPLETED))}
     verdict = core.deps.add(task.id, task.spec.after, task.spec.after_any, ended)
     if verdict.failed:
         move(core, task, lc.FAILED, detail=verdict.failed)
