@@ -355,3 +355,19 @@ def test_a_pruned_dependency_of_a_waiting_task_counts_as_completed(tmp_path):
     core.load(core.now)
     assert core.deps.ended(2, "completed") == ([3], [])
     store.close()
+
+
+def test_a_prune_batch_is_an_index_range(cluster):
+    """Each batch reads the oldest rows through ``tasks_by_finished``: no scan, no sort of
+    the finished rows (whatever other indexes on ``tasks`` tempt the planner)."""
+    put_tasks(cluster, [shape(OLD - i) for i in range(3)])
+    statements: list = []
+    cluster.call_soon(lambda: _tracing(cluster.host.store.conn, statements))
+    try:
+        assert prune(cluster) == 3
+    finally:
+        cluster.call_soon(lambda: setattr(cluster.host.store.conn, "exec_trace", None))
+    plans = cluster.call_soon(lambda: _plans(cluster.host.store.conn, statements))
+    reads = [line for line in plans if "finished_at <" in line]
+    assert reads and all("USING INDEX tasks_by_finished" in line for line in reads), plans
+    assert not _scans(plans) and not [line for line in plans if "TEMP B-TREE" in line], plans
