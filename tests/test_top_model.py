@@ -273,3 +273,65 @@ def test_split_line(line, words, current):
 ])
 def test_env_names(reply, names):
     assert env_names(reply) == names
+
+
+# ---- a bounded window and counts of the whole cluster --------------------------------------
+def batch_evt(batch_id, count, first, name="sweep"):
+    return (f"evt.batch.{batch_id}", {"batch_id": batch_id, "count": count, "first_id": first,
+                                      "last_id": first + count - 1, "state": "pending",
+                                      "owner": "ann", "name": name})
+
+
+def windowed(counts, rows, window=3):
+    model = ClusterModel(pending_window=window)
+    model.load([node_row("n1")], rows, NOW, counts)
+    return model
+
+
+def test_counts_come_from_the_host_not_from_the_rows_held():
+    model = windowed({"pending": 100_000, "running": 1},
+                     [task_row(1, "running", "n1")] + [task_row(i) for i in (99_998, 99_999)])
+    s = model.summary()
+    assert (s.running, s.pending) == (1, 100_000)
+    assert model.total() == 100_001 and model.held() == 3
+    model.set_counts({"pending": 99_000, "running": 2})
+    assert model.total() == 99_002
+
+
+def test_a_big_submit_is_counted_from_its_summary_event():
+    model = windowed({"pending": 2, "running": 0}, [task_row(1), task_row(2)])
+    assert model.apply(*batch_evt(3, 100_000, 3), NOW) == TASKS
+    assert model.count("pending") == 100_002 and model.held() == 2  # no rows held for it
+    assert "batch 3 (sweep): 100000 tasks submitted" in model.event_list()[0].text
+    model.apply(*evt(50_000, "assigned", "n1"), NOW)  # one of them, outside the window
+    assert (model.count("pending"), model.count("assigned")) == (100_001, 1)
+    model.apply(*evt(100_003, "pending", detail="submitted"), NOW)  # a task newer than all
+    assert model.count("pending") == 100_002
+
+
+@pytest.mark.parametrize("body, moved", [
+    ({"state": "running"}, ("assigned", "running")),
+    ({"state": "completed", "exit_code": 0}, ("running", "completed")),
+    ({"state": "running", "passed": ["assigned"]}, ("pending", "running")),
+    ({"state": "killed", "detail": "killed while pending"}, ("pending", "killed")),
+])
+def test_a_task_outside_the_window_moves_the_usual_counts(body, moved):
+    model = windowed({"pending": 10, "assigned": 10, "running": 10}, [task_row(20)])
+    before = {state: model.count(state) for state in moved}
+    model.apply("evt.task.7", {"id": 7, **body}, NOW)
+    assert model.count(moved[0]) == before[moved[0]] - 1
+    assert model.count(moved[1]) == before[moved[1]] + 1
+
+
+def test_events_of_tasks_in_the_window_move_counts_exactly_and_the_window_stays_bounded():
+    model = windowed({"pending": 3}, [task_row(1), task_row(2), task_row(3)])
+    for task_id in (4, 5):  # submitted after the snapshot: new, counted in, held
+        model.apply(*evt(task_id, "pending", detail="submitted"), NOW)
+    assert model.count("pending") == 5
+    assert model.task_ids() == [3, 4, 5]  # the newest 3 pending held; 1 and 2 let go
+    model.apply(*evt(5, "killed"), NOW)
+    assert model.count("pending") == 4 and model.count("killed") == 1
+    model.apply(*evt(1, "assigned", "n1"), NOW)  # one let go comes back through its event
+    assert model.task_ids() == [1, 3, 4] and model.count("assigned") == 1
+    model.refresh_pending([task_row(4), task_row(3)])  # the newest pending, re-read
+    assert model.task_ids() == [1, 3, 4] and model.count("pending") == 3
