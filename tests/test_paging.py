@@ -280,19 +280,20 @@ def test_top_draws_a_hundred_thousand_queued_tasks_within_a_second(big_queue, ho
 @needs_tmux
 def test_shell_starts_with_a_hundred_thousand_queued_tasks(big_queue, home, screens):
     cluster = big_queue
-    baseline = startup_baseline()
     screen = screens(home, zriver_argv(cluster, "shell"))
+    screen.wait("zriver>", timeout=30)  # the prompt comes before any call to the host
+    prompt = time.monotonic() - screen.started
     screen.wait(lambda s: f"· {BIG - 4} pending" in s or f"· {BIG} pending" in s, timeout=30)
     ready = time.monotonic() - screen.started
-    print(f"\nshell: toolbar with {BIG:,} queued tasks {ready:.2f}s after start (python and "
-          f"its imports alone: {baseline:.2f}s)")
+    print(f"\nshell: prompt {prompt:.2f}s, toolbar with {BIG:,} queued tasks {ready:.2f}s "
+          f"after start")
     screen.type("kill 9")
     screen.keys("Tab")
     screen.wait(lambda s: "kill 9" in prompt_line(screen))
     screen.keys("C-u")
     screen.type("tasks --limit 2")
     screen.keys("Enter")
-    screen.wait(f"... {BIG - 2:,} more: zriver tasks --all, or --before {BIG - 1}")
+    screen.wait(f"... 10,000+ more: zriver tasks --all, or --before {BIG - 1}")  # capped
     screen.keys("C-d")
     assert screen.wait_exit() == 0
-    assert ready - baseline < 1.0
+    assert ready - prompt < 1.0  # what the queue adds: the snapshot's pages and counts

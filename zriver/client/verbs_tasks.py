@@ -189,7 +189,7 @@ def tasks(ctx: Context, args) -> int:
 
 def more_line(reply: dict) -> str:
     """``... 19,800 more: zriver tasks --all, or --before ID`` (empty on the last page; a
-    count the host capped reads ``100,000+``)."""
+    count the host capped reads ``10,000+``)."""
     after = reply.get("next")
     if after is None:
         return ""

@@ -10,6 +10,8 @@ where the op acts on one task. ``register_core_ops`` puts them in an ``OpTable``
 from __future__ import annotations
 
 import posixpath
+from collections import Counter
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from zriver import PROTOCOL_VERSION, __version__
@@ -202,10 +204,13 @@ def counts(core: "HostCore", request: Request, body: dict) -> dict:
     owner, batch = arg(body, "owner", str, None), arg(body, "batch", int, None)
     result = dict.fromkeys(states, 0)
     if any(not lc.is_final(state) for state in states):
-        for task in core.tasks.values():
-            if (task.state in result and (owner is None or task.spec.owner == owner)
-                    and (batch is None or task.batch_id == batch)):
-                result[task.state] += 1
+        live = core.tasks.values()
+        if owner is not None or batch is not None:
+            live = (t for t in live if (owner is None or t.spec.owner == owner)
+                    and (batch is None or t.batch_id == batch))
+        for state, n in Counter(map(attrgetter("state"), live)).items():
+            if state in result:
+                result[state] = n
     capped = []
     for state in (s for s in states if lc.is_final(s)):
         result[state], exact = core.records.count_tasks([state], batch=batch, owner=owner)
