@@ -422,6 +422,8 @@ def test_events_to_a_user_never_carry_anothers_task(api):
     assert not visible(ALICE, "evt.task.3", {"owner": "bob"})
     assert visible(ROOT, "evt.task.3", {"owner": "bob"})
     assert visible(ALICE, "evt.node.n1", {}) and visible(ALICE, "hb.n1", {})
+    assert visible(ALICE, "evt.batch.3", {"owner": "alice"})  # a big submit's summary
+    assert not visible(ALICE, "evt.batch.3", {"owner": "bob"})
     assert not visible(ALICE, "log.3", {})
     assert not visible(ROOT, "evt.something.new", {}), "unknown kinds: nobody until decided"
 

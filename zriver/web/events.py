@@ -1,7 +1,8 @@
 """``GET /api/v1/events``: the host's events over a WebSocket, as JSON text messages
 ``{"topic", "op", "body"}``.
 
-Forwarded: ``evt.task.<id>`` (a user: only their own tasks', by the event's ``owner``),
+Forwarded: ``evt.task.<id>`` and the summary of a big submit ``evt.batch.<id>`` (a user: only
+their own tasks', by the event's ``owner``),
 ``evt.node.<name>`` and heartbeats ``hb.<node>`` (everyone). Log chunks (``log.<id>``) are not
 sent: the page reads logs through ``/api/v1/tasks/{id}/logs``. Events are queued per socket
 (at most ``QUEUE`` of them): a client that falls that far behind is closed (code 1008) and
@@ -29,7 +30,7 @@ def visible(principal: Principal, topic: str, body: dict[str, Any]) -> bool:
     """Whether ``principal`` may see the event ``topic``/``body``: task events (their owner
     and admins), node events and heartbeats (everyone); nothing else (a new kind of event is
     not shown until someone says who may see it)."""
-    if topic.startswith("evt.task."):
+    if topic.startswith(("evt.task.", "evt.batch.")):
         return principal.is_admin or body.get("owner") == principal.name
     return topic.startswith(("evt.node.", "hb."))
 

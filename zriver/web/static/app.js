@@ -435,6 +435,13 @@ function pageNewest() {
   refreshTasks().catch((e) => notice(e.message, true));
 }
 
+/** The summary of a big submit (count tasks, no event of their own): the first page and the
+ * counts are read again. */
+function onBatchEvent(body) {
+  if (app.taskPage.before === null) coalesce("tasks-refresh", () => refreshTasks().catch(() => {}), 200);
+  coalesce("counts", () => refreshCounts().catch(() => {}), 500);
+}
+
 /** A task event: update the row in place; a new task on the first page is fetched and shown. */
 function onTaskEvent(body) {
   const index = app.tasks.findIndex((t) => t.id === body.id);
@@ -1064,6 +1071,7 @@ function onEvent(event) {
   const topic = event.topic || "";
   const body = event.body || {};
   if (topic.startsWith("evt.task.")) onTaskEvent(body);
+  else if (topic.startsWith("evt.batch.")) onBatchEvent(body);
   else if (topic.startsWith("evt.node.")) onNodeEvent(body);
   else if (topic.startsWith("hb.")) onHeartbeat(topic.slice(3), body);
   else if (topic.startsWith("log.")) onLogEvent(Number(topic.slice(4)), body);
