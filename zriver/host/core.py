@@ -31,6 +31,7 @@ from zriver.host.model import (LiveTask, NodeRecord, allocation_from_wire, gpu_c
                                node_spec, runner_identity)
 from zriver.host.ops import DEFERRED, SERVICE, OpTable
 from zriver.host.scheduler import DEGRADED, OFFLINE, ONLINE, UNREACHABLE, Scheduler
+from zriver.host.tasktable import TaskTable
 from zriver.host.waiting import Waiters
 from zriver.spec import TaskSpec
 
@@ -54,7 +55,8 @@ class HostCore:
         self.linked = linked
         self.scheduler = Scheduler(settings.placement, settings.gpu_placement, settings.prefetch)
         self.deps = Dependencies()
-        self.tasks: dict[int, LiveTask] = {}
+        self.tasks = TaskTable()
+        """The live tasks by id, with per-node and per-env indexes (``host/tasktable.py``)."""
         self.nodes: dict[str, NodeRecord] = {}
         self.waiters = Waiters(self)
         self.out: list = []
@@ -282,7 +284,7 @@ class HostCore:
         """Rebuild tasks, scheduler and dependencies from ``records`` (what stands after a
         failed commit); nodes keep what the core knows of their runners."""
         known = self.nodes
-        self.nodes, self.tasks = {}, {}
+        self.nodes, self.tasks = {}, TaskTable()
         self.scheduler = Scheduler(self.settings.placement, self.settings.gpu_placement,
                                    self.settings.prefetch)
         self.deps = Dependencies()

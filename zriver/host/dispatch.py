@@ -87,7 +87,8 @@ def retry(core: "HostCore", task: "LiveTask", failure: str, at: float, detail: s
     core.scheduler.release(task.id)
     _cancel_time_limit(core, task)
     task.attempt += 1
-    task.node, task.alloc, task.started_at, task.timing_out = None, None, None, False
+    core.tasks.place(task, None)
+    task.alloc, task.started_at, task.timing_out = None, None, False
     reason = f"retry {task.attempt - 1} of {task.spec.retries} after {failure}"
     core.rows.update_task(task.id, state=lc.PENDING, node=None, alloc=None, started_at=None,
                           attempt=task.attempt, detail=reason)
@@ -120,7 +121,8 @@ def place(core: "HostCore", placement: Placement) -> None:
     """Record a scheduler placement and send the start command to the runner."""
     task = core.tasks[placement.task_id]
     alloc = placement.allocation
-    task.node, task.alloc = alloc.node, alloc
+    core.tasks.place(task, alloc.node)
+    task.alloc = alloc
     gpus = f", GPUs {','.join(map(str, alloc.gpus))}" if alloc.gpus else ""
     wire = allocation_to_wire(alloc)
     detail = f"on {alloc.node}{gpus}"
@@ -134,7 +136,7 @@ def place(core: "HostCore", placement: Placement) -> None:
 def start_body(core: "HostCore", task: "LiveTask") -> dict[str, Any]:
     """``task.start``: with ``behind`` when the task is staged behind another (the runner
     starts it when that one ends, or at once when it has already ended there)."""
-    body = {"id": task.id, "attempt": task.attempt, "spec": task.wire or task.spec.to_wire(),
+    body = {"id": task.id, "attempt": task.attempt, "spec": task.spec.to_wire(),
             "alloc": allocation_to_wire(task.alloc)}
     behind = core.scheduler.behind(task.id)
     if behind is not None:
@@ -194,7 +196,8 @@ def time_limit_reached(core: "HostCore", task_id: int, attempt: int) -> None:
 
 
 def tasks_on(core: "HostCore", name: str) -> list["LiveTask"]:
-    return [t for t in core.tasks.values() if t.node == name]
+    """The live tasks placed on node ``name`` (from the table's node index)."""
+    return core.tasks.on(name)
 
 
 def node_unreachable(core: "HostCore", node: "NodeRecord", reason: str) -> None:
@@ -252,7 +255,8 @@ def requeue(core: "HostCore", task: "LiveTask", reason: str) -> None:
     core.scheduler.release(task.id)
     _cancel_time_limit(core, task)
     task.started_at = None
-    task.node, task.alloc = None, None
+    core.tasks.place(task, None)
+    task.alloc = None
     core.rows.update_task(task.id, node=None, alloc=None, started_at=None)
     move(core, task, lc.PENDING, detail=reason)
     core.scheduler.submit(task.request())

@@ -138,10 +138,9 @@ class Environments:
 
     def _in_use(self, name: str, version: str | None = None) -> list[int]:
         """Ids of unfinished tasks that need env ``name`` (at ``version`` when given)."""
-        return sorted(t.id for t in self.service.core.tasks.values()
-                      if t.spec.backend == "docker" and t.spec.container == name
-                      and (version is None or t.spec.env_version == version)
-                      and not lc.is_final(t.state))
+        return [t.id for t in self.service.core.tasks.of_env(name)
+                if (version is None or t.spec.env_version == version)
+                and not lc.is_final(t.state)]
 
     def check_spec(self, request: Request, spec: TaskSpec) -> None:
         """A core submit check: fix the env version a docker task runs in (the newest unless

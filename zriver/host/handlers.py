@@ -142,6 +142,8 @@ def check_allowed(core: "HostCore", principal: Principal, spec: TaskSpec) -> Non
                         f"as their own account on the node, else its task_user")
     if spec.privileged:
         raise Forbidden("--privileged needs the admin role")
+    if not spec.mounts:
+        return  # (before the walk over every node's allowed_mounts: a sweep has no mounts)
     allowed = sorted({path for node in core.nodes.values()
                       for path in node.info.get("allowed_mounts") or []})
     for mount in spec.mounts:
@@ -355,7 +357,7 @@ def register(core: "HostCore", request: Request, body: dict) -> dict:
     core.rows.save_node(name, info, node.state, now, now)
     stop = [tid for tid, attempt in known.items() if tid not in core.tasks
             or core.tasks[tid].node != name or core.tasks[tid].attempt != attempt[0]]
-    for task in [t for t in core.tasks.values() if t.node == name]:
+    for task in core.tasks.on(name):
         _reconcile(core, name, task, known.get(task.id))
     changed = gpu_change(info, node.heartbeat)
     node.degraded = changed

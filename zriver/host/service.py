@@ -386,8 +386,10 @@ class Host:
             body = {k: v for k, v in body.items() if k != "instance"}
             frames = [topic, encode(env.op, 0, body)]
         self._forward(frames)
-        self.begin()
-        self._execute(self.core.heartbeat(topic[3:].decode(errors="replace"), env.body, now()))
+        effects = self.core.heartbeat(topic[3:].decode(errors="replace"), env.body, now())
+        if any(type(effect) is Write for effect in effects):
+            self.begin()  # (most heartbeats store nothing: no transaction for them)
+        self._execute(effects)
         self.schedule_flush()
 
     def _forward(self, frames: list[bytes]) -> None:

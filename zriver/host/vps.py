@@ -126,7 +126,7 @@ class Vps:
 
     async def judge_idle(self, now: float) -> None:
         """Stop every running VPS idle for its ``idle_stop``; forget ended ones."""
-        live = {t.id: t for t in self.host.tasks.values() if t.spec.kind == VPS}
+        live = {t.id: t for t in self.host.tasks.vps()}
         for gone in set(self.idle) - set(live):
             self.idle.pop(gone, None)
         for task in live.values():
@@ -164,8 +164,8 @@ class Vps:
     def list(self, service: Any, request: Any, body: dict) -> dict:
         principal = request.principal
         now = time.time()
-        rows = [self._row(task, now) for task in service.tasks.values()
-                if task.spec.kind == VPS and principal.may_act_on(task.spec.owner)]
+        rows = [self._row(task, now) for task in service.tasks.vps()
+                if principal.may_act_on(task.spec.owner)]
         return {"vps": sorted(rows, key=lambda row: row["id"])}
 
     def _row(self, task: Any, now: float) -> dict[str, Any]:
