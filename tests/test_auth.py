@@ -194,6 +194,7 @@ def test_forged_publications_never_reach_subscribers(lab):
     task = lab.call("task.submit", {"tasks": [{"command": ["true"], "workdir": "/"}]})["ids"][0]
     with lab.client() as watcher:
         sub = watcher.subscribe(["hb.n1", f"log.{task}"])
+        watcher.call("task.follow", {"id": task})  # the host subscribes to its log: forgeable
         mallory = keys_of(lab, lab.user_key("mallory"))
         wire = Wire(1 << 20, client_keys=mallory)
         try:

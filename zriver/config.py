@@ -122,7 +122,9 @@ class RunnerSettings:
     numa_zones: str = ""
     gpus: int = -1
     kill_grace: float = 10.0
-    log_poll_interval: float = 0.2
+    log_poll_interval: float = 0.005
+    """How often a followed task's log files are read where inotify cannot watch them (no
+    inotify, or the file does not exist yet); watched files are read when written to."""
     request_timeout: float = 5.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     docker_host: str = ""

@@ -11,7 +11,10 @@ turn, everything queued at once, as a drained socket would be:
   ``on_request(identity, env, user)`` for each request or reply and
   ``on_publication(frames, user)`` for each publication, then ``on_turn_end()`` once (the
   host's ``flush``: one transaction per turn, nothing acknowledged before its commit);
-* host -> runner: ``deliver(env)``; the runner end runs ``on_envelope(env)`` for each.
+* host -> runner: ``deliver(env)``; the runner end runs ``on_envelope(env)`` for each;
+  ``subscription(message)``: what the host's XSUB subscribes to (``\x01log.<id>``: a
+  followed task), given to the runner's ``on_subscription`` as its XPUB would be
+  (``renew_publisher`` has the host tell them all again).
 
 Everything else is the host's and the runner's ordinary code: the host makes the runner's
 principal from ``user`` (the runner's CURVE public key, or "" with ``security = "none"``)
@@ -54,6 +57,8 @@ class InProcessLink:
         self.identity = b""
         self.user = ""
         self._on_envelope: Callable[[Envelope], None] | None = None
+        self.on_subscription: Callable[[bytes], None] = lambda message: None
+        """The runner's: set before ``open``."""
         self._to_host: list[Envelope | list[bytes]] = []
         self._to_runner: list[Envelope] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,6 +94,11 @@ class InProcessLink:
             self._loop.call_soon(self._hand_to_host)
         self._to_host.append([topic.encode(), encode(topic.split(".", 1)[0], 0, body)])
 
+    def renew_publisher(self) -> None:
+        """Have the host tell its subscriptions again (the runner forgot them)."""
+        if self._on_envelope is not None:
+            self._attach(self.identity, self)
+
     def close(self) -> None:
         """Detach the runner (what it sent is handed to the host first)."""
         if self._on_envelope is None:
@@ -107,6 +117,12 @@ class InProcessLink:
         if not self._to_runner:
             self._loop.call_soon(self._hand_to_runner)
         self._to_runner.append(env)
+
+    def subscription(self, message: bytes) -> None:
+        """An (un)subscription of the host's, for the runner (on the next loop turn, in
+        order with what else the host sends)."""
+        if self._on_envelope is not None:
+            self._loop.call_soon(self.on_subscription, message)
 
     def drain(self) -> None:
         """Hand over at once what the runner has sent (the host's stall check reads what

@@ -161,11 +161,13 @@ class Wire:
         sock.connect(endpoint)
         return sock
 
-    def xsub(self, endpoint: str) -> tuple[zmq.Socket, str]:
-        """Bound XSUB that subscribes to everything published by runners."""
+    def xsub(self, endpoint: str, topics: Iterable[bytes] = (b"hb.",)) -> tuple[zmq.Socket, str]:
+        """Bound XSUB for what runners publish, subscribed to ``topics`` (heartbeats); the
+        host subscribes ``log.<id>`` on it while a task is followed (``host/followers.py``)."""
         sock = self._server(zmq.XSUB)
         sock.bind(endpoint)
-        sock.send(b"\x01")
+        for topic in topics:
+            sock.send(b"\x01" + topic)
         return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def xpub(self, endpoint: str) -> tuple[zmq.Socket, str]:
@@ -176,6 +178,15 @@ class Wire:
 
     def pub(self, endpoint: str) -> zmq.Socket:
         sock = self._client(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.connect(endpoint)
+        return sock
+
+    def publisher(self, endpoint: str) -> zmq.Socket:
+        """A connecting XPUB: a PUB that also reads its subscriber's (the host's XSUB)
+        subscriptions, ``\\x01<prefix>`` / ``\\x00<prefix>`` (a runner tails only the logs
+        the host subscribed to). Non-verbose: each prefix is told once until it is dropped."""
+        sock = self._client(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.connect(endpoint)
         return sock

@@ -111,6 +111,10 @@ class Client:
         self._poller.register(self._monitor, zmq.POLLIN)
         self._rids = itertools.count(1)
         self._hello: dict[str, Any] | None = None
+        self.pushed: list | None = None
+        """When a list, ``call`` keeps here the pushed messages (``rid`` 0: the log chunks
+        of ``task.follow``) that arrive while it waits for its reply, instead of dropping
+        them (``zriver.client.follow``)."""
 
     @property
     def secure(self) -> bool:
@@ -142,6 +146,8 @@ class Client:
                 raise Unavailable(self._silence())
             env = decode(self.sock.recv(), DEFAULT_MAX_MESSAGE_BYTES * 4)
             if env.rid != rid:
+                if env.rid == 0 and self.pushed is not None:
+                    self.pushed.append(env)
                 continue  # the late reply of an earlier, abandoned call
             if env.op == "error":
                 raise error_from_reply(env.code, env.msg)

@@ -6,6 +6,12 @@ apply chunks by byte offset: a chunk at our position is written, one past it mea
 something (PUB/SUB is lossy, and a fresh subscriber misses the first messages), so the gap is
 re-read from the file through ``task.logs``. The task's end (event, or the ``final`` flag of a
 read when the event was lost) triggers one last read, then ``follow`` returns.
+
+Every chunk is written and flushed as it arrives (nothing is buffered here); chunks pushed
+over the DEALER while a ``task.logs`` or ``task.follow`` call waits for its reply are kept by
+the client (``Client.pushed``) and applied right after. On the way out, ``task.unfollow``
+tells the host at once, so the runner stops tailing the task (else the follow lapses after its
+TTL).
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import zmq
 
 from zriver.client.api import Client
 from zriver import lifecycle as lc
+from zriver.errors import ZriverError
 from zriver.protocol import decode
 
 IDLE_CHECK = 2.0
+UNFOLLOW_TIMEOUT = 1.0
 
 
 class _Position:
@@ -63,14 +71,18 @@ def follow(client: Client, task_id: int, outs: dict[str, BinaryIO]) -> None:
     if secure:
         poller.register(client.sock, zmq.POLLIN)
     renew_at = 0.0
+    if secure:
+        client.pushed = []
     try:
         positions = {s: _Position(client, task_id, s, out) for s, out in outs.items()}
         if secure:
             renew_at = ask_follow(client, task_id)
         final = all([p.catch_up() for p in positions.values()])
         while not final:
-            if secure and time.monotonic() > renew_at:
-                renew_at = ask_follow(client, task_id)
+            if secure:
+                if time.monotonic() > renew_at:
+                    renew_at = ask_follow(client, task_id)
+                _apply_pushed(client, task_id, positions)
             ready = dict(poller.poll(int(IDLE_CHECK * 1000)))
             if not ready:
                 final = all([p.catch_up() for p in positions.values()])
@@ -92,6 +104,9 @@ def follow(client: Client, task_id: int, outs: dict[str, BinaryIO]) -> None:
             position.catch_up()
     finally:
         sub.close(linger=0)
+        if secure:
+            client.pushed = None
+            unfollow(client, task_id)
 
 
 def ask_follow(client: Client, task_id: int) -> float:
@@ -99,6 +114,24 @@ def ask_follow(client: Client, task_id: int) -> float:
     its owner and admins only); returns when to ask again."""
     ttl = client.call("task.follow", {"id": task_id})["ttl"]
     return time.monotonic() + ttl / 3
+
+
+def unfollow(client: Client, task_id: int) -> None:
+    """``task.unfollow``: the host stops sending (and the runner tailing) at once. Best
+    effort: a host that is gone, or older, lets the follow lapse after its TTL."""
+    try:
+        client.call("task.unfollow", {"id": task_id}, timeout=UNFOLLOW_TIMEOUT)
+    except ZriverError:
+        pass
+
+
+def _apply_pushed(client: Client, task_id: int, positions: dict[str, _Position]) -> None:
+    """The chunks a call kept while it waited (applying one may call again: those wait for
+    the next turn)."""
+    pushed, client.pushed = client.pushed or [], []
+    for env in pushed:
+        if env.op == "log" and env.body.get("id") == task_id:
+            _apply(positions, env.body)
 
 
 def _apply(positions: dict[str, _Position], body: dict) -> None:

@@ -20,10 +20,12 @@ identity and key), and what the host sends to its identity is handed to it as ob
 Messages to ROUTER peers are queued as ``Envelope`` objects and encoded only when a socket
 is the next hop.
 
-Live logs: runners publish ``log.<id>`` chunks to the XSUB. With authentication on they are
-not forwarded on the XPUB (which anyone with a key may subscribe to); each chunk goes over
-the ROUTER to the clients that asked ``task.follow`` for that task, an op only its owner and
-admins may call. With ``security = "none"`` they go out on the XPUB as well.
+Live logs: runners publish ``log.<id>`` chunks to the XSUB, for the tasks it subscribed to:
+those someone follows (``host/followers.py``; a runner tails nothing else). With
+authentication on they are not forwarded on the XPUB (which anyone with a key may subscribe
+to); each chunk goes over the ROUTER to the clients that asked ``task.follow`` for that task,
+an op only its owner and admins may call. With ``security = "none"`` they go out on the XPUB
+as well, and its ``log.`` subscribers count as followers.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class Host:
         self.ops = OpTable()
         register_core_ops(self.ops)
         self.ops.add("task.follow", follow, PEOPLE_ONLY, SERVICE)
+        self.ops.add("task.unfollow", unfollow, PEOPLE_ONLY, SERVICE)
         for extension in self.extensions:
             extension.register(self.ops)
         self.migrations = CORE_MIGRATIONS + [m for e in self.extensions for m in e.migrations]
@@ -190,7 +193,7 @@ class Host:
         self.begin()
         self._execute(self.core.load(now()))
         self.router = Channel(router, self._on_router, self.flush, with_user=self.secure)
-        self.xpub = Channel(xpub, lambda frames: None, lossy=True)
+        self.xpub = Channel(xpub, self._on_subscription, lossy=True)
         self.xsub = Channel(xsub, self._on_published, self.flush, with_user=self.secure)
         await self._start_relay(addr)
         await self._start_web(addr)
@@ -412,6 +415,22 @@ class Host:
             return self.core.task_node(task_id) == principal.name
         return False
 
+    def _on_subscription(self, frames: list[bytes]) -> None:
+        """An XPUB (un)subscription. Security off, log chunks go out on the XPUB, so its
+        ``log.`` subscribers are followers too; with CURVE they get no chunks there."""
+        if not self.secure:
+            self.followers.subscription(frames[0])
+            self.tail_followed()
+
+    def tail_followed(self) -> None:
+        """Subscribe the XSUB to the logs followed now, and only those: each runner tails
+        the followed tasks it runs (``host/followers.py``); a runner on an in-process link
+        is told the same subscriptions."""
+        for message in self.followers.changes():
+            self.xsub.send([message])
+            for link in self._links.values():
+                link.subscription(message)
+
     def _forward_log(self, topic: bytes, frames: list[bytes]) -> None:
         """A log chunk: to its followers over the ROUTER, the bus, and (security off) the
         XPUB."""
@@ -424,6 +443,7 @@ class Host:
                 self.router.send([link, frames[1]])
             except Unreachable:
                 self.followers.drop(link)
+                self.tail_followed()
 
     # ---- carrying out effects ----------------------------------------------------------
     def _execute(self, effects: list) -> None:
@@ -597,10 +617,15 @@ class Host:
                              self._attach_link)
 
     def _attach_link(self, identity: bytes, link: InProcessLink | None) -> None:
+        """(Also when the runner asks for its subscriptions again: they are told anew, as
+        the XSUB tells a new connection.)"""
         if link is None:
             self._links.pop(identity, None)
         else:
             self._links[identity] = link
+            self.tail_followed()
+            for topic in sorted(self.followers.asked()):
+                link.subscription(b"\x01" + topic)
 
     def _link_of(self, name: str) -> bytes:
         """Where commands for node ``name`` go: its registered runner."""
@@ -763,6 +788,7 @@ class Host:
         self.begin()
         self._execute(self.core.judge_liveness(current or now()))
         self.followers.expire(time.monotonic())
+        self.tail_followed()
 
 
 def follow(host: Host, request: Request, body: dict[str, Any]) -> dict:
@@ -776,4 +802,15 @@ def follow(host: Host, request: Request, body: dict[str, Any]) -> dict:
     if request.link is None:
         raise Forbidden("task.follow is for ZeroMQ clients; in-process callers use the bus")
     ttl = host.followers.add(task_id, request.link, time.monotonic())
+    host.tail_followed()
     return {"id": task_id, "ttl": ttl}
+
+
+def unfollow(host: Host, request: Request, body: dict[str, Any]) -> dict:
+    """``task.unfollow {id}``: stop what ``task.follow`` started for this client (a
+    follower that just goes away is dropped after the TTL, or once it cannot be reached)."""
+    task_id = arg(body, "id", int)
+    if request.link is not None:
+        host.followers.remove(task_id, request.link)
+        host.tail_followed()
+    return {"id": task_id}

@@ -1,10 +1,11 @@
 """The runner agent: registers with the host, runs what it is told, reports what happened.
 
 Wire: a DEALER (identity ``r:<node name>:<instance>``) to the host's ROUTER for requests,
-replies and the host's commands; a PUB to the host's XSUB for heartbeats (``hb.<node>``) and
-log chunks (``zriver.runner.uplink``); under ``zriver up`` both are an in-process link
-instead (``zriver.inproc``: the same envelopes, passed as objects). Once registered, a
-second DEALER (``s:<node>:<instance>``) to the port the register reply names
+replies and the host's commands; an XPUB to the host's XSUB for heartbeats (``hb.<node>``)
+and log chunks, whose subscriptions say which task logs are followed
+(``zriver.runner.uplink``, ``zriver.runner.logtail``); under ``zriver up`` both are an
+in-process link instead (``zriver.inproc``: the same envelopes, passed as objects). Once
+registered, a second DEALER (``s:<node>:<instance>``) to the port the register reply names
 (``stream_port``) for byte streams (``zriver.runner.streams``: shells, port forwards).
 
 Updates (task state changes) go through the persistent outbox of ``Ledger``: the updates of a
@@ -172,20 +173,20 @@ class Runner:
                                "whatever their --user, owner or task_user")
         self.wire = Wire(self.settings.max_message_bytes, client_keys=client_keys)
         self.streams.wire = self.wire
+        self.logtail = LogTail(self.publish, self.settings.log_poll_interval)
+        self.logtail.start()
         self.uplink = self.link or SocketUplink(self.wire, self.settings.host,
                                                 self.settings.router_port,
                                                 self.settings.xsub_port)
+        self.uplink.on_subscription = self.logtail.subscription
         self.uplink.open(f"r:{self.name}:{self.instance}".encode(),
                          client_keys.public if client_keys is not None else "",
                          self._on_envelope)
-        self.logtail = LogTail(self.publish)
         self._persisted = self.ledger.pending()
         self._known = {(u["id"], u.get("attempt", 1)) for _, u in self._persisted}
         await self._adopt_leftovers()
         self._end_leftovers()
         self._loops.append(self._spawn(self._register_until_done()))
-        self._loops.append(self._spawn(self._every(lambda: self.settings.log_poll_interval,
-                                                   self.logtail.poll)))
         log.info("runner.started", node=self.name, cores=len(self.info["cores"]),
                  memory=self.info["memory"], gpus=len(self.info["gpus"]),
                  memory_limit=self.memory_limit_method)
@@ -261,6 +262,7 @@ class Runner:
         for backend in self.backends.values():
             backend.close()
         self.uplink.close()
+        self.logtail.close()
         self.wire.close()
         self.ledger.close()
         log.info("runner.stopped", node=self.name)
@@ -382,6 +384,9 @@ class Runner:
         known += [{"id": b["id"], "state": "assigned", "attempt": b.get("attempt", 1)}
                   for b in self._chained.values()]
         self._needs_register = False
+        if self.registered.is_set():  # a restarted host tells its own follows afresh
+            self.logtail.unfollow_all()
+            self.uplink.renew_publisher()
         reply = await self.request("runner.register", {"name": self.name, "info": self.info,
                                                       "tasks": known,
                                                       "usage": self._usage()})
