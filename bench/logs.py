@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Live logs benchmark: from a task's write to a follower's screen, and what tailing costs.
 
-    python bench/logs.py [--lines 200] [--interval 0.01] [--rounds 2] [--idle-tasks 8]
-                         [--idle-seconds 8] [--json out.json]
+    python bench/logs.py [--lines 200] [--interval 0.01] [--rounds 3] [--idle-tasks 8]
+                         [--idle-seconds 5] [--idle-rounds 3] [--json out.json]
 
 Latency. A task (``python -c``) prints ``ready``, waits for a gate file, then prints
 ``--lines`` lines, each carrying ``time.time()`` taken just before its write (with a flush;
@@ -22,9 +22,10 @@ machine, one clock). Three ways in, interleaved per round:
 
 Idle cost. With the split cluster, the runner agent's CPU time (all its threads, from
 ``/proc/<pid>/task/*/schedstat``) over
-``--idle-seconds`` windows: no task (the baseline), ``--idle-tasks`` silent tasks (``sleep``),
-the same number printing continuously (a line every 10 ms each) that nobody follows, and the
-same with one of them followed. ``printing / silent`` is what tailing costs when nobody
+``--idle-seconds`` windows: no task (the baseline); then ``--idle-tasks`` tasks printing
+continuously (a line every 10 ms each) that nobody follows, paused (silent: ``task.pause``)
+and resumed (printing) in ``--idle-rounds`` interleaved pairs of windows (medians); then
+the same with one of them followed. ``printing / silent`` is what tailing costs when nobody
 follows: the ratio against the baseline of the same run, so it compares across machines.
 Run it against another tree (``PYTHONPATH=OTHER python bench/logs.py``) for a before/after.
 
@@ -248,9 +249,11 @@ def process_cpu(pid: int) -> float:
     return total / 1e9
 
 
-def idle_cost(split: Split, work: Path, tasks: int, seconds: float,
+def idle_cost(split: Split, work: Path, tasks: int, seconds: float, rounds: int,
               deadline: Deadline) -> dict[str, Any]:
-    """The runner agent's CPU per second in each situation (see the module docstring)."""
+    """The runner agent's CPU per second in each situation (see the module docstring):
+    medians of ``rounds`` interleaved windows, the same tasks paused (silent) and resumed
+    (printing)."""
     client, pid = split.client, split.cluster.pid("runner")
 
     def window() -> float:
@@ -260,41 +263,50 @@ def idle_cost(split: Split, work: Path, tasks: int, seconds: float,
         time.sleep(seconds)
         return (process_cpu(pid) - before) / (time.monotonic() - t0)
 
-    def run(command: list[str]) -> list[int]:
-        specs = [{"command": command, "workdir": str(work), "owner": "bench", "user": "root"}
-                 for _ in range(tasks)]
-        ids = client.call("task.submit", {"tasks": specs})["ids"]
+    def reach(ids: list[int], state: str) -> None:
         limit = time.monotonic() + 30
         while True:
             rows = [client.call("task.get", {"id": i})["task"] for i in ids]
-            if all(r["state"] == lc.RUNNING for r in rows):
-                return ids
+            if all(r["state"] == state for r in rows):
+                return
             if time.monotonic() > limit:
-                raise BenchError(f"the {tasks} tasks did not all start: "
+                raise BenchError(f"the {tasks} tasks did not all reach {state}: "
                                  f"{sorted({r['state'] for r in rows})}")
             time.sleep(0.05)
 
-    def end(ids: list[int]) -> None:
+    def signal_all(ids: list[int], op: str, state: str) -> None:
+        for task_id in ids:
+            client.call(op, {"id": task_id})
+        reach(ids, state)
+
+    time.sleep(1.0)  # the runner settles after its start
+    windows: dict[str, list[float]] = {"no_task": [window()], "silent": [],
+                                       "printing_unfollowed": [], "printing_one_followed": []}
+    specs = [{"command": CHATTY, "workdir": str(work), "owner": "bench", "user": "root"}
+             for _ in range(tasks)]
+    ids = client.call("task.submit", {"tasks": specs})["ids"]
+    reach(ids, lc.RUNNING)
+    try:
+        for _ in range(rounds):
+            signal_all(ids, "task.pause", lc.PAUSED)
+            windows["silent"].append(window())
+            signal_all(ids, "task.resume", lc.RUNNING)
+            windows["printing_unfollowed"].append(window())
+        with subprocess.Popen(split.follower(ids[0]), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                              env=split.env, preexec_fn=die_with_parent) as follower:
+            try:
+                time.sleep(1.0)  # its start-up
+                windows["printing_one_followed"].append(window())
+            finally:
+                follower.kill()
+    finally:
         for task_id in ids:
             client.call("task.kill", {"id": task_id})
         client.wait(ids)
-
-    time.sleep(1.0)  # the runner settles after its start
-    result: dict[str, Any] = {"tasks": tasks, "seconds": seconds, "no_task": window()}
-    ids = run(["sleep", "600"])
-    result["silent"] = window()
-    end(ids)
-    ids = run(CHATTY)
-    result["printing_unfollowed"] = window()
-    with subprocess.Popen(split.follower(ids[0]), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=split.env,
-                          preexec_fn=die_with_parent) as follower:
-        try:
-            time.sleep(1.0)  # its start-up
-            result["printing_one_followed"] = window()
-        finally:
-            follower.kill()
-    end(ids)
+    result: dict[str, Any] = {"tasks": tasks, "seconds": seconds, "rounds": rounds,
+                              "windows": windows}
+    result.update({key: statistics.median(values) for key, values in windows.items()})
     base = result["no_task"] or 1e-9
     for key in ("silent", "printing_unfollowed", "printing_one_followed"):
         result[f"{key}_vs_no_task"] = result[key] / base
@@ -332,7 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "latency": {mode: stats(values) for mode, values in samples.items()}}
         if args.idle_tasks and "split" in roles:
             result["idle"] = idle_cost(roles["split"], work, args.idle_tasks,
-                                       args.idle_seconds, deadline)
+                                       args.idle_seconds, args.idle_rounds, deadline)
         return result
     finally:
         for role in roles.values():
@@ -374,12 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=200, help="timed lines per round")
     parser.add_argument("--interval", type=float, default=0.01,
                         help="seconds between the task's lines")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per mode")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--idle-tasks", type=int, default=8,
                         help="tasks of the idle-cost windows (0: skip them; needs split)")
-    parser.add_argument("--idle-seconds", type=float, default=8.0, help="each idle window")
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="each idle window")
+    parser.add_argument("--idle-rounds", type=int, default=3,
+                        help="interleaved silent/printing window pairs")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="overall time bound")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -389,9 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: some of {', '.join(MODES)}")
     if not 1 <= args.lines <= 10_000 or not 1 <= args.rounds <= 20 \
             or not 0 <= args.interval <= 1 or not 0 <= args.idle_tasks <= 64 \
-            or not 1 <= args.idle_seconds <= 120:
+            or not 1 <= args.idle_seconds <= 120 or not 1 <= args.idle_rounds <= 20:
         parser.error("--lines 1..10000, --rounds 1..20, --interval 0..1, --idle-tasks 0..64, "
-                     "--idle-seconds 1..120")
+                     "--idle-seconds 1..120, --idle-rounds 1..20")
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt
