@@ -721,14 +721,17 @@ class Runner:
             if self._unwritten.pop(seq, None) is None:
                 self._acked.append(seq)
         self._arm_write()
-        confirm, forget = [], []
-        for seq, update in self._persisted:
+        confirm, forget, ended = [], [], set()
+        for seq, update in reversed(self._persisted):  # (newest first: ends before starts)
             if seq in done:
+                key = (update["id"], update.get("attempt", 1))
                 if update["state"] not in ("running", "paused"):
-                    self._known.discard((update["id"], update.get("attempt", 1)))
+                    self._known.discard(key)
                     forget.append(update["id"])
-                elif env.op == "ok":
-                    confirm.append(update["id"])
+                    ended.add(key)
+                elif env.op == "ok" and key not in ended:
+                    confirm.append(update["id"])  # (a start whose end is acknowledged with
+                    # it needs no confirmation: the keeper has reaped it already)
         if env.op == "ok":
             self.backends["native"].acked(confirm, forget)
         self._persisted = [(s, u) for s, u in self._persisted if s not in done]
