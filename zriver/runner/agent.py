@@ -552,14 +552,17 @@ class Runner:
     # ---- the outbox --------------------------------------------------------------------
     def report(self, update: dict[str, Any]) -> None:
         """Queue one task update for the host (persisted and sent at the end of the tick; a
-        ``running`` update only after ``RUNNING_HOLD``, so that a task which ends at once is
-        written and sent once, start and end together)."""
+        ``running`` update once it is ``RUNNING_HOLD`` old, counted from its ``at`` (the
+        start, which the keeper may already have held for that long), so that a task which
+        ends at once is written and sent once, start and end together)."""
         update.setdefault("attempt", self._attempts.get(update["id"], 1))
         self._unsent.append(update)
         if update["state"] == "running" and not self._flush_scheduled:
-            if self._delayed_flush is None:
-                self._delayed_flush = asyncio.get_running_loop().call_later(
-                    RUNNING_HOLD, self._flush)
+            wait = RUNNING_HOLD - (time.time() - update["at"])
+            if wait <= 0:
+                self._schedule_flush()
+            elif self._delayed_flush is None:
+                self._delayed_flush = asyncio.get_running_loop().call_later(wait, self._flush)
             return
         self._schedule_flush()
 
@@ -594,7 +597,8 @@ class Runner:
 
     def _arm_write(self) -> None:
         """Have the ledger written when its oldest unwritten row or start record turns
-        ``WRITE_DELAY`` old, or within ``ACK_WRITE_DELAY`` when only deletions wait."""
+        ``WRITE_DELAY`` old, or within ``ACK_WRITE_DELAY`` when only deletions wait; with
+        nothing left to write (a short task acknowledged in time), no timer wakes the loop."""
         firsts = [next(iter(table.values()))[0] for table in (self._unwritten, self._starts)
                   if table]
         loop = asyncio.get_running_loop()
@@ -603,6 +607,9 @@ class Runner:
         elif self._acked or self._forgets:
             due = loop.time() + ACK_WRITE_DELAY
         else:
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
             return
         if self._write_timer is not None:
             if self._write_due <= due:

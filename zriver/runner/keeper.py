@@ -80,9 +80,10 @@ MAX_PACKET = 4 * 1024 * 1024
 EXITS_FILE = "keeper-exits"
 LOCK_FILE = "keeper.lock"
 LOG_FILE = "keeper.log"
-STARTED_HOLD = 0.001
+STARTED_HOLD = 0.002
 """A ``started`` event waits this long for the task's exit, so that a task that ends at once
-costs the agent one wake-up, not two (the agent holds ``running`` updates longer anyway)."""
+costs the agent one wake-up, not two. The agent holds a ``running`` update as long, counted
+from the same start (``RUNNING_HOLD``), so this hold delays no report."""
 START_WAIT = 30.0
 """A keeper no agent connects to within this many seconds exits."""
 
