@@ -34,7 +34,7 @@ import structlog
 import zmq
 
 from zriver.client.api import Client
-from zriver.client.follow import ask_follow
+from zriver.client.follow import ask_follow, unfollow
 from zriver.client.topmodel import PENDING_WINDOW
 from zriver.errors import ZriverError
 from zriver import lifecycle as lc
@@ -243,6 +243,8 @@ class Feed:
             if self._log_task != log_task:
                 if log_task is not None and not client.secure:
                     sub.unsubscribe(f"log.{log_task}")
+                elif log_task is not None:  # the runner stops tailing it at once
+                    unfollow(client, log_task)
                 log_task = self._log_task
                 follow_due = 0.0
                 if log_task is not None and not client.secure:

@@ -15,7 +15,6 @@ instance limit reached); ``add`` raises ``OSError`` for a missing file or when t
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 
@@ -30,7 +29,7 @@ _libc = None
 def _lib():
     global _libc
     if _libc is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's too
         for name in ("inotify_init1", "inotify_add_watch", "inotify_rm_watch"):
             if not hasattr(libc, name):
                 raise OSError(f"no {name} in this C library: inotify is unavailable")
