@@ -223,7 +223,7 @@ def test_a_user_may_not_ask_for_root_privileges_or_host_mounts(h, spec, needs):
 
 
 def test_allowed_and_standard_mounts_pass_the_check(h):
-    from zriver.host.handlers import check_allowed
+    from zriver.host.submit import check_allowed
     from zriver.spec import TaskSpec
 
     h.register({**INFO, "allowed_mounts": ["/data"]})
@@ -277,8 +277,8 @@ def test_a_heartbeat_from_another_runner_of_the_node_is_dropped(h):
 
 
 # ---- the core does no I/O -------------------------------------------------------------------------
-PURE = ["core", "dispatch", "handlers", "waiting", "effects", "model", "scheduler", "freeindex",
-        "deps", "ops", "followers", "bus", "vpscore", "tasktable"]
+PURE = ["core", "dispatch", "handlers", "submit", "waiting", "effects", "model", "scheduler",
+        "freeindex", "deps", "ops", "followers", "bus", "vpscore", "tasktable"]
 
 
 @pytest.mark.parametrize("module", PURE)

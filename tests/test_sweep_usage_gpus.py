@@ -26,7 +26,7 @@ def test_expand(command, count, first, last):
 
 
 @pytest.mark.parametrize("command", [["x", "span:{1..}"], ["x", "span:[a,,b]"], ["x", "span:oops"],
-                                     ["x", "span:{1..1000}", "span:{1..1000}"]])
+                                     ["x", "span:{1..1001}", "span:{1..1000}"]])
 def test_expand_refuses(command):
     with pytest.raises(InvalidArgument):
         expand(command)

@@ -29,6 +29,11 @@ from zriver.errors import BadRequest, BadVersion, InvalidArgument, TooLarge
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Application-level cap: a larger frame gets a ``too_large`` error reply."""
 
+TOO_LARGE_HINT = ("send less at once (a submit of many tasks: send the sweep as spans, "
+                  "`zriver submit -- cmd span:{1..N}`, which the host expands, or split it "
+                  "into several submits)")
+"""What a ``too_large`` refusal tells the sender to do."""
+
 HARD_LIMIT_FACTOR = 4
 """libzmq's MAXMSGSIZE is set to this multiple of the cap: past it the connection is dropped."""
 
@@ -193,7 +198,8 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Envelope
 
     Cost is bounded for any frame under ``max_bytes`` (see ``unpack_bounded``)."""
     if len(frame) > max_bytes:
-        raise TooLarge(f"message of {len(frame)} bytes is over the {max_bytes}-byte cap")
+        raise TooLarge(f"message of {len(frame)} bytes is over the {max_bytes}-byte cap: "
+                       f"{TOO_LARGE_HINT}")
     obj = unpack_bounded(frame, envelope=True)
     if not isinstance(obj, dict):
         raise BadRequest("malformed message: the envelope must be a map")

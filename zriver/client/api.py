@@ -27,6 +27,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from zriver import config as cfg
+from zriver import sweep
 from zriver.config import DEFAULT_ROUTER_PORT, ClientSettings, zriver_home
 from zriver.errors import Unavailable, error_from_reply
 from zriver.keys import ClientKeys, choose, client_secret_file, resolve_client_keys
@@ -36,6 +37,9 @@ from zriver.wire import Wire
 DEFAULT_TIMEOUT = 10.0
 SUBMIT_TRY = 2.0
 """Seconds one attempt of ``Client.submit`` waits before the request is sent again."""
+SWEEP_SECONDS_PER_TASK = 50e-6
+"""What ``Client.submit_sweep`` adds to its waits per task of the sweep (a host expands and
+stores about 100,000 tasks a second)."""
 
 
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -187,12 +191,29 @@ class Client:
         ``timeout`` (the client's) has passed in all. A submit the host stored but could not
         acknowledge (it crashed) is answered from the store by a resend; it is never stored
         twice. Returns ``{ids, batch_id}``."""
-        body = {"tasks": specs, "key": key or uuid.uuid4().hex}
+        return self._submit({"tasks": specs}, key, timeout, SUBMIT_TRY)
+
+    def submit_sweep(self, spec: dict[str, Any], targets: list[str | None] | None = None,
+                     key: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """``task.submit`` of a sweep, exactly once like ``submit``: ``spec``'s command keeps
+        its ``span:`` words and the host expands it (one task per target and command,
+        targets outermost; ``targets`` None: the spec's own). The spans are checked here
+        first (a bad one raises ``InvalidArgument`` before anything is sent), and a big
+        sweep gets ``SWEEP_SECONDS_PER_TASK`` more per task, per attempt and in all."""
+        count = sweep.parse(spec["command"]).count * len(targets or [None])
+        extra = count * SWEEP_SECONDS_PER_TASK
+        total = (self.timeout if timeout is None else timeout) + extra
+        body = {"sweep": {"spec": spec, "targets": targets}}
+        return self._submit(body, key, total, SUBMIT_TRY + extra)
+
+    def _submit(self, body: dict[str, Any], key: str | None, timeout: float | None,
+                attempt: float) -> dict[str, Any]:
+        body = {**body, "key": key or uuid.uuid4().hex}
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             left = deadline - time.monotonic()
             try:
-                return self.call("task.submit", body, timeout=max(0.05, min(left, SUBMIT_TRY)))
+                return self.call("task.submit", body, timeout=max(0.05, min(left, attempt)))
             except Unavailable:
                 if deadline - time.monotonic() <= 0:
                     raise

@@ -13,7 +13,7 @@ from zriver.client.render import age, as_json, shorten, size, table, when
 from zriver.errors import InvalidArgument
 from zriver import lifecycle as lc
 from zriver.sizes import parse_duration, parse_size
-from zriver.sweep import expand
+from zriver.sweep import parse as parse_sweep
 
 TASK_ID = arg("id", type=int, help="task id", complete="task")
 TASK_IDS = arg("ids", type=int, nargs="+", metavar="ID", help="task ids", complete="task")
@@ -122,16 +122,17 @@ def submit(ctx: Context, args) -> int:
             "time_limit": parse_duration(args.time_limit) if args.time_limit else None,
             "retries": args.retries, "max_parallel": args.max_parallel, "user": args.user,
             **backend_fields(args)}
-    commands = expand(command_line)
-    specs = [{**base, "command": command, "target": target}
-             for target in (args.target or [None]) for command in commands]
-    reply = ctx.client.submit(specs)  # one idempotency key, resent on silence
-    ids = reply["ids"]
+    targets = args.target or [None]
+    if parse_sweep(command_line).has_spans or len(targets) > 1:
+        # the host expands the spans: the message stays small whatever the sweep's size
+        reply = ctx.client.submit_sweep({**base, "command": command_line}, targets)
+    else:
+        reply = ctx.client.submit([{**base, "command": command_line, "target": targets[0]}])
+    ids = reply["ids"]  # (either way: one idempotency key, resent on silence)
     if args.json and not (args.wait or args.follow):
         ctx.print(as_json({"ids": ids, "batch_id": reply["batch_id"]}))
         return 0
-    for task_id in ids:
-        ctx.print(str(task_id))
+    ctx.print("\n".join(map(str, ids)))
     if args.follow and len(ids) > 1:
         raise InvalidArgument("--follow takes one task; this submit made a batch "
                               f"(batch {reply['batch_id']}): use zriver logs -f ID")

@@ -252,8 +252,9 @@ class HostCore:
         for row in self.records.list_nodes():
             self._load_node(row, now)
         rows = self.records.unfinished_tasks()
+        shared: dict[int, tuple[dict, TaskSpec]] = {}
         for row in _staged_last(rows):
-            self._load_task(row)
+            self._load_task(row, shared)
         for task in self.tasks.values():
             dispatch.arm_time_limit(self, task)
         self.needs_schedule = True
@@ -268,10 +269,24 @@ class HostCore:
         self.scheduler.set_node(row["name"], node_spec(info))
         self.scheduler.set_drained(row["name"], row["drained"] is not None)
 
-    def _load_task(self, row: dict[str, Any]) -> None:
-        task = LiveTask(row["id"], TaskSpec.from_wire(row["spec"]), row["state"], row["node"],
-                        attempt=row["attempt"], batch_id=row["batch_id"],
-                        started_at=row["started_at"], wire=row["spec"])
+    def _load_task(self, row: dict[str, Any], shared: dict[int, tuple[dict, TaskSpec]]) -> None:
+        """One unfinished task back in memory. Tasks of a batch whose specs differ only in
+        their command (a sweep's) share one ``TaskSpec``, as at submit, each keeping its own
+        command: ``shared`` holds the last such spec per batch, checked once."""
+        wire, command, batch = row["spec"], None, row["batch_id"]
+        if batch is not None:
+            rest = {name: value for name, value in wire.items() if name != "command"}
+            known = shared.get(batch)
+            if known is not None and known[0] == rest:
+                spec = known[1]
+            else:
+                spec = TaskSpec.from_wire(wire)
+                shared[batch] = (rest, spec)
+            command = wire["command"]
+        else:
+            spec = TaskSpec.from_wire(wire)
+        task = LiveTask(row["id"], spec, row["state"], row["node"], attempt=row["attempt"],
+                        batch_id=batch, started_at=row["started_at"], command=command)
         self.tasks[task.id] = task
         if row["alloc"]:
             task.alloc = allocation_from_wire(row["alloc"])

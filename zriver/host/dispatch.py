@@ -99,16 +99,28 @@ def retry(core: "HostCore", task: "LiveTask", failure: str, at: float, detail: s
     publish_task(core, task, lc.PENDING, reason, None)
 
 
-def enqueue(core: "HostCore", task: "LiveTask") -> None:
-    """A pending task enters the queue, or waits for its dependencies, or fails on them.
+def ended_dependencies(core: "HostCore", deps: list[int]) -> dict[int, str]:
+    """The final ones among ``deps``, with their states.
 
     A dependency that is no longer stored was pruned (``zriver.host.retention``; a submit
-    refuses unknown ones): it ended long ago, and ended well for this task, which would have
-    failed with it otherwise, so it counts as ``completed``."""
-    deps = task.spec.after + task.spec.after_any
+    refuses unknown ones): it ended long ago, and ended well for its dependants, which would
+    have failed with it otherwise, so it counts as ``completed``."""
     states = core.records.task_states(deps) if deps else {}
-    ended = {tid: states.get(tid, lc.COMPLETED) for tid in deps
-             if lc.is_final(states.get(tid, lc.COMPLETED))}
+    return {tid: states.get(tid, lc.COMPLETED) for tid in deps
+            if lc.is_final(states.get(tid, lc.COMPLETED))}
+
+
+def enqueue(core: "HostCore", task: "LiveTask", ended: dict[int, str] | None = None) -> None:
+    """A pending task enters the queue, or waits for its dependencies, or fails on them.
+    ``ended``: its dependencies that are final, with their states (``ended_dependencies``,
+    read here when not given; a sweep reads them once for all its tasks)."""
+    deps = task.spec.after + task.spec.after_any
+    if not deps:
+        core.scheduler.submit(task.request())
+        core.needs_schedule = True
+        return
+    if ended is None:
+        ended = ended_dependencies(core, deps)
     verdict = core.deps.add(task.id, task.spec.after, task.spec.after_any, ended)
     if verdict.failed:
         move(core, task, lc.FAILED, detail=verdict.failed)
@@ -136,7 +148,7 @@ def place(core: "HostCore", placement: Placement) -> None:
 def start_body(core: "HostCore", task: "LiveTask") -> dict[str, Any]:
     """``task.start``: with ``behind`` when the task is staged behind another (the runner
     starts it when that one ends, or at once when it has already ended there)."""
-    body = {"id": task.id, "attempt": task.attempt, "spec": task.spec.to_wire(),
+    body = {"id": task.id, "attempt": task.attempt, "spec": task.spec_wire(),
             "alloc": allocation_to_wire(task.alloc)}
     behind = core.scheduler.behind(task.id)
     if behind is not None:

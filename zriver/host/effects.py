@@ -126,6 +126,10 @@ class Rows:
     def insert_task(self, row: dict[str, Any]) -> None:
         self._out.append(Write("insert_task", (row,)))
 
+    def insert_tasks(self, first_id: int, groups: list, at: float,
+                     batch_id: int | None) -> None:
+        self._out.append(Write("insert_tasks", (first_id, groups, at, batch_id)))
+
     def update_task(self, task_id: int, **fields: Any) -> None:
         self._out.append(Write("update_task", (task_id,), fields))
 

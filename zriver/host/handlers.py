@@ -9,7 +9,6 @@ where the op acts on one task. ``register_core_ops`` puts them in an ``OpTable``
 
 from __future__ import annotations
 
-import posixpath
 from collections import Counter
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -18,30 +17,25 @@ from zriver import PROTOCOL_VERSION, __version__
 from zriver import lifecycle as lc
 from zriver.errors import BadRequest, Conflict, Forbidden, InvalidArgument, NotFound
 from zriver.host import waiting
-from zriver.host.dispatch import apply_update, enqueue, move, publish_task, signal, start_body
+from zriver.host.dispatch import apply_update, move, signal, start_body
 from zriver.host.effects import ReadLog, Request
 from zriver.host.model import LiveTask, NodeRecord, gpu_change, node_spec
 from zriver.host.ops import ADMINS, DEFERRED, EVERYONE, PEOPLE_ONLY, RUNNERS, OpTable
 from zriver.host.scheduler import DEGRADED, ONLINE
+from zriver.host.submit import submit
 from zriver.logfiles import SUFFIX as STREAMS, log_path
 from zriver.principal import Principal
 from zriver.protocol import arg, arg_list
-from zriver.spec import AUTO, DOCKER, NATIVE, VPS, TaskSpec
 
 if TYPE_CHECKING:
     from zriver.host.core import HostCore
 
-MAX_SUBMIT = 100_000
 PAGE = 200
 """Rows of a ``task.list`` page by default..."""
 MAX_PAGE = 1000
 """...and at most (a page of 1,000 is about 0.4 MiB)."""
 MAX_LOG_READ = 1024 * 1024
 MAX_LOG_OFFSET = 1 << 53
-MAX_SUBMIT_KEY = 128
-SUBMIT_KEY_TTL = 24 * 3600.0
-"""Seconds an idempotency key of ``task.submit`` is remembered."""
-STANDARD_MOUNTS = ("/shared", "/local_temp")
 
 
 # ---- clients: tasks ------------------------------------------------------------------------
@@ -49,116 +43,6 @@ def hello(core: "HostCore", request: Request, body: dict) -> dict:
     principal = request.principal
     return {"version": __version__, "protocol": PROTOCOL_VERSION, **core.hello(),
             "principal": {"name": principal.name, "role": principal.role}}
-
-
-def submit(core: "HostCore", request: Request, body: dict) -> dict:
-    """Validate every spec first, then insert them all (one batch id when several).
-
-    The owner of each task is the caller (with ``security = "none"``, whoever it says it
-    is). With an idempotency ``key`` (a string of at most 128 characters), a submit whose key
-    is already stored answers the stored ``ids``/``batch_id`` and stores nothing new; the key
-    is stored in the same transaction as the tasks."""
-    now = core.now.wall
-    key = _submit_key(body)
-    if key is not None:
-        core.rows.prune_submit_keys(now - SUBMIT_KEY_TTL)
-        known = core.records.submitted(key)
-        if known is not None:
-            return {"ids": known[0], "batch_id": known[1]}
-    raw = arg(body, "tasks", list)
-    if not raw:
-        raise InvalidArgument("submit needs at least one task")
-    if len(raw) > MAX_SUBMIT:
-        raise InvalidArgument(f"at most {MAX_SUBMIT} tasks in one submit")
-    specs = [TaskSpec.from_wire(item) for item in raw]
-    deps = sorted({d for spec in specs for d in spec.after + spec.after_any})
-    missing = sorted(set(deps) - set(core.records.task_states(deps))) if deps else []
-    if missing:
-        raise NotFound(f"no task {', '.join(map(str, missing))} to depend on")
-    for spec in specs:
-        spec.owner = owner_of(request.principal, spec)
-        spec.admin = request.principal.is_admin
-        resolve_backend(core, spec)
-        check_allowed(core, request.principal, spec)
-        for check in core.submit_checks:
-            check(request, spec)
-        core.scheduler.check_possible(LiveTask(0, spec, lc.PENDING).request())
-    ids: list[int] = []
-    batch_id = core.next_task_id if len(specs) > 1 else None
-    for spec in specs:
-        task_id = core.next_task_id
-        core.next_task_id += 1
-        wire = spec.to_wire()
-        core.rows.insert_task({"id": task_id, "name": spec.name, "owner": spec.owner,
-                               "state": lc.PENDING, "spec": wire, "submitted_at": now,
-                               "batch_id": batch_id})
-        core.rows.add_event(task_id, lc.PENDING, now, "submitted")
-        task = LiveTask(task_id, spec, lc.PENDING, batch_id=batch_id, wire=wire)
-        core.tasks[task_id] = task
-        publish_task(core, task, lc.PENDING, "submitted", None)
-        enqueue(core, task)
-        ids.append(task_id)
-    if key is not None:
-        core.rows.remember_submit(key, ids, batch_id, now)
-    return {"ids": ids, "batch_id": batch_id}
-
-
-def owner_of(principal: Principal, spec: TaskSpec) -> str:
-    """The authenticated caller; with security off (no key), the owner the client names."""
-    if principal.key:
-        return principal.name
-    return spec.owner or principal.name
-
-
-def _submit_key(body: dict) -> str | None:
-    key = arg(body, "key", str, None)
-    if key is not None and not 1 <= len(key) <= MAX_SUBMIT_KEY:
-        raise InvalidArgument(f"an idempotency key is 1 to {MAX_SUBMIT_KEY} characters")
-    return key
-
-
-def resolve_backend(core: "HostCore", spec: TaskSpec) -> None:
-    """Decide native or docker for an ``auto`` spec."""
-    if spec.backend == AUTO:
-        spec.backend = DOCKER if core.settings.default_container else NATIVE
-        if spec.backend == DOCKER:
-            spec.container = core.settings.default_container
-        elif spec.kind == VPS:
-            raise InvalidArgument("a VPS runs in a container and this cluster has no "
-                                  "default_container: give --container ENV")
-        elif spec.mounts or spec.privileged:
-            raise InvalidArgument("--mount and --privileged need a container, and this cluster "
-                                  "has no default_container")
-
-
-def check_allowed(core: "HostCore", principal: Principal, spec: TaskSpec) -> None:
-    """What only an admin may ask of a node: another Unix account (root included), a
-    privileged container, a bind mount of a host path outside every runner's
-    ``allowed_mounts``. ``Forbidden`` names the role or the setting needed."""
-    if principal.is_admin:
-        return
-    if spec.user is not None:
-        raise Forbidden(f"--user {spec.user} needs the admin role; a user's native tasks run "
-                        f"as their own account on the node, else its task_user")
-    if spec.privileged:
-        raise Forbidden("--privileged needs the admin role")
-    if not spec.mounts:
-        return  # (before the walk over every node's allowed_mounts: a sweep has no mounts)
-    allowed = sorted({path for node in core.nodes.values()
-                      for path in node.info.get("allowed_mounts") or []})
-    for mount in spec.mounts:
-        source = posixpath.normpath(mount.split(":", 1)[0])
-        if source in STANDARD_MOUNTS or any(_inside(source, root) for root in allowed):
-            continue
-        where = (f"inside a runner's allowed_mounts ({', '.join(allowed)})" if allowed
-                 else "listed in a runner's allowed_mounts (none is)")
-        raise Forbidden(f"--mount {mount}: mounting host path {source} needs the admin role, "
-                        f"or a directory {where}")
-
-
-def _inside(path: str, root: str) -> bool:
-    root = posixpath.normpath(root)
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def list_tasks(core: "HostCore", request: Request, body: dict) -> dict:

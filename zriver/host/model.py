@@ -32,9 +32,19 @@ class LiveTask:
     """Accepted and not kept: ``spec.to_wire()`` is rebuilt for each start (3 us), which
     saves about 0.8 KiB per live task, 43% of what the core holds for a queued one
     (docs/performance.md, "200 nodes through one host")."""
+    command: list[str] | None = None
+    """A sweep's task: its own command. Its ``spec`` is then shared by the sweep's tasks and
+    carries the sweep's template as its command (``spec_wire`` has the task's own)."""
 
     def __post_init__(self, wire: dict[str, Any] | None) -> None:
         pass
+
+    def spec_wire(self) -> dict[str, Any]:
+        """The task's full spec as the runner gets it (``task.start``)."""
+        wire = self.spec.to_wire()
+        if self.command is not None:
+            wire["command"] = self.command
+        return wire
 
     def request(self) -> Request:
         node, numa, gpu_ids = parse_target(self.spec.target) if self.spec.target else (None, None, ())

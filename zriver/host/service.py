@@ -341,6 +341,7 @@ class Host:
         except apsw.Error as exc:  # the store cannot be written (disk full, read-only)
             self.store.discard_pending()
             log.error("host.store_write_failed", op=op, error=str(exc))
+            self._execute(self.core.reload(current or now()))  # the model: what is stored
             self.reply_error(request, Unavailable.code, f"the host could not write its store "
                                                         f"({exc}); nothing was changed")
         except Exception as exc:  # a bug: answer, log, keep serving

@@ -139,6 +139,30 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value)
 
 
+TaskGroup = tuple[dict[str, Any], str, str, "list[list[str]] | None"]
+"""What ``insert_tasks`` stores: ``(spec, name, owner, commands)``."""
+
+
+def _map_header(size: int) -> bytes:
+    """The msgpack header of a map of ``size`` entries."""
+    if size < 16:
+        return bytes((0x80 | size,))
+    if size < 1 << 16:
+        return b"\xde" + size.to_bytes(2, "big")
+    return b"\xdf" + size.to_bytes(4, "big")
+
+
+def _specs(spec: dict[str, Any], commands: list[list[str]]) -> Iterator[bytes]:
+    """``pack({"command": c, **rest})`` for each command ``c`` (``rest``: ``spec`` without
+    its command), the rest packed once: the bytes are exactly what ``pack`` makes of a spec
+    whose first key is ``command`` (as ``TaskSpec.to_wire`` has it)."""
+    rest = {name: value for name, value in spec.items() if name != "command"}
+    body = pack(rest)[len(_map_header(len(rest))):]
+    head = _map_header(len(rest) + 1) + pack("command")
+    for command in commands:
+        yield head + pack(command) + body
+
+
 def unpack(blob: bytes | None) -> Any:
     return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
@@ -226,6 +250,26 @@ class Store:
              row["submitted_at"], row.get("batch_id"), row.get("detail", "")),
         )
         return self.conn.last_insert_rowid()
+
+    def insert_tasks(self, first_id: int, groups: Sequence[TaskGroup], at: float,
+                     batch_id: int | None) -> None:
+        """Insert pending tasks with the ids ``first_id``, ``first_id + 1``, ... and their
+        ``submitted`` events, one ``executemany`` each. ``groups`` are
+        ``(spec, name, owner, commands)``: with ``commands`` None one task of ``spec``, else
+        one task per command, ``spec`` with that command (packed once: see ``_specs``)."""
+        rows = []
+        task_id = first_id
+        for spec, name, owner, commands in groups:
+            for blob in ([pack(spec)] if commands is None else _specs(spec, commands)):
+                rows.append((task_id, name, owner, blob, at, batch_id))
+                task_id += 1
+        self.conn.executemany(
+            "INSERT INTO tasks(id, name, owner, state, spec, submitted_at, batch_id)"
+            " VALUES (?, ?, ?, 'pending', ?, ?, ?)", rows)
+        self.conn.executemany(
+            "INSERT INTO task_events(task_id, state, at, detail)"
+            " VALUES (?, 'pending', ?, 'submitted')",
+            ((i, at) for i in range(first_id, task_id)))
 
     def last_task_id(self) -> int:
         """The highest task id ever given (ids are never reused)."""

@@ -42,7 +42,9 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except ZriverError as exc:
         return api.error_of(exc)
     except web.HTTPRequestEntityTooLarge:
-        return api.error_reply("too_large", f"the request body is over {MAX_BODY} bytes")
+        return api.error_reply("too_large", f"the request body is over {MAX_BODY} bytes: send "
+                                            f"less at once (a submit of many tasks: one "
+                                            f"'sweep' with span words, or several submits)")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
