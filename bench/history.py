@@ -16,8 +16,10 @@ listings answer a full page and the ratio shows what the history costs, not a sh
 host``, ``security = "none"``, ephemeral ports, no runner) on each store in turn and
 measures:
 
-* start: seconds from launching the process until it answers ``cluster.hello`` (the store's
-  migrations, ``HostCore.load``, binding);
+* start: seconds from launching the process until it answers ``cluster.hello`` (the
+  interpreter, the imports, the store's migrations, ``HostCore.load``, binding), and, after
+  the rounds, ``Host.start()`` alone in this process (median of 3; what the store costs,
+  without the interpreter's noise);
 * submit: single-task ``task.submit`` round trips (``--submits`` a round; the tasks stay
   pending: no runner), p50 and p90, and the host's CPU time per submit (from /proc);
 * list: ``task.list`` with its default page (the ``zriver tasks`` call), p50 and p90;
@@ -202,6 +204,23 @@ def measure(host: HostProc, submits: int, lists: int) -> dict[str, float]:
             "list_p90_ms": 1000 * percentile(list_times, 0.9)}
 
 
+def inprocess_start(data_dir: Path, times: int = 3) -> float:
+    """Median milliseconds of ``Host.start()`` on ``data_dir`` (in this process, no runner)."""
+    settings = HostSettings(data_dir=str(data_dir), security="none", router_port=0,
+                            xsub_port=0, xpub_port=0, stream_port=0, relay_port=-1,
+                            web_port=-1)
+
+    async def once() -> float:
+        host = Host(settings)
+        began = time.perf_counter()
+        await host.start()
+        took = time.perf_counter() - began
+        await host.stop()
+        return took
+
+    return 1000 * statistics.median(asyncio.run(once()) for _ in range(times))
+
+
 def measure_usage(host: HostProc, count: int) -> dict[str, float]:
     """p50 milliseconds of ``usage.report`` since 7 days ago, and of single-task submits
     made meanwhile from another client (the report is read off the host's loop)."""
@@ -302,6 +321,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   for key in keys}
         medians = {name: {key: statistics.median(r[name][key] for r in rounds) for key in keys}
                    for name in ("empty", "big")}
+        inproc = {name: inprocess_start(root / name) for name in ("empty", "big")}
+        medians["empty"]["host_start_ms"] = inproc["empty"]
+        medians["big"]["host_start_ms"] = inproc["big"]
+        ratios["host_start_ms"] = inproc["big"] / inproc["empty"]
         prune = measure_prune(root, args.prune_tasks) if args.prune_tasks else None
         usage = [r["usage"] for r in rounds if "usage" in r]
         return {"usage": {key: statistics.median(u[key] for u in usage) for key in usage[0]}
