@@ -11,6 +11,9 @@ scheduler (chained starts on). Measured:
 * the first pass: placement decisions while filling the empty cluster (wall time, placements
   per second, and CPU time, which a busy machine inflates less than wall time);
 * a pass over a full cluster with the whole queue blocked (the common steady state);
+* a pass over a queue that cannot move though cores are free: as many 2-core tasks on nodes
+  of 31 cores (one core left free on each), after one task ended and its place was refilled
+  (chained starts off, so that the queue outlasts the cluster at every size);
 * draining: every round ends the oldest running tasks (2% of the cluster), then one
   scheduling pass, until nothing is pending or ``--drain-passes`` passes are done; reported
   as time per pass (and the total when the queue emptied).
@@ -98,7 +101,23 @@ def run(count: int, nodes: int, drain_passes: int) -> dict[str, float]:
             "blocked_pass_ms": blocked_s * 1000, "passes": passes,
             "ms_per_pass": drain_s / max(passes, 1) * 1000,
             "drained_s": drain_s if not sched.pending_count else float("nan"),
-            "pending_left": sched.pending_count, "baseline_ms": bare_baseline(count) * 1000}
+            "pending_left": sched.pending_count, "stuck_pass_ms": stuck_pass(count, nodes) * 1000,
+            "baseline_ms": bare_baseline(count) * 1000}
+
+
+def stuck_pass(count: int, nodes: int) -> float:
+    """Seconds of one pass over ``count`` 2-core tasks with one core free on every node."""
+    sched = Scheduler()
+    for i in range(nodes):
+        sched.set_node(f"n{i:03d}", NodeSpec.flat(31, 256 * G, features=frozenset({"native"})))
+        sched.set_node_state(f"n{i:03d}", ONLINE)
+    for task_id in range(1, count + 1):
+        sched.submit(Request(task_id, cores=2))
+    first = sched.schedule(now=0.0)
+    sched.release(first[0].task_id)
+    start = time.perf_counter()
+    sched.schedule(now=1.0)
+    return time.perf_counter() - start
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -117,6 +136,7 @@ def report(nodes: int, tasks: int, rounds: int, med: dict[str, float]) -> None:
           f" = {med['decisions_per_s']:,.0f} placements/s; CPU {med['first_pass_cpu_ms']:.1f} ms"
           f" = {med['cpu_us_per_placement']:.1f} us per placement")
     print(f"  pass over a full cluster, queue blocked: {med['blocked_pass_ms']:.2f} ms")
+    print(f"  pass over 2-core tasks, one core free on each node: {med['stuck_pass_ms']:.2f} ms")
     emptied = med["drained_s"] == med["drained_s"]  # not NaN
     drained = (f"; queue empty after {med['drained_s']:.2f} s" if emptied
                else f"; {med['pending_left']:.0f} still pending")

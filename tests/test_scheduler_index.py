@@ -3,6 +3,7 @@ for each placement (the algorithm before the index), on random clusters and queu
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,8 @@ NAMES = ("a", "b", "c", "d", "e", "f")
 class Reference(Scheduler):
     """The scheduler before the free index: each placement scans every usable node, the
     largest free counts are recomputed over all of them, a blocked task looks at every node,
-    and a node's books are rebuilt and its running tasks found by scanning every allocation."""
+    a node's books are rebuilt and its running tasks found by scanning every allocation, and
+    the walk goes on while any core is free (telling every task why it waits)."""
 
     def set_node(self, name: str, spec: NodeSpec) -> None:
         old = self._nodes.get(name)
@@ -33,6 +35,41 @@ class Reference(Scheduler):
         self._nodes[name] = node
         self._refile(node)  # the base class's books, so that validate() holds
 
+    def schedule(self, now=0.0):
+        placements = []
+        if not any(self._queues.values()):
+            return placements
+        usable = [n for n in self._nodes.values() if n.usable]
+        self._stalled = not usable
+        if self._stalled:
+            return placements
+        most_cores, most_gpus = self._most_free()
+        reservation = None
+        for req in self.queued():
+            if most_cores == 0 and reservation is not None:
+                break
+            if self._batch_full(req):
+                self._reasons[req.task_id] = (
+                    f"batch {req.batch} is at its limit of {req.max_parallel} at once")
+                continue
+            sized = req.cores <= most_cores and req.gpu_count <= most_gpus
+            if sized:
+                node = self._choose(req, usable, reservation, now)
+                if node is not None:
+                    placements.append(self._place(req, node))
+                    most_cores, most_gpus = self._most_free()
+                    continue
+            if self.chain and reservation is None and self._chain(req, placements):
+                continue
+            if reservation is None or req.target is not None:
+                reservation = self._block(req, usable, reservation, now)
+            elif sized:
+                self._reasons[req.task_id] = (f"waiting for {_wants(req)}: {reservation[0]} is "
+                                              f"reserved for an earlier task")
+            else:
+                self._reasons[req.task_id] = f"waiting for {_wants(req)}"
+        return placements
+
     def _most_free(self) -> tuple[int, int]:
         usable = [n for n in self._nodes.values() if n.usable]
         return (max((len(n.free_cores) for n in usable), default=0),
@@ -41,7 +78,7 @@ class Reference(Scheduler):
     def _choose(self, req, usable, reservation, now):
         best = None
         policy = self.gpu_placement if req.gpu_count else self.placement
-        for node in (n for n in self._nodes.values() if n.usable):
+        for node in usable:
             if (req.target is not None and node.name != req.target) or not node.fits_now(req):
                 continue
             if not req.needs <= node.spec.features:
@@ -56,7 +93,6 @@ class Reference(Scheduler):
         return None if best is None else best[1]
 
     def _block(self, req, usable, reservation, now):
-        usable = [n for n in self._nodes.values() if n.usable]
         if req.target is not None:
             target = self._nodes.get(req.target)
             candidates = [target] if target in usable and target.fits_ever(req) else []
@@ -103,12 +139,12 @@ states = st.sampled_from([ONLINE, ONLINE, ONLINE, OFFLINE, DEGRADED, UNREACHABLE
 
 
 @st.composite
-def requests(draw):
+def requests(draw, cores):
     target = draw(st.sampled_from([None, None, None, *NAMES[:3], "zz"]))
     pinned = target is not None and draw(st.booleans())
     gpu_ids = tuple(sorted(draw(st.sets(st.integers(0, 2), max_size=2)))) if pinned else ()
     return dict(
-        cores=draw(st.sampled_from([1, 1, 2, 3, 4, 0])), memory=draw(st.integers(0, 4)) * G,
+        cores=draw(st.sampled_from(cores)), memory=draw(st.integers(0, 4)) * G,
         target=target, numa=draw(st.sampled_from([None, 0, 1])) if pinned else None,
         gpu_ids=gpu_ids, gpus=0 if gpu_ids else draw(st.sampled_from([0, 0, 1, 2])),
         needs=frozenset({"docker"}) if draw(st.integers(0, 4)) == 0 else frozenset(),
@@ -117,15 +153,21 @@ def requests(draw):
         time_limit=draw(st.sampled_from([None, 5.0, 20.0, 60.0])))
 
 
-actions = st.lists(st.one_of(
-    st.tuples(st.just("submit"), requests()),
-    st.tuples(st.just("submit"), requests()),
-    st.tuples(st.just("end"), st.integers(0, 100)),
-    st.tuples(st.just("state"), st.sampled_from(NAMES), states),
-    st.tuples(st.just("drain"), st.sampled_from(NAMES), st.booleans()),
-    st.tuples(st.just("respec"), st.sampled_from(NAMES), specs),
-    st.tuples(st.just("schedule"), st.floats(0, 30)),
-), max_size=60)
+def steps(cores):
+    return st.lists(st.one_of(
+        st.tuples(st.just("submit"), requests(cores), st.just(1)),
+        st.tuples(st.just("submit"), requests(cores), st.integers(2, 8)),  # a small sweep
+        st.tuples(st.just("end"), st.integers(0, 100)),
+        st.tuples(st.just("state"), st.sampled_from(NAMES), states),
+        st.tuples(st.just("drain"), st.sampled_from(NAMES), st.booleans()),
+        st.tuples(st.just("respec"), st.sampled_from(NAMES), specs),
+        st.tuples(st.just("schedule"), st.floats(0, 30)),
+        st.tuples(st.just("schedule"), st.floats(0, 30)),
+    ), min_size=4, max_size=60)
+
+
+# mixed shapes, or few (like a sweep: the walk then often stops with cores free)
+actions = st.sampled_from([[1, 1, 2, 3, 4, 0], [2], [2, 3], [3, 4]]).flatmap(steps)
 clusters = st.lists(st.tuples(st.sampled_from(NAMES), specs, states, st.booleans()),
                     min_size=1, max_size=6, unique_by=lambda n: n[0])
 
@@ -145,15 +187,15 @@ def test_the_index_places_exactly_as_a_scan_of_every_node(nodes, steps, policy, 
     for step in [*steps, ("schedule", 1.0)]:
         kind = step[0]
         if kind == "submit":
-            req = Request(next_id, **step[1])
             try:
-                new.check_possible(req)
+                new.check_possible(Request(next_id, **step[1]))
             except (Impossible, NotFound):
                 continue
-            for sched in (new, old):
-                sched.submit(req)
-            known.append(next_id)
-            next_id += 1
+            for _ in range(step[2]):
+                for sched in (new, old):
+                    sched.submit(Request(next_id, **step[1]))
+                known.append(next_id)
+                next_id += 1
         elif kind == "end" and known:
             task_id = known.pop(step[1] % len(known))
             for sched in (new, old):
@@ -267,3 +309,63 @@ def test_tasks_no_usable_node_can_run_cost_one_scan_of_the_nodes_per_pass(monkey
     assert sched.pending_reason(1000) == "no usable node can run it (offline, drained or degraded)"
     sched.set_node_state("dock", ONLINE)
     assert len(sched.schedule()) == 4
+
+
+def _both(*specs: tuple[str, int]) -> tuple[Scheduler, Scheduler]:
+    pair = (Scheduler(), Reference())
+    for sched in pair:
+        for name, cores in specs:
+            sched.set_node(name, NodeSpec.flat(cores, 8 * G))
+            sched.set_node_state(name, ONLINE)
+    return pair
+
+
+@pytest.mark.parametrize("after", ["target offline", "target respec", "batch ends", "nothing"])
+def test_a_walk_stopped_with_cores_free_gives_the_reasons_a_full_walk_gives(after):
+    """Every queued task needs 2 cores and 1 is free on each node: once the reservation is
+    made the walk stops (the rest could only be told why they wait), and each task's reason,
+    asked for later and after the cluster has changed, is what the whole walk had said."""
+    new, old = _both(("a", 3), ("b", 3))
+    reqs = [Request(1, 2, batch=7, max_parallel=1), Request(2, 2), Request(3, 2),
+            *(Request(i, 2) for i in range(4, 200)), Request(200, 2, batch=7, max_parallel=1),
+            Request(201, 2, target="b"), Request(202, 2, target="a")]
+    for sched in (new, old):
+        for req in reqs:
+            sched.submit(req)
+        assert [p.task_id for p in sched.schedule()] == [1, 2]
+    assert new._cutoff is not None and new._told[100] < new._cutoff.walk  # not looked at
+    for sched in (new, old):
+        if after == "target offline":
+            sched.set_node_state("b", OFFLINE)
+        elif after == "target respec":
+            sched.set_node("a", NodeSpec.flat(1, 8 * G))
+        elif after == "batch ends":
+            sched.release(1)
+    tasks = range(3, 203)
+    assert [new.pending_reason(t) for t in tasks] == [old.pending_reason(t) for t in tasks]
+    assert new.pending_reason(200) == "batch 7 is at its limit of 1 at once"
+    assert new.pending_reason(202) == "waiting: a is reserved for an earlier task"
+    for sched in (new, old):
+        sched.schedule(1.0)
+    assert [new.pending_reason(t) for t in tasks] == [old.pending_reason(t) for t in tasks]
+
+
+def test_a_pass_over_a_queue_too_large_for_what_is_free_looks_at_few_tasks():
+    """10,000 two-core tasks, one core free on each node: the walk stops at the first task
+    after the reservation; the others are told why they wait when asked."""
+    sched = Scheduler()
+    for i in range(4):
+        sched.set_node(f"n{i}", NodeSpec.flat(3, 8 * G))
+        sched.set_node_state(f"n{i}", ONLINE)
+    for task_id in range(1, 10_001):
+        sched.submit(Request(task_id, 2))
+    assert [p.task_id for p in sched.schedule()] == [1, 2, 3, 4]
+    for _ in range(2):
+        assert [t for t, walk in sched._told.items() if walk == sched._walks] == [5]
+        assert sched.pending_reason(5) == "waiting for 2 cores on n0 (reserved for it)"
+        assert sched.pending_reason(10_000) == "waiting for 2 cores"
+        assert sched.schedule() == []
+    sched.release(1)
+    assert [p.task_id for p in sched.schedule()] == [5]
+    assert sched.pending_reason(6) == "waiting for 2 cores on n0 (reserved for it)"
+    sched.validate()

@@ -36,6 +36,7 @@ large one, and a large one never blocks small ones forever.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -52,6 +53,7 @@ PACK = "pack"
 SPREAD = "spread"
 CHAIN_DEPTH = 3
 """At most this many tasks staged one behind the other on the same resources."""
+_INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +145,25 @@ class _Node:
             return False
         if not req.needs <= self.spec.features:
             return False
-        cores = self.spec.zones[req.numa] if req.numa is not None else self.spec.cores
-        return (len(cores) >= req.cores and self.spec.memory >= req.memory
+        zones = self.spec.zones
+        cores = len(zones[req.numa]) if req.numa is not None else sum(map(len, zones))
+        return (cores >= req.cores and self.spec.memory >= req.memory
                 and len(self.spec.gpus) >= req.gpu_count
                 and set(req.gpu_ids) <= set(self.spec.gpus))
+
+
+@dataclass(slots=True)
+class _Cutoff:
+    """A walk that stopped early though cores were free: the reservation was made and no queued
+    task was small enough for what was free, so the rest of the walk could only have told each
+    task why it waits. ``pending_reason`` works that out from here, for tasks no later walk
+    looked at: ``reserved`` held the reservation, ``batches`` were the running counts, and
+    ``nodes`` what the nodes were once one has changed since (None: they have not)."""
+
+    walk: int
+    reserved: str
+    batches: dict[int, int]
+    nodes: dict[str, _Node] | None = None
 
 
 class Scheduler:
@@ -168,14 +185,21 @@ class Scheduler:
         self._staged: dict[int, tuple[int, Allocation, Request]] = {}  # -> (behind, alloc, req)
         self._open: dict[tuple[int, int, int], dict[int, None]] = {}  # shape -> placed, no successor
         self._on_node: dict[str, set[int]] = {}  # node -> tasks holding an allocation there
+        self._limited: dict[int, str] = {}  # held task with a time limit -> its node
+        self._limited_on: dict[str, int] = {}  # node -> how many of those it has
         self._usable: dict[str, _Node] = {}
         self._index = FreeIndex()  # the usable nodes by free cores and GPUs
         self._hopeless: set[tuple] = set()
         """Shapes (``_fit_key``) no usable node can ever run, found so far in this pass."""
+        self._queued_sizes: dict[tuple[int, int], int] = {}  # (cores, GPUs) -> queued tasks
+        self._walks = 0  # passes that walked the queue
+        self._told: dict[int, int] = {}  # queued task -> the walk that last gave its reason
+        self._cutoff: _Cutoff | None = None  # the last walk that stopped early, cores free
 
     # ---- nodes -------------------------------------------------------------------------
     def set_node(self, name: str, spec: NodeSpec) -> None:
         """Add a node, or replace its capacity (allocations held there are kept)."""
+        self._freeze_nodes()
         old = self._nodes.get(name)
         node = _Node(name, spec, old.state if old else OFFLINE, old.drained if old else False)
         node.free_cores, node.free_memory, node.free_gpus = set(spec.cores), spec.memory, set(spec.gpus)
@@ -189,13 +213,22 @@ class Scheduler:
 
     def set_node_state(self, name: str, state: str) -> None:
         node = self._node(name)
+        self._freeze_nodes()
         node.state = state
         self._refile(node)
 
     def set_drained(self, name: str, drained: bool) -> None:
         node = self._node(name)
+        self._freeze_nodes()
         node.drained = drained
         self._refile(node)
+
+    def _freeze_nodes(self) -> None:
+        """Before a node changes: keep what the nodes were for the last cutoff's reasons."""
+        cut = self._cutoff
+        if cut is not None and cut.nodes is None:
+            cut.nodes = {name: _Node(name, node.spec, node.state, node.drained)
+                         for name, node in self._nodes.items()}
 
     def _refile(self, node: _Node) -> None:
         """Bring the usable set and the free index up to date after ``node`` changed."""
@@ -237,8 +270,32 @@ class Scheduler:
 
     def submit(self, req: Request) -> None:
         """Queue a task (after ``check_possible``); it holds nothing until placed."""
-        self._queues.setdefault(req.priority, {})[req.task_id] = req
+        queue = self._queues.setdefault(req.priority, {})
+        if req.task_id in queue:
+            self._count_queued(queue[req.task_id], -1)
+        queue[req.task_id] = req
+        self._count_queued(req, 1)
         self._reasons[req.task_id] = "waiting for free resources"
+        self._told[req.task_id] = self._walks
+
+    def _unqueue(self, req: Request) -> None:
+        """``req`` leaves the queue to be placed or staged."""
+        del self._queues[req.priority][req.task_id]
+        self._count_queued(req, -1)
+        self._reasons.pop(req.task_id, None)
+        self._told.pop(req.task_id, None)
+
+    def _count_queued(self, req: Request, step: int) -> None:
+        size = (req.cores, req.gpu_count)
+        count = self._queued_sizes.get(size, 0) + step
+        if count:
+            self._queued_sizes[size] = count
+        else:
+            del self._queued_sizes[size]
+
+    def _small_enough_queued(self, cores: int, gpus: int) -> bool:
+        """Whether a queued task asks for at most ``cores`` cores and ``gpus`` GPUs."""
+        return any(c <= cores and g <= gpus for c, g in self._queued_sizes)
 
     def hold(self, task_id: int, alloc: Allocation, req: Request | None = None,
              started_at: float | None = None, behind: int | None = None) -> None:
@@ -255,9 +312,8 @@ class Scheduler:
         node.free_memory -= alloc.memory
         node.free_gpus -= set(alloc.gpus)
         self._refile(node)
-        self._keep(task_id, alloc)
+        self._keep(task_id, alloc, req)
         if req is not None:
-            self._held_req[task_id] = req
             self._open.setdefault(_shape(req), {})[task_id] = None
         if started_at is not None:
             self._started_at[task_id] = started_at
@@ -271,8 +327,11 @@ class Scheduler:
         """The task ended or was withdrawn: drop it from the queue or free what it held (to
         the task staged behind it, when there is one)."""
         for queue in self._queues.values():
-            queue.pop(task_id, None)
+            queued = queue.pop(task_id, None)
+            if queued is not None:
+                self._count_queued(queued, -1)
         self._reasons.pop(task_id, None)
+        self._told.pop(task_id, None)
         self._started_at.pop(task_id, None)
         if task_id in self._staged:
             self._unstage(task_id)
@@ -285,6 +344,7 @@ class Scheduler:
         alloc = self._held.pop(task_id, None)
         if alloc is not None:
             self._on_node[alloc.node].discard(task_id)
+            self._unlimit(task_id)
         successor = self._successor.pop(task_id, None)
         if successor is not None and alloc is not None:
             self._take_over(successor)
@@ -296,13 +356,26 @@ class Scheduler:
             node.free_gpus |= set(alloc.gpus)
             self._refile(node)
 
-    def _keep(self, task_id: int, alloc: Allocation) -> None:
-        """Book ``alloc`` as held by ``task_id`` (its node's resources are taken already)."""
+    def _keep(self, task_id: int, alloc: Allocation, req: Request | None) -> None:
+        """Book ``alloc`` as held by ``task_id`` for ``req`` (its node's resources are taken
+        already; ``req`` None: the request is unknown, or kept from before)."""
         old = self._held.get(task_id)
         if old is not None:
             self._on_node[old.node].discard(task_id)
+            self._unlimit(task_id)
         self._held[task_id] = alloc
+        if req is not None:
+            self._held_req[task_id] = req
         self._on_node.setdefault(alloc.node, set()).add(task_id)
+        known = self._held_req.get(task_id)
+        if known is not None and known.time_limit is not None:
+            self._limited[task_id] = alloc.node
+            self._limited_on[alloc.node] = self._limited_on.get(alloc.node, 0) + 1
+
+    def _unlimit(self, task_id: int) -> None:
+        node = self._limited.pop(task_id, None)
+        if node is not None:
+            self._limited_on[node] -= 1
 
     def _stage(self, task_id: int, behind: int, alloc: Allocation, req: Request) -> None:
         self._staged[task_id] = (behind, alloc, req)
@@ -332,8 +405,7 @@ class Scheduler:
         """The predecessor ended: its resources are now the staged task's own (whatever is
         staged behind it stays there, one step closer to the front)."""
         _, alloc, req = self._staged.pop(task_id)
-        self._keep(task_id, alloc)
-        self._held_req[task_id] = req
+        self._keep(task_id, alloc, req)
         self._reopen_tail(task_id)
 
     def _req_of(self, task_id: int) -> Request | None:
@@ -376,7 +448,28 @@ class Scheduler:
             for queue in self._queues.values():
                 if task_id in queue:
                     return _unusable_reason(queue[task_id], self._nodes)
+        cut = self._cutoff
+        if cut is not None and self._told.get(task_id, cut.walk) < cut.walk:
+            for queue in self._queues.values():
+                if task_id in queue:
+                    return self._reason_after(cut, queue[task_id])
         return self._reasons.get(task_id)
+
+    def _reason_after(self, cut: _Cutoff, req: Request) -> str:
+        """The reason the walk that ``cut`` stopped would have given ``req`` had it gone on
+        (then nothing but reasons could change: ``req`` was too large for what was free)."""
+        if req.batch is not None and req.max_parallel and \
+                cut.batches.get(req.batch, 0) >= req.max_parallel:
+            return _batch_full_reason(req)
+        if req.target is None:
+            return _waiting(req)
+        nodes = self._nodes if cut.nodes is None else cut.nodes
+        target = nodes.get(req.target)
+        if target is None or not target.usable or not target.fits_ever(req):
+            return _unusable_reason(req, nodes)
+        if target.name == cut.reserved:
+            return _reserved_reason(cut.reserved)
+        return _waiting(req)
 
     @property
     def pending_count(self) -> int:
@@ -406,10 +499,13 @@ class Scheduler:
         Cost: a placement looks at the best nodes by the free index first and stops at the
         first that fits (O(log nodes) for a plain request); a task that cannot fit anywhere by
         size is passed over in O(1) (the largest free core and GPU counts come from the index);
-        the walk stops once no core is free and the head of the queue holds its reservation.
+        the walk stops once the reservation is made and no core is free, or no queued task is
+        small enough for what is free (then the rest are told why they wait when asked: see
+        ``_Cutoff``), so a pass over a big queue that cannot move costs O(1) tasks.
         """
         placements: list[Placement] = []
         if not any(self._queues.values()):
+            self._cutoff = None
             return placements  # nothing waits (the common case after a task ends)
         usable = self._usable
         self._stalled = not usable
@@ -417,15 +513,24 @@ class Scheduler:
             return placements  # nothing can run: reasons are worked out when asked
         most_cores, most_gpus = self._most_free()
         self._hopeless.clear()
+        self._walks += 1
+        walk, told = self._walks, self._told
         reservation: tuple[str, float] | None = None  # (node, earliest start of its owner)
+        looked = None  # the free counts at which a queued task was last found small enough
         for req in self.queued():
-            if most_cores == 0 and reservation is not None:
+            if reservation is not None and most_cores == 0:
                 break  # nothing can fit anywhere: the rest keep their last reason
-            if self._batch_full(req):
-                self._reasons[req.task_id] = (
-                    f"batch {req.batch} is at its limit of {req.max_parallel} at once")
-                continue
             sized = req.cores <= most_cores and req.gpu_count <= most_gpus
+            if not sized and reservation is not None and looked != (most_cores, most_gpus):
+                if not self._small_enough_queued(most_cores, most_gpus):
+                    # nothing after this can change but reasons: they are worked out when asked
+                    self._cutoff = _Cutoff(walk, reservation[0], dict(self._batch_running))
+                    break
+                looked = most_cores, most_gpus
+            told[req.task_id] = walk
+            if self._batch_full(req):
+                self._reasons[req.task_id] = _batch_full_reason(req)
+                continue
             if sized:
                 node = self._choose(req, usable, reservation, now)
                 if node is not None:
@@ -440,7 +545,9 @@ class Scheduler:
                 self._reasons[req.task_id] = (f"waiting for {_wants(req)}: {reservation[0]} is "
                                               f"reserved for an earlier task")
             else:
-                self._reasons[req.task_id] = f"waiting for {_wants(req)}"
+                self._reasons[req.task_id] = _waiting(req)
+        else:
+            self._cutoff = None  # every queued task was told why it waits
         return placements
 
     def _chain(self, req: Request, placements: list[Placement]) -> bool:
@@ -454,8 +561,7 @@ class Scheduler:
                 continue
             if req.target is not None and node.name != req.target:
                 continue
-            del self._queues[req.priority][req.task_id]
-            self._reasons.pop(req.task_id, None)
+            self._unqueue(req)
             if req.batch is not None:
                 self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
             self._stage(req.task_id, candidate, alloc, req)
@@ -519,10 +625,8 @@ class Scheduler:
             node.free_gpus.difference_update(gpus)
         self._index.file(node.name, len(node.free_cores), len(node.free_gpus))  # still usable
         alloc = Allocation(node.name, cores, req.memory, gpus, req.numa)
-        del self._queues[req.priority][req.task_id]
-        self._reasons.pop(req.task_id, None)
-        self._keep(req.task_id, alloc)
-        self._held_req[req.task_id] = req
+        self._unqueue(req)
+        self._keep(req.task_id, alloc, req)
         self._open.setdefault(_shape(req), {})[req.task_id] = None
         if req.batch is not None:
             self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
@@ -548,33 +652,48 @@ class Scheduler:
             self._reasons[req.task_id] = f"waiting for {_wants(req)} on {chosen.name} (reserved for it)"
             return chosen.name, self._earliest_start(chosen, req, now)
         if any(n.name == reservation[0] for n in candidates) and len(candidates) == 1:
-            self._reasons[req.task_id] = f"waiting: {reservation[0]} is reserved for an earlier task"
+            self._reasons[req.task_id] = _reserved_reason(reservation[0])
         else:
-            self._reasons[req.task_id] = f"waiting for {_wants(req)}"
+            self._reasons[req.task_id] = _waiting(req)
         return reservation
 
     def _earliest_start(self, node: _Node, req: Request, now: float) -> float:
-        """When enough frees on ``node`` for ``req``, from running tasks' time limits
+        """When enough frees on ``node`` for ``req``, from its running tasks' time limits
         (infinity when any task in the way has none)."""
+        if node.fits_now(req):
+            return now
+        if not self._limited_on.get(node.name):
+            return _INF  # nothing there has a time limit
         ends = sorted((self._limit_end(task_id, now), task_id)
                       for task_id in self._on_node.get(node.name, ()))
-        cores, memory, gpus = set(node.free_cores), node.free_memory, set(node.free_gpus)
-        probe = _Node(node.name, node.spec, ONLINE, False, cores, memory, gpus)
-        if probe.fits_now(req):
-            return now
+        if req.numa is None and not req.gpu_ids:  # counts suffice: allocations are disjoint
+            cores, memory, gpus = len(node.free_cores), node.free_memory, len(node.free_gpus)
+            for end, task_id in ends:
+                if end == _INF:
+                    break  # whatever frees from here on frees too late to know when
+                alloc = self._held[task_id]
+                cores, memory, gpus = (cores + len(alloc.cores), memory + alloc.memory,
+                                       gpus + len(alloc.gpus))
+                if cores >= req.cores and memory >= req.memory and gpus >= req.gpu_count:
+                    return end
+            return _INF
+        probe = _Node(node.name, node.spec, ONLINE, False, set(node.free_cores),
+                      node.free_memory, set(node.free_gpus))
         for end, task_id in ends:
+            if end == _INF:
+                break
             alloc = self._held[task_id]
             probe.free_cores |= set(alloc.cores)
             probe.free_memory += alloc.memory
             probe.free_gpus |= set(alloc.gpus)
             if probe.fits_now(req):
                 return end
-        return float("inf")
+        return _INF
 
     def _limit_end(self, task_id: int, now: float) -> float:
         req = self._held_req.get(task_id)
         if req is None or req.time_limit is None:
-            return float("inf")
+            return _INF
         return self._started_at.get(task_id, now) + req.time_limit
 
     # ---- checks ------------------------------------------------------------------------
@@ -582,12 +701,23 @@ class Scheduler:
         """Assert the invariants of the module docstring (for tests)."""
         queued = [req.task_id for req in self.queued()]
         assert len(queued) == len(set(queued)), "a task is queued twice"
+        assert set(self._told) == set(queued), "reason stamps off"
+        sizes: dict[tuple[int, int], int] = {}
+        for req in self.queued():
+            sizes[req.cores, req.gpu_count] = sizes.get((req.cores, req.gpu_count), 0) + 1
+        assert self._queued_sizes == sizes, "queued sizes off"
         assert not set(queued) & set(self._held), "a task is both queued and placed"
         by_node: dict[str, list[Allocation]] = {name: [] for name in self._nodes}
         for task_id, alloc in self._held.items():
             by_node.setdefault(alloc.node, []).append(alloc)
             assert task_id in self._on_node.get(alloc.node, ()), f"task {task_id} not on its node"
         assert sum(map(len, self._on_node.values())) == len(self._held), "node task sets off"
+        limited = {t: a.node for t, a in self._held.items()
+                   if t in self._held_req and self._held_req[t].time_limit is not None}
+        assert self._limited == limited, "time-limited task books off"
+        assert {n: c for n, c in self._limited_on.items() if c} == \
+            {n: sum(1 for m in limited.values() if m == n) for n in set(limited.values())}, \
+            "time-limited counts off"
         for node in self._nodes.values():
             allocs = by_node[node.name]
             for kind, free in (("cores", node.free_cores), ("gpus", node.free_gpus)):
@@ -626,6 +756,14 @@ class Scheduler:
 
 def _shape(req: Request) -> tuple[int, int, int]:
     return req.cores, req.memory, req.gpu_count
+
+
+def _batch_full_reason(req: Request) -> str:
+    return f"batch {req.batch} is at its limit of {req.max_parallel} at once"
+
+
+def _reserved_reason(node: str) -> str:
+    return f"waiting: {node} is reserved for an earlier task"
 
 
 def _fit_key(req: Request) -> tuple:
@@ -667,12 +805,27 @@ def _unusable_reason(req: Request, nodes: dict[str, _Node]) -> str:
 
 
 def _wants(req: Request) -> str:
-    parts = [f"{req.cores} core{'s' if req.cores != 1 else ''}"]
-    if req.memory:
-        parts.append(f"{req.memory >> 20}M memory")
-    if req.gpu_count:
-        parts.append(f"{req.gpu_count} GPU{'s' if req.gpu_count != 1 else ''}")
+    return _wants_of(req.cores, req.memory, req.gpu_count)
+
+
+def _waiting(req: Request) -> str:
+    """The reason of a task too large for what is free (one string per shape)."""
+    return _waiting_for(req.cores, req.memory, req.gpu_count)
+
+
+@functools.lru_cache(maxsize=1024)
+def _wants_of(cores: int, memory: int, gpus: int) -> str:
+    parts = [f"{cores} core{'s' if cores != 1 else ''}"]
+    if memory:
+        parts.append(f"{memory >> 20}M memory")
+    if gpus:
+        parts.append(f"{gpus} GPU{'s' if gpus != 1 else ''}")
     return " + ".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _waiting_for(cores: int, memory: int, gpus: int) -> str:
+    return f"waiting for {_wants_of(cores, memory, gpus)}"
 
 
 def _impossible_message(req: Request, candidates: list[_Node]) -> str:
