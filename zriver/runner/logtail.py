@@ -124,7 +124,10 @@ class LogTail:
                 task_id = int(prefix[len(TOPIC):])
             except ValueError:
                 return
-            self.follow(task_id) if on else self.unfollow(task_id)
+            if on:
+                self.follow(task_id)
+            else:
+                self.unfollow(task_id)
 
     def follow(self, task_id: int) -> None:
         self._followed.add(task_id)
