@@ -304,11 +304,13 @@ def test_top_counts_a_big_sweep_from_its_one_summary_event(make_cluster, home, s
     cluster = make_cluster({})  # no node: every task of the sweep waits
     screen = screens(home, zriver_argv(cluster, "top", "--view", "tasks"), width=160, height=30)
     screen.wait("0 running · 0 pending")
+    cluster.submit(["true"], name="one")  # its event on screen: top's subscription is live
+    screen.wait("0 running · 1 pending")
     reply = cluster.client(timeout=60).submit_sweep(
         {"command": ["echo", "span:{1..5000}"], "name": "sweep", "workdir": str(cluster.root)})
     first = reply["ids"][0]
-    screen.wait("0 running · 5000 pending")  # from evt.batch.<id>: no event per task
-    screen.wait(" 2 Tasks 5000 ")
+    screen.wait("0 running · 5001 pending")  # from evt.batch.<id>: no event per task
+    screen.wait(" 2 Tasks 5001 ")
     screen.wait("showing 1,000: the running and the newest pending")  # its newest page, read
     screen.keys("End")
     screen.wait_re(rf"^\s+{first + 4999}\s+sweep\s+pending")
