@@ -1,36 +1,38 @@
 #!/usr/bin/env python
-"""Load generator: one real ``zriver host`` and N simulated nodes driven from this process.
+"""Load generator: a real ``zriver host`` driven by N simulated nodes from this process.
 
     python bench/loadgen.py [--nodes 200] [--tasks 20000] [--duration 0.2] [--json out.json]
 
-Starts ``python -m zriver host`` in a temporary directory (ephemeral ports on 127.0.0.1, the
-default heartbeat interval unless ``--heartbeat-interval``, ``security = "none"`` or, with
-``--security curve``, CURVE with a runner key per node), then drives it with ``--nodes``
-simulated runners (``bench/simnodes.py``: a DEALER and a PUB each, real heartbeats, real
-registrations and update batches, all on one uvloop loop) and an admin client on the same loop.
-In order, in the same run:
+Starts two ``python -m zriver host`` processes in a temporary directory (ephemeral ports on
+127.0.0.1, the default heartbeat interval unless ``--heartbeat-interval``, ``security =
+"none"`` or, with ``--security curve``, CURVE with a runner key per node): the host under test,
+driven by ``--nodes`` simulated runners (``bench/simnodes.py``: a DEALER and a PUB each, real
+heartbeats, real registrations and update batches, all on one uvloop loop), and a baseline
+host with one simulated node; an admin client of each runs on the same loop. In order:
 
 1. **idle, no nodes**: host CPU over ``--idle-seconds`` (the host's fixed cost: its timers);
-2. **submit p50, 1 node**: ``--samples`` single-task submits one after another (reply time
-   at the client; the tasks run for 0 s on the node);
-3. **idle, 20 nodes** and **idle, N nodes**: host CPU %, and host CPU per heartbeat (above the
-   no-node cost; each heartbeat interval a node sends one ``hb.<node>`` and one
-   ``runner.ping``): flat means the cost of one heartbeat does not grow with the nodes;
-4. **submit p50, N nodes**: as 2, the ratio against 2 is the figure;
-5. **registration**: ``--samples`` registrations of one more node (drained, and offering only
+2. **idle, 20 nodes** and **idle, N nodes** (plus the probe node of 4): host CPU %, and host CPU per
+   heartbeat (above the no-node cost; each heartbeat interval an idle node sends one
+   ``hb.<node>`` and one ``runner.ping``): flat means one heartbeat costs no more with more
+   nodes;
+3. **submit p50, 1 node vs N nodes**: ``--rounds`` interleaved rounds of ``--samples``
+   single-task submits one after another (reply time at the client; the tasks run for 0 s,
+   so with 1 node as with N each is placed and started at once), on the baseline host then
+   on the host under test; the figure is the median of the per-round ratios;
+4. **registration**: ``--samples`` registrations of one more node (drained, and offering only
    the ``docker`` backend: no task is placed there) with no live task;
-6. **live tasks**: ``--tasks`` tasks submitted (1,000 per submit) while the nodes hold what
+5. **live tasks**: ``--tasks`` tasks submitted (1,000 per submit) while the nodes hold what
    they start: host RSS before and after (per 10,000 live tasks, queued + running), then idle
-   CPU per heartbeat and registration again with them all live (flat: as 3 and 5);
-7. **throughput**: the nodes release their tasks (each "runs" ``--duration`` s), the rest
+   CPU per heartbeat and registration again with them all live (flat: as 2 and 4);
+6. **throughput**: the nodes release their tasks (each "runs" ``--duration`` s), the rest
    start as slots free, until all are ``completed`` (checked with ``task.wait``): tasks per
    second from the release.
 
 Checks (a failure is reported, and the exit status is 1): all tasks completed, every node
 ``online`` at the end, no ``error`` line in the host log, no update refused. Bounded: every
-wait has a timeout and the run stops after ``--max-seconds``; the host is stopped (SIGTERM,
-then SIGKILL) and the temporary directory removed on exit, on an error and on Ctrl-C; the host
-also gets SIGTERM when this process dies.
+wait has a timeout and the run stops after ``--max-seconds``; the hosts are stopped (SIGTERM,
+then SIGKILL) and the temporary directory removed on exit, on an error and on Ctrl-C; the
+hosts also get SIGTERM when this process dies.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class HostProcess:
 
     def __init__(self, root: Path, security: str, heartbeat_interval: float | None) -> None:
         self.root, self.security = root, security
+        root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "host"
         self.log = root / "host.log"
         self.admin_secret = root / "keys" / "admin.key_secret"
@@ -198,12 +201,13 @@ class Caller:
 # ---- measurements --------------------------------------------------------------------------
 async def idle(host: HostProcess, fleet: Fleet, seconds: float) -> dict[str, float]:
     """Host CPU while only heartbeats (and pings) arrive."""
-    beats0, cpu0, t0 = fleet.counts["heartbeats"], host.cpu(), time.monotonic()
+    beats0, pings0 = fleet.counts["heartbeats"], fleet.counts["pings"]
+    cpu0, t0 = host.cpu(), time.monotonic()
     await asyncio.sleep(seconds)
     cpu, wall = host.cpu() - cpu0, time.monotonic() - t0
-    beats = fleet.counts["heartbeats"] - beats0
     return {"seconds": wall, "cpu_seconds": cpu, "cpu_percent": 100 * cpu / wall,
-            "heartbeats": beats, "nodes": len(fleet.nodes)}
+            "heartbeats": fleet.counts["heartbeats"] - beats0,
+            "pings": fleet.counts["pings"] - pings0, "nodes": len(fleet.nodes)}
 
 
 def per_heartbeat(window: dict[str, float], empty: dict[str, float]) -> float:
@@ -225,6 +229,22 @@ async def submit_latency(caller: Caller, fleet: Fleet, samples: int) -> dict[str
     finally:
         fleet.task_seconds = duration
     return {"p50_ms": statistics.median(times), "p90_ms": percentile(times, 90),
+            "samples": samples}
+
+
+async def submit_rounds(base: Side, main: Side, samples: int, rounds: int) -> dict[str, Any]:
+    """Submit p50 on the 1-node baseline host and on the N-node host, in interleaved rounds
+    (after a warm-up of each): medians over the rounds, and the median per-round ratio."""
+    for side in (base, main):
+        await submit_latency(side.caller, side.fleet, max(10, samples // 5))
+    pairs = []
+    for _ in range(rounds):
+        one = await submit_latency(base.caller, base.fleet, samples)
+        many = await submit_latency(main.caller, main.fleet, samples)
+        pairs.append((one["p50_ms"], many["p50_ms"]))
+    return {"p50_ms_1": statistics.median(p[0] for p in pairs),
+            "p50_ms_n": statistics.median(p[1] for p in pairs),
+            "ratio": statistics.median(p[1] / p[0] for p in pairs), "rounds": pairs,
             "samples": samples}
 
 
@@ -279,33 +299,49 @@ async def node_keys(caller: Caller, host: HostProcess, names: list[str]) -> dict
     return keys
 
 
-async def drive(args: argparse.Namespace, host: HostProcess, deadline: Deadline) -> dict:
+class Side:
+    """A host under test, its simulated nodes and an admin client on this loop."""
+
+    def __init__(self, host: HostProcess, args: argparse.Namespace) -> None:
+        self.host = host
+        self.fleet = Fleet(host.local("router"), host.local("xsub"), cores=args.cores,
+                           task_seconds=args.duration)
+        self.caller = Caller(self.fleet, host.local("router"), host.admin_keys())
+
+    async def keys_for(self, names: list[str]) -> None:
+        if self.host.security == "curve":
+            self.fleet.keys.update(await node_keys(self.caller, self.host, names))
+
+    def close(self) -> None:
+        self.caller.close()
+        self.fleet.close()
+
+
+async def drive(args: argparse.Namespace, host: HostProcess, baseline: HostProcess,
+                deadline: Deadline) -> dict:
     names = [f"sim{i:03d}" for i in range(args.nodes)]
-    fleet = Fleet(host.local("router"), host.local("xsub"), cores=args.cores,
-                  task_seconds=args.duration)
-    caller = Caller(fleet, host.local("router"), host.admin_keys())
+    main, base = Side(host, args), Side(baseline, args)
     try:
-        if args.security == "curve":
-            fleet.keys = await node_keys(caller, host, names + [PROBE])
-        return await phases(args, host, fleet, caller, names, deadline)
+        await main.keys_for(names + [PROBE])
+        await base.keys_for(names[:1])
+        await base.fleet.add(names[:1], deadline.left())
+        return await phases(args, main, base, names, deadline)
     finally:
-        caller.close()
-        fleet.close()
+        main.close()
+        base.close()
 
 
-async def phases(args: argparse.Namespace, host: HostProcess, fleet: Fleet, caller: Caller,
-                 names: list[str], deadline: Deadline) -> dict:
+async def phases(args: argparse.Namespace, main: Side, base: Side, names: list[str],
+                 deadline: Deadline) -> dict:
+    host, fleet, caller = main.host, main.fleet, main.caller
     result: dict[str, Any] = {"nodes": args.nodes, "tasks": args.tasks, "cores": args.cores,
                               "duration": args.duration, "security": args.security}
     hello = await caller.call("cluster.hello")
     result["heartbeat_interval"] = interval = hello["heartbeat_interval"]
     window = max(args.idle_seconds, 2 * interval)
     result["idle_0"] = await idle(host, fleet, window)
-    await fleet.add(names[:1], deadline.left())
-    await submit_latency(caller, fleet, max(10, args.samples // 5))  # warm-up: caches, first paths
-    result["submit_1"] = await submit_latency(caller, fleet, args.samples)
     small = min(SMALL_FLEET, args.nodes)
-    await fleet.add(names[1:small], deadline.left())
+    await fleet.add(names[:small], deadline.left())
     await asyncio.sleep(interval)  # every node's heartbeat under way
     result["idle_small"] = await idle(host, fleet, window)
     await fleet.add(names[small:], deadline.left())
@@ -316,7 +352,7 @@ async def phases(args: argparse.Namespace, host: HostProcess, fleet: Fleet, call
     await caller.call("node.drain", {"name": PROBE, "reason": "the registration probe"})
     await asyncio.sleep(interval)
     result["idle_all"] = await idle(host, fleet, window)
-    result["submit_n"] = await submit_latency(caller, fleet, args.samples)
+    result["submit"] = await submit_rounds(base, main, args.samples, args.rounds)
     result["register_empty"] = await registrations(host, fleet, args.samples)
     await live_tasks(args, host, fleet, caller, result, window, deadline)
     result["rss_end"] = host.rss()
@@ -364,14 +400,14 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "heartbeat_us_small": per_heartbeat(result["idle_small"], empty),
         "heartbeat_us_all": per_heartbeat(result["idle_all"], empty),
         "heartbeat_us_live": per_heartbeat(result["idle_live"], empty),
-        "submit_p50_ms_1": result["submit_1"]["p50_ms"],
-        "submit_p50_ms_n": result["submit_n"]["p50_ms"],
+        "submit_p50_ms_1": result["submit"]["p50_ms_1"],
+        "submit_p50_ms_n": result["submit"]["p50_ms_n"],
+        "submit_ratio": result["submit"]["ratio"],
         "register_cpu_us_empty": result["register_empty"]["cpu_us"],
         "register_cpu_us_live": result["register_live"]["cpu_us"],
         "rss_mib_per_10k_live": result["live"]["rss_per_10k"] / (1 << 20),
         "throughput_per_second": result["throughput"]["per_second"],
     }
-    s["submit_ratio"] = s["submit_p50_ms_n"] / s["submit_p50_ms_1"]
     s["heartbeat_ratio"] = s["heartbeat_us_all"] / max(1e-9, s["heartbeat_us_small"])
     s["register_ratio"] = s["register_cpu_us_live"] / max(1e-9, s["register_cpu_us_empty"])
     states = result["throughput"]["states"]
@@ -401,8 +437,9 @@ def table(result: dict[str, Any]) -> str:
         f"{result['idle_small']['nodes']} nodes, {s['heartbeat_us_all']:.0f} us at {n + 1}, "
         f"{s['heartbeat_us_live']:.0f} us with {live['tasks']} live tasks "
         f"(ratio {n + 1}/{result['idle_small']['nodes']}: {s['heartbeat_ratio']:.2f})",
-        f"submit p50: {s['submit_p50_ms_1']:.2f} ms with 1 node, {s['submit_p50_ms_n']:.2f} ms "
-        f"with {n} (ratio {s['submit_ratio']:.2f})",
+        f"submit p50: {s['submit_p50_ms_1']:.2f} ms on a 1-node host, "
+        f"{s['submit_p50_ms_n']:.2f} ms with {n} nodes (median ratio of "
+        f"{len(result['submit']['rounds'])} interleaved rounds: {s['submit_ratio']:.2f})",
         f"registration, host CPU: {s['register_cpu_us_empty']:.0f} us with no live task, "
         f"{s['register_cpu_us_live']:.0f} us with {live['tasks']} (ratio "
         f"{s['register_ratio']:.2f})",
@@ -420,19 +457,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """One run (see the module docstring); the host stopped and its directory removed after."""
     deadline = Deadline(args.max_seconds)
     root = Path(tempfile.mkdtemp(prefix="zriver-loadgen-"))
-    host = HostProcess(root, args.security, args.heartbeat_interval)
+    host = HostProcess(root / "main", args.security, args.heartbeat_interval)
+    baseline = HostProcess(root / "baseline", args.security, args.heartbeat_interval)
     try:
         host.start(deadline)
-        result = eventloop.run(drive(args, host, deadline))
-        result["host_errors"] = host.errors()
+        baseline.start(deadline)
+        result = eventloop.run(drive(args, host, baseline, deadline))
+        result["host_errors"] = host.errors() + baseline.errors()
         result["summary"] = summary(result)
         return result
     except BaseException:
-        if host.proc is not None:
-            sys.stderr.write(f"host log tail:\n{host.tail()}\n")
+        for role in (host, baseline):
+            if role.proc is not None:
+                sys.stderr.write(f"host log tail ({role.root.name}):\n{role.tail()}\n")
         raise
     finally:
         host.stop()
+        baseline.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -445,6 +486,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cores", type=int, default=4, help="cores per simulated node")
     parser.add_argument("--samples", type=int, default=100,
                         help="submits (and registrations) per latency measurement")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of submits, 1-node host then N-node host")
     parser.add_argument("--idle-seconds", type=float, default=10.0,
                         help="length of each idle window (at least two heartbeat intervals)")
     parser.add_argument("--heartbeat-interval", type=float, default=None,
@@ -455,9 +498,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (1 <= args.nodes <= 1000 and 1 <= args.tasks <= 200_000 and 1 <= args.cores <= 256
             and 0 <= args.duration <= 3600 and 1 <= args.samples <= 10_000
-            and 0 < args.idle_seconds <= 600):
+            and 0 < args.idle_seconds <= 600 and 1 <= args.rounds <= 20):
         parser.error("--nodes 1..1000, --tasks 1..200000, --cores 1..256, --duration 0..3600, "
-                     "--samples 1..10000, --idle-seconds up to 600")
+                     "--samples 1..10000, --idle-seconds up to 600, --rounds 1..20")
     return args
 
 
