@@ -1,10 +1,10 @@
 """The load generator (bench/loadgen.py) as a test: a real host process driven by 50 simulated
 nodes (real sockets, heartbeats, registrations, update batches) through 5,000 tasks.
 
-What must hold: every task completed, every node online at the end, no error in the host
-log, no update refused; and the host's costs stay flat (per heartbeat with 50 nodes against
-20, per registration with 5,000 live tasks against none) within generous bounds, since the
-machine running the tests is shared. Bounded: the run stops after 120 s.
+What must hold: every task completed, every node online at the end, no error in either
+host's log, no update refused; and a heartbeat costs the host no more with 51 nodes than with
+20, within a generous bound (the machine running the tests is shared). Bounded: the run
+stops after 120 s.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ def test_fifty_nodes_drive_five_thousand_tasks():
     assert result["fleet"]["started"] >= 5000 + 2 * 20
     assert not [p for p in result["problems"] if not p.startswith("update_resent")], \
         result["problems"]
-    # Flat, with room for a noisy machine: a heartbeat costs no more at 51 nodes than at 20,
-    # a registration no more with 5,000 live tasks than with none (each within 3x).
+    # Flat, with room for a noisy machine: a heartbeat costs no more at 51 nodes than at 20.
     assert summary["heartbeat_us_all"] < 3 * summary["heartbeat_us_small"] + 100, \
         loadgen.table(result)
