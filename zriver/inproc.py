@@ -13,8 +13,12 @@ turn, everything queued at once, as a drained socket would be:
   host's ``flush``: one transaction per turn, nothing acknowledged before its commit);
 * host -> runner: ``deliver(env)``; the runner end runs ``on_envelope(env)`` for each;
   ``subscription(message)``: what the host's XSUB subscribes to (``\x01log.<id>``: a
-  followed task), given to the runner's ``on_subscription`` as its XPUB would be
-  (``renew_publisher`` has the host tell them all again).
+  followed task), given to the runner's ``on_subscription`` as its XPUB would be, in order
+  with the envelopes (``renew_publisher`` has the host tell them all again); after each
+  batch the runner end runs ``on_turn_end()`` (the runner sends what the batch asked of its
+  keeper). The host hands its commands over at once, right after its commit
+  (``hand_over``), before its task events and replies to clients leave: a lone task's spawn
+  request reaches the keeper without waiting for them.
 
 Everything else is the host's and the runner's ordinary code: the host makes the runner's
 principal from ``user`` (the runner's CURVE public key, or "" with ``security = "none"``)
@@ -38,7 +42,11 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+import structlog
+
 from zriver.protocol import Envelope, encode
+
+log = structlog.get_logger("zriver.runner")
 
 
 class InProcessLink:
@@ -60,16 +68,21 @@ class InProcessLink:
         self.on_subscription: Callable[[bytes], None] = lambda message: None
         """The runner's: set before ``open``."""
         self._to_host: list[Envelope | list[bytes]] = []
-        self._to_runner: list[Envelope] = []
+        self._to_runner: list[Envelope | bytes] = []  # envelopes and subscriptions, in order
+        self._runner_turn_end: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sent = self.delivered = 0
         """Envelopes runner -> host and host -> runner so far (for tests and benchmarks)."""
 
     # ---- the runner's end --------------------------------------------------------------
-    def open(self, identity: bytes, user: str, on_envelope: Callable[[Envelope], None]) -> None:
+    def open(self, identity: bytes, user: str, on_envelope: Callable[[Envelope], None],
+             on_turn_end: Callable[[], None] | None = None) -> None:
         """Attach the runner: ``identity`` is its ROUTER identity (``r:<node>:<instance>``),
-        ``user`` its CURVE public key ("" without authentication)."""
+        ``user`` its CURVE public key ("" without authentication); ``on_turn_end`` runs
+        after each batch handed to it."""
         self.identity, self.user, self._on_envelope = identity, user, on_envelope
+        if on_turn_end is not None:
+            self._runner_turn_end = on_turn_end
         self._loop = asyncio.get_running_loop()
         self._attach(identity, self)
 
@@ -122,7 +135,14 @@ class InProcessLink:
         """An (un)subscription of the host's, for the runner (on the next loop turn, in
         order with what else the host sends)."""
         if self._on_envelope is not None:
-            self._loop.call_soon(self.on_subscription, message)
+            if not self._to_runner:
+                self._loop.call_soon(self._hand_to_runner)
+            self._to_runner.append(message)
+
+    def hand_over(self) -> None:
+        """Hand the runner what is queued for it now instead of on the next loop turn (the
+        host calls this right after its commit, once its commands are queued)."""
+        self._hand_to_runner()
 
     def drain(self) -> None:
         """Hand over at once what the runner has sent (the host's stall check reads what
@@ -145,7 +165,17 @@ class InProcessLink:
     def _hand_to_runner(self) -> None:
         queued, self._to_runner = self._to_runner, []
         on_envelope = self._on_envelope
-        if on_envelope is None:
+        if on_envelope is None or not queued:
             return
-        for env in queued:
-            on_envelope(env)
+        for item in queued:
+            try:  # (maybe inside the host's flush: a runner's bug must not cut its tick)
+                if type(item) is bytes:
+                    self.on_subscription(item)
+                else:
+                    on_envelope(item)
+            except Exception:
+                log.exception("runner.link_handler_failed")
+        try:
+            self._runner_turn_end()
+        except Exception:
+            log.exception("runner.link_handler_failed")

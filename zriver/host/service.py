@@ -676,7 +676,10 @@ class Host:
                 return
         # Commands first (starts gate the runners' next work), then task events (what clients
         # wait for), then plain acknowledgements and replies.
-        outgoing, acks = self._runner_messages()
+        # (All of it is taken before anything is sent: what sending causes, e.g. a runner
+        # found unreachable, belongs to the next tick and its commit.)
+        commanding, acks = self._runner_messages()
+        outgoing = []
         events, self._task_events = self._task_events, {}
         for task_id, body in events.items():
             frames = [f"evt.task.{task_id}".encode(), encode("task.state", 0, body)]
@@ -684,6 +687,18 @@ class Host:
         outgoing.extend(acks)
         outgoing.extend(self._outgoing)
         self._outgoing = []
+        self._send(commanding)
+        for link in list(self._links.values()):  # an in-process runner starts them now,
+            link.hand_over()  # before the events and replies leave
+        self._send(outgoing)
+        answers, self._answers = self._answers, []
+        for future, body, error in answers:
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(body)
+        self.latency.sent(events.values())
+
+    def _send(self, outgoing: list[tuple[Channel | None, list]]) -> None:
+        """Send queued messages: to the XPUB (and the bus), or to ROUTER peers."""
         xpub = self.xpub
         for channel, frames in outgoing:
             if channel is xpub:
@@ -696,11 +711,6 @@ class Host:
             except Unreachable:
                 if channel is not None:
                     self._on_unreachable(frames[0], frames[1])
-        answers, self._answers = self._answers, []
-        for future, body, error in answers:
-            if not future.done():
-                future.set_exception(error) if error is not None else future.set_result(body)
-        self.latency.sent(events.values())
 
     def _commit_failed(self, exc: apsw.Error) -> None:
         """The tick's transaction could not be written (disk full, read-only store): roll it

@@ -181,7 +181,7 @@ class Runner:
         self.uplink.on_subscription = self.logtail.subscription
         self.uplink.open(f"r:{self.name}:{self.instance}".encode(),
                          client_keys.public if client_keys is not None else "",
-                         self._on_envelope)
+                         self._on_envelope, self.backends["native"].send_now)
         self._persisted = self.ledger.pending()
         self._known = {(u["id"], u.get("attempt", 1)) for _, u in self._persisted}
         await self._adopt_leftovers()

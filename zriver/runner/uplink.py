@@ -46,7 +46,8 @@ class SocketUplink:
         self._on_envelope: Callable[[Envelope], None] = lambda env: None
         self.on_subscription: Callable[[bytes], None] = lambda message: None
 
-    def open(self, identity: bytes, user: str, on_envelope: Callable[[Envelope], None]) -> None:
+    def open(self, identity: bytes, user: str, on_envelope: Callable[[Envelope], None],
+             on_turn_end: Callable[[], None] | None = None) -> None:
         """Connect (``user`` is implied by the wire's keys here)."""
         self._on_envelope = on_envelope
         dealer = self.wire.dealer(f"tcp://{self.host}:{self.router_port}", identity=identity)

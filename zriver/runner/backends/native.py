@@ -260,6 +260,12 @@ class NativeBackend:
             self._loop.call_soon(self._send_out)
         self._out.append(message)
 
+    def send_now(self) -> None:
+        """Send what this loop turn has queued for the keeper now, not at the turn's end
+        (the in-process link's hand-over: a start leaves before the host's other sends)."""
+        if self._out:
+            self._send_out()
+
     def _send_out(self) -> None:
         if self._sock is None:
             return  # (re)connecting: ``adopt`` sends them once the keeper is there
