@@ -40,8 +40,11 @@ def first_hour(since: float) -> int:
 
 
 def _resources(row: dict[str, Any]) -> tuple[int, int]:
-    """``(cores, gpus)`` the task held."""
-    return row["spec"]["cores"], len((row["alloc"] or {}).get("gpus") or [])
+    """``(cores, gpus)`` the task held: its allocation's, else (an allocation without its
+    cores) the spec's cores."""
+    alloc = row.get("alloc") or {}
+    cores = len(alloc["cores"]) if "cores" in alloc else row["spec"]["cores"]
+    return cores, len(alloc.get("gpus") or [])
 
 
 def rollup(rows: Iterable[dict[str, Any]]) -> dict[tuple[int, str, str], list[int]]:
