@@ -14,6 +14,7 @@ scheduler (chained starts on). Measured:
 * a pass over a queue that cannot move though cores are free: as many 2-core tasks on nodes
   of 31 cores (one core left free on each), after one task ended and its place was refilled
   (chained starts off, so that the queue outlasts the cluster at every size);
+* a first pass where every task (2 cores) is pinned to a random node, chained starts on (CPU);
 * draining: every round ends the oldest running tasks (2% of the cluster), then one
   scheduling pass, until nothing is pending or ``--drain-passes`` passes are done; reported
   as time per pass (and the total when the queue emptied).
@@ -102,6 +103,7 @@ def run(count: int, nodes: int, drain_passes: int) -> dict[str, float]:
             "ms_per_pass": drain_s / max(passes, 1) * 1000,
             "drained_s": drain_s if not sched.pending_count else float("nan"),
             "pending_left": sched.pending_count, "stuck_pass_ms": stuck_pass(count, nodes) * 1000,
+            "pinned_pass_cpu_ms": pinned_pass(count, nodes) * 1000,
             "baseline_ms": bare_baseline(count) * 1000}
 
 
@@ -118,6 +120,17 @@ def stuck_pass(count: int, nodes: int) -> float:
     start = time.perf_counter()
     sched.schedule(now=1.0)
     return time.perf_counter() - start
+
+
+def pinned_pass(count: int, nodes: int) -> float:
+    """CPU seconds of a first pass over ``count`` 2-core tasks each pinned to a random node."""
+    sched = build(nodes)
+    rng = random.Random(11)
+    for task_id in range(1, count + 1):
+        sched.submit(Request(task_id, cores=2, target=f"n{rng.randrange(nodes):03d}"))
+    start = time.process_time()
+    sched.schedule(now=0.0)
+    return time.process_time() - start
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -137,6 +150,7 @@ def report(nodes: int, tasks: int, rounds: int, med: dict[str, float]) -> None:
           f" = {med['cpu_us_per_placement']:.1f} us per placement")
     print(f"  pass over a full cluster, queue blocked: {med['blocked_pass_ms']:.2f} ms")
     print(f"  pass over 2-core tasks, one core free on each node: {med['stuck_pass_ms']:.2f} ms")
+    print(f"  first pass, every task pinned to a node: CPU {med['pinned_pass_cpu_ms']:.1f} ms")
     emptied = med["drained_s"] == med["drained_s"]  # not NaN
     drained = (f"; queue empty after {med['drained_s']:.2f} s" if emptied
                else f"; {med['pending_left']:.0f} still pending")

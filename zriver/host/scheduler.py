@@ -184,6 +184,9 @@ class Scheduler:
         self._successor: dict[int, int] = {}  # placed task -> the task staged behind it
         self._staged: dict[int, tuple[int, Allocation, Request]] = {}  # -> (behind, alloc, req)
         self._open: dict[tuple[int, int, int], dict[int, None]] = {}  # shape -> placed, no successor
+        self._open_at: dict[tuple[tuple[int, int, int], str], dict[int, None]] = {}
+        """(shape, node) -> those of ``_open`` on that node, in the same order."""
+        self._open_where: dict[int, tuple[tuple[int, int, int], str]] = {}
         self._on_node: dict[str, set[int]] = {}  # node -> tasks holding an allocation there
         self._limited: dict[int, str] = {}  # held task with a time limit -> its node
         self._limited_on: dict[str, int] = {}  # node -> how many of those it has
@@ -314,7 +317,7 @@ class Scheduler:
         self._refile(node)
         self._keep(task_id, alloc, req)
         if req is not None:
-            self._open.setdefault(_shape(req), {})[task_id] = None
+            self._open_add(task_id, req)
         if started_at is not None:
             self._started_at[task_id] = started_at
 
@@ -340,7 +343,7 @@ class Scheduler:
         if req is not None:
             if req.batch is not None:
                 self._batch_running[req.batch] -= 1
-            self._open.get(_shape(req), {}).pop(task_id, None)
+            self._open_drop(task_id)
         alloc = self._held.pop(task_id, None)
         if alloc is not None:
             self._on_node[alloc.node].discard(task_id)
@@ -382,7 +385,7 @@ class Scheduler:
         self._successor[behind] = task_id
         self._close(behind)
         if self._depth(task_id) < CHAIN_DEPTH:
-            self._open.setdefault(_shape(req), {})[task_id] = None
+            self._open_add(task_id, req)
 
     def _unstage(self, task_id: int) -> None:
         """A staged task is withdrawn: what was behind it moves up; else its predecessor may
@@ -415,9 +418,23 @@ class Scheduler:
         return self._held_req.get(task_id)
 
     def _close(self, task_id: int) -> None:
-        req = self._req_of(task_id)
-        if req is not None:
-            self._open.get(_shape(req), {}).pop(task_id, None)
+        self._open_drop(task_id)
+
+    def _open_add(self, task_id: int, req: Request) -> None:
+        """``task_id`` (placed or staged, for ``req``) may take a successor."""
+        if task_id in self._open_where:
+            return  # already open: keeps its place
+        alloc = self._held.get(task_id) or self._staged[task_id][1]
+        where = _shape(req), alloc.node
+        self._open.setdefault(where[0], {})[task_id] = None
+        self._open_at.setdefault(where, {})[task_id] = None
+        self._open_where[task_id] = where
+
+    def _open_drop(self, task_id: int) -> None:
+        where = self._open_where.pop(task_id, None)
+        if where is not None:
+            del self._open[where[0]][task_id]
+            del self._open_at[where][task_id]
 
     def _reopen_tail(self, task_id: int) -> None:
         """The last task of ``task_id``'s chain may take a successor if the chain is short."""
@@ -425,7 +442,7 @@ class Scheduler:
             task_id = self._successor[task_id]
         req = self._req_of(task_id)
         if req is not None and self._depth(task_id) < CHAIN_DEPTH:
-            self._open.setdefault(_shape(req), {})[task_id] = None
+            self._open_add(task_id, req)
 
     def _depth(self, task_id: int) -> int:
         """How many staged links lead from ``task_id`` back to a placed task."""
@@ -554,7 +571,10 @@ class Scheduler:
         """Stage ``req`` behind a placed task of the same shape on a usable node, if any."""
         if req.numa is not None or req.gpu_ids:
             return False
-        for candidate in self._open.get(_shape(req), {}):
+        shape = _shape(req)
+        open_ = (self._open.get(shape, {}) if req.target is None
+                 else self._open_at.get((shape, req.target), {}))  # same order, one node
+        for candidate in open_:
             alloc = self._held.get(candidate) or self._staged[candidate][1]
             node = self._nodes.get(alloc.node)
             if node is None or not node.usable or not req.needs <= node.spec.features:
@@ -627,7 +647,7 @@ class Scheduler:
         alloc = Allocation(node.name, cores, req.memory, gpus, req.numa)
         self._unqueue(req)
         self._keep(req.task_id, alloc, req)
-        self._open.setdefault(_shape(req), {})[req.task_id] = None
+        self._open_add(req.task_id, req)
         if req.batch is not None:
             self._batch_running[req.batch] = self._batch_running.get(req.batch, 0) + 1
         return Placement(req.task_id, alloc)
@@ -737,6 +757,13 @@ class Scheduler:
             assert self._successor.get(behind) == task_id, f"chain books off at {task_id}"
             assert self._held[head] == alloc, f"task {task_id} staged with another allocation"
             assert self._depth(task_id) <= CHAIN_DEPTH, f"chain too long at {task_id}"
+        mirror: dict[tuple[tuple[int, int, int], str], list[int]] = {}
+        for shape, tasks in self._open.items():
+            for task_id in tasks:
+                alloc = self._held.get(task_id) or self._staged[task_id][1]
+                mirror.setdefault((shape, alloc.node), []).append(task_id)
+                assert self._open_where[task_id] == (shape, alloc.node), "open books off"
+        assert mirror == {k: list(v) for k, v in self._open_at.items() if v}, "open by node off"
         counts: dict[int, int] = {}
         placed = list(self._held_req.items()) + [(t, r) for t, (_, _, r) in self._staged.items()]
         for task_id, req in placed:
