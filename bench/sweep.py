@@ -154,6 +154,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "summary": {
                 "accept_s": med([r["big"]["accept_s"] for r in rounds]),
                 "accept_host_cpu_s": med([r["big"]["accept_host_cpu_s"] for r in rounds]),
+                "small_accept_s": med([r["small"]["accept_s"] for r in rounds]),
+                "accept_us_per_task_ratio": med([
+                    (r["big"]["accept_s"] / r["big"]["tasks"])
+                    / (r["small"]["accept_s"] / r["small"]["tasks"]) for r in rounds]),
                 "small_rate": med([r["small"]["head_rate"] for r in rounds]),
                 "big_rate": med([r["big"]["head_rate"] for r in rounds]),
                 "ratio": med([r["ratio"] for r in rounds]),
@@ -171,6 +175,8 @@ def table(result: dict[str, Any]) -> str:
         f"sweep of {n} tasks, medians of {len(result['rounds'])} rounds",
         f"  accepted (submit call -> reply)     {s['accept_s']:.2f} s "
         f"(host CPU {s['accept_host_cpu_s']:.2f} s)",
+        f"  a {head}-task sweep accepted in       {s['small_accept_s'] * 1000:.0f} ms "
+        f"(per task: big/small {s['accept_us_per_task_ratio']:.2f})",
         f"  zriver submit (new process, ids printed) {s['cli_s']:.2f} s",
         f"  dispatch, first {head} of {n}        {s['big_rate']:.0f} tasks/s "
         f"(host CPU {s['big_host_cpu_per_task_us']:.0f} us/task)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -159,8 +160,9 @@ def _specs(spec: dict[str, Any], commands: list[list[str]]) -> Iterator[bytes]:
     rest = {name: value for name, value in spec.items() if name != "command"}
     body = pack(rest)[len(_map_header(len(rest))):]
     head = _map_header(len(rest) + 1) + pack("command")
+    packed = msgpack.Packer().pack  # one packer for all (``packb`` makes one per call)
     for command in commands:
-        yield head + pack(command) + body
+        yield head + packed(command) + body
 
 
 def unpack(blob: bytes | None) -> Any:
@@ -257,19 +259,22 @@ class Store:
         ``submitted`` events, one ``executemany`` each. ``groups`` are
         ``(spec, name, owner, commands)``: with ``commands`` None one task of ``spec``, else
         one task per command, ``spec`` with that command (packed once: see ``_specs``)."""
-        rows = []
-        task_id = first_id
-        for spec, name, owner, commands in groups:
-            for blob in ([pack(spec)] if commands is None else _specs(spec, commands)):
-                rows.append((task_id, name, owner, blob, at, batch_id))
-                task_id += 1
+        count = sum(1 if commands is None else len(commands) for *_, commands in groups)
+        blobs = itertools.chain.from_iterable(
+            [pack(spec)] if commands is None else _specs(spec, commands)
+            for spec, _, _, commands in groups)
+        owners = itertools.chain.from_iterable(
+            itertools.repeat((name, owner), 1 if commands is None else len(commands))
+            for _, name, owner, commands in groups)
         self.conn.executemany(
             "INSERT INTO tasks(id, name, owner, state, spec, submitted_at, batch_id)"
-            " VALUES (?, ?, ?, 'pending', ?, ?, ?)", rows)
+            " VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+            ((task_id, name, owner, blob, at, batch_id) for task_id, (name, owner), blob
+             in zip(itertools.count(first_id), owners, blobs)))
         self.conn.executemany(
             "INSERT INTO task_events(task_id, state, at, detail)"
             " VALUES (?, 'pending', ?, 'submitted')",
-            ((i, at) for i in range(first_id, task_id)))
+            ((task_id, at) for task_id in range(first_id, first_id + count)))
 
     def last_task_id(self) -> int:
         """The highest task id ever given (ids are never reused)."""
