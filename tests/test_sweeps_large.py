@@ -12,11 +12,13 @@ import json
 import re
 import time
 
+import aiohttp
 import apsw
 import msgpack
 import pytest
 from test_cli import zriver
 from test_core import ALICE, ROOT, Harness
+from test_web_api import ALICE as WEB_ALICE, bearer, fetch, run, token, web
 
 from zriver.errors import InvalidArgument, TooLarge, Unavailable
 from zriver.host.effects import Command, Publish, Refuse, Reply, TaskEvent
@@ -298,3 +300,22 @@ def test_an_oversized_submit_is_told_to_send_spans(cluster):
     specs = [{"command": ["true", "x" * 300, str(i)], "workdir": "/tmp"} for i in range(40_000)]
     with pytest.raises(TooLarge, match=re.escape("send the sweep as spans")):
         client.call("task.submit", {"tasks": specs})
+
+
+def test_the_web_api_takes_a_sweep_in_one_small_body(make_cluster):
+    """``POST /api/v1/tasks`` with ``{"sweep": ...}`` (what the dashboard sends for a command
+    with spans): 5,000 tasks from a body of a few hundred bytes (the API's cap is 1 MiB)."""
+    cluster = make_cluster({})
+    headers = bearer(token(cluster, WEB_ALICE))
+    body = {"sweep": {"spec": {"command": ["true", "span:{1..5000}"], "workdir": "/tmp"}}}
+
+    async def post():
+        async with aiohttp.ClientSession() as session:
+            return await fetch(session, "POST", web(cluster) + "/api/v1/tasks", json=body,
+                               headers=headers)
+
+    status, reply = run(post())
+    assert status == 200, reply
+    assert len(reply["ids"]) == 5000 and reply["batch_id"] == reply["ids"][0]
+    last = cluster.client().call("task.get", {"id": reply["ids"][-1]})["task"]
+    assert (last["command"], last["owner"]) == (["true", "5000"], "alice")

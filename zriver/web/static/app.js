@@ -816,14 +816,15 @@ function vpsSpecFromForm(form) {
 }
 
 function submitSpec(spec, result) {
-  return submitSpecs([spec], result);
+  return submitBody({tasks: [spec]}, result);
 }
 
-async function submitSpecs(specs, result) {
+// A task.submit body: {tasks: [spec]}, or {sweep: {spec}} (the host expands the spans).
+async function submitBody(body, result) {
   result.textContent = "";
   result.className = "result";
   try {
-    const reply = await api("POST", "/api/v1/tasks", {tasks: specs});
+    const reply = await api("POST", "/api/v1/tasks", body);
     result.replaceChildren(`submitted task${reply.ids.length > 1 ? "s" : ""} `,
       ...reply.ids.slice(0, PREVIEW_SHOWN).map((id) => el("a", {href: "#tasks", class: "task-link", dataset: {task: id},
                                         onclick: (e) => { e.preventDefault(); openTask(id); }}, `${id} `)));
@@ -842,13 +843,13 @@ function onSubmitTask(event) {
   try { spec = taskSpecFromForm(event.target); } catch (error) {
     result.textContent = error.message; result.className = "result error"; return;
   }
-  let specs;
-  try {
-    specs = expandSweep(spec.command).map((command) => ({...spec, command}));
+  let body;
+  try {  // the spans are checked here first; the host expands them (a sweep is one small body)
+    body = expandSweep(spec.command).length > 1 ? {sweep: {spec}} : {tasks: [spec]};
   } catch (error) {
     result.textContent = error.message; result.className = "result error"; return;
   }
-  submitSpecs(specs, result);
+  submitBody(body, result);
 }
 
 function onSubmitVps(event) {
