@@ -698,24 +698,29 @@ function commandFromForm(form) {
   return splitWords(text);
 }
 
-// Sweeps, as zriver.sweep.expand: span:{1..4} and span:[a,b] anywhere in a word expand to
-// the Cartesian product of the commands, the first span varying slowest.
+// Sweeps, as zriver.sweep: span:{1..4} and span:[a,b] anywhere in a word expand to the
+// Cartesian product of the commands, the first span varying slowest. The page counts a sweep
+// and makes only the commands it shows; the host expands what it is sent.
 const SPAN = /span:(\{(-?\d+)\.\.(-?\d+)\}|\[([^\[\]]*)\])/g;
-const MAX_SWEEP = 100000;
+const MAX_SWEEP = 1000000;
 
-function spanValues(match) {
-  if (match[2] !== undefined) {
-    const low = Number(match[2]), high = Number(match[3]), step = high >= low ? 1 : -1;
-    const values = [];
-    for (let v = low; step > 0 ? v <= high : v >= high; v += step) values.push(String(v));
-    return values;
-  }
+function spanLength(match) {
+  if (match[2] !== undefined) return Math.abs(Number(match[3]) - Number(match[2])) + 1;
   const items = match[4].split(",").map((item) => item.trim());
   if (!items.every(Boolean)) throw new Error(`bad span ${match[0]}: empty value in the list`);
-  return items;
+  return items.length;
 }
 
-function expandSweep(command) {
+function spanValue(match, index) {
+  if (match[2] !== undefined) {
+    const low = Number(match[2]), high = Number(match[3]);
+    return String(high >= low ? low + index : low - index);
+  }
+  return match[4].split(",")[index].trim();
+}
+
+// {total, commands}: how many commands the sweep makes, and the first `limit` of them.
+function expandSweep(command, limit = Infinity) {
   const slots = [];
   command.forEach((word, index) => {
     if (!word.includes("span:")) return;
@@ -723,30 +728,32 @@ function expandSweep(command) {
     if (!matches.length) throw new Error(`bad span in ${JSON.stringify(word)}: use span:{1..4} or span:[a,b]`);
     matches.forEach((match) => slots.push({index, match}));
   });
-  if (!slots.length) return [command.slice()];
-  const choices = slots.map((slot) => spanValues(slot.match));
-  const total = choices.reduce((n, values) => n * values.length, 1);
-  if (total > MAX_SWEEP) throw new Error(`this sweep has ${total} tasks; at most ${MAX_SWEEP} at once`);
+  if (!slots.length) return {total: 1, commands: [command.slice()]};
+  const lengths = slots.map((slot) => spanLength(slot.match));
+  const total = lengths.reduce((n, length) => n * length, 1);
+  if (total > MAX_SWEEP) {
+    throw new Error(`this sweep has ${total} tasks; at most ${MAX_SWEEP} in one submit: split it`);
+  }
   // Replace from the right within a word so earlier offsets stay valid.
   const order = slots.map((slot, i) => i).sort((a, b) =>
     slots[a].index - slots[b].index || slots[b].match.index - slots[a].match.index);
-  const result = [];
-  const combo = new Array(slots.length).fill(0);
-  for (let n = 0; n < total; n++) {
+  const commands = [];
+  for (let n = 0; n < Math.min(total, limit); n++) {
     let rest = n;
+    const combo = new Array(slots.length);
     for (let i = slots.length - 1; i >= 0; i--) {
-      combo[i] = rest % choices[i].length;
-      rest = Math.floor(rest / choices[i].length);
+      combo[i] = rest % lengths[i];
+      rest = Math.floor(rest / lengths[i]);
     }
     const words = command.slice();
     for (const i of order) {
       const {index, match} = slots[i];
       const word = words[index];
-      words[index] = word.slice(0, match.index) + choices[i][combo[i]] + word.slice(match.index + match[0].length);
+      words[index] = word.slice(0, match.index) + spanValue(match, combo[i]) + word.slice(match.index + match[0].length);
     }
-    result.push(words);
+    commands.push(words);
   }
-  return result;
+  return {total, commands};
 }
 
 const PREVIEW_SHOWN = 20;
@@ -755,10 +762,10 @@ function previewCommand() {
   const form = $("#submit-form");
   const box = $("#submit-preview");
   try {
-    const commands = expandSweep(commandFromForm(form));
-    const shown = commands.slice(0, PREVIEW_SHOWN).map((c) => el("li", {}, el("code", {}, JSON.stringify(c))));
-    if (commands.length > PREVIEW_SHOWN) shown.push(el("li", {}, `... ${commands.length - PREVIEW_SHOWN} more`));
-    $("#submit-count").textContent = commands.length === 1 ? "1 task" : `${commands.length} tasks (a sweep)`;
+    const {total, commands} = expandSweep(commandFromForm(form), PREVIEW_SHOWN);
+    const shown = commands.map((c) => el("li", {}, el("code", {}, JSON.stringify(c))));
+    if (total > PREVIEW_SHOWN) shown.push(el("li", {}, `... ${total - PREVIEW_SHOWN} more`));
+    $("#submit-count").textContent = total === 1 ? "1 task" : `${total} tasks (a sweep)`;
     box.replaceChildren(...shown);
   } catch (error) {
     $("#submit-count").textContent = "";
@@ -845,7 +852,7 @@ function onSubmitTask(event) {
   }
   let body;
   try {  // the spans are checked here first; the host expands them (a sweep is one small body)
-    body = expandSweep(spec.command).length > 1 ? {sweep: {spec}} : {tasks: [spec]};
+    body = expandSweep(spec.command, 0).total > 1 ? {sweep: {spec}} : {tasks: [spec]};
   } catch (error) {
     result.textContent = error.message; result.className = "result error"; return;
   }
