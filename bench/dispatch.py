@@ -594,13 +594,13 @@ def cluster_names(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved rounds: bare, then every cluster of ``cluster_names`` in turn."""
     deadline = Deadline(args.max_seconds)
+    names = cluster_names(args)
     root = Path(tempfile.mkdtemp(prefix="zriver-bench-"))
     root.chmod(0o711)  # a root runner runs the tasks as its task_user: they enter work/
     profile_dir = None
     if args.profile != "none":
         profile_dir = Path(args.profile_dir or root / "profile").resolve()
         profile_dir.mkdir(parents=True, exist_ok=True)
-    names = cluster_names(args)
     clusters = {name: Cluster(root / name, args.profile, profile_dir, args.attach or "",
                               str(Path(args.wrapper).resolve()) if args.wrapper else "",
                               CLUSTERS[name][1], embedded=CLUSTERS[name][0])
