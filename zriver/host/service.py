@@ -674,6 +674,9 @@ class Host:
             except apsw.Error as exc:
                 self._commit_failed(exc)
                 return
+        if not (self._runner_cmds or self._runner_acks or self._task_events or self._outgoing
+                or self._answers):
+            return  # (a flush scheduled by a request that a channel's batch end has flushed)
         # Commands first (starts gate the runners' next work), then task events (what clients
         # wait for), then plain acknowledgements and replies.
         # (All of it is taken before anything is sent: what sending causes, e.g. a runner
