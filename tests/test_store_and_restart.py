@@ -103,3 +103,19 @@ def test_unreachable_node_comes_back_online(make_cluster):
         assert client.call("node.list")["nodes"][0]["state"] == "online"
     finally:
         sub.close(linger=0)
+
+
+def test_a_task_unreachable_when_the_host_stops_is_loaded_again(make_cluster):
+    """A task whose node was silent when the host stopped is still the host's after a restart:
+    its runner comes back and the task runs on (not stopped as unknown, not stranded)."""
+    cluster = make_cluster({"n1": {"cores": 1}})
+    task_id = cluster.submit(["sleep", "60"])
+    cluster.wait_state(task_id, {"running"})
+    cluster.stop_runner("n1", kill_tasks=False)  # the task runs on under the keeper
+    cluster.wait_state(task_id, {"unreachable"})
+    cluster.run(cluster.host.stop)
+    cluster.run(cluster._start_host)
+    cluster.start_runner("n1", cores=1)
+    cluster.wait_state(task_id, {"running"})
+    cluster.client().call("task.kill", {"id": task_id})
+    assert cluster.wait(task_id)[0]["state"] == "killed"

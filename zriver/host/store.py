@@ -126,7 +126,9 @@ TASK_COLUMNS = (
     "id", "name", "owner", "state", "node", "spec", "alloc", "exit_code", "detail",
     "submitted_at", "started_at", "finished_at", "batch_id", "attempt",
 )
-_UNFINISHED = "('pending', 'assigned', 'running', 'paused')"
+_UNFINISHED = "(" + ", ".join(f"'{s}'" for s in lc.ALL_STATES if s not in lc.FINAL) + ")"
+"""Every state that is not final (an ``unreachable`` task included): what the host loads back
+at start."""
 _PAGE = "ORDER BY id DESC LIMIT ?"
 _COUNT = "SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT ?)"
 COUNT_CAP = 10_000
