@@ -21,6 +21,7 @@ from test_core import ALICE, ROOT, Harness
 from test_web_api import ALICE as WEB_ALICE, bearer, fetch, run, token, web
 
 from zriver.errors import InvalidArgument, TooLarge, Unavailable
+from zriver.host.core import HostCore
 from zriver.host.effects import Command, Publish, Refuse, Reply, TaskEvent
 from zriver.host.store import _specs
 from zriver.principal import USER, Principal
@@ -319,3 +320,19 @@ def test_the_web_api_takes_a_sweep_in_one_small_body(make_cluster):
     assert len(reply["ids"]) == 5000 and reply["batch_id"] == reply["ids"][0]
     last = cluster.client().call("task.get", {"id": reply["ids"][-1]})["task"]
     assert (last["command"], last["owner"]) == (["true", "5000"], "alice")
+
+
+def test_a_restarted_core_shares_a_sweeps_spec_again(h):
+    sweep, _ = submitted(h, ROOT, sweep_body(["x", "span:{1..3}"], targets=["n1", None]))
+    mixed, _ = submitted(h, ROOT, {"tasks": [{"command": ["a"], "workdir": "/w"},
+                                             {"command": ["b"], "workdir": "/w", "cores": 2}]})
+    fresh = HostCore(h.settings, h.store, h.core.ops, "inc2")
+    fresh.load(h.clock)
+    ids = sweep.body["ids"]
+    assert len({id(fresh.tasks[i].spec) for i in ids[:3]}) == 1  # target n1
+    assert fresh.tasks[ids[0]].spec is not fresh.tasks[ids[3]].spec  # the other target
+    assert [fresh.tasks[i].spec_wire()["command"] for i in ids] == [["x", "1"], ["x", "2"],
+                                                                    ["x", "3"]] * 2
+    a, b = (fresh.tasks[i] for i in mixed.body["ids"])
+    assert (a.spec.cores, b.spec.cores) == (1, 2)
+    assert (a.spec_wire()["command"], b.spec_wire()["command"]) == (["a"], ["b"])
