@@ -171,7 +171,8 @@ def measure(h: Harness, args) -> dict[str, tuple[float, int]]:
         "task.counts (every state)": timed(lambda: h.call("task.counts", {})[1], rounds),
         "top snapshot": timed(snapshot, rounds),
         "old top snapshot (every unfinished)": timed(
-            lambda: old(["pending", "assigned", "running", "paused"], 100_000), max(1, rounds // 2)),
+            lambda: old(["pending", "assigned", "running", "paused"], 100_000),
+            max(1, rounds // 2)),
     }
 
 

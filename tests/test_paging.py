@@ -271,10 +271,11 @@ def test_top_draws_a_hundred_thousand_queued_tasks_within_a_second(big_queue, ho
     screen.wait(f"4 running · {BIG - 6} pending")  # the counts converge (re-read)
     screen.keys("q")
     assert screen.wait_exit() == 0
-    # What the queue adds to a start (the pages, the counts, a draw) is under a second; the
-    # rest is python and its imports, measured beside it (0.3 s on a quiet machine, several
-    # times that on a loaded 2-core one).
-    assert drawn - baseline < 1.0
+    # What the queue adds to a start (the pages, the counts, a draw) is well under a second on
+    # a quiet machine (0.04-0.3 s beside python and its imports, measured next to it here);
+    # the bound leaves room for a loaded 2-core machine and still catches a return to
+    # reading every queued row (the old snapshot alone took over 10 s).
+    assert drawn - baseline < 2.0
 
 
 @needs_tmux
@@ -293,10 +294,11 @@ def test_shell_starts_with_a_hundred_thousand_queued_tasks(big_queue, home, scre
     screen.keys("C-u")
     screen.type("tasks --limit 2")
     screen.keys("Enter")
-    screen.wait(f"... 10,000+ more: zriver tasks --all, or --before {BIG - 1}")  # capped
+    # the count stops at 10,000 per state (pending; the running ones add theirs)
+    screen.wait_re(rf"^\.\.\. 10,00\d\+ more: zriver tasks --all, or --before {BIG - 1}$")
     screen.keys("C-d")
     assert screen.wait_exit() == 0
-    assert ready - prompt < 1.0  # what the queue adds: the snapshot's pages and counts
+    assert ready - prompt < 2.0  # what the queue adds: the snapshot's pages and counts
 
 
 @needs_tmux

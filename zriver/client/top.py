@@ -351,8 +351,9 @@ class Top:
             style = "class:tab.active" if view == self.view else "class:tab"
             out += [(style, f" {number} {view.capitalize()} {counts[view]} "), ("", " ")]
         if self.view == TASKS and model.held() < model.total():
+            note = " (the filter looks at those)" if filtered else ""
             out.append(("class:dim", f"showing {model.held():,}: the running and the newest "
-                                     f"pending{' (the filter looks at those)' if filtered else ''} "))
+                                     f"pending{note} "))
         if self.view == LOG and self.log is not None:
             out += [("class:tab.active", f" log of task {self.log.task_id} "), ("", " ")]
         text = self.model.filter(self.view) if self.view in VIEWS else ""
