@@ -24,7 +24,11 @@ stops at the first task that has to wait otherwise, so it never jumps a reservat
 
 Placement does not scan the nodes: the usable ones are filed by free cores and free GPUs
 (``host/freeindex.py``) and a task takes the first node that fits in its policy's order, so a
-plain placement costs O(log nodes). Each node keeps the set of tasks holding resources there.
+plain placement costs O(log nodes). Each node keeps the set of tasks holding resources there,
+and the placed tasks open to a successor are kept by shape and node too (a chained start
+pinned to a node looks at that node only). A walk also stops once the reservation is made and
+no queued task is small enough for what is free; the tasks it did not reach are told why they
+wait when asked (``_Cutoff``), exactly as the whole walk would have told them.
 
 Queue order: priority (higher first), then submission order. A task that does not fit now
 does not block the others (backfill), except that the first blocked task that could run
