@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from zriver.errors import Conflict, Impossible, InvalidArgument, NotFound
@@ -76,7 +79,7 @@ def test_pause_and_resume(cluster, tmp_path):
     client.call("task.pause", {"id": task_id})
     cluster.wait_state(task_id, {"paused"})
     pid = int(_running_pid(client, task_id))
-    assert _proc_state(pid) == "T"  # stopped
+    assert _stops(pid)
     with pytest.raises(Conflict):
         client.call("task.pause", {"id": task_id})
     client.call("task.resume", {"id": task_id})
@@ -210,6 +213,17 @@ def _alive(pid: int) -> bool:
 def _proc_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as handle:
         return handle.read().split(") ")[1][0]
+
+
+def _stops(pid: int, within: float = 5.0) -> bool:
+    """Whether ``pid`` is in state T (stopped) within ``within`` s: ``paused`` is reported once
+    the keeper has sent SIGSTOP, and the kernel stops a runnable process when it next runs."""
+    deadline = time.monotonic() + within
+    while _proc_state(pid) != "T":
+        if time.monotonic() > deadline:
+            return False
+        os.sched_yield()
+    return True
 
 
 def _running_pid(client, task_id: int) -> str:

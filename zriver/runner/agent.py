@@ -848,10 +848,16 @@ class Runner:
         backend = self._backend_of.get(task_id)
         if backend is None or task_id not in backend.running():
             return
-        backend.signal(task_id, action)
-        if action in ("pause", "resume"):
-            self.report({"id": task_id, "state": "paused" if action == "pause" else "running",
-                         "at": time.time(), "detail": f"{action}d on request"})
+        if action not in ("pause", "resume"):
+            backend.signal(task_id, action)
+            return
+
+        def done() -> None:  # reported once it holds: a "paused" task is stopped
+            if task_id in backend.running():
+                self.report({"id": task_id, "state": "paused" if action == "pause" else "running",
+                             "at": time.time(), "detail": f"{action}d on request"})
+
+        backend.signal(task_id, action, done=done)
 
     def _read_log(self, body: dict) -> dict:
         task_id, stream = arg(body, "id", int), arg(body, "stream", str, "stdout")

@@ -14,7 +14,8 @@ Wire: a ``SOCK_SEQPACKET`` Unix socket in the abstract namespace named after the
 several in one loop turn), one agent connection at a time (a second is refused: one runner per
 data directory), only from the keeper's own uid. Requests:
 
-* ``hello {node, kill_grace, env_base, task_user}`` -> ``hello {tasks, exits, switches}``:
+* ``hello {node, kill_grace, env_base, task_user}`` -> ``hello {tasks, exits, switches,
+  signalled}``:
   what runs and what ended unseen; ``env_base`` is the runner's environment, which every
   spawn's ``env`` amends; ``task_user`` is the account of tasks that name none and whose
   owner has none here (``nobody`` until a hello says otherwise); ``switches``: whether this
@@ -33,7 +34,8 @@ data directory), only from the keeper's own uid. Requests:
   moves up;
 * ``signal {id, action, reason, quiet?}``: ``kill`` (SIGTERM + SIGCONT, SIGKILL after the
   grace, even if the agent goes away meanwhile; a staged one is dropped, silently with
-  ``quiet``), ``pause``, ``resume``;
+  ``quiet``), ``pause``, ``resume`` (-> ``signalled {id, action}`` once the process group
+  has the signal; the hello says ``signalled: true`` for keepers that send it);
 * ``acked {confirm, forget}``: the host has recorded these tasks running (``confirm``) / has
   these ends (``forget``: the keeper drops them);
 * ``lease {provisional_until, fence_at, fence_grace, reason}`` (``time.monotonic`` values, one
@@ -328,6 +330,7 @@ class Keeper:
             self.limiter = MemoryLimiter(self.node)
             self.limiter.probe()
         self._send({"op": "hello", "pid": os.getpid(), "switches": self.spawner.switches,
+                    "signalled": True,
                     "tasks": [{"id": t.id, "attempt": t.attempt, "pid": t.pid,
                                "started": t.started, "confirmed": t.confirmed,
                                "paused": _stopped(t.pid)} for t in self.tasks.values()],
@@ -405,10 +408,9 @@ class Keeper:
         action = message.get("action")
         if action == "kill":
             self._kill(task, str(message.get("reason") or "killed on request"))
-        elif action == "pause":
-            _killpg(task.pid, signal.SIGSTOP)
-        elif action == "resume":
-            _killpg(task.pid, signal.SIGCONT)
+        elif action in ("pause", "resume"):
+            _killpg(task.pid, signal.SIGSTOP if action == "pause" else signal.SIGCONT)
+            self._send({"op": "signalled", "id": task_id, "action": action})
 
     def _op_acked(self, message: dict[str, Any]) -> None:
         for task_id in message.get("confirm") or []:

@@ -62,7 +62,9 @@ class Backend(Protocol):
 
     def start(self, job: Job) -> str | None: ...
 
-    def signal(self, task_id: int, action: str) -> None: ...
+    def signal(self, task_id: int, action: str, done: Callable[[], None] | None = None) -> None:
+        """``kill``, ``pause`` or ``resume``; ``done()`` runs on the loop once a pause or
+        resume has taken effect (what the host is then told)."""
 
     def running(self) -> list[int]: ...
 

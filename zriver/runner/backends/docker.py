@@ -247,7 +247,9 @@ class DockerBackend:
                          name=f"zriver-task-{job.task_id}").start()
         return None
 
-    def signal(self, task_id: int, action: str) -> None:
+    def signal(self, task_id: int, action: str, done: Callable[[], None] | None = None) -> None:
+        """Kill, pause, resume or (a VPS) restart the task's container; ``done()`` runs on
+        the loop once a pause or resume has taken effect (not when Docker refused it)."""
         task = self._tasks.get(task_id)
         if task is None:
             return
@@ -261,7 +263,7 @@ class DockerBackend:
                 self._pool.submit(self._kill, task)
         elif action in ("pause", "resume") and task.started:
             task.paused = action == "pause"
-            self._pool.submit(self._pause, task, action == "pause")
+            self._pool.submit(self._pause, task, action == "pause", done)
         elif action == "restart" and task.started and task.kind == VPS:
             self._pool.submit(self.vps.restart, task)
 
@@ -521,12 +523,15 @@ class DockerBackend:
         except Exception as exc:
             log.warning("docker.kill_failed", task=task.task_id, error=short_reason(exc))
 
-    def _pause(self, task: _Task, pause: bool) -> None:
+    def _pause(self, task: _Task, pause: bool, done: Callable[[], None] | None) -> None:
         try:
             api = self.client().api
             (api.pause if pause else api.unpause)(task.container)
         except Exception as exc:
             log.warning("docker.pause_failed", task=task.task_id, pause=pause, error=short_reason(exc))
+            return
+        if done is not None:
+            self._post(done)
 
     def _post(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the loop thread (dropped once the backend is closed)."""

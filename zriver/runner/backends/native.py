@@ -78,6 +78,8 @@ class NativeBackend:
         self._starting: set[int] = set()
         self._staged: set[int] = set()
         self._paused: set[int] = set()
+        self._signalled: dict[int, Callable[[], None]] = {}  # task id -> its pause's/resume's done
+        self._confirms_signals = False  # the keeper sends ``signalled`` (older ones do not)
         self._hello: asyncio.Future | None = None
         self.keeper_pid = 0
         self.on_keeper_lost: Callable[[], None] = lambda: None
@@ -103,6 +105,7 @@ class NativeBackend:
         else:
             raise KeeperUnavailable(f"the task keeper of {self._data_dir} keeps going away")
         self.keeper_pid = int(reply.get("pid") or 0)
+        self._confirms_signals = bool(reply.get("signalled"))
         found = []
         for task in reply.get("tasks") or []:
             task_id = int(task["id"])
@@ -199,13 +202,22 @@ class NativeBackend:
         """Whether ``task_id`` runs here or waits staged in the keeper."""
         return task_id in self._pids or task_id in self._starting or task_id in self._staged
 
-    def signal(self, task_id: int, action: str, reason: str = "") -> None:
+    def signal(self, task_id: int, action: str, reason: str = "",
+               done: Callable[[], None] | None = None) -> None:
+        """Send ``action`` to the task's process group through the keeper; ``done()`` runs
+        once a pause or resume has reached the group (the keeper's ``signalled``), not before,
+        and never for a task that ends first."""
         if not self.holds(task_id):
             return
         if action == "pause":
             self._paused.add(task_id)
         elif action == "resume":
             self._paused.discard(task_id)
+        if done is not None and action in ("pause", "resume"):
+            if self._confirms_signals:
+                self._signalled[task_id] = done
+            else:  # a keeper of an older release: it signals in order, but says nothing
+                self._loop.call_soon(done)
         self._send({"op": "signal", "id": task_id, "action": action, "reason": reason})
 
     def acked(self, confirm: list[int], forget: list[int]) -> None:
@@ -322,6 +334,10 @@ class NativeBackend:
             self._started(message)
         elif op == "exit":
             self._ended(message)
+        elif op == "signalled":
+            done = self._signalled.pop(int(message["id"]), None)
+            if done is not None:
+                done()
         elif op == "hello" and self._hello is not None and not self._hello.done():
             self._hello.set_result(message)
         elif op == "refused" and self._hello is not None and not self._hello.done():
@@ -342,6 +358,7 @@ class NativeBackend:
         self._staged.discard(task_id)
         self._pids.pop(task_id, None)
         self._paused.discard(task_id)
+        self._signalled.pop(task_id, None)
         self._on_exit(task_id, Exit(str(message["state"]), message.get("exit_code"),
                                     str(message.get("detail") or "")))
 
