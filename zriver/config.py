@@ -17,7 +17,7 @@ from typing import Any
 
 from zriver.errors import InvalidArgument
 from zriver.protocol import DEFAULT_MAX_MESSAGE_BYTES
-from zriver.sizes import parse_duration
+from zriver.sizes import parse_duration, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,15 +83,8 @@ class HostSettings:
 
     def check(self) -> None:
         """Refuse values out of range, naming the key (``from_mapping`` adds the file)."""
+        check_ranges(self, HOST_RANGES)
         retention_seconds(self.retention)
-
-    @property
-    def retention_seconds(self) -> float | None:
-        """``retention`` in seconds; ``None`` when finished tasks are kept for ever."""
-        return retention_seconds(self.retention)
-
-    def resolved(self) -> "HostSettings":
-        self.check()
         if self.security not in SECURITY_MODES:
             raise InvalidArgument(f"security must be 'curve' or 'none', got {self.security!r}")
         for key in ("placement", "gpu_placement"):
@@ -103,6 +96,14 @@ class HostSettings:
                 f"unreachable_grace ({self.unreachable_grace:g} s) must be at least twice "
                 f"heartbeat_interval x heartbeat_misses ({lease:g} s): a cut-off runner "
                 f"needs that long to end its tasks before the host gives them up")
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """``retention`` in seconds; ``None`` when finished tasks are kept for ever."""
+        return retention_seconds(self.retention)
+
+    def resolved(self) -> "HostSettings":
+        self.check()
         return replace(self, data_dir=self.data_dir or str(zriver_home()))
 
 
@@ -151,7 +152,17 @@ class RunnerSettings:
     """Directories users may bind-mount from (and below), e.g. ``/data``; the host enforces it
     at submit."""
 
+    def check(self) -> None:
+        """Refuse values out of range, naming the key (``from_mapping`` adds the file)."""
+        check_ranges(self, RUNNER_RANGES)
+        if self.memory:
+            try:
+                parse_size(self.memory)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"memory: {exc}") from None
+
     def resolved(self) -> "RunnerSettings":
+        self.check()
         return replace(
             self,
             name=self.name or socket.gethostname(),
@@ -171,6 +182,45 @@ class ClientSettings:
     key: str = ""
     """Your secret key file (``--key``, ``$ZRIVER_KEY``); default
     ``$ZRIVER_HOME/keys/client.key_secret``."""
+
+
+PORT = (0, 65535)
+"""A port to bind or dial (0: any free one, where the role binds it)."""
+PORT_OR_OFF = (-1, 65535)
+"""A port, or -1 for "off"."""
+POSITIVE = ("more than 0", None)
+"""Strictly more than 0 (an interval, a timeout)."""
+HOST_RANGES: dict[str, tuple] = {
+    "router_port": PORT, "xsub_port": PORT, "xpub_port": PORT, "stream_port": PORT,
+    "relay_port": PORT_OR_OFF, "web_port": PORT_OR_OFF,
+    "heartbeat_interval": POSITIVE, "heartbeat_misses": (1, None),
+    "unreachable_grace": POSITIVE, "max_message_bytes": (1024, None),
+    "env_keep_versions": (1, None),
+}
+"""Each numeric host setting's inclusive (low, high) bounds (``POSITIVE``: low excluded)."""
+RUNNER_RANGES: dict[str, tuple] = {
+    "router_port": PORT, "xsub_port": PORT, "cores": (0, None), "gpus": (-1, None),
+    "kill_grace": (0.0, None), "log_poll_interval": POSITIVE, "request_timeout": POSITIVE,
+    "max_message_bytes": (1024, None), "env_keep_versions": (1, None),
+    "docker_probe_interval": POSITIVE,
+}
+"""The runner's, as ``HOST_RANGES``."""
+
+
+def check_ranges(settings: Any, ranges: dict[str, tuple]) -> None:
+    """``InvalidArgument`` naming the first key of ``ranges`` whose value is out of bounds
+    (ports are ``PORT``: 99999 is refused, never replaced by a random port)."""
+    for key, bounds in ranges.items():
+        value = getattr(settings, key)
+        low, high = bounds
+        if bounds == POSITIVE:
+            if not value > 0:
+                raise InvalidArgument(f"{key} must be more than 0, got {value!r}")
+        elif value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"at least {low}"
+            what = ("a port " if bounds in (PORT, PORT_OR_OFF) else "")
+            off = " (-1: off)" if bounds is PORT_OR_OFF else ""
+            raise InvalidArgument(f"{key} must be {what}{span}{off}, got {value!r}")
 
 
 def load(path: str | Path | None, cls: type, default_name: str) -> Any:

@@ -124,6 +124,25 @@ def holder(directory: str | Path, kind: str) -> dict[str, Any] | None:
         os.close(fd)
 
 
+def held(directory: str | Path, kind: str) -> dict[str, Any] | None:
+    """What the holder of ``kind``'s lock in ``directory`` wrote (``{}`` before it has written
+    anything) while a live process holds it; None when nobody does (a stale file left by a
+    killed owner does not count). Asks with a shared ``flock`` that it drops at once: an
+    ``acquire`` in that same instant is refused as if the directory were in use."""
+    try:
+        fd = os.open(lock_path(directory, kind), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read(fd) or {}
+    else:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read(fd: int) -> dict[str, Any] | None:
     """The JSON map at the start of ``fd``, or None when empty or not (yet) complete."""
     try:

@@ -95,7 +95,7 @@ def parse(command: list[str] | tuple[str, ...]) -> Sweep:
             continue
         matches = list(_SPAN.finditer(word))
         if not matches:
-            raise InvalidArgument(f"bad span in {word!r}: use span:{{1..4}} or span:[a,b]")
+            raise InvalidArgument(bad_span_message(word, command))
         parts, end = [], 0
         for match in matches:
             parts.append(_escape(word[end:match.start()]) + "{" + str(len(slots)) + "}")
@@ -111,6 +111,40 @@ def parse(command: list[str] | tuple[str, ...]) -> Sweep:
                 f"split it into several submits (e.g. span:{{1..500000}}, then "
                 f"span:{{500001..1000000}})")
     return Sweep(tuple(command), tuple(words), tuple(_values(match) for match in slots))
+
+
+_EXPANDED = re.compile(r"span:(-?\d+)")
+
+
+def bad_span_message(word: str, command: list[str] | tuple[str, ...]) -> str:
+    """Why ``word`` (which has ``span:`` but no span) was refused, and how to quote it.
+
+    ``span:{1..3}`` unquoted reaches zriver as ``span:1 span:2 span:3`` (brace expansion), and
+    ``span:[a,b]`` as a file name when one matches the glob: both say to quote the span."""
+    quote = "quote spans so that the shell leaves them alone: 'span:{1..100}' 'span:[0.1,0.01]'"
+    run = _expanded_run(word, list(command))
+    if run and run[0] != run[1]:
+        low, high = run
+        return (f"bad span in {word!r}: it looks like span:{{{low}..{high}}} expanded by the "
+                f"shell into separate words; write 'span:{{{low}..{high}}}' (in quotes). {quote}")
+    return (f"bad span in {word!r}: use span:{{1..4}} or span:[a,b]; if you typed one, the shell "
+            f"changed it (brace expansion, or a file name that matched the [...] glob): {quote}")
+
+
+def _expanded_run(word: str, command: list[str]) -> tuple[int, int] | None:
+    """The (first, last) integers of the run of consecutive ``span:N`` words that starts at
+    ``word`` (None when ``word`` is not ``span:N``)."""
+    match = _EXPANDED.fullmatch(word)
+    if not match:
+        return None
+    start = command.index(word)
+    numbers = [int(match.group(1))]
+    for following in command[start + 1:]:
+        nxt = _EXPANDED.fullmatch(following)
+        if not nxt or abs(int(nxt.group(1)) - numbers[-1]) != 1:
+            break
+        numbers.append(int(nxt.group(1)))
+    return numbers[0], numbers[-1]
 
 
 def _count(slots: list[re.Match]) -> int:

@@ -28,8 +28,9 @@ from zmq.utils.monitor import parse_monitor_message
 
 from zriver import config as cfg
 from zriver import sweep
+from zriver.client import probe
 from zriver.config import DEFAULT_ROUTER_PORT, ClientSettings, zriver_home
-from zriver.errors import Unavailable, error_from_reply
+from zriver.errors import InvalidArgument, Unavailable, error_from_reply
 from zriver.keys import ClientKeys, choose, client_secret_file, resolve_client_keys
 from zriver.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode, encode
 from zriver.wire import Wire
@@ -68,13 +69,18 @@ def load_client_settings() -> ClientSettings:
 
 def resolve_endpoint(flag: str | None = None, settings: ClientSettings | None = None) -> str:
     """The host's ROUTER address as ``tcp://HOST:PORT``."""
-    given = flag or os.environ.get("ZRIVER_HOST") or (settings.host if settings else "")
+    given = given_endpoint(flag, settings)
     if given:
         return _normalise(given)
     router = local_endpoints().get("router")
     if isinstance(router, str) and router:
         return router
     return f"tcp://127.0.0.1:{DEFAULT_ROUTER_PORT}"
+
+
+def given_endpoint(flag: str | None, settings: ClientSettings | None) -> str:
+    """The address a person gave (``--host``, ``$ZRIVER_HOST``, client.toml), or ``""``."""
+    return flag or os.environ.get("ZRIVER_HOST") or (settings.host if settings else "")
 
 
 def resolve_keys(endpoint: str, key: str | None = None, host_key: str | None = None,
@@ -105,8 +111,15 @@ class Client:
                  settings: ClientSettings | None = None) -> None:
         settings = settings if settings is not None else load_client_settings()
         self.endpoint = resolve_endpoint(endpoint, settings)
+        self._from_file = (not given_endpoint(endpoint, settings)
+                           and local_endpoints().get("router") == self.endpoint)
+        self._probed = False
         self.timeout = timeout
-        self.keys = resolve_keys(self.endpoint, key, host_key, settings)
+        try:
+            self.keys = resolve_keys(self.endpoint, key, host_key, settings)
+        except InvalidArgument:
+            self.probe()  # no host there at all says more than a missing host key
+            raise
         self.wire = Wire(DEFAULT_MAX_MESSAGE_BYTES, client_keys=self.keys)
         self.sock = self.wire.dealer(self.endpoint)
         self._monitor = self.wire.monitor(self.sock, _HANDSHAKE_EVENTS)
@@ -135,7 +148,11 @@ class Client:
 
     def call(self, op: str, body: dict[str, Any] | None = None,
              timeout: float | None = None) -> dict[str, Any]:
-        """Send ``op`` and return the reply body; raise the reply's error class on failure."""
+        """Send ``op`` and return the reply body; raise the reply's error class on failure.
+        The first call probes the address first (``zriver.client.probe``): ``NoHost``
+        within a second when no zriver host can be there."""
+        if not self._probed:
+            self.probe()
         rid = next(self._rids)
         self.sock.send(encode(op, rid, body or {}))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -156,6 +173,15 @@ class Client:
             if env.op == "error":
                 raise error_from_reply(env.code, env.msg)
             return env.body
+
+    def probe(self) -> None:
+        """``NoHost`` (saying which) when the endpoints file this address came from is stale,
+        nothing listens there, or what listens is not a zriver host; else mark the address
+        probed (later calls skip it)."""
+        if self._from_file:
+            probe.check_endpoints_file(str(zriver_home() / "endpoints.json"), local_endpoints())
+        probe.check_listener(self.endpoint)
+        self._probed = True
 
     def _check_handshakes(self) -> None:
         """Read the DEALER's handshake events; the last one failing raises ``Unavailable``
@@ -214,6 +240,8 @@ class Client:
             left = deadline - time.monotonic()
             try:
                 return self.call("task.submit", body, timeout=max(0.05, min(left, attempt)))
+            except probe.NoHost:
+                raise  # resending cannot help: no host can be there
             except Unavailable:
                 if deadline - time.monotonic() <= 0:
                     raise

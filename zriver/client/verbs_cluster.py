@@ -96,6 +96,9 @@ def health(ctx: Context, args) -> int:
     arg("--kill-tasks", action="store_true",
         help="on stop, end the running native tasks (default: they run on and the next start "
              "re-adopts them)"),
+    arg("--detach", "-d", action="store_true",
+        help="run in the background (log: up.log in the data dir) and return once it "
+             "answers; `zriver down` stops it"),
     needs_cluster=False,
 )
 def up(ctx: Context, args) -> int:
@@ -104,6 +107,8 @@ def up(ctx: Context, args) -> int:
     from zriver.roles import serve_both
 
     host = cfg.load(None, cfg.HostSettings, "host.toml")
+    if args.detach:
+        return up_detached(ctx, args, Path(host.resolved().data_dir))
     # --port 0: every port ephemeral (the relay too); else PORT..PORT+3 and the relay's own
     ports = ((0, 0, 0, 0) if args.port == 0 else
              (args.port, args.port + 1, args.port + 2, args.port + 3))
@@ -138,6 +143,40 @@ def up(ctx: Context, args) -> int:
         registering.add_done_callback(BACKGROUND.discard)
 
     run(serve_both(host, runner, announce, args.kill_tasks))
+    return 0
+
+
+def up_detached(ctx: Context, args, data_dir: Path) -> int:
+    """``zriver up -d``: the same ``up`` in the background (``zriver.client.background``)."""
+    from zriver.client import background
+
+    up_args = ["--port", str(args.port), "--cores", str(args.cores)]
+    up_args += ["--memory", args.memory] if args.memory else []
+    up_args += ["--kill-tasks"] if args.kill_tasks else []
+    argv = (["--log-json"] if args.log_json else []) + ["up", *up_args]
+    started = background.start(data_dir, argv, ctx.key, ctx.host_key)
+    ctx.print(f"zriver is up in the background (pid {started.pid}): host {started.router}, "
+              f"node {started.node}, data in {data_dir}; its output (the dashboard's sign-in "
+              f"link too) goes to {started.log}. `zriver down` stops it.")
+    return 0
+
+
+@command("down", "stop the `zriver up` (or `zriver host`) of this machine's data dir",
+         needs_cluster=False)
+def down(ctx: Context, args) -> int:
+    """Send SIGTERM to the process holding $ZRIVER_HOME (the host's data dir) and wait until
+    it has stopped. Native tasks run on under the node's keeper (unless it was started with
+    --kill-tasks); the next `zriver up` takes them back. Nothing running is not an error."""
+    from zriver.client import background
+
+    data_dir = Path(cfg.load(None, cfg.HostSettings, "host.toml").resolved().data_dir)
+    stopped = background.stop(data_dir)
+    if not stopped.pid:
+        ctx.err.write(f"nothing to stop: no zriver up or zriver host runs on {data_dir}"
+                      + ("; removed its stale endpoints.json" if stopped.stale else "") + "\n")
+        return 0
+    ctx.print(f"stopped {stopped.role} (pid {stopped.pid}) on {data_dir}; native tasks run on "
+              f"under the node's keeper (`zriver up -d` takes them back)")
     return 0
 
 

@@ -136,14 +136,37 @@ def submit(ctx: Context, args) -> int:
     if args.follow and len(ids) > 1:
         raise InvalidArgument("--follow takes one task; this submit made a batch "
                               f"(batch {reply['batch_id']}): use zriver logs -f ID")
-    if args.follow:
-        follow(ctx.client, ids[0], {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer})
-    if args.wait or args.follow:
+    if not (args.wait or args.follow):
+        return 0
+    try:
+        if args.follow:
+            follow(ctx.client, ids[0], {"stdout": sys.stdout.buffer,
+                                        "stderr": sys.stderr.buffer})
         summaries = ctx.client.wait(ids)
-        if args.json:
-            ctx.print(as_json(summaries))
-        return max(exit_status(s) for s in summaries)
-    return 0
+    except KeyboardInterrupt:
+        return interrupted(ctx, ids, reply["batch_id"])
+    if args.json:
+        ctx.print(as_json(summaries))
+    return max(exit_status(s) for s in summaries)
+
+
+INTERRUPTED = 130
+"""The exit status after Ctrl-C (128 + SIGINT), as a shell reports it."""
+
+
+def interrupted(ctx: Context, ids: list[int], batch: int | None = None) -> int:
+    """Ctrl-C while following or waiting: say on stderr that the tasks run on and how to
+    stop them; return ``INTERRUPTED``."""
+    if len(ids) == 1:
+        what, stop = f"task {ids[0]} keeps running", f"zriver kill {ids[0]}"
+    else:
+        what = f"tasks {ids[0]}..{ids[-1]} keep running"
+        stop = f"zriver kill --batch {batch}" if batch is not None else "zriver kill ID..."
+    ctx.err.write(f"\nzriver: stopped following; {what} (`{stop}` stops "
+                  f"{'it' if len(ids) == 1 else 'them'}, `zriver logs -f {ids[0]}` follows "
+                  f"again)\n")
+    ctx.err.flush()
+    return INTERRUPTED
 
 
 TASK_COLUMNS = ["id", "name", "state", "node", "cores", "mem", "age", "exit", "detail"]
@@ -266,7 +289,10 @@ def logs(ctx: Context, args) -> int:
     stream = "stderr" if args.stderr else "stdout"
     out = sys.stdout.buffer
     if args.follow:
-        follow(ctx.client, args.id, {stream: out})
+        try:
+            follow(ctx.client, args.id, {stream: out})
+        except KeyboardInterrupt:
+            return interrupted(ctx, [args.id])
         return 0
     offset = 0
     while True:
@@ -289,8 +315,42 @@ def _signal_verb(op: str):
     return run
 
 
-command("kill", "kill tasks (TERM, then KILL after the grace period)", TASK_IDS)(
-    _signal_verb("task.kill"))
+@command(
+    "kill", "kill tasks (TERM, then KILL after the grace period)",
+    arg("ids", type=int, nargs="*", metavar="ID", help="task ids", complete="task"),
+    arg("--batch", type=int, action="append", default=[], metavar="BATCH",
+        help="every live task of this batch (a sweep's `batch_id`; repeatable)"),
+    JSON,
+)
+def kill(ctx: Context, args) -> int:
+    """Kill the tasks that are still live among IDs and the batches; report the others (already
+    final, not yours, unknown). Exit status 0 when something was killed and every id was known;
+    1 when nothing could be killed, or an id or batch is unknown."""
+    if not args.ids and not args.batch:
+        raise InvalidArgument("kill what? give task ids, or --batch BATCH")
+    killed, skipped = [], []
+    batches = args.batch or [None]
+    for n, batch in enumerate(batches):
+        body = {"ids": args.ids if n == 0 else []}
+        if batch is not None:
+            body["batch"] = batch
+        reply = ctx.client.call("task.kill", body)
+        killed += reply["killed"]
+        skipped += reply["skipped"]
+    if args.json:
+        ctx.print(as_json({"killed": killed, "skipped": skipped}))
+    else:
+        for task in killed:
+            ctx.print(f"{task['id']}: kill requested ({task['state']})")
+        for task in skipped:
+            ctx.err.write(f"zriver: not killed: {task['reason']}\n")
+    if not killed and not skipped:
+        ctx.err.write(f"zriver: nothing to kill: every task of batch "
+                      f"{', '.join(map(str, args.batch))} has already ended\n")
+    unknown = any(task["state"] == "unknown" for task in skipped)
+    return 1 if unknown or not killed else 0
+
+
 command("pause", "pause running tasks", TASK_IDS)(_signal_verb("task.pause"))
 command("resume", "resume paused tasks", TASK_IDS)(_signal_verb("task.resume"))
 

@@ -111,7 +111,41 @@ def get_task(core: "HostCore", request: Request, body: dict) -> dict:
 
 
 def kill(core: "HostCore", request: Request, body: dict) -> dict:
-    task = _own_live(core, request, arg(body, "id", int), "killed")
+    """``{"id": N}``: kill one task (its errors raised, as before). ``{"ids": [...]}`` and/or
+    ``{"batch": B}``: kill every listed task, and every live task of batch B, that is still
+    live and the caller's to kill; the rest are reported, not raised: ``{"killed": [{id,
+    state}], "skipped": [{id, state, reason}]}`` (state ``unknown`` for an id the host never
+    had). Owner checks are per task, as for one id."""
+    if "ids" not in body and "batch" not in body:
+        return _kill_one(core, _own_live(core, request, arg(body, "id", int), "killed"))
+    ids = arg_list(body, "ids", int) if "ids" in body else []
+    batch = arg(body, "batch", int, None)
+    if batch is not None:
+        live = sorted(t.id for t in core.tasks.values() if t.batch_id == batch)
+        if not live and not core.records.count_tasks(None, batch=batch, cap=1)[0]:
+            raise NotFound(f"no batch {batch}")
+        ids = list(dict.fromkeys([*ids, *live]))
+    killed, skipped = [], []
+    for task_id in ids:
+        try:
+            killed.append(_kill_one(core, _own_live(core, request, task_id, "killed")))
+        except (Conflict, Forbidden, NotFound) as exc:
+            skipped.append(_skipped(core, task_id, exc))
+    return {"killed": killed, "skipped": skipped}
+
+
+def _skipped(core: "HostCore", task_id: int, exc: Exception) -> dict:
+    """What ``kill`` reports for a task it did not kill (final, not the caller's, unknown)."""
+    if isinstance(exc, NotFound):
+        return {"id": task_id, "state": "unknown", "reason": f"no task {task_id}"}
+    live = core.tasks.get(task_id)
+    row = None if live is not None else core.records.get_task(task_id)
+    state = live.state if live is not None else (row["state"] if row else "unknown")
+    reason = (f"task {task_id} already {state}" if isinstance(exc, Conflict) else str(exc))
+    return {"id": task_id, "state": state, "reason": reason}
+
+
+def _kill_one(core: "HostCore", task: LiveTask) -> dict:
     if task.state == lc.PENDING:
         move(core, task, lc.KILLED, detail="killed while pending")
     elif core.nodes.get(task.node) is None or core.nodes[task.node].state != ONLINE:

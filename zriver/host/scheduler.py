@@ -47,6 +47,7 @@ from typing import Iterator
 
 from zriver.errors import Impossible, NotFound
 from zriver.host.freeindex import FreeIndex
+from zriver.sizes import format_size
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -848,7 +849,7 @@ def _waiting(req: Request) -> str:
 def _wants_of(cores: int, memory: int, gpus: int) -> str:
     parts = [f"{cores} core{'s' if cores != 1 else ''}"]
     if memory:
-        parts.append(f"{memory >> 20}M memory")
+        parts.append(f"{format_size(memory)} memory")
     if gpus:
         parts.append(f"{gpus} GPU{'s' if gpus != 1 else ''}")
     return " + ".join(parts)
@@ -866,4 +867,4 @@ def _impossible_message(req: Request, candidates: list[_Node]) -> str:
     where = f"NUMA zone {req.numa} of " if req.numa is not None else ""
     return (f"no node can ever run this task: it asks for {_wants(req)}; the largest node "
             f"({where}{biggest.name}) has {len(biggest.spec.cores)} cores, "
-            f"{biggest.spec.memory >> 20}M memory and {len(biggest.spec.gpus)} GPUs")
+            f"{format_size(biggest.spec.memory)} memory and {len(biggest.spec.gpus)} GPUs")
