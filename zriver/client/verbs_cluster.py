@@ -124,7 +124,7 @@ def up(ctx: Context, args) -> int:
     def announce(h, r) -> None:
         ctx.print(f"zriver is up: host {h.endpoints['router']}, node {r.name} with "
                   f"{len(r.info['cores'])} cores and {format_size(r.info['memory'])}, "
-                  f"data in {h.data_dir}. Ctrl-C stops it"
+                  f"data in {h.data_dir}. Ctrl-C (or `zriver down`) stops it"
                   + (" and ends its tasks." if args.kill_tasks else
                      " (running tasks carry on; the next start takes them back)."))
         if "docker" not in r.info.get("backends", []):
