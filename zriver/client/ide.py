@@ -34,6 +34,7 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.widgets import Frame, TextArea
 
 from zriver.client import sshclient as sc
+from zriver.sizes import format_size
 
 MAX_FILE = 4 << 20
 OUTPUT_LINES = 2000
@@ -80,7 +81,8 @@ class RemoteFiles:
         ran = await self.run(["sh", "-c", f'[ "$(wc -c < "$1")" -le {MAX_FILE} ] && cat "$1"',
                               "sh", path])
         if ran.exit != 0:
-            raise OSError(ran.error() if ran.stderr else f"over {MAX_FILE >> 20} MB: not opened")
+            raise OSError(ran.error() if ran.stderr
+                          else f"over {format_size(MAX_FILE)}: not opened")
         try:
             return ran.stdout.decode()
         except UnicodeDecodeError:

@@ -154,15 +154,18 @@ INTERRUPTED = 130
 """The exit status after Ctrl-C (128 + SIGINT), as a shell reports it."""
 
 
-def interrupted(ctx: Context, ids: list[int], batch: int | None = None) -> int:
+def interrupted(ctx: Context, ids: list[int], batch: int | None = None,
+                doing: str = "following") -> int:
     """Ctrl-C while following or waiting: say on stderr that the tasks run on and how to
     stop them; return ``INTERRUPTED``."""
     if len(ids) == 1:
         what, stop = f"task {ids[0]} keeps running", f"zriver kill {ids[0]}"
+    elif batch is not None:  # a submit's tasks: consecutive ids
+        what, stop = f"tasks {ids[0]}..{ids[-1]} keep running", f"zriver kill --batch {batch}"
     else:
-        what = f"tasks {ids[0]}..{ids[-1]} keep running"
-        stop = f"zriver kill --batch {batch}" if batch is not None else "zriver kill ID..."
-    ctx.err.write(f"\nzriver: stopped following; {what} (`{stop}` stops "
+        listed = " ".join(map(str, ids))
+        what, stop = f"tasks {listed} keep running", f"zriver kill {listed}"
+    ctx.err.write(f"\nzriver: stopped {doing}; {what} (`{stop}` stops "
                   f"{'it' if len(ids) == 1 else 'them'}, `zriver logs -f {ids[0]}` follows "
                   f"again)\n")
     ctx.err.flush()
@@ -357,7 +360,10 @@ command("resume", "resume paused tasks", TASK_IDS)(_signal_verb("task.resume"))
 
 @command("wait", "wait until tasks end; exit with the first failure's status", TASK_IDS, JSON)
 def wait(ctx: Context, args) -> int:
-    summaries = ctx.client.wait(args.ids)
+    try:
+        summaries = ctx.client.wait(args.ids)
+    except KeyboardInterrupt:
+        return interrupted(ctx, args.ids, doing="waiting")
     if args.json:
         ctx.print(as_json(summaries))
     else:
