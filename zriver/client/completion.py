@@ -34,7 +34,9 @@ from zriver import lifecycle as lc
 BUILTINS = {"help": "list the commands, or explain one: help VERB",
             "exit": "leave the shell (or Ctrl-D)", "quit": "leave the shell (or Ctrl-D)"}
 #: Registered verbs the shell does not run: long-lived roles, and itself.
-NOT_IN_SHELL = {"shell": "you are in it", "up": "run it in another terminal",
+NOT_IN_SHELL = {"shell": "you are in it",
+                "up": "run it in another terminal (or `zriver up -d`, in the background)",
+                "down": "run it outside the shell (it stops the host this shell talks to)",
                 "host": "run it in another terminal", "runner": "run it in another terminal"}
 
 
