@@ -885,6 +885,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile != "none" and not args.profile_dir:
         parser.error("--profile needs --profile-dir (the temporary directory is removed)")
 
+    return run_and_report(run, table, args)
+
+
+def run_and_report(run, table, args, what: str = "benchmark",
+                   failed=lambda result: False) -> int:
+    """``run(args)`` with SIGTERM as Ctrl-C; print ``table(result)``, write ``--json``.
+    Exit status: 0, 1 when it failed (``BenchError`` or ``failed(result)``), 130 when
+    interrupted (every bench cleans up in its own ``finally``)."""
     def interrupted(signum, frame):
         raise KeyboardInterrupt
 
@@ -892,17 +900,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+        print(f"{what} failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("benchmark interrupted (roles stopped, temporary directory removed)",
+        print(f"{what} interrupted (roles stopped, temporary directory removed)",
               file=sys.stderr)
         return 130
     print()
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
+    return 1 if failed(result) else 0
 
 
 if __name__ == "__main__":

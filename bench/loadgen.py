@@ -57,7 +57,8 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dispatch import BenchError, Deadline, die_with_parent, percentile  # noqa: E402
+from dispatch import (BenchError, Deadline, die_with_parent, percentile,  # noqa: E402
+                      run_and_report)
 from simnodes import Fleet  # noqa: E402
 
 import zriver  # noqa: E402
@@ -507,22 +508,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
-    try:
-        result = run(args)
-    except BenchError as exc:
-        print(f"load generator failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted (host stopped, temporary directory removed)", file=sys.stderr)
-        return 130
-    print(table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 1 if result["summary"]["failures"] else 0
+    return run_and_report(run, table, args, "load generator",
+                          failed=lambda result: bool(result["summary"]["failures"]))
 
 
 if __name__ == "__main__":

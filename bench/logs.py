@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatch import (BenchError, Cluster, Deadline, cpu_seconds, die_with_parent,  # noqa: E402
+                      run_and_report,
                       percentile, stop_roles)
 
 from zriver.client.api import Client  # noqa: E402
@@ -407,24 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--lines 1..10000, --rounds 1..20, --interval 0..1, --idle-tasks 0..64, "
                      "--idle-seconds 1..120, --idle-rounds 1..20")
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
-    try:
-        result = run(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("benchmark interrupted (roles stopped, temporary directory removed)",
-              file=sys.stderr)
-        return 130
-    print()
-    print(table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
+    return run_and_report(run, table, args)
 
 
 if __name__ == "__main__":

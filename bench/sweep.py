@@ -29,9 +29,7 @@ whole run; the roles are stopped and the temporary directory removed on every ex
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dispatch import BenchError, Cluster, Deadline, cpu_seconds, machine  # noqa: E402
+from dispatch import (BenchError, Cluster, Deadline, cpu_seconds, machine,  # noqa: E402
+                      run_and_report)
 
 from zriver import lifecycle as lc  # noqa: E402
 
@@ -202,24 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.head <= args.tasks <= 1_000_000 or not 1 <= args.rounds <= 20:
         parser.error("1 <= --head <= --tasks <= 1000000, --rounds 1..20")
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
-    try:
-        result = run(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("benchmark interrupted (roles stopped, temporary directory removed)",
-              file=sys.stderr)
-        return 130
-    print()
-    print(table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
+    return run_and_report(run, table, args)
 
 
 if __name__ == "__main__":
