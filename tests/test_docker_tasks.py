@@ -144,6 +144,7 @@ def test_pause_resume_and_kill(dcluster, docker_client):
     wait_docker_event(docker_client, "pause", since, label=label)
     [container] = containers_of(docker_client, task_id, cluster)
     assert docker_client.api.inspect_container(container["Id"])["State"]["Paused"]
+    cluster.wait_state(task_id, {"paused"})  # reported once Docker's pause has returned
     client.call("task.resume", {"id": task_id})
     unpaused = wait_docker_event(docker_client, "unpause", since, label=label)["timeNano"]
     cluster.wait_state(task_id, {"running"})

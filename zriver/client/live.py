@@ -254,12 +254,7 @@ class Feed:
             batch = []
             ready = dict(poller.poll(int(self.tick * 1000)))
             if sub in ready:
-                while len(batch) < DRAIN and sub.poll(0):
-                    topic, frame = sub.recv_multipart()
-                    try:
-                        batch.append((topic.decode(errors="replace"), decode(frame).body))
-                    except ZriverError:
-                        continue
+                batch.extend(self._waiting(sub))
             if client.sock in ready:
                 batch.extend(self._pushed(client))
             if batch:
@@ -281,6 +276,9 @@ class Feed:
                 counts_due = None
                 counts = self._counts(client)
                 if counts is not None:
+                    waiting = self._waiting(sub)  # the rows' events first, then the counts
+                    if waiting:
+                        self.sink.messages(waiting)
                     self.sink.counts(counts)
             if ((self._resync_now.is_set() and time.monotonic() >= self._snapshot_at + MIN_RESYNC)
                     or time.monotonic() >= next_resync):
@@ -290,6 +288,21 @@ class Feed:
                 next_resync = time.monotonic() + self.resync
                 continue
             self._fetch_wanted(client)
+
+    @staticmethod
+    def _waiting(sub) -> list[tuple[str, dict]]:
+        """The events waiting on ``sub`` (at most ``DRAIN``). The host publishes a change's
+        events before it answers a later request, so read right after a ``task.counts``
+        reply they bring the rows up to those counts (no "2 running" beside a row still
+        ``assigned``)."""
+        batch = []
+        while len(batch) < DRAIN and sub.poll(0):
+            topic, frame = sub.recv_multipart()
+            try:
+                batch.append((topic.decode(errors="replace"), decode(frame).body))
+            except ZriverError:
+                continue
+        return batch
 
     @staticmethod
     def _follow(client: Client, task_id: int) -> float:
