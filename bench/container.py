@@ -45,7 +45,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from dispatch import BenchError, die_with_parent, percentile, stop_roles  # noqa: E402
+from dispatch import (BenchError, die_with_parent, percentile, stop_roles,  # noqa: E402
+                      wait_endpoints)
 from docker_images import docker_available, ensure_busybox_image  # noqa: E402
 
 from zriver.client.api import Client  # noqa: E402
@@ -82,23 +83,16 @@ class Roles:
         host_dir = self.root / "host"
         (self.root / "host.toml").write_text(
             f'data_dir = "{host_dir}"\nrouter_port = 0\nxsub_port = 0\nxpub_port = 0\n'
+            'stream_port = 0\nrelay_port = -1\nweb_port = -1\nsecurity = "none"\n'
             f'heartbeat_interval = 1.0\nenv_image_prefix = "{self.prefix}-host"\n')
         self._launch("host", self.root / "host.toml")
-        deadline = time.monotonic() + 30
-        while True:
-            self._alive()
-            with contextlib.suppress(OSError, ValueError):
-                endpoints = json.loads((host_dir / "endpoints.json").read_text())
-                break
-            if time.monotonic() > deadline:
-                raise BenchError("the host did not start within 30 s")
-            time.sleep(0.05)
+        endpoints = wait_endpoints(host_dir / "endpoints.json", self._alive, 30.0, "the host")
         port = lambda name: int(endpoints[name].rsplit(":", 1)[1])  # noqa: E731
         self.endpoint = f"tcp://127.0.0.1:{port('router')}"
         (self.root / "runner.toml").write_text(
             f'router_port = {port("router")}\nxsub_port = {port("xsub")}\n'
             f'name = "bench-node"\ndata_dir = "{self.root / "runner"}"\ncores = 2\n'
-            f'image_prefix = "{self.prefix}-node"\n')
+            f'image_prefix = "{self.prefix}-node"\nkey = "none"\n')
         self._launch("runner", self.root / "runner.toml")
         self.client = Client(self.endpoint, timeout=30.0)
         deadline = time.monotonic() + 30

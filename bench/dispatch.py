@@ -81,7 +81,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 import zmq
@@ -121,6 +121,22 @@ def die_with_parent() -> None:
     """In the child before exec: SIGTERM when the benchmark process dies (Linux)."""
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def wait_endpoints(path: Path, check_alive: Callable[[], None], within: float,
+                   who: str) -> dict[str, Any]:
+    """The endpoints.json a starting host writes, once it is there and whole; ``check_alive``
+    raises when the process has exited; ``BenchError`` after ``within`` seconds."""
+    limit = time.monotonic() + within
+    while True:
+        check_alive()
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > limit:
+            raise BenchError(f"{who} did not write endpoints.json within {within:.0f} s")
+        time.sleep(0.05)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -239,7 +255,8 @@ class Cluster:
         host_toml = self.root / "host.toml"
         host_toml.write_text(
             f'data_dir = "{host_dir}"\nbind_address = "127.0.0.1"\n'
-            "router_port = 0\nxsub_port = 0\nxpub_port = 0\nheartbeat_interval = 1.0\n"
+            "router_port = 0\nxsub_port = 0\nxpub_port = 0\nstream_port = 0\n"
+            "relay_port = -1\nweb_port = -1\nheartbeat_interval = 1.0\n"
             f'security = "{self.security}"\n')
         admin = self.root / "keys" / "client.key_secret"
         if self.embedded:  # ``zriver up`` makes its admin key (there) and its runner's
@@ -251,18 +268,8 @@ class Cluster:
                 public, _ = keyfiles.ensure_client_pair(admin, "bench", "admin")
                 keyfiles.ensure_admin_import(host_dir, public, "bench")
             self._launch("host", host_toml)
-        endpoints_file = host_dir / "endpoints.json"
-        limit = time.monotonic() + min(30.0, deadline.left())
-        while True:
-            self._check_alive()
-            try:
-                endpoints = json.loads(endpoints_file.read_text())
-                break
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > limit:
-                raise BenchError("the host did not write endpoints.json within 30 s")
-            time.sleep(0.05)
+        endpoints = wait_endpoints(host_dir / "endpoints.json", self._check_alive,
+                                   min(30.0, deadline.left()), "the host")
         port = lambda name: int(endpoints[name].rsplit(":", 1)[1])  # noqa: E731
         self.endpoint = f"tcp://127.0.0.1:{port('router')}"
         host_key = endpoints.get("host_key", "")

@@ -37,7 +37,6 @@ the benchmark fails or is interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatch import (BenchError, Cluster, Deadline, cpu_seconds, die_with_parent,  # noqa: E402
-                      run_and_report,
+                      run_and_report, wait_endpoints,
                       percentile, stop_roles)
 
 from zriver.client.api import Client  # noqa: E402
@@ -86,25 +85,18 @@ class Up:
         self.env = dict(os.environ, ZRIVER_HOME=str(root), PYTHONUNBUFFERED="1")
         self.log = root / "up.log"
 
+    def _check_alive(self) -> None:
+        if self.procs["host"].poll() is not None:
+            raise BenchError(f"zriver up exited:\n{self.log.read_text()[-3000:]}")
+
     def start(self, deadline: Deadline) -> None:
         with open(self.log, "wb") as out:
             self.procs["host"] = subprocess.Popen(
                 [sys.executable, "-m", "zriver", "up", "--port", "0", "--cores", "2"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                 cwd=str(self.root), preexec_fn=die_with_parent)
-        endpoints_file = self.root / "endpoints.json"
-        limit = time.monotonic() + min(60.0, deadline.left())
-        while True:
-            if self.procs["host"].poll() is not None:
-                raise BenchError(f"zriver up exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                endpoints = json.loads(endpoints_file.read_text())
-                break
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > limit:
-                raise BenchError("zriver up did not write endpoints.json within 60 s")
-            time.sleep(0.05)
+        endpoints = wait_endpoints(self.root / "endpoints.json", self._check_alive,
+                                   min(60.0, deadline.left()), "zriver up")
         self.client = Client(endpoints["router"], timeout=10.0,
                              key=str(self.root / "keys" / "client.key_secret"),
                              host_key=endpoints.get("host_key") or None)

@@ -46,17 +46,6 @@ from dispatch import (BenchError, Cluster, Deadline, cpu_seconds, machine,  # no
 from zriver import lifecycle as lc  # noqa: E402
 
 
-class SweepCluster(Cluster):
-    """``bench/dispatch.py``'s cluster with every other listening port ephemeral too (the
-    byte-stream, relay and web ports), so that it runs beside another zriver."""
-
-    def _launch(self, role: str, config: Path) -> subprocess.Popen:
-        if role == "host":
-            with open(config, "a") as toml:
-                toml.write("stream_port = 0\nrelay_port = 0\nweb_port = 0\n")
-        return super()._launch(role, config)
-
-
 def sweep_spec(count: int, workdir: str) -> dict[str, Any]:
     return {"command": ["true", f"span:{{1..{count}}}"], "cores": 1, "workdir": workdir,
             "owner": "bench"}
@@ -82,7 +71,7 @@ def dispatch_seconds(cluster: Cluster, ids: list[int], deadline: Deadline) -> fl
 def measure(root: Path, workdir: Path, count: int, head: int, cli: bool,
             deadline: Deadline) -> dict:
     """One cluster, one sweep of ``count`` tasks; the dispatch of its first ``head``."""
-    cluster = SweepCluster(root, "none", None)
+    cluster = Cluster(root, "none", None)
     try:
         root.chmod(0o711)
         cluster.start(deadline)

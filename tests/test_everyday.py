@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -335,7 +334,6 @@ def test_a_span_alone_or_globbed_into_a_file_name_says_to_quote():
             sweep.parse(["python", "x.py", word])
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_an_unquoted_sweep_pasted_into_bash_is_refused_with_the_quoting(tmp_path):
     (tmp_path / "span:0").write_text("")  # what the glob span:[0.1,0.01] matches
     env = role_environment(tmp_path)

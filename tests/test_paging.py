@@ -179,8 +179,7 @@ def test_tasks_all_yields_every_row_once(queued):
     table = zriver(*flags, "tasks", "--all", check=True).stdout.strip().split("\n")
     ids = [int(line.split()[0]) for line in table if line.split()[0].isdigit()]
     assert ids == list(range(QUEUED, 0, -1)) and "more" not in table[-1]
-    lines = zriver(*flags, "tasks", "--all", "--json", check=True).stdout.strip().split("\n")
-    rows = [json.loads(line) for line in lines]  # JSON lines: one task each
+    rows = json.loads(zriver(*flags, "tasks", "--all", "--json", check=True).stdout)
     assert [row["id"] for row in rows] == list(range(QUEUED, 0, -1))
     one = json.loads(zriver(*flags, "tasks", "--json", "--limit", "2", check=True).stdout)
     assert [row["id"] for row in one] == [QUEUED, QUEUED - 1]

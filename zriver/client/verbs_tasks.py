@@ -187,15 +187,15 @@ ALL_PAGE = 1000
     arg("--limit", type=int, default=50, help="rows in the page (default 50, at most 1000)"),
     arg("--before", type=int, metavar="ID", help="only ids below ID (the next page)"),
     arg("--all", action="store_true",
-        help="every matching row, page after page as they arrive (--json: one JSON object "
-             "a line)"),
+        help="every matching row, page after page as they arrive (--json: one JSON array, "
+             "a task a line)"),
     JSON,
 )
 def tasks(ctx: Context, args) -> int:
     """One page (``--limit`` rows from ``--before``), then how many more match and how to see
     them; ``--all`` prints page after page until the last (a table whose header comes once, or
-    with ``--json`` JSON lines: one task object a line). Without ``--all``, ``--json`` prints
-    the page as one array (the "more" line goes to stderr)."""
+    with ``--json`` one JSON array written as the pages arrive, a task a line). Without
+    ``--all``, ``--json`` prints the page as one array (the "more" line goes to stderr)."""
     body = {"states": args.state, "batch": args.batch, "owner": args.user,
             "node": args.node, "name": args.name}
     if args.all:
@@ -224,18 +224,22 @@ def more_line(reply: dict) -> str:
     return f"... {more} more: zriver tasks --all, or --before {after}"
 
 
-def _all_pages(ctx: Context, body: dict, before: int | None, as_lines: bool) -> int:
+def _all_pages(ctx: Context, body: dict, before: int | None, as_json: bool) -> int:
     widths: list[int] = []
+    separator = "["  # --json: one array, streamed (the same document a single page gives)
     for _ in range(1 << 40):  # ends on the last page (ids only go down)
         reply = ctx.client.call("task.list", {**body, "limit": ALL_PAGE, "before": before})
-        if as_lines:
+        if as_json:
             for row in reply["tasks"]:
-                ctx.print(json.dumps(row, sort_keys=True, default=str))
+                ctx.print(separator + json.dumps(row, sort_keys=True, default=str))
+                separator = ","
         else:
             widths = _print_rows(ctx, [_cells(t) for t in reply["tasks"]], widths)
         before = reply.get("next")
         if before is None or not reply["tasks"]:
-            return 0
+            break
+    if as_json:
+        ctx.print("[]" if separator == "[" else "]")
     return 0
 
 
