@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import msgpack
 import pytest
 
+import zriver
 from zriver.errors import BadRequest, BadVersion, InvalidArgument, TooLarge, error_from_reply, NotFound
 from zriver.protocol import arg, decode, encode, encode_error, encode_ok
 from zriver.sizes import format_duration, format_size, parse_duration, parse_size
@@ -101,3 +107,24 @@ def test_spec_refuses(body):
 def test_error_codes_map_back_to_classes():
     assert isinstance(error_from_reply("not_found", "x"), NotFound)
     assert type(error_from_reply("brand_new_code", "x")).__name__ == "ZriverError"
+
+
+def test_a_wire_dropped_in_a_reference_cycle_does_not_hang_the_collector(tmp_path):
+    """A Wire nobody closed, collected as part of a cycle, closes its sockets and ends its
+    context (pyzmq's own clean-up found no socket to close there and waited for ever)."""
+    script = tmp_path / "cycle.py"
+    script.write_text(
+        "import gc\n"
+        "from zriver.wire import Wire\n"
+        "for _ in range(5):\n"
+        "    wire = Wire(1 << 20)\n"
+        "    sock = wire.dealer('tcp://127.0.0.1:9')\n"
+        "    wire.monitor(sock, 0xFFFF)\n"
+        "    wire.cycle = wire\n"
+        "    del wire, sock\n"
+        "    gc.collect()\n"
+        "print('collected')\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(zriver.__file__).resolve().parent.parent))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0 and done.stdout == "collected\n", done.stderr

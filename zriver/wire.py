@@ -90,7 +90,7 @@ class Wire:
 
     def __init__(self, max_message_bytes: int, server_keys: "ServerKeys | None" = None,
                  client_keys: "ClientKeys | None" = None) -> None:
-        self.context = zmq.Context()
+        self.context = OwnedContext()
         self.max_message_bytes = max_message_bytes
         self.server_keys = server_keys
         self.client_keys = client_keys
@@ -98,6 +98,7 @@ class Wire:
         """The ZAP handler on ``context`` (``zriver.host.zap.Authenticator`` sets itself
         here when it starts; ``close`` stops it)."""
         self._sockets: list[zmq.Socket] = []
+        self.context.owned = self._sockets
 
     @property
     def secure(self) -> bool:
@@ -108,7 +109,7 @@ class Wire:
         sock = self.context.socket(kind)
         sock.linger = 0
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes * HARD_LIMIT_FACTOR)
-        self._sockets = [s for s in self._sockets if not s.closed]
+        self._sockets[:] = [s for s in self._sockets if not s.closed]  # (the context's list too)
         self._sockets.append(sock)
         return sock
 
@@ -214,6 +215,22 @@ class Wire:
             self.authenticator.stop()
             self.authenticator = None
         self.context.term()
+
+
+class OwnedContext(zmq.Context):
+    """A ``zmq.Context`` that knows the sockets its ``Wire`` made (``owned``, strong
+    references). A ``Wire`` dropped without ``close`` inside a reference cycle has its context
+    collected with pyzmq's own list of the sockets (weak references) already cleared, so
+    pyzmq's ``__del__`` closed nothing and its ``term`` waited for ever (the collector hung
+    the process); this one closes them first."""
+
+    owned: list | None = None  # (a class attribute: pyzmq takes unknown ones for options)
+
+    def __del__(self) -> None:
+        for sock in self.owned or ():
+            if not sock.closed:
+                sock.close(linger=0)
+        super().__del__()
 
 
 class Channel:
