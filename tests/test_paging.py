@@ -160,6 +160,44 @@ def test_counts_by_state_owner_and_batch(queued):
         client.call("task.counts", {"states": ["weird"]})
 
 
+class Messages:
+    """A ``live.Sink`` that keeps the pushed messages."""
+
+    def __init__(self) -> None:
+        self.batch: list[tuple[str, dict]] = []
+
+    def messages(self, batch) -> None:
+        self.batch.extend(batch)
+
+
+def test_counts_never_run_ahead_of_the_events_they_include(queued):
+    """``task.counts`` answers the ``seq`` of the last task event it includes, and the feed
+    passes on every event up to it before the counts (the reply and the events travel on two
+    sockets: the shell once showed "2 running" beside a row still ``assigned``)."""
+    from zriver.client.live import Feed
+
+    client, other = queued.client(), queued.client()
+    sink = Messages()
+    feed = Feed(queued.endpoint, sink)  # not started: driven on our client
+    sub = client.subscribe(["evt."])
+    killed_before = 0
+    while not sink.batch:  # until the subscription is in place (events before it are lost)
+        assert killed_before < 50, "no event reached a fresh subscription"
+        killed_before += 1
+        other.call("task.kill", {"id": QUEUED + 1 - killed_before})
+        if sub.poll(200):
+            sink.messages(feed._waiting(sub))
+    before = client.call("task.counts")["seq"]
+    for round_ in range(20):
+        killed = 10 + round_
+        other.call("task.kill", {"id": killed})
+        counts = feed._counts(client, sub)
+        seqs = [body["seq"] for topic, body in sink.batch if topic == f"evt.task.{killed}"]
+        assert seqs and seqs[-1] == before + round_ + 1, sink.batch
+        assert counts["pending"] == QUEUED - killed_before - round_ - 1
+    sub.close(linger=0)
+
+
 # ---- zriver tasks ---------------------------------------------------------------------------
 def test_tasks_shows_a_page_and_says_how_many_more(queued):
     flags = queued.cli_flags()

@@ -192,10 +192,16 @@ def test_verbs_completion_and_mistakes(cluster, home, screens):
     screen.keys("Enter")
     task_id = int(screen.wait_re(r"^(\d+)\s*$").group(1))
     other = cluster.submit(["sleep", "30"], name="eval")
-    screen.wait("2 running")
-    screen.type("logs ")
-    screen.keys("Tab")
-    screen.wait("train · running")  # the ids, shown with their names and states
+    cluster.wait_state(other, {"running"})
+    for _ in range(20):  # the menu is drawn once, from what the shell's feed knew at Tab
+        screen.type("logs ")
+        screen.keys("Tab")
+        screen.wait("eval · ")  # the ids, shown with their names and states
+        if "eval · running" in screen.text():
+            break
+        screen.keys("C-c")  # the event of eval's start was still on its way: again
+        screen.wait(at_prompt)
+    screen.wait("train · running")
     screen.wait("eval · running")
     screen.wait(str(other))
     screen.keys("C-c")

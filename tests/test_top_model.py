@@ -86,6 +86,28 @@ def test_node_use_follows_the_tasks_not_polling():
     assert model.nodes["n2"].cores_used == 3 and not model.unknown_tasks
 
 
+def test_a_row_read_before_an_event_does_not_undo_it():
+    """Rows and events travel on two sockets: the ``task.get`` row of a task, read in the
+    tick that started it, may arrive after the start's event (and stayed ``assigned``)."""
+    model = model_with(["n1"], [task_row(1, "running", "n1", seq=4)])
+    model.apply("evt.task.2", {**evt(2, "assigned", "n1", name="eval")[1], "seq": 5}, NOW)
+    model.apply("evt.task.2", {**evt(2, "running", "n1", name="eval")[1], "seq": 6}, NOW)
+    model.upsert_task(task_row(2, "assigned", "n1", name="eval", cores=3, seq=5))
+    task = model.lookup(2)
+    assert (task.state, task.cores, task.known) == ("running", 3, True)
+    assert model.count("running") == 2 and model.count("assigned") == 0
+    model.upsert_task(task_row(2, "completed", "n1", name="eval", exit_code=0, seq=7))
+    assert model.lookup(2).state == "completed" and model.count("running") == 1
+
+
+def test_an_event_the_snapshot_includes_is_ignored():
+    model = model_with(["n1"], [task_row(1, "running", "n1", seq=9)])
+    assert model.apply("evt.task.1", {**evt(1, "assigned", "n1")[1], "seq": 8}, NOW) is None
+    assert model.lookup(1).state == "running" and model.count("running") == 1
+    model.apply("evt.task.1", {**evt(1, "completed", "n1", exit_code=0)[1], "seq": 10}, NOW)
+    assert model.lookup(1).state == "completed" and model.count("running") == 0
+
+
 def test_snapshot_replaces_tasks_and_keeps_heartbeats():
     model = model_with(["n1"], [task_row(1, "running", "n1", cores=2)])
     model.apply("hb.n1", {"cpu_percent": 50.0, "memory_used": 1, "memory_total": 4}, NOW)

@@ -63,6 +63,8 @@ PENDING_DELAY = 0.5
 PENDING_REFRESH = 500
 #: Counts are re-read this long after the last read when task events came in between.
 COUNTS_DELAY = 1.0
+#: Longest wait, after a ``task.counts`` reply, for the events those counts include.
+COUNTS_CATCH_UP = 0.5
 #: Seconds between two snapshots at least, when asked for one (``resync_soon``, many unknown
 #: tasks at once).
 MIN_RESYNC = 2.0
@@ -105,6 +107,15 @@ def env_names(reply: dict[str, Any]) -> list[str]:
     return []
 
 
+def stamped(reply: dict[str, Any]) -> list[dict]:
+    """The task rows of a ``task.list`` or ``task.get`` reply, each with the reply's ``seq``
+    (the last event the host had numbered when it read them; 0 from a host that does not
+    number them): the model then knows an event or row older than what it holds."""
+    rows = reply["tasks"] if "tasks" in reply else [reply["task"]]
+    seq = reply.get("seq") if isinstance(reply.get("seq"), int) else 0
+    return [{**row, "seq": seq} for row in rows]
+
+
 class Feed:
     """The feed thread; ``start`` it, ``stop`` it. Methods other than those are thread-safe
     requests the thread carries out at its next turn (within ``tick`` seconds)."""
@@ -123,6 +134,7 @@ class Feed:
         self._want_lock = threading.Lock()
         self._log_task: int | None = None
         self._pending = 0  # pending tasks at the last look
+        self._seen_seq = 0  # the highest ``seq`` of the task and batch events received
         self._thread = threading.Thread(target=self._run, name="zriver-feed", daemon=True)
         self.connected = False
 
@@ -173,6 +185,7 @@ class Feed:
                 client.close()
 
     def _connect(self, client: Client):
+        self._seen_seq = 0  # a restarted host numbers its events from 1 again
         sub = client.subscribe(["evt.", "hb."])
         identity = getattr(self.sink, "identity", None)
         if identity is not None:  # who "me" is: the name of this client's key on the host
@@ -186,9 +199,8 @@ class Feed:
         nodes = client.call("node.list")["nodes"]
         counts = self._counts(client)
         tasks = self._pages(client, {"states": ACTIVE}, ACTIVE_PAGES)
-        pending = client.call("task.list", {"states": [lc.PENDING],
-                                            "limit": self.window})["tasks"]
-        recent = client.call("task.list", {"limit": RECENT})["tasks"]
+        pending = self._pending_rows(client)
+        recent = stamped(client.call("task.list", {"limit": RECENT}))
         tasks += pending
         seen = {t["id"] for t in tasks}
         self._pending = counts.get(lc.PENDING, 0) if counts is not None else len(pending)
@@ -205,6 +217,10 @@ class Feed:
             self._want.clear()
         self.sink.snapshot(nodes, tasks, envs, counts)
 
+    def _pending_rows(self, client: Client) -> list[dict]:
+        """The newest pending tasks (``window`` of them), stamped."""
+        return stamped(client.call("task.list", {"states": [lc.PENDING], "limit": self.window}))
+
     @staticmethod
     def _pages(client: Client, body: dict, pages: int) -> list[dict]:
         """Up to ``pages`` pages of ``task.list`` with ``body``, newest first."""
@@ -212,22 +228,41 @@ class Feed:
         before = None
         for _ in range(pages):
             reply = client.call("task.list", {**body, "limit": PAGE, "before": before})
-            rows += reply["tasks"]
+            rows += stamped(reply)
             before = reply.get("next")
             if before is None:
                 break
         return rows
 
-    def _counts(self, client: Client) -> dict[str, int] | None:
-        """The unfinished states' counts (None: the host has no ``task.counts``)."""
+    def _counts(self, client: Client, sub=None) -> dict[str, int] | None:
+        """The unfinished states' counts (None: the host has no ``task.counts``). With
+        ``sub``, the events those counts include that were still on their way (the reply's
+        ``seq``) are first passed to the sink, waiting at most ``COUNTS_CATCH_UP``: so the
+        counts never run ahead of the rows ("2 running" beside a row still ``assigned``)."""
         try:
-            counts = client.call("task.counts", {"states": COUNTED})["counts"]
+            reply = client.call("task.counts", {"states": COUNTED})
         except ZriverError as exc:
             if exc.code != "unknown_op":
                 raise
             return None
+        if sub is not None:
+            self._catch_up(sub, reply.get("seq"))
+        counts = reply["counts"]
         self._pending = counts.get(lc.PENDING, 0)
         return counts
+
+    def _catch_up(self, sub, seq: int | None) -> None:
+        """Pass on the events waiting on ``sub``, and wait (bounded) for those up to ``seq``
+        (None: a host that does not number its events; only what is waiting)."""
+        batch = self._waiting(sub)
+        deadline = time.monotonic() + COUNTS_CATCH_UP
+        while isinstance(seq, int) and self._seen_seq < seq:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sub.poll(int(left * 1000) + 1):
+                break  # an event lost on the way: the counts win, as before
+            batch.extend(self._waiting(sub))
+        if batch:
+            self.sink.messages(batch)
 
     def _serve(self, client: Client, sub) -> None:
         incarnation = client.hello().get("incarnation")
@@ -270,15 +305,11 @@ class Feed:
                     pending_due = time.monotonic() + PENDING_DELAY
             if pending_due is not None and time.monotonic() >= pending_due:
                 pending_due = None
-                self.sink.pending(client.call("task.list", {"states": [lc.PENDING],
-                                                            "limit": self.window})["tasks"])
+                self.sink.pending(self._pending_rows(client))
             if counts_due is not None and time.monotonic() >= counts_due:
                 counts_due = None
-                counts = self._counts(client)
+                counts = self._counts(client, sub)  # the rows' events first, then the counts
                 if counts is not None:
-                    waiting = self._waiting(sub)  # the rows' events first, then the counts
-                    if waiting:
-                        self.sink.messages(waiting)
                     self.sink.counts(counts)
             if ((self._resync_now.is_set() and time.monotonic() >= self._snapshot_at + MIN_RESYNC)
                     or time.monotonic() >= next_resync):
@@ -289,19 +320,19 @@ class Feed:
                 continue
             self._fetch_wanted(client)
 
-    @staticmethod
-    def _waiting(sub) -> list[tuple[str, dict]]:
-        """The events waiting on ``sub`` (at most ``DRAIN``). The host publishes a change's
-        events before it answers a later request, so read right after a ``task.counts``
-        reply they bring the rows up to those counts (no "2 running" beside a row still
-        ``assigned``)."""
+    def _waiting(self, sub) -> list[tuple[str, dict]]:
+        """The events waiting on ``sub`` (at most ``DRAIN``); notes the highest ``seq``."""
         batch = []
         while len(batch) < DRAIN and sub.poll(0):
             topic, frame = sub.recv_multipart()
             try:
-                batch.append((topic.decode(errors="replace"), decode(frame).body))
+                body = decode(frame).body
             except ZriverError:
                 continue
+            seq = body.get("seq")
+            if isinstance(seq, int) and seq > self._seen_seq:
+                self._seen_seq = seq
+            batch.append((topic.decode(errors="replace"), body))
         return batch
 
     @staticmethod
@@ -333,7 +364,7 @@ class Feed:
             return
         for task_id in sorted(wanted):
             try:
-                self.sink.task(client.call("task.get", {"id": task_id})["task"])
+                self.sink.task(stamped(client.call("task.get", {"id": task_id}))[0])
             except ZriverError as exc:
                 if exc.code != "not_found":
                     raise

@@ -29,6 +29,12 @@ window): the feed re-reads the counts a second after the last task event, so the
 A task first seen through an event (submitted after the snapshot) is shown from what the event
 says and listed in ``unknown_tasks`` until a full row arrives (``upsert_task``); a node first
 seen through an event or heartbeat is listed in ``unknown_nodes``. The caller fetches those.
+Events and rows travel on two sockets, so either may come first. The host numbers its task
+events (``seq``) and says with each reply which number its rows include (the feed stamps the
+rows with it): an event the model's picture of a task already includes is ignored, and a row
+read before an event the model applied keeps that event's state (a ``task.get`` answered in
+the tick that started the task once put a running task back to ``assigned`` for good).
+
 ``version`` grows on every change a screen would show, so a redraw can be skipped when it did
 not move.
 """
@@ -137,6 +143,9 @@ class Task:
     exit_code: int | None = None
     known: bool = False
     """Whether a full row (``task.list``/``task.get``) was seen, not only events."""
+    seq: int = 0
+    """The host's number of the last event this picture includes (an event's ``seq``, or
+    the ``seq`` a row was read at): anything older says nothing new."""
 
     @property
     def key(self) -> tuple[int, int]:
@@ -183,7 +192,8 @@ def task_from_row(row: dict[str, Any]) -> Task:
                 node=row.get("node"), cores=int(row.get("cores") or 0),
                 memory=int(row.get("memory") or 0), gpus=gpus, owner=row.get("owner") or "",
                 submitted_at=row.get("submitted_at"), started_at=row.get("started_at"),
-                detail=row.get("detail") or "", exit_code=row.get("exit_code"), known=True)
+                detail=row.get("detail") or "", exit_code=row.get("exit_code"), known=True,
+                seq=row.get("seq") or 0)
 
 
 def _matcher(text: str):
@@ -289,6 +299,10 @@ class ClusterModel:
         if current is not None:
             self._remove(current)
         known = current or self.finished.get(task.id)
+        if known is not None and known.seq > task.seq:  # read before an event we applied
+            task.state, task.node, task.detail = known.state, known.node, known.detail
+            task.exit_code, task.seq = known.exit_code, known.seq
+            task.started_at = task.started_at or known.started_at
         if known is not None and known.state != task.state:
             self._move(known.state, task.state)  # the row is newer than what we held
         if task.state in GROUP:
@@ -325,9 +339,13 @@ class ClusterModel:
             return NODES
         return None
 
-    def _task_event(self, body: dict[str, Any], now: float) -> str:
+    def _task_event(self, body: dict[str, Any], now: float) -> str | None:
         state = body.get("state") or ""
         task = self.tasks.get(body["id"])
+        seq = body.get("seq") if isinstance(body.get("seq"), int) else 0
+        held = task or self.finished.get(body["id"])
+        if held is not None and seq and seq <= held.seq:
+            return None  # older than the row or event we hold (the snapshot includes it)
         if task is None:
             task = self.finished.get(body["id"])
             if task is not None and lc.is_final(task.state):
@@ -340,7 +358,7 @@ class ClusterModel:
             previous = task.state
             self._remove(task)
         self._move(previous, state)
-        task.state = state
+        task.state, task.seq = state, max(task.seq, seq)
         task.name = body.get("name") or task.name
         if "node" in body:
             task.node = body["node"]

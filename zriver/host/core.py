@@ -74,6 +74,8 @@ class HostCore:
         """Heartbeats that named a node registered to another runner (dropped)."""
         self.dropped_publications = 0
         """Publications refused by their topic or their key (forged ``hb.``/``log.``)."""
+        self.event_seq = 0
+        """The last sequence number given to a task or batch event (``next_event_seq``)."""
         self._last_judged: float | None = None
 
     # ---- effects -----------------------------------------------------------------------
@@ -94,6 +96,14 @@ class HostCore:
 
     def publish(self, topic: str, op: str, body: dict[str, Any]) -> None:
         self.out.append(Publish(topic, op, body))
+
+    def next_event_seq(self) -> int:
+        """A number for the next ``evt.task``/``evt.batch`` event (``seq`` in its body), one
+        above the last. ``task.counts`` answers the last one given, so a client that has seen
+        that event holds every change those counts include (events travel on the SUB socket,
+        the reply on the DEALER: either may arrive first)."""
+        self.event_seq += 1
+        return self.event_seq
 
     @property
     def lease(self) -> float:

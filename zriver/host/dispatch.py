@@ -78,7 +78,7 @@ def publish_task(core: "HostCore", task: "LiveTask", state: str, detail: str, ex
     core.out.append(TaskEvent(task.id, {
         "id": task.id, "state": state, "node": task.node, "exit_code": exit_code,
         "detail": detail, "name": task.spec.name, "attempt": task.attempt, "passed": [],
-        "owner": task.spec.owner}))
+        "owner": task.spec.owner, "seq": core.next_event_seq()}))
 
 
 def retry(core: "HostCore", task: "LiveTask", failure: str, at: float, detail: str) -> None:

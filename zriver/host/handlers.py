@@ -46,7 +46,8 @@ def hello(core: "HostCore", request: Request, body: dict) -> dict:
 
 
 def list_tasks(core: "HostCore", request: Request, body: dict) -> dict:
-    """One page of tasks, newest first: ``{tasks, next, more, more_exact}``.
+    """One page of tasks, newest first: ``{tasks, next, more, more_exact, seq}`` (``seq``: as
+    in ``counts``, the last event the rows include).
 
     ``limit`` rows at most (default ``PAGE``, at most ``MAX_PAGE``), filtered by ``states``,
     ``batch``, ``owner``, ``node`` (in SQL, through indexes) and ``name`` (a substring), with
@@ -64,7 +65,7 @@ def list_tasks(core: "HostCore", request: Request, body: dict) -> dict:
         after = page[-1]["id"]
         more, exact = core.records.count_tasks(before=after, **filters)
     return {"tasks": [public_task(core, row) for row in page], "next": after, "more": more,
-            "more_exact": exact}
+            "more_exact": exact, "seq": core.event_seq}
 
 
 def _list_filters(body: dict) -> dict:
@@ -82,10 +83,12 @@ def _states(body: dict) -> list[str] | None:
 
 
 def counts(core: "HostCore", request: Request, body: dict) -> dict:
-    """Tasks per state: ``{counts: {state: n}, capped: [state...]}``, for ``states`` (default
+    """Tasks per state: ``{counts: {state: n}, capped: [state...], seq}``, for ``states`` (default
     all), optionally of one ``owner`` and/or ``batch``. Unfinished states are counted from the
     live tasks in memory (exact; no SQL), finished ones in SQL through the state indexes,
-    exactly up to ``store.COUNT_CAP`` (a state in ``capped`` has at least that many)."""
+    exactly up to ``store.COUNT_CAP`` (a state in ``capped`` has at least that many). ``seq``
+    is the last task or batch event's ``seq`` (``HostCore.next_event_seq``): the counts
+    include every change up to that event and none after it."""
     states = _states(body) or list(lc.ALL_STATES)
     owner, batch = arg(body, "owner", str, None), arg(body, "batch", int, None)
     result = dict.fromkeys(states, 0)
@@ -102,12 +105,13 @@ def counts(core: "HostCore", request: Request, body: dict) -> dict:
         result[state], exact = core.records.count_tasks([state], batch=batch, owner=owner)
         if not exact:
             capped.append(state)
-    return {"counts": result, "capped": capped}
+    return {"counts": result, "capped": capped, "seq": core.event_seq}
 
 
 def get_task(core: "HostCore", request: Request, body: dict) -> dict:
     row = _row(core, arg(body, "id", int))
-    return {"task": public_task(core, row), "events": core.records.task_events(row["id"])}
+    return {"task": public_task(core, row), "events": core.records.task_events(row["id"]),
+            "seq": core.event_seq}
 
 
 def kill(core: "HostCore", request: Request, body: dict) -> dict:

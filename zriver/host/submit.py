@@ -232,7 +232,8 @@ def store(core: "HostCore", groups: list[Group], now: float) -> tuple[int, int, 
         spec = groups[0].spec
         core.publish(f"evt.batch.{batch_id}", "batch.state", {
             "batch_id": batch_id, "count": count, "first_id": first, "last_id": first + count - 1,
-            "state": lc.PENDING, "owner": spec.owner, "name": spec.name})
+            "state": lc.PENDING, "owner": spec.owner, "name": spec.name,
+            "seq": core.next_event_seq()})
     core.needs_schedule = True
     return first, count, batch_id
 
