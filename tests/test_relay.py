@@ -85,7 +85,7 @@ def ssh_run(lab: Lab, person: Person, user: str, command: str, **kw):
 # ---- the host key and start/stop (no cluster) ------------------------------------------------
 def host_settings(tmp_path: Path, **overrides) -> HostSettings:
     return HostSettings(**{"data_dir": str(tmp_path), "router_port": 0, "xsub_port": 0,
-                           "xpub_port": 0, "stream_port": 0, "relay_port": 0,
+                           "xpub_port": 0, "stream_port": 0, "relay_port": 0, "web_port": 0,
                            "security": "none", **overrides})
 
 
