@@ -15,6 +15,7 @@ const app = {
   view: "overview",
   nodes: new Map(),        // name -> public_node (+ last_heartbeat, heartbeat)
   tasks: [],               // the tasks page shown
+  latest: new Map(),       // task id -> its newest event (seq numbered), the last LATEST kept
   taskPage: {before: null, stack: [], next: null, more: 0},  // next: the older page's cursor
   counts: {},              // state -> count
   detail: null,            // {id, task, events, stream, offset, loading, again}
@@ -382,10 +383,31 @@ async function loadTasks() {
   await refreshTasks();
 }
 
+/** Task events remembered for rows read while they were on their way. */
+const LATEST = 5000;
+
+/** ``task`` as read at the host's event ``seq``, brought up to a newer event already
+ * applied (rows and events travel apart: a page read in the tick a task started could
+ * arrive after its start's event and would show it assigned for good). */
+function newest(task, seq) {
+  const event = app.latest.get(task.id);
+  const read = typeof seq === "number" ? seq : 0;
+  if (!event || event.seq <= read) return {...task, seq: read};
+  return {...task, state: event.state, node: event.node, exit_code: event.exit_code,
+          detail: event.detail, attempt: event.attempt, seq: event.seq};
+}
+
+function remember(body) {
+  if (typeof body.seq !== "number") return;
+  app.latest.delete(body.id);
+  app.latest.set(body.id, body);
+  if (app.latest.size > LATEST) app.latest.delete(app.latest.keys().next().value);
+}
+
 async function refreshTasks() {
   const filter = taskFilter();
   const reply = await api("GET", `/api/v1/tasks${query({...filter, before: app.taskPage.before})}`);
-  app.tasks = reply.tasks;
+  app.tasks = reply.tasks.map((task) => newest(task, reply.seq));
   app.taskPage.next = reply.next ?? null;
   app.taskPage.more = reply.more || 0;
   app.taskPage.moreExact = reply.more_exact !== false;
@@ -444,14 +466,17 @@ function onBatchEvent(body) {
 
 /** A task event: update the row in place; a new task on the first page is fetched and shown. */
 function onTaskEvent(body) {
+  remember(body);
   const index = app.tasks.findIndex((t) => t.id === body.id);
-  if (index >= 0) {
+  const included = index >= 0 && (body.seq || 0) > 0 && (app.tasks[index].seq || 0) >= body.seq;
+  if (index >= 0 && !included) {  // (an event the row, read after it, already includes: none)
     const task = {...app.tasks[index], state: body.state, node: body.node,
-                  exit_code: body.exit_code, detail: body.detail, attempt: body.attempt};
+                  exit_code: body.exit_code, detail: body.detail, attempt: body.attempt,
+                  seq: body.seq || 0};
     app.tasks[index] = task;
     const row = $(`#tasks-table tr[data-task="${body.id}"]`);
     if (row) row.replaceWith(taskRow(task));
-  } else if (app.taskPage.before === null && matchesFilter(body, taskFilter())) {
+  } else if (index < 0 && app.taskPage.before === null && matchesFilter(body, taskFilter())) {
     // A task this page has not shown (new, or newly matching): one re-read of the first
     // page for however many arrive together (a sweep of thousands is one request).
     coalesce("tasks-refresh", () => refreshTasks().catch(() => {}), 200);
@@ -484,7 +509,7 @@ async function refreshDetail() {
   if (!detail) return;
   const reply = await api("GET", `/api/v1/tasks/${detail.id}`);
   if (app.detail !== detail) return;
-  detail.task = reply.task;
+  detail.task = newest(reply.task, reply.seq);
   detail.events = reply.events;
   renderDetail();
   followLog();
