@@ -130,7 +130,8 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test,build]'
 # What tests leave for people to look at (the dashboard's screenshots) goes under one folder.
 export ZRIVER_ARTIFACTS="${ZRIVER_ARTIFACTS:-$PWD/artifacts}"
 status=0
-python3 -m pytest "$@" || status=$?
+# --durations: the slowest tests are named at the end, to keep the suite well under 20 minutes.
+python3 -m pytest --durations=25 "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     say "FAILED: pytest collected no tests (exit 5); a run that tests nothing is a failure"
     exit 1
