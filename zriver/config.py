@@ -31,6 +31,7 @@ DEFAULT_STREAM_PORT = 8623
 DEFAULT_RELAY_PORT = 2222
 DEFAULT_WEB_PORT = 8624
 SECURITY_MODES = ("curve", "none")
+PLACEMENTS = ("pack", "spread")
 DEFAULT_RETENTION = "180d"
 RETENTION_RANGE = (3600.0, 100 * 365 * 86400.0)
 """The shortest and longest retention accepted (1 hour, 100 years), in seconds."""
@@ -46,10 +47,17 @@ class HostSettings:
     """What ``zriver host`` needs. Ports of 0 bind ephemeral ports (tests)."""
 
     data_dir: str = ""
+    """Where the host keeps its database and the endpoints file clients read; empty:
+    ``$ZRIVER_HOME`` (else ``~/.zriver``)."""
     bind_address: str = "127.0.0.1"
+    """The address every port binds: ``127.0.0.1`` keeps the cluster on this machine; this
+    machine's LAN address (or ``0.0.0.0``) lets runners on other machines reach it."""
     router_port: int = DEFAULT_ROUTER_PORT
+    """Requests, replies and host-to-runner commands (a ZeroMQ ROUTER)."""
     xsub_port: int = DEFAULT_XSUB_PORT
+    """Runners publish heartbeats and log chunks here."""
     xpub_port: int = DEFAULT_XPUB_PORT
+    """Clients subscribe to events and live logs here."""
     stream_port: int = DEFAULT_STREAM_PORT
     """Byte streams to runners (shells, forwards): runners dial it, the host opens streams."""
     relay_port: int = DEFAULT_RELAY_PORT
@@ -57,10 +65,19 @@ class HostSettings:
     web_port: int = DEFAULT_WEB_PORT
     """The dashboard and the HTTP API (always behind a login); -1 turns it off."""
     heartbeat_interval: float = 2.0
+    """Seconds between a runner's heartbeats (runners learn it when they register)."""
     heartbeat_misses: int = 3
+    """A node silent for ``heartbeat_interval`` x ``heartbeat_misses`` (its lease) is
+    ``unreachable``: its tasks wait for it, its unstarted work goes back to the queue."""
     shared_dir: str = ""
+    """A directory every node mounts at the same path (NFS, ...): task logs are written there
+    when set, and committed env versions are archived under ``<shared_dir>/envs`` (else
+    ``<data_dir>/envs``)."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Bytes: a larger message gets a ``too_large`` error."""
     default_container: str = ""
+    """The Docker environment a task runs in when it names none (``zriver env list``); empty:
+    native."""
     env_keep_versions: int = 5
     """Committed versions kept per env; older ones are pruned unless a live task needs them."""
     env_image_prefix: str = "zriver-env"
@@ -68,28 +85,30 @@ class HostSettings:
     docker_host: str = ""
     """The host's Docker daemon for envs (``unix:///...``); empty: ``$DOCKER_HOST`` or default."""
     placement: str = "spread"
+    """Where tasks go: ``spread`` (the node with the most free cores) or ``pack`` (fill a node
+    first)."""
     gpu_placement: str = "pack"
+    """The same for GPU tasks (``pack`` keeps whole nodes free for large GPU jobs)."""
     prefetch: bool = True
+    """Chained starts: the next task of the same shape waits on the runner behind a running
+    one and starts the moment it ends, with no round trip to the host."""
     unreachable_grace: float = 600.0
     """Seconds a silent node's tasks stay ``unreachable`` before they are ``lost`` (and
-    retried); its runner ends them by itself before that (self-fencing)."""
+    retried); its runner ends them by itself before that (self-fencing). At least twice
+    ``heartbeat_interval`` x ``heartbeat_misses``."""
     security: str = "curve"
     """``curve``: every socket is CURVE-encrypted and only known keys connect (``zriver
     keys``); ``none``: no encryption, no authentication (a trusted network only)."""
     retention: str = DEFAULT_RETENTION
-    """How long finished tasks and their events are kept (``180d``, ``12h``, ...; ``0`` or
-    ``forever``: kept for ever). Older ones are pruned in the background; ``zriver usage``
-    keeps their sums (``zriver.host.retention``)."""
+    """How long finished tasks and their events are kept (``180d``, ``12h``, ...; at least 1h,
+    at most 36500d; ``0`` or ``forever``: kept for ever). Older ones are pruned in the
+    background; ``zriver usage`` keeps their sums (``zriver.host.retention``)."""
 
     def check(self) -> None:
         """Refuse values out of range, naming the key (``from_mapping`` adds the file)."""
         check_ranges(self, HOST_RANGES)
         retention_seconds(self.retention)
-        if self.security not in SECURITY_MODES:
-            raise InvalidArgument(f"security must be 'curve' or 'none', got {self.security!r}")
-        for key in ("placement", "gpu_placement"):
-            if getattr(self, key) not in ("pack", "spread"):
-                raise InvalidArgument(f"{key} must be 'pack' or 'spread', got {getattr(self, key)!r}")
+        check_choices(self, HOST_CHOICES)
         lease = self.heartbeat_interval * self.heartbeat_misses
         if self.unreachable_grace < 2 * lease:
             raise InvalidArgument(
@@ -112,22 +131,38 @@ class RunnerSettings:
     """What ``zriver runner`` needs. ``cores``/``memory`` of 0 mean "detect"."""
 
     host: str = "127.0.0.1"
+    """The host's name or IP address (``zriver runner --connect`` overrides it)."""
     router_port: int = DEFAULT_ROUTER_PORT
+    """The host's ``router_port``."""
     xsub_port: int = DEFAULT_XSUB_PORT
+    """The host's ``xsub_port``."""
     name: str = ""
+    """This node's name in the cluster (``--name`` overrides it); empty: the hostname."""
     data_dir: str = ""
+    """Local data (task logs, the update outbox); empty: ``$ZRIVER_HOME/runner``."""
     shared_dir: str = ""
+    """The same shared directory as the host's, when there is one."""
     labels: dict[str, str] = field(default_factory=dict)
+    """Free-form labels shown in ``zriver nodes`` (``{ rack = "a" }``)."""
     cores: int = 0
+    """Cores to offer; 0: every core this process may use."""
     memory: str = ""
+    """Memory to offer, a size (``512M``, ``8G``); empty: all of it."""
     numa_zones: str = ""
+    """NUMA zones as core lists (``0-3;4-7`` declares two); empty: detected."""
     gpus: int = -1
+    """-1: detect GPUs (NVML); a number declares that many GPUs instead (reported as
+    ``fake``, given to tasks through ``CUDA_VISIBLE_DEVICES``; for tests and dev machines)."""
     kill_grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when a task is killed."""
     log_poll_interval: float = 0.005
-    """How often a followed task's log files are read where inotify cannot watch them (no
+    """Seconds: how often a followed task's log files are read where inotify cannot watch them (no
     inotify, or the file does not exist yet); watched files are read when written to."""
     request_timeout: float = 5.0
+    """Seconds the runner waits for the host's reply to a request (a batch of task updates is
+    sent again after it; the host applies resends once)."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Bytes: the largest message the runner accepts."""
     docker_host: str = ""
     """This node's Docker daemon (``unix:///...``); empty: ``$DOCKER_HOST`` or the default."""
     image_prefix: str = "zriver-env"
@@ -135,6 +170,7 @@ class RunnerSettings:
     env_keep_versions: int = 3
     """Local versions kept per env (unused older ones are removed after a load)."""
     allow_privileged: bool = False
+    """Let tasks ask for ``--privileged`` containers."""
     additional_mounts: list[str] = field(default_factory=list)
     """``HOST:CONTAINER[:ro]`` bind mounts added to every container task."""
     local_temp_dir: str = ""
@@ -205,6 +241,20 @@ RUNNER_RANGES: dict[str, tuple] = {
     "docker_probe_interval": POSITIVE,
 }
 """The runner's, as ``HOST_RANGES``."""
+HOST_CHOICES: dict[str, tuple[str, ...]] = {
+    "security": SECURITY_MODES, "placement": PLACEMENTS, "gpu_placement": PLACEMENTS,
+}
+"""Each host setting that takes one of a few words, and those words."""
+
+
+def check_choices(settings: Any, choices: dict[str, tuple[str, ...]]) -> None:
+    """``InvalidArgument`` naming the first key of ``choices`` whose value is none of its
+    words (``security must be 'curve' or 'none', got 'x'``)."""
+    for key, words in choices.items():
+        value = getattr(settings, key)
+        if value not in words:
+            allowed = " or ".join(f"'{word}'" for word in words)
+            raise InvalidArgument(f"{key} must be {allowed}, got {value!r}")
 
 
 def check_ranges(settings: Any, ranges: dict[str, tuple]) -> None:

@@ -1,0 +1,120 @@
+"""The generated references (``docs/cli.md``, ``docs/config.md``) match the code.
+
+Adding a verb, a flag or a setting without running ``python -m zriver.reference`` fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from zriver import config as cfg
+from zriver import reference
+from zriver.client.commands import REGISTRY
+from zriver.client.registry import arg, command
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+@pytest.mark.parametrize("name", sorted(reference.OUTPUTS))
+def test_committed_file_is_what_the_code_generates(name):
+    committed = (DOCS / name).read_text()
+    assert committed == reference.OUTPUTS[name](), (
+        f"docs/{name} is out of date: run python -m zriver.reference and commit it")
+
+
+def test_check_passes_whatever_the_terminal_width_home_or_directory(tmp_path):
+    """``--check`` in a narrow terminal, another HOME/ZRIVER_HOME and cwd: same bytes."""
+    env = {**os.environ, "COLUMNS": "37", "HOME": str(tmp_path), "ZRIVER_HOME": str(tmp_path),
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "zriver.reference", "--check"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+def test_check_names_the_stale_file_and_writes_nothing(tmp_path, capsys):
+    for name in reference.OUTPUTS:
+        shutil.copy(DOCS / name, tmp_path / name)
+    stale = (tmp_path / "config.md").read_text().replace("| `retention` |", "| `retained` |")
+    (tmp_path / "config.md").write_text(stale)
+    assert reference.main(["--check", "--docs", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "docs/config.md is out of date" in err and "cli.md" not in err
+    assert (tmp_path / "config.md").read_text() == stale
+    assert reference.main(["--docs", str(tmp_path)]) == 0  # writes it
+    assert reference.main(["--check", "--docs", str(tmp_path)]) == 0
+    assert (tmp_path / "config.md").read_text() == (DOCS / "config.md").read_text()
+
+
+def test_a_new_verb_changes_the_reference_and_a_hidden_one_does_not():
+    before = reference.render_cli()
+    try:
+        command("zz-probe", "a verb made by this test", arg("--depth", type=int, default=3,
+                help="how deep"), needs_cluster=False)(lambda ctx, args: 0)
+        command("_zz-internal", "an internal verb", needs_cluster=False)(lambda ctx, args: 0)
+        after = reference.render_cli()
+    finally:
+        REGISTRY.pop("zz-probe", None)
+        REGISTRY.pop("_zz-internal", None)
+    assert after != before
+    assert "## zriver zz-probe" in after and "| `--depth DEPTH` | `3` | how deep |" in after
+    assert "zz-internal" not in after
+    assert reference.render_cli() == before
+
+
+def sections(text: str) -> dict[str, str]:
+    """``## heading`` -> the text below it, up to the next one."""
+    parts = text.split("\n## ")[1:]
+    return {part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in parts}
+
+
+def test_every_verb_and_flag_appears():
+    cli = sections((DOCS / "cli.md").read_text())
+    verbs = reference.public_verbs()
+    assert len(verbs) >= 40 and "submit" in verbs and "init config" in verbs
+    for name, cmd in verbs.items():
+        body = cli[f"zriver {name}"]
+        assert f"```\nzriver {name}" in body, name
+        for item in cmd.args:
+            for flag in item.flags:
+                if flag.startswith("-"):
+                    assert f"`{flag}" in body or f", {flag}" in body, (name, flag)
+            if item.options.get("help"):
+                assert " ".join(item.options["help"].split())[:30] in body, (name, item.flags)
+    for flag in ("--host", "--key", "--host-key", "--timeout", "--log-json", "--version"):
+        assert f"| `{flag}" in cli["Global flags"]
+
+
+def test_every_setting_appears_with_its_meaning_range_and_choices():
+    config = sections((DOCS / "config.md").read_text())
+    for cls, name, _, ranges, choices in reference.SETTINGS:
+        body = config[name]
+        docs = reference.field_docs(cls)
+        for item in fields(cls):
+            assert docs.get(item.name), f"{cls.__name__}.{item.name} has no docstring"
+            row = next(line for line in body.splitlines()
+                       if line.startswith(f"| `{item.name}` |"))
+            assert docs[item.name][:40] in row
+            if item.name in ranges:
+                assert reference.range_text(ranges[item.name]) in row
+            for word in choices.get(item.name, ()):
+                assert f"`{word}`" in row
+        assert set(ranges) | set(choices) <= {item.name for item in fields(cls)}
+    assert "a port, -1 to 65535 (-1: off)" in config["host.toml"]
+
+
+def test_choices_are_enforced_from_the_same_table():
+    """The words the reference lists are exactly what ``check`` accepts."""
+    for key, words in cfg.HOST_CHOICES.items():
+        for word in words:
+            cfg.from_mapping({key: word}, cfg.HostSettings)
+        with pytest.raises(cfg.InvalidArgument, match=f"{key} must be "):
+            cfg.from_mapping({key: "neither"}, cfg.HostSettings)
