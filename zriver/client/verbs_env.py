@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from zriver.client.progress import Progress, watching
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, size, table
 from zriver.errors import InvalidArgument, Unavailable
@@ -38,13 +39,17 @@ def _long(ctx: Context) -> float:
     return max(ctx.timeout, LONG)
 
 
-def upload(ctx: Context, path: Path) -> str:
-    """Send ``path`` to the host in chunks; return the upload token."""
+def upload(ctx: Context, path: Path, progress: Progress | None = None) -> str:
+    """Send ``path`` to the host in chunks; return the upload token. ``progress`` shows
+    the bytes sent (phase ``uploading``)."""
     ctx.client.hello()  # fail fast when there is no host, before minutes of chunks
     token = secrets.token_hex(16)
     offset = 0
+    total = path.stat().st_size
+    report = progress.update if progress is not None else lambda *_: None
     with open(path, "rb") as handle:
         while True:
+            report("uploading", offset, total)
             chunk = handle.read(UPLOAD_CHUNK)
             if not chunk and offset:
                 break
@@ -53,6 +58,16 @@ def upload(ctx: Context, path: Path) -> str:
             if not chunk:
                 break
     return token
+
+
+def _slow_call(ctx: Context, progress: Progress, op: str, body: dict, phase: str) -> dict:
+    """``op`` (a create or commit that answers when Docker is done), drawing the host's
+    progress meanwhile on a terminal; the host is asked to push it only then."""
+    timeout = _long(ctx)
+    if progress.enabled:
+        body = {**body, "progress": True}
+    with watching(ctx.client, progress, phase):
+        return ctx.client.call(op, body, timeout=timeout)
 
 
 def _created(ctx: Context, args, reply: dict) -> int:
@@ -81,14 +96,16 @@ def create(ctx: Context, args) -> int:
     if (args.image is None) == (args.from_tar is None):
         raise InvalidArgument("give exactly one of --image IMAGE or --from-tar FILE")
     body = {"name": args.name, "commit": not args.no_commit}
-    if args.image:
-        body["image"] = args.image
-    else:
-        path = Path(args.from_tar)
-        if not path.is_file():
-            raise InvalidArgument(f"{path} is not a file")
-        body["upload"] = upload(ctx, path)
-    return _created(ctx, args, ctx.client.call("env.create", body, timeout=_long(ctx)))
+    with Progress(ctx.err) as progress:
+        if args.image:
+            body["image"] = args.image
+        else:
+            path = Path(args.from_tar)
+            if not path.is_file():
+                raise InvalidArgument(f"{path} is not a file")
+            body["upload"] = upload(ctx, path, progress)
+        reply = _slow_call(ctx, progress, "env.create", body, "creating")
+    return _created(ctx, args, reply)
 
 
 @command(
@@ -106,13 +123,14 @@ def build(ctx: Context, args) -> int:
         raise InvalidArgument(f"{dockerfile} is not a file")
     if not context.is_dir():
         raise InvalidArgument(f"{context} is not a folder")
-    with tempfile.TemporaryDirectory(prefix="zriver-build-") as tmp:
-        archive = Path(tmp) / "context.tar"
-        inside = _context_tar(archive, context, dockerfile)
-        token = upload(ctx, archive)
-    reply = ctx.client.call("env.create", {"name": args.name, "upload": token,
-                                           "dockerfile": inside, "commit": not args.no_commit},
-                            timeout=_long(ctx))
+    with Progress(ctx.err) as progress:
+        with tempfile.TemporaryDirectory(prefix="zriver-build-") as tmp:
+            archive = Path(tmp) / "context.tar"
+            inside = _context_tar(archive, context, dockerfile)
+            token = upload(ctx, archive, progress)
+        reply = _slow_call(ctx, progress, "env.create",
+                           {"name": args.name, "upload": token, "dockerfile": inside,
+                            "commit": not args.no_commit}, "building")
     return _created(ctx, args, reply)
 
 
@@ -177,8 +195,9 @@ def shell(ctx: Context, args) -> int:
     JSON,
 )
 def commit(ctx: Context, args) -> int:
-    reply = ctx.client.call("env.commit", {"name": args.name, "message": args.message},
-                            timeout=_long(ctx))
+    with Progress(ctx.err) as progress:
+        reply = _slow_call(ctx, progress, "env.commit",
+                           {"name": args.name, "message": args.message}, "committing")
     if args.json:
         ctx.print(as_json(reply))
         return 0

@@ -13,6 +13,7 @@ import time
 
 import asyncssh
 
+from zriver.client.progress import Progress, watching
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, size, table
 from zriver.client.verbs_sshkeys import DEFAULT_PUBLIC_KEYS, read_public_key
@@ -209,8 +210,9 @@ command("vps restart", "restart a VPS: same node, same container and disk", TASK
          JSON)
 def vps_commit(ctx: Context, args) -> int:
     ctx.client.hello()  # a dead host fails fast, before the long wait
-    reply = ctx.client.call("vps.commit", {"id": args.id, "env": args.env},
-                            timeout=max(ctx.timeout, LONG))
+    with Progress(ctx.err) as progress, watching(ctx.client, progress, "committing"):
+        reply = ctx.client.call("vps.commit", {"id": args.id, "env": args.env},
+                                timeout=max(ctx.timeout, LONG))
     if args.json:
         ctx.print(as_json(reply))
     else:

@@ -25,13 +25,21 @@ import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import docker
 import docker.errors
 import requests.exceptions
 
 from zriver.errors import InvalidArgument, NotFound, Unavailable
+
+Report = Callable[..., None]
+"""``report(phase, done=None, total=None)``: where slow work stands (bytes when known)."""
+
+
+def _quiet(phase: str, done: int | None = None, total: int | None = None) -> None:
+    """The report of work nobody watches."""
+
 
 KEEP_ALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
 SAVE_CHUNK = 4 << 20
@@ -113,39 +121,45 @@ class EnvDocker:
         return f"{self.repository(name)}:{version}"
 
     # ---- creating ----------------------------------------------------------------------
-    def from_image(self, name: str, image: str) -> Created:
-        return self.call(self._from_image, name, image)
+    def from_image(self, name: str, image: str, report: Report = _quiet) -> Created:
+        return self.call(self._from_image, name, image, report)
 
-    def _from_image(self, name: str, image: str) -> Created:
+    def _from_image(self, name: str, image: str, report: Report) -> Created:
         try:
             found = self.client.images.get(image)
         except docker.errors.ImageNotFound:
+            report("pulling")
             try:
                 found = self.client.images.pull(image)
             except docker.errors.DockerException as exc:
                 raise NotFound(f"image {image!r} is not in the host's Docker and could not be "
                                f"pulled: {_explain(exc)}") from None
+        report("starting")
         return self._container(name, found.id, image, found.attrs.get("Config") or {})
 
-    def from_tar(self, name: str, path: Path) -> Created:
-        return self.call(self._from_tar, name, path)
+    def from_tar(self, name: str, path: Path, report: Report = _quiet) -> Created:
+        return self.call(self._from_tar, name, path, report)
 
-    def _from_tar(self, name: str, path: Path) -> Created:
+    def _from_tar(self, name: str, path: Path, report: Report) -> Created:
         tag = f"{self.repository(name)}:base"
         try:
-            self.client.api.import_image_from_file(str(path), repository=self.repository(name),
-                                                   tag="base")
+            with open(path, "rb") as handle:
+                self.client.api.import_image(_Counting(handle, "importing", report),
+                                             repository=self.repository(name), tag="base")
             image = self.client.images.get(tag)
         except docker.errors.DockerException as exc:
             raise InvalidArgument(f"Docker could not import the tarball as a root filesystem: "
                                   f"{_explain(exc)}") from None
+        report("starting")
         return self._container(name, image.id, tag, image.attrs.get("Config") or {})
 
-    def from_build(self, name: str, context: Path, dockerfile: str) -> Created:
-        return self.call(self._from_build, name, context, dockerfile)
+    def from_build(self, name: str, context: Path, dockerfile: str,
+                   report: Report = _quiet) -> Created:
+        return self.call(self._from_build, name, context, dockerfile, report)
 
-    def _from_build(self, name: str, context: Path, dockerfile: str) -> Created:
+    def _from_build(self, name: str, context: Path, dockerfile: str, report: Report) -> Created:
         tag = f"{self.repository(name)}:base"
+        report("building")
         try:
             with open(context, "rb") as handle:
                 image, _ = self.client.images.build(fileobj=handle, custom_context=True,
@@ -158,6 +172,7 @@ class EnvDocker:
             raise InvalidArgument(f"the Dockerfile did not build: {exc.msg}\n{tail}") from None
         except docker.errors.APIError as exc:
             raise InvalidArgument(f"the Dockerfile did not build: {_explain(exc)}") from None
+        report("starting")
         return self._container(name, image.id, tag, image.attrs.get("Config") or {})
 
     def _container(self, name: str, image_id: str, image: str, config: dict) -> Created:
@@ -235,32 +250,42 @@ class EnvDocker:
         return container
 
     # ---- committing --------------------------------------------------------------------
-    def commit(self, name: str, container: str, config: dict, message: str) -> Archive:
-        return self.call(self._commit, name, container, config, message)
+    def commit(self, name: str, container: str, config: dict, message: str,
+               report: Report = _quiet) -> Archive:
+        """Commit ``container`` and save the image into the store; ``report`` hears
+        ``committing`` (no bytes: Docker tells none), then ``saving`` with the archive's
+        bytes against the image's size (the archive ends a little past it)."""
+        return self.call(self._commit, name, container, config, message, report)
 
-    def _commit(self, name: str, container: str, config: dict, message: str) -> Archive:
+    def _commit(self, name: str, container: str, config: dict, message: str,
+                report: Report) -> Archive:
         api = self.client.api
+        report("committing")
         try:
             result = api.commit(container, message=message or None, conf=dict(config))
         except docker.errors.NotFound:
             raise NotFound(f"the container of env {name} is gone; `zriver env shell {name}` "
                            f"makes it again from its newest version") from None
         image_id = result["Id"]
-        archive = self._save(name, image_id)
+        archive = self._save(name, image_id, report)
         api.tag(image_id, self.repository(name), archive.version)
         return archive
 
-    def _save(self, name: str, image_id: str) -> Archive:
+    def _save(self, name: str, image_id: str, report: Report) -> Archive:
         folder = self.store / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".incoming-{secrets.token_hex(6)}.tar"
         digest, size = hashlib.sha256(), 0
+        expected = self.client.api.inspect_image(image_id).get("Size") or None
+        report("saving", 0, expected)
         try:
             with open(tmp, "wb") as handle:
                 for chunk in self.client.api.get_image(image_id, chunk_size=SAVE_CHUNK):
                     digest.update(chunk)
                     handle.write(chunk)
                     size += len(chunk)
+                    report("saving", size, expected)
+                report("writing to disk", size, size)
                 handle.flush()
                 os.fsync(handle.fileno())
             sha = digest.hexdigest()
@@ -305,6 +330,28 @@ class EnvDocker:
             return {"available": True, "version": version.get("Version", "")}
         except Unavailable as exc:
             return {"available": False, "error": str(exc)}
+
+
+class _Counting:
+    """A file read by Docker's import, telling ``report`` how much was read of it."""
+
+    def __init__(self, handle: Any, phase: str, report: Report) -> None:
+        self.handle, self.phase, self.report = handle, phase, report
+        self.total = os.fstat(handle.fileno()).st_size
+        self.done = 0
+
+    def __len__(self) -> int:
+        return self.total
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.done += len(data)
+        self.report(self.phase, self.done, self.total)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.read(SAVE_CHUNK):
+            yield data
 
 
 def _explain(exc: BaseException) -> str:

@@ -49,6 +49,44 @@ TOKEN = re.compile(r"^[0-9a-f]{16,64}$")
 VERSION = re.compile(r"^[0-9a-f]{12}$")
 FETCH_MAX = 1 << 20
 UPLOAD_MAX = 4 << 20
+PUSH_EVERY = 0.1
+"""Seconds between two ``env.progress`` pushes of one phase."""
+
+
+class Reporter:
+    """The progress of one slow env op, pushed to the client that waits for it.
+
+    Called as ``reporter(phase, done=None, total=None)`` from any thread (the Docker work runs
+    in workers); a push (``env.progress``, ``rid`` 0, body ``{"rid", "phase", "done",
+    "total"}``) leaves at each new phase and at most every ``PUSH_EVERY`` seconds within one.
+    Does nothing unless the request asked (``progress: true``, which older hosts ignore) and
+    came over the ROUTER."""
+
+    def __init__(self, service: Any, request: Request, body: dict) -> None:
+        self.service, self.request = service, request
+        self.wanted = (arg(body, "progress", bool, False) and request.link is not None
+                       and service is not None)
+        self._loop = asyncio.get_running_loop() if self.wanted else None
+        self._phase: str | None = None
+        self._sent = 0.0
+
+    def __call__(self, phase: str, done: int | None = None, total: int | None = None) -> None:
+        if not self.wanted:
+            return
+        now = time.monotonic()
+        if phase == self._phase and now - self._sent < PUSH_EVERY:
+            return
+        self._phase, self._sent = phase, now
+        body = {"rid": self.request.rid, "phase": phase, "done": done, "total": total}
+        try:
+            self._loop.call_soon_threadsafe(self.service.push, self.request, "env.progress",
+                                            body)
+        except RuntimeError:
+            self.wanted = False  # the loop is closing: the answer will not come either
+
+
+def _quiet(phase: str, done: int | None = None, total: int | None = None) -> None:
+    """A reporter for work nobody watches."""
 
 
 
@@ -205,10 +243,11 @@ class Environments:
         if self.records.env(name) is not None or name in self.busy:
             raise Conflict(f"env {name} already exists (`zriver env rm {name}` first)")
         docker = self.docker()
+        report = Reporter(self.service, request, body)
         self.busy.add(name)
         try:
             if image is not None:
-                made = await self._blocking(docker.from_image, name, image)
+                made = await self._blocking(docker.from_image, name, image, report)
                 source = f"image {image}"
             else:
                 path = self._upload_path(token)
@@ -216,10 +255,11 @@ class Environments:
                     raise NotFound(f"no upload {token}")
                 try:
                     if dockerfile is None:
-                        made = await self._blocking(docker.from_tar, name, path)
+                        made = await self._blocking(docker.from_tar, name, path, report)
                         source = "tarball"
                     else:
-                        made = await self._blocking(docker.from_build, name, path, dockerfile)
+                        made = await self._blocking(docker.from_build, name, path, dockerfile,
+                                                    report)
                         source = f"build of {dockerfile}"
                 finally:
                     path.unlink(missing_ok=True)
@@ -232,21 +272,24 @@ class Environments:
             self.busy.discard(name)
         reply = {"name": name, "container": made.container, "source": source}
         if arg(body, "commit", bool, True):
-            reply["version"] = await self._commit(name, "created")
+            reply["version"] = await self._commit(name, "created", report)
         return reply
 
     async def commit(self, request: Request, body: dict) -> dict:
         name = arg(body, "name", str)
         self._own_env(request, name, "commit")
-        version = await self._commit(name, arg(body, "message", str, ""))
+        version = await self._commit(name, arg(body, "message", str, ""),
+                                     Reporter(self.service, request, body))
         return {"name": name, **version}
 
-    async def _commit(self, name: str, message: str) -> dict:
+    async def _commit(self, name: str, message: str, report: Callable = _quiet) -> dict:
+        """Commit env ``name``'s container into a version (``report`` hears the phases
+        ``committing`` and ``saving``, bytes of the archive against the image's size)."""
         async with self._lock(name):
             env = self._env(name)
             docker = self.docker()
             archive = await self._blocking(docker.commit, name, env["container"], env["config"],
-                                           message)
+                                           message, report)
             now = time.time()
             self.service.begin()
             digest = self.records.version_digest(name, archive.version)

@@ -573,6 +573,15 @@ class Host:
                                                  Envelope(ERROR, request.rid, {}, code, msg)]))
         self.schedule_flush()
 
+    def push(self, request: Request, op: str, body: dict[str, Any]) -> None:
+        """For extensions: a message to the client that waits for ``request``'s answer
+        (``rid`` 0, so it is never taken for the answer; ``Client.pushed`` keeps it, an older
+        client drops it). Nothing for an in-process caller; a client gone meanwhile is fine."""
+        if request.link is None or request.future is not None:
+            return
+        self._outgoing.append((None, [request.link, Envelope(op, 0, body)]))
+        self.schedule_flush()
+
     def publish(self, topic: str, op: str, body: dict[str, Any]) -> None:
         self._outgoing.append((self.xpub, [topic.encode(), encode(op, 0, body)]))
         self.schedule_flush()

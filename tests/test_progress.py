@@ -1,0 +1,214 @@
+"""Progress of long work: the line formatter, the drawer (terminal only, throttled, cleared at
+the end), and ``env create``/``env commit`` against a real cluster with Docker, through a real
+pty (a bar with a percentage and sizes, the line cleared at the end) and piped (not one byte of
+progress on stdout or stderr)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import tarfile
+
+import pexpect
+import pytest
+
+from docker_fixtures import *  # noqa: F401,F403  (fixtures)
+from zriver.client.progress import CLEAR, Progress, format_line, pushed_progress
+from zriver.protocol import Envelope
+from zriver.sizes import format_size
+
+MIB = 1 << 20
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "xterm"}
+BIG = 40 * MIB
+
+
+# ---- the formatter ---------------------------------------------------------------------------
+@pytest.mark.parametrize("done,total,rate,width,expected", [
+    (0, 600 * MIB, None, 80, "saving [------------------------------]   0%  0B/600M"),
+    (252 * MIB, 600 * MIB, 31.5 * MIB, 80,
+     "saving [############------------------]  42%  252M/600M  31.5M/s"),
+    (600 * MIB, 600 * MIB, None, 80, "saving [##############################] 100%  600M/600M"),
+    (700 * MIB, 600 * MIB, None, 80, "saving [##############################] 100%  600M/600M"),
+    (1536, 3072, None, 40, "saving [########--------]  50%  1.5K/3K"),
+    (1536, 3072, None, 24, "saving  50%  1.5K/3K"),
+    (1536, 3072, None, 10, "saving  5"),
+])
+def test_a_known_total_draws_bar_percentage_sizes_and_rate(done, total, rate, width, expected):
+    line = format_line("saving", done, total, 3.0, rate, width)
+    assert line == expected
+    assert len(line) <= width - 1
+
+
+@pytest.mark.parametrize("done,elapsed,frame,expected", [
+    (None, 0.4, 0, "committing | 0.4s"),
+    (None, 12.34, 1, "committing / 12s"),
+    (None, 75, 2, "committing - 1m15s"),
+    (5 * MIB, 2.0, 3, "committing \\ 2.0s  5M"),
+])
+def test_an_unknown_total_draws_a_spinner_with_elapsed_time(done, elapsed, frame, expected):
+    assert format_line("committing", done, None, elapsed, None, 80, frame) == expected
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 20, 33, 57, 80, 200])
+def test_no_line_is_wider_than_the_terminal(width):
+    for total in (None, 0, 10 * MIB):
+        line = format_line("writing to disk", 3 * MIB, total, 9.5, 2e6, width, 7)
+        assert len(line) <= max(1, width - 1)
+
+
+# ---- the drawer ------------------------------------------------------------------------------
+class Terminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_terminal_is_redrawn_at_most_ten_times_a_second_and_cleared_at_the_end(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    out, clock = Terminal(True), Clock()
+    progress = Progress(out, clock=clock)
+    for i in range(100):  # 100 updates within 0.99 s
+        progress.update("uploading", i * MIB, 100 * MIB)
+        clock.now += 0.01
+    text = out.getvalue()
+    assert 9 <= text.count("\r") <= 10
+    progress.update("importing", 0, 10)  # a new phase is drawn at once
+    assert out.getvalue().count("\r") == text.count("\r") + 1
+    assert "importing [" in out.getvalue()
+    progress.close()
+    assert out.getvalue().endswith(CLEAR)
+    progress.update("late", 1, 2)
+    assert out.getvalue().endswith(CLEAR)
+
+
+def test_the_rate_is_measured_over_the_last_seconds(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    out, clock = Terminal(True), Clock()
+    progress = Progress(out, clock=clock)
+    for i in range(11):
+        progress.update("uploading", i * 2 * MIB, 100 * MIB)
+        clock.now += 0.5
+    assert "  4M/s" in out.getvalue().rsplit("\r", 1)[1]
+
+
+@pytest.mark.parametrize("tty,term", [(False, "xterm"), (True, "dumb")])
+def test_nothing_is_written_off_a_terminal(monkeypatch, tty, term):
+    monkeypatch.setenv("TERM", term)
+    out = Terminal(tty)
+    with Progress(out) as progress:
+        progress.update("saving", 1, 2)
+        progress.tick()
+    assert out.getvalue() == ""
+
+
+def test_pushed_progress_is_read_and_anything_else_ignored():
+    assert pushed_progress(Envelope("env.progress", 0, {"rid": 3, "phase": "saving", "done": 5,
+                                                        "total": 9})) == ("saving", 5, 9)
+    assert pushed_progress(Envelope("env.progress", 0, {"phase": "x", "done": True})) == (
+        "x", None, None)
+    assert pushed_progress(Envelope("env.progress", 0, {"done": 1})) is None
+    assert pushed_progress(Envelope("log.chunk", 0, {"phase": "x"})) is None
+
+
+# ---- env create / env commit against a real cluster ------------------------------------------
+@pytest.fixture
+def big_rootfs(docker_client, busybox, tmp_path):
+    """A root filesystem tarball: busybox plus ``BIG`` bytes of random data."""
+    path = tmp_path / "rootfs.tar"
+    source = docker_client.api.create_container(busybox, ["true"])["Id"]
+    try:
+        with open(path, "wb") as handle:
+            for chunk in docker_client.api.export(source):
+                handle.write(chunk)
+    finally:
+        docker_client.api.remove_container(source, force=True)
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(os.urandom(BIG))
+    with tarfile.open(path, "a") as tar:
+        tar.add(noise, arcname="noise.bin")
+    noise.unlink()
+    return path
+
+
+def through_pty(cluster, *args: str) -> str:
+    child = pexpect.spawn(sys.executable, ["-m", "zriver", *cluster.cli_flags(), *args],
+                          env=ENV, timeout=60, dimensions=(24, 100), encoding="utf-8")
+    try:
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
+    return child.before
+
+
+def piped(cluster, *args: str) -> subprocess.CompletedProcess:
+    ran = subprocess.run([sys.executable, "-m", "zriver", *cluster.cli_flags(), *args],
+                         capture_output=True, env=ENV, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    return ran
+
+
+BAR = re.compile(r"\r(\w[\w ]*) \[[#-]+\] +(\d+)%  ([\d.]+[BKMG])/([\d.]+[BKMG])")
+
+
+def bars(text: str) -> dict[str, list[tuple[int, str, str]]]:
+    found: dict[str, list[tuple[int, str, str]]] = {}
+    for phase, percent, done, total in BAR.findall(text):
+        found.setdefault(phase, []).append((int(percent), done, total))
+    return found
+
+
+@pytest.mark.docker
+def test_env_create_and_commit_on_a_terminal_show_bars_and_clear_the_line(
+        dcluster, docker_client, big_rootfs):
+    cluster = dcluster()
+    text = through_pty(cluster, "env", "create", "big", "--from-tar", str(big_rootfs))
+    drawn = bars(text)
+    assert "uploading" in drawn, text[-2000:]
+    assert {total for _, _, total in drawn["uploading"]} == {
+        format_size(big_rootfs.stat().st_size)}
+    assert "importing" in drawn and "saving" in drawn, sorted(drawn)
+    last = text.rindex(CLEAR)
+    assert text[last + len(CLEAR):].startswith("env big created from tarball"), text[-500:]
+    assert "\x1b" not in text[last + len(CLEAR):]
+
+    piped(cluster, "env", "shell", "big", "--", "/bin/sh", "-c",
+          "cp /noise.bin /noise2.bin")
+    text = through_pty(cluster, "env", "commit", "big", "-m", "again")
+    drawn = bars(text)
+    saved = drawn.get("saving", []) + drawn.get("writing to disk", [])
+    assert any(percent > 0 and done.endswith("M") and total.endswith("M")
+               for percent, done, total in saved), repr(text)
+    assert re.search(r"\rcommitting [|/\\-] \d", text), text[:500]
+    last = text.rindex(CLEAR)
+    assert re.match(r"env big version [0-9a-f]{12} \([\d.]+M, sha256 [0-9a-f]{16}\) published",
+                    text[last + len(CLEAR):]), text[-500:]
+
+
+@pytest.mark.docker
+def test_env_create_and_commit_piped_print_no_progress_at_all(dcluster, big_rootfs):
+    cluster = dcluster()
+    created = piped(cluster, "env", "create", "big", "--from-tar", str(big_rootfs))
+    assert created.stderr == b""
+    assert re.fullmatch(rb"env big created from tarball \(container [0-9a-f]{12}\); version "
+                        rb"[0-9a-f]{12} \([\d.]+M\) published\n"
+                        rb"next: zriver env shell big   \(then zriver env commit big\)\n",
+                        created.stdout), created.stdout
+    committed = piped(cluster, "env", "commit", "big")
+    assert committed.stderr == b""
+    assert re.fullmatch(rb"env big version [0-9a-f]{12} \([\d.]+M, sha256 [0-9a-f]{16}\) "
+                        rb"published\n", committed.stdout), committed.stdout
