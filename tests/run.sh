@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-PACKAGES=(docker.io busybox-static openssh-server numactl binutils tmux iproute2 procps chromium)
+PACKAGES=(docker.io busybox-static openssh-server numactl binutils tmux iproute2 procps chromium zsh fish)
 DOCKER_WAIT_SECONDS="${ZRIVER_DOCKER_WAIT_SECONDS:-60}"
 
 say() { printf '[tests/run.sh] %s\n' "$*" >&2; }

@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from zriver.runner.keeper import main as keeper_main
 
         return keeper_main(argv[1:])
+    if argv[:1] == ["__complete"]:  # live values for the completion scripts (not a verb)
+        from zriver.client.verbs_completion import hidden_complete
+
+        return hidden_complete(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     command = getattr(args, "_command", None)

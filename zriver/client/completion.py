@@ -13,18 +13,19 @@ values by the ``Arg``'s ``complete`` kind:
 * ``state``: task states; an option with ``choices`` completes them.
 
 ``RegistryCompleter`` adapts it to prompt-toolkit. The source is a cache the shell keeps
-current from the event stream: completing never waits on the network.
+current from the event stream: completing never waits on the network. ``zriver __complete``
+(``verbs_completion``) runs the same ``candidates`` for the scripts of ``zriver completion``,
+with ``in_shell=False`` (the command line's verbs, not the shell's) and a source read once from
+the host.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from dataclasses import dataclass
 from typing import Protocol
-
-from prompt_toolkit.completion import CompleteEvent, Completer, Completion
-from prompt_toolkit.document import Document
 
 from zriver.client.commands import REGISTRY  # every verb registered
 from zriver.client.registry import Arg, Command, lookup, takes_value
@@ -70,7 +71,8 @@ class NodeInfo:
 
 
 class Source(Protocol):
-    """Cached cluster data for completion (must answer at once)."""
+    """Cluster data for completion: the shell's cache (answers at once), or reads of the host
+    bounded by a deadline (``verbs_completion.HostSource``)."""
 
     def tasks(self) -> list[TaskInfo]:
         """Unfinished tasks first, then recently finished ones, newest first."""
@@ -80,14 +82,19 @@ class Source(Protocol):
     def envs(self) -> list[str]: ...
 
 
-def shell_verbs() -> dict[str, str]:
-    """First words the shell completes: verbs (a group of sub-verbs once) and builtins."""
+def command_verbs() -> dict[str, str]:
+    """First words of ``zriver VERB``: every verb (a group of sub-verbs once), no builtins."""
     words: dict[str, str] = {}
     for name, cmd in sorted(REGISTRY.items()):
         first = name.split()[0]
-        if first in NOT_IN_SHELL:
-            continue
         words[first] = cmd.summary if first == name else f"{first} commands"
+    return words
+
+
+def shell_verbs() -> dict[str, str]:
+    """First words the shell completes: verbs (a group of sub-verbs once) and builtins."""
+    words = {word: summary for word, summary in command_verbs().items()
+             if word not in NOT_IN_SHELL}
     return {**words, **BUILTINS}
 
 
@@ -135,19 +142,21 @@ def _positional_at(cmd: Command, words: list[str]) -> Arg | None:
     return None
 
 
-def candidates(text: str, source: Source) -> list[Candidate]:
-    """Completions of the word before the cursor in ``text`` (see the module docstring)."""
+def candidates(text: str, source: Source, in_shell: bool = True) -> list[Candidate]:
+    """Completions of the word before the cursor in ``text`` (see the module docstring):
+    a line of ``zriver shell``, or with ``in_shell=False`` the words after ``zriver``."""
     words, current = split_line(text)
+    first_words = shell_verbs() if in_shell else command_verbs()
     if not words:
-        return _match(shell_verbs().items(), current)
-    if words[0] == "help":
-        return _match(shell_verbs().items(), current) if len(words) == 1 else []
+        return _match(first_words.items(), current)
+    if words[0] == "help" and in_shell:
+        return _match(first_words.items(), current) if len(words) == 1 else []
     cmd, used = lookup(words)
     if cmd is None:
         group = {name.split()[1]: c.summary for name, c in REGISTRY.items()
                  if len(name.split()) == 2 and name.split()[0] == words[0]}
         return _match(group.items(), current) if len(words) == 1 else []
-    if cmd.name in NOT_IN_SHELL:
+    if cmd.name in NOT_IN_SHELL and in_shell:
         return []
     rest = words[used:]
     if "--" in rest:
@@ -234,13 +243,27 @@ def _nodes(nodes: list[NodeInfo], current: str, targets: bool) -> list[Candidate
     return result
 
 
-class RegistryCompleter(Completer):
-    """prompt-toolkit's face of ``candidates``."""
+@functools.cache
+def _completer_class() -> type:
+    from prompt_toolkit.completion import Completer, Completion
 
-    def __init__(self, source: Source) -> None:
-        self.source = source
+    class RegistryCompleter(Completer):
+        """prompt-toolkit's face of ``candidates``."""
 
-    def get_completions(self, document: Document, complete_event: CompleteEvent):
-        for c in candidates(document.text_before_cursor, self.source):
-            yield Completion(c.text + " " if c.space else c.text, -c.replace,
-                             display=c.display or c.text, display_meta=c.meta or None)
+        def __init__(self, source: Source) -> None:
+            self.source = source
+
+        def get_completions(self, document, complete_event):
+            for c in candidates(document.text_before_cursor, self.source):
+                yield Completion(c.text + " " if c.space else c.text, -c.replace,
+                                 display=c.display or c.text, display_meta=c.meta or None)
+
+    return RegistryCompleter
+
+
+def __getattr__(name: str):
+    """``RegistryCompleter`` is made on first use, so that prompt-toolkit (a third of a second
+    to import) loads for the shell only, not for every ``zriver __complete``."""
+    if name == "RegistryCompleter":
+        return _completer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
