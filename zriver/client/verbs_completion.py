@@ -29,14 +29,13 @@ TASK_LIMIT = 200
 UNFINISHED = ["pending", "assigned", "running", "paused", "unreachable"]
 
 
-@command("completion", "print a shell completion script (bash, zsh or fish)",
+@command("completion", "print a shell completion script (for bash, zsh or fish)",
          arg("shell", choices=SHELLS, help="the shell the script is for"),
          needs_cluster=False)
 def completion(ctx: Context, args) -> int:
-    """Verbs, flags and choices are in the script; task ids, node names and envs come from the
-    host as you press Tab. bash: `zriver completion bash > ~/.local/share/bash-completion/
-    completions/zriver`; zsh: `zriver completion zsh > "${fpath[1]}/_zriver"`; fish:
-    `zriver completion fish > ~/.config/fish/completions/zriver.fish` (docs/terminal.md)."""
+    """Verbs, flags and choices are baked into the script; task ids, node names and envs come
+    from the host as you press Tab. Write it where your shell loads completions from: see
+    "Shell completion" in docs/terminal.md."""
     ctx.out.write(script(args.shell))
     ctx.out.flush()
     return 0
