@@ -389,7 +389,7 @@ class Cluster:
     def _runner_key(self, name: str) -> dict[str, str]:
         """Runner ``name``'s key settings: its own pair (made once, under ``base/keys``),
         trusted by the host as node ``name`` (``key.add`` by the admin, as a person would
-        with ``zriver keys add NAME --role runner KEY``)."""
+        with ``zriver keys add --role runner NAME -- KEY``)."""
         if not self.host.host_key:
             return {"key": "none"}
         secret = self.base / "keys" / f"runner-{name}.key_secret"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zriver import keys
 from zriver.client.api import Client
+from zriver.client.commands import build_parser
 from zriver.errors import Conflict, Forbidden, InvalidArgument, NotFound, Unavailable
 from zriver.host.keytable import MIGRATION, KeyEntry, Keys, KeyTable
 from zriver.host.ops import OpTable
@@ -505,12 +507,26 @@ def test_keys_new_prints_a_z85_key(tmp_path):
     assert keys.is_z85_key(out[0])
     assert keys.load_public(home / "keys" / "client.key") == out[0]
     assert mode(home / "keys" / "client.key_secret") == 0o600
-    assert any(line.strip().startswith("zriver keys add ann --role user -- '") for line in out)
+    assert any(line.strip().startswith("zriver keys add --role user ann -- '") for line in out)
     assert zriver(home, "keys", "new", "--name", "ann").stdout.splitlines()[0] == out[0]
     runner = zriver(home, "keys", "new", "--runner", "--name", "n1").stdout.splitlines()
     assert keys.is_z85_key(runner[0]) and runner[0] != out[0]
     assert keys.load_public(home / "keys" / "runner.key") == runner[0]
     assert any("--role runner" in line for line in runner)
+
+
+def test_the_keys_add_line_keys_new_prints_parses_as_that_key(tmp_path):
+    """The printed ``keys add`` line, pasted, gives that public key (also one starting with
+    ``-``), and leaves ``--key`` (the admin's own key file) alone."""
+    home = tmp_path / "home"
+    out = zriver(home, "keys", "new", "--runner", "--name", "n1").stdout.splitlines()
+    line = next(line.strip() for line in out if line.strip().startswith("zriver keys add"))
+    parser = build_parser()
+    for public in (out[0], "-" + out[0][1:]):
+        words = shlex.split(line.replace(shlex.quote(out[0]), shlex.quote(public)))[1:]
+        args = parser.parse_args(words)
+        assert (args._command.name, args.role, args.name) == ("keys add", "runner", "n1")
+        assert args.public_key == public and args.key is None
 
 
 def test_init_keys_makes_the_host_and_admin_keys_once(tmp_path):

@@ -461,7 +461,7 @@ allow_privileged = false            # let tasks ask for --privileged containers
 # local_temp_dir = "/scratch/zriver"
 
 # CURVE (docs/security.md): this node's secret key file (`zriver keys new --runner` makes it;
-# an admin adds its public key with `zriver keys add NODE --role runner KEY`), and the host's
+# an admin adds its public key with `zriver keys add --role runner NODE -- KEY`), and the host's
 # public key (`zriver keys host` on the host; $ZRIVER_HOST_KEY overrides it). With neither a
 # key file nor a host key the runner connects without CURVE (a host with security = "none").
 # key = "~/.zriver/keys/runner.key_secret"

@@ -193,7 +193,7 @@ class Client:
             raise Unavailable(
                 f"not authorised: the host at {self.endpoint} refused this client's key "
                 f"{self.keys.public if self.keys else ''} (unknown or revoked; an admin adds "
-                f"it with `zriver keys add NAME --role user KEY`)")
+                f"it with `zriver keys add --role user NAME -- KEY`)")
         if last in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
             if self.keys is None:  # a mechanism mismatch (or the host hung up on one)
                 raise Unavailable(

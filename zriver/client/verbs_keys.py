@@ -75,7 +75,7 @@ def keys_new(ctx: Context, args) -> int:
     ctx.print(public)
     ctx.print(f"{'made' if made else 'kept (--force makes a new one)'}: {secret}")
     ctx.print("an admin adds it on the cluster with:")
-    ctx.print(f"  zriver keys add {name} --role {role} -- {shlex.quote(public)}")
+    ctx.print(f"  zriver keys add --role {role} {name} -- {shlex.quote(public)}")
     return 0
 
 
@@ -97,8 +97,10 @@ def keys_host(ctx: Context, args) -> int:
 @command(
     "keys add", "trust a public key: a person's (user, admin) or a node's (runner)",
     arg("name", help="the person's name; for a runner key, the node's name"),
-    arg("key", nargs="?", help="the z85 public key `zriver keys new` printed (quote it: it "
-                               "may hold shell characters)"),
+    # dest public_key, not key: the global --key (your key file) is dest "key" too
+    arg("public_key", nargs="?", metavar="KEY",
+        help="the z85 public key `zriver keys new` printed (quote it: it may hold shell "
+             "characters; after --, as it may start with -, so options go first)"),
     arg("--role", required=True, choices=list(ROLES), help="what the key may do"),
     arg("--file", help="read the public key from this .key file instead"),
     arg("--ssh-key", metavar="FILE", help="also register this SSH public key (.pub) to them"),
@@ -107,9 +109,10 @@ def keys_host(ctx: Context, args) -> int:
 def keys_add(ctx: Context, args) -> int:
     """Add a key (admins only) and print the lines its holder puts in client.toml (people)
     or runner.toml (nodes)."""
-    if (args.key is None) == (args.file is None):
+    if (args.public_key is None) == (args.file is None):
         raise InvalidArgument("give the public key, or --file FILE (not both)")
-    public = keys.check_public_key(args.key) if args.key else keys.load_public(args.file)
+    public = (keys.check_public_key(args.public_key) if args.public_key
+              else keys.load_public(args.file))
     reply = ctx.client.call("key.add", {"name": args.name, "role": args.role,
                                         "public_key": public})
     if args.ssh_key:
