@@ -47,6 +47,29 @@ done
 '''
 
 
+#: Loads the zsh script with the real compinit, says which function it registered, then calls
+#: it for each line with zsh's completion variables set (``words``, ``CURRENT``). What it
+#: offers is captured by standing in for ``_describe``/``compadd``/``_files`` (which print
+#: it, ``WORD:DESCRIPTION`` a line, and ``--end--`` after each line): outside a real Tab
+#: press those cannot add matches, and zsh's own prefix matching is not under test.
+ZSH_DRIVER = r'''
+autoload -U compinit && compinit -u -D
+source "$1"
+shift
+print -r -- "registered: ${_comps[zriver]}"
+_describe() { print -rl -- "${(@P)4}" }
+compadd() { [[ $1 == -a ]] && print -rl -- "${(@P)2}" }
+_files() { print -r -- "<files>" }
+for line in "$@"; do
+    words=(${(z)line})
+    [[ $line == *" " ]] && words+=("")
+    CURRENT=$#words
+    _zriver
+    print -r -- --end--
+done
+'''
+
+
 @pytest.fixture(scope="module")
 def wrapper(tmp_path_factory) -> Path:
     """A directory with an executable ``zriver`` that is this checkout's."""
@@ -68,7 +91,7 @@ def scripts(wrapper, tmp_path_factory) -> dict[str, Path]:
     """The three scripts, written by the wrapper's ``zriver completion SHELL``."""
     out = tmp_path_factory.mktemp("completion")
     found = {}
-    for shell in ("bash",):
+    for shell in ("bash", "zsh", "fish"):
         result = subprocess.run(["zriver", "completion", shell], capture_output=True, text=True,
                                 env=shell_env(wrapper), timeout=60)
         assert result.returncode == 0 and result.stderr == "", result.stderr
@@ -84,14 +107,44 @@ def bash_complete(script: Path, wrapper: Path, *lines: str, env: dict | None = N
                              str(script), *lines], capture_output=True, text=True,
                             env=env or shell_env(wrapper), timeout=60)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+    return _replies(result.stdout.split("\n")[:-1], len(lines))
+
+
+def zsh_complete(script: Path, wrapper: Path, home: Path, *lines: str,
+                 **env: str) -> tuple[str, list[list[str]]]:
+    """The function the zsh script registered for ``zriver``, and what it offers per line."""
+    result = subprocess.run(["zsh", "-f", "-c", ZSH_DRIVER, "zsh", str(script), *lines],
+                            capture_output=True, text=True, timeout=60,
+                            env=shell_env(wrapper, HOME=str(home), **env))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    out = result.stdout.split("\n")
+    return out[0], _replies(out[1:-1], len(lines))
+
+
+def fish_complete(script: Path, wrapper: Path, home: Path, *lines: str,
+                  **env: str) -> list[list[str]]:
+    """What fish's own ``complete -C LINE`` offers (``WORD<TAB>DESCRIPTION``) per line."""
+    program = f"source {script}\n" + "".join(
+        f"complete -C {fish_word(line)}\necho --end--\n" for line in lines)
+    result = subprocess.run(["fish", "--no-config", "-c", program], capture_output=True,
+                            text=True, timeout=60, env=shell_env(wrapper, HOME=str(home), **env))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return _replies(result.stdout.split("\n")[:-1], len(lines))
+
+
+def fish_word(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _replies(out: list[str], count: int) -> list[list[str]]:
     replies, current = [], []
-    for word in result.stdout.split("\n")[:-1]:
-        if word == "--end--":
+    for line in out:
+        if line == "--end--":
             replies.append(current)
             current = []
         else:
-            current.append(word)
-    assert len(replies) == len(lines), result.stdout
+            current.append(line)
+    assert len(replies) == count, out
     return replies
 
 
@@ -124,7 +177,49 @@ def test_bash_completes_a_flag_value_after_equals_as_bash_splits_it(scripts, wra
     assert view == ["tasks"]
 
 
-def test_bash_completes_live_task_ids_and_node_names(scripts, wrapper, cluster):
+def test_zsh_script_registers_and_offers_verbs_with_their_summaries(scripts, wrapper, tmp_path):
+    registered, (every, node, flags, state, files) = zsh_complete(
+        scripts["zsh"], wrapper, tmp_path, "zriver su", "zriver node ", "zriver submit --co",
+        "zriver tasks --state ", "zriver submit -- ")
+    assert registered == "registered: _zriver"
+    assert {line.split(":")[0] for line in every} == first_words()
+    assert f"submit:{REGISTRY['submit'].summary}" in every
+    assert [line.split(":")[0] for line in node] == ["drain", "undrain"]
+    assert "--cores:cores to allocate and pin (default 1)" in flags
+    assert "running" in state and "killed_oom" in state
+    assert files == ["<files>"]
+
+
+def test_zsh_autoloads_the_script_from_fpath(scripts, wrapper, tmp_path):
+    """Installed as ``_zriver`` in ``$fpath``: compinit registers it without loading it, and
+    the first call loads it and completes at once (``loadautofunc``)."""
+    functions = tmp_path / "zfunc"
+    functions.mkdir()
+    (functions / "_zriver").write_text(scripts["zsh"].read_text())
+    program = (f"fpath=({functions} $fpath)\nautoload -U compinit && compinit -u -D\n"
+               "print -r -- ${_comps[zriver]} ${+functions[_zriver_ask]}\n"
+               "_describe() { print -rl -- \"${(@P)4}\" }\n"
+               "words=(zriver node '')\nCURRENT=3\n_zriver\n")
+    result = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True,
+                            timeout=60, env=shell_env(wrapper, HOME=str(tmp_path)))
+    assert result.stderr == ""
+    first, *offered = result.stdout.splitlines()
+    assert first == "_zriver 0"  # registered, not yet loaded
+    assert [line.split(":")[0] for line in offered] == ["drain", "undrain"]
+
+
+def test_fish_offers_verbs_sub_verbs_flags_and_choices(scripts, wrapper, tmp_path):
+    su, node, flags, state, view = fish_complete(
+        scripts["fish"], wrapper, tmp_path, "zriver su", "zriver node ", "zriver submit --co",
+        "zriver tasks --state r", "zriver top --view=t")
+    assert su == [f"submit\t{REGISTRY['submit'].summary}"]
+    assert [line.split("\t")[0] for line in node] == ["drain", "undrain"]
+    assert {line.split("\t")[0] for line in flags} == {"--cores", "--container"}
+    assert state == ["running"]
+    assert view == ["--view=tasks"]
+
+
+def test_live_task_ids_and_node_names_in_bash_zsh_and_fish(scripts, wrapper, cluster, tmp_path):
     running = cluster.submit(["sleep", "60"], name="train")
     cluster.wait_state(running, {"running"})
     done = cluster.submit(["true"], name="prep")
@@ -137,6 +232,17 @@ def test_bash_completes_live_task_ids_and_node_names(scripts, wrapper, cluster):
     assert by_name == [str(running)]
     assert drain == ["n1"]
     assert health == ["n1"]
+    # zsh and fish show each id with its name and state; the host comes from the environment
+    env = {"ZRIVER_HOST": cluster.endpoint, "ZRIVER_KEY": str(cluster.admin_key),
+           "ZRIVER_HOST_KEY": cluster.server_keys.public}
+    _, (zsh_logs, zsh_node) = zsh_complete(scripts["zsh"], wrapper, tmp_path, "zriver logs ",
+                                           "zriver node undrain ", **env)
+    assert zsh_logs[:2] == [f"{running}:train · running", f"{done}:prep · completed"]
+    assert zsh_node == ["n1:online"]
+    fish_logs, fish_node = fish_complete(scripts["fish"], wrapper, tmp_path, "zriver kill ",
+                                         "zriver submit --target ", **env)
+    assert f"{running}\ttrain · running" in fish_logs
+    assert "n1\tonline" in fish_node
 
 
 def dead_port() -> int:

@@ -21,7 +21,7 @@ from zriver import __version__
 from zriver import lifecycle as lc
 from zriver.client.registry import REGISTRY, Arg, build_parser, takes_value
 
-SHELLS = ("bash",)
+SHELLS = ("bash", "zsh", "fish")
 #: Completion kinds whose values are fixed (baked in); every other kind asks the host.
 STATIC_KINDS = {"state": lc.ALL_STATES}
 HELP_FLAG_HELP = "show this command's help"
@@ -232,10 +232,13 @@ _zriver_dispatch() {
         return
     fi
     if [[ $cur == -* ]]; then _zriver_static "${_zriver_flags[$cmd]}" "$cur"; return; fi
-    if [[ -n ${_zriver_live[$cmd]+x} ]]; then _zriver_ask "$prog" "${_zriver_w[@]:1}"; fi
-    if (( ${#COMPREPLY[@]} == 0 )); then
-        if [[ -z $cur ]]; then _zriver_static "${_zriver_flags[$cmd]}" "$cur"; else _zriver_files; fi
-    fi
+    if [[ -n ${_zriver_live[$cmd]+x} ]]; then
+        _zriver_ask "$prog" "${_zriver_w[@]:1}"
+        if (( ${#COMPREPLY[@]} == 0 )) && [[ -z $cur ]]; then
+            _zriver_static "${_zriver_flags[$cmd]}" "$cur"
+        fi
+    elif [[ -z $cur ]]; then _zriver_static "${_zriver_flags[$cmd]}" "$cur"
+    else _zriver_files; fi
 }
 
 # complete -F calls this with the command's name as $1.
@@ -277,9 +280,240 @@ def bash_script(data: Spec) -> str:
 
 
 # ---- zsh ----------------------------------------------------------------------------------
+ZSH_FUNCTIONS = r"""
+# Live values: `zriver __complete WORD...` prints WORD<TAB>DESCRIPTION lines.
+_zriver_ask() {
+    local -a lines items
+    local line word
+    lines=("${(@f)$("$@" 2>/dev/null)}")
+    for line in $lines; do
+        [[ -n $line ]] || continue
+        word=${line%%$'\t'*}
+        word=${word//:/\\:}
+        if [[ $line == *$'\t'* ]]; then items+=("$word:${line#*$'\t'}"); else items+=("$word"); fi
+    done
+    (( $#items )) && _describe -t values 'value' items
+}
+
+_zriver_offer() {
+    local -a items
+    items=("${(@f)2}")
+    _describe -t "$1" "$1" items
+}
+
+_zriver() {
+    local -a ws items
+    ws=("${(@Q)words[1,CURRENT]}")
+    local n=$#ws cur=${(Q)words[CURRENT]} i=2 w cmd prev key prog=${(Q)words[1]}
+    while (( i < n )); do
+        w=${ws[i]}
+        [[ $w == -* ]] || break
+        if [[ $w != *=* && $_zriver_global_values == *" $w "* ]]; then (( i++ )); fi
+        (( i++ ))
+    done
+    if (( i > n )); then _files; return; fi
+    if (( i == n )); then
+        if [[ $cur == -* ]]; then _zriver_offer options "$_zriver_globals"
+        else _zriver_offer verbs "$_zriver_verbs"; fi
+        return
+    fi
+    cmd=${ws[i]}
+    (( i++ ))
+    if (( ${+_zriver_groups[$cmd]} )); then
+        if (( i == n )); then _zriver_offer verbs "${_zriver_groups[$cmd]}"; return; fi
+        cmd="$cmd ${ws[i]}"
+        (( i++ ))
+    fi
+    (( ${+_zriver_flags[$cmd]} )) || return 1
+    for w in "${(@)ws[i,n-1]}"; do
+        if [[ $w == -- ]]; then _files; return; fi
+    done
+    if (( n - 1 >= i )); then prev=${ws[n-1]}; fi
+    if [[ -n $prev && $prev != *=* && ${_zriver_values[$cmd]} == *" $prev "* ]]; then
+        key="$cmd $prev"
+        if (( ${+_zriver_choices[$key]} )); then
+            items=(${=_zriver_choices[$key]})
+            compadd -a items
+        elif (( ${+_zriver_live[$key]} )); then _zriver_ask "$prog" __complete "${(@)ws[2,n]}"
+        else _files; fi
+        return
+    fi
+    if [[ $cur == -*=* ]]; then
+        key="$cmd ${cur%%=*}"
+        if (( ${+_zriver_choices[$key]} || ${+_zriver_live[$key]} )); then
+            _zriver_ask "$prog" __complete "${(@)ws[2,n]}"
+        fi
+        return
+    fi
+    if [[ $cur == -* ]]; then _zriver_offer options "${_zriver_flags[$cmd]}"; return; fi
+    if (( ${+_zriver_live[$cmd]} )); then
+        _zriver_ask "$prog" __complete "${(@)ws[2,n]}" && return
+        [[ -z $cur ]] && _zriver_offer options "${_zriver_flags[$cmd]}"
+    elif [[ -z $cur ]]; then _zriver_offer options "${_zriver_flags[$cmd]}"
+    else _files; fi
+}
+
+# From a file in $fpath (autoloaded): complete now; sourced: register with compinit.
+if [[ ${zsh_eval_context[-1]} == loadautofunc ]]; then
+    _zriver "$@"
+else
+    compdef _zriver zriver
+fi
+"""
+
+
+def _described(items: list[tuple[str, str]]) -> str:
+    """``word:description`` lines, as ``_describe`` reads them (``:`` in a word escaped)."""
+    return "\n".join(f"{word.replace(':', chr(92) + ':')}:{_one_line(help)}" if help else word
+                     for word, help in items)
+
+
 def zsh_script(data: Spec) -> str:
-    raise NotImplementedError
+    """A ``#compdef`` file: put it in a directory of ``$fpath`` as ``_zriver`` (compinit
+    autoloads it), or ``source`` it after ``compinit``. Descriptions are shown."""
+    tables = _tables(data)
+    tables["flags"] = {name: _described([(f.name, f.help) for f in verb.flags])
+                       for name, verb in data.commands.items()}
+    lines = ["#compdef zriver\n", _header("zsh"),
+             "typeset -gA _zriver_groups _zriver_flags _zriver_values _zriver_choices "
+             "_zriver_live\n",
+             f"typeset -g _zriver_verbs={sh_quote(_described(list(data.verbs.items())))}\n",
+             "typeset -g _zriver_globals=" + sh_quote(_described(
+                 [(f.name, f.help) for f in data.global_flags])) + "\n",
+             "typeset -g _zriver_global_values=" + sh_quote(" " + " ".join(
+                 form for f in data.global_flags if f.takes_value for form in f.forms) + " ")
+             + "\n",
+             _assoc("_zriver_groups", {g: _described(list(subs.items()))
+                                       for g, subs in data.groups.items()})]
+    lines += [_assoc(f"_zriver_{key}", table) for key, table in tables.items()]
+    return "".join(lines) + ZSH_FUNCTIONS
+
+
+# ---- fish ---------------------------------------------------------------------------------
+FISH_FUNCTIONS = r"""
+# Live values: `zriver __complete WORD...` prints WORD<TAB>DESCRIPTION lines.
+function __zriver_ask
+    $argv[1] __complete $argv[2..-1] 2>/dev/null
+end
+
+function __zriver_complete
+    set -l ws (commandline -opc)
+    set -l cur (commandline -ct)
+    set -l n (math (count $ws) + 1)
+    set -l i 2
+    while test $i -lt $n
+        set -l w $ws[$i]
+        string match -q -- '-*' $w; or break
+        if not string match -q -- '*=*' $w; and contains -- $w $__zriver_global_values
+            set i (math $i + 1)
+        end
+        set i (math $i + 1)
+    end
+    if test $i -gt $n
+        __fish_complete_path $cur
+        return
+    end
+    if test $i -eq $n
+        if string match -q -- '-*' $cur
+            printf '%s\n' $__zriver_globals
+        else
+            printf '%s\n' $__zriver_verbs
+        end
+        return
+    end
+    set -l cmd $ws[$i]
+    set i (math $i + 1)
+    if set -l subs (__zriver_group $cmd)
+        if test $i -eq $n
+            printf '%s\n' $subs
+            return
+        end
+        set cmd "$cmd $ws[$i]"
+        set i (math $i + 1)
+    end
+    set -l flags (__zriver_flags $cmd); or return
+    set -l last (math $n - 1)
+    if test $i -le $last; and contains -- -- $ws[$i..$last]
+        __fish_complete_path $cur
+        return
+    end
+    set -l prev
+    test $i -le $last; and set prev $ws[$last]
+    if test -n "$prev"; and not string match -q -- '*=*' $prev; and contains -- $prev (__zriver_values $cmd)
+        set -l key "$cmd $prev"
+        if set -l values (__zriver_choices $key)
+            printf '%s\n' $values
+        else if __zriver_live $key
+            __zriver_ask $ws $cur
+        else
+            __fish_complete_path $cur
+        end
+        return
+    end
+    if string match -q -- '-*=*' $cur
+        set -l key "$cmd "(string split -m 1 = -- $cur)[1]
+        if __zriver_choices $key >/dev/null; or __zriver_live $key
+            __zriver_ask $ws $cur
+        end
+        return
+    end
+    if string match -q -- '-*' $cur
+        printf '%s\n' $flags
+        return
+    end
+    if __zriver_live $cmd
+        set -l found (__zriver_ask $ws $cur)
+        if set -q found[1]
+            printf '%s\n' $found
+        else if test -z "$cur"
+            printf '%s\n' $flags
+        end
+    else if test -z "$cur"
+        printf '%s\n' $flags
+    else
+        __fish_complete_path $cur
+    end
+end
+
+complete -c zriver -e
+complete -c zriver -f -k -a '(__zriver_complete)'
+"""
+
+
+def _fish_described(items: list[tuple[str, str]]) -> str:
+    """Words ``WORD<TAB>DESCRIPTION`` (fish shows the description), one fish word each."""
+    return " ".join(fish_quote(word) + (r"\t" + fish_quote(_one_line(help)) if help else "")
+                    for word, help in items)
+
+
+def _fish_switch(name: str, cases: dict[str, str], found: str) -> str:
+    """A function ``name KEY`` that runs ``found`` with each case's words (status 1: none)."""
+    body = "".join(f"        case {fish_quote(key)}\n            {found} {words}\n"
+                   for key, words in cases.items())
+    return (f"function {name}\n    switch $argv[1]\n{body}        case '*'\n"
+            f"            return 1\n    end\nend\n")
 
 
 def fish_script(data: Spec) -> str:
-    raise NotImplementedError
+    """Put it in ``~/.config/fish/completions/zriver.fish`` (or ``source`` it)."""
+    tables = _tables(data)
+    flags = {name: _fish_described([(f.name, f.help) for f in verb.flags])
+             for name, verb in data.commands.items()}
+    values = {name: " ".join(fish_quote(w) for w in forms.split()) or "''"
+              for name, forms in tables["values"].items()}
+    choices = {key: " ".join(fish_quote(w) for w in words.split())
+               for key, words in tables["choices"].items()}
+    groups = {g: _fish_described(list(subs.items())) for g, subs in data.groups.items()}
+    lines = [_header("fish"),
+             f"set -g __zriver_verbs {_fish_described(list(data.verbs.items()))}\n",
+             "set -g __zriver_globals "
+             + _fish_described([(f.name, f.help) for f in data.global_flags]) + "\n",
+             "set -g __zriver_global_values " + " ".join(
+                 fish_quote(form) for f in data.global_flags if f.takes_value
+                 for form in f.forms) + "\n",
+             _fish_switch("__zriver_group", groups, "printf '%s\\n'"),
+             _fish_switch("__zriver_flags", flags, "printf '%s\\n'"),
+             _fish_switch("__zriver_values", values, "printf '%s\\n'"),
+             _fish_switch("__zriver_choices", choices, "printf '%s\\n'"),
+             _fish_switch("__zriver_live", {key: "" for key in tables["live"]}, "return 0")]
+    return "".join(lines) + FISH_FUNCTIONS
