@@ -7,7 +7,7 @@ empty). Options before the verb (``--host``, ``--key``, ``--host-key``, ``--time
 the host as they would for the command. It prints ``completion.candidates`` for the line, as
 ``WORD<TAB>DESCRIPTION`` lines (``WORD`` is the whole new word), reading from the host only
 what that word needs (``HostSource``). It always exits 0, never writes to stderr, and answers
-within ``BUDGET`` seconds of its start: a host that is down or silent just gives no lines.
+within ``BUDGET`` seconds after its imports: a host that is down or silent just gives no lines.
 """
 
 from __future__ import annotations
