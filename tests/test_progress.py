@@ -52,6 +52,25 @@ def test_an_unknown_total_draws_a_spinner_with_elapsed_time(done, elapsed, frame
     assert format_line("committing", done, None, elapsed, None, 80, frame) == expected
 
 
+def test_a_row_that_ended_is_its_phase_alone():
+    assert format_line("done", None, None, 3.0, None, 80, 2, ended=True) == "done"
+    assert format_line("failed: no space", 5, 9, 3.0, None, 10, ended=True) == "failed: n"
+
+
+def test_rows_are_drawn_one_per_line_and_all_cleared(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    out, clock = Terminal(True), Clock()
+    progress = Progress(out, clock=clock)
+    progress.update("downloading", 0, 4 * MIB, row="n1")
+    progress.update("waiting", row="n2")
+    line = "n1 downloading [" + "-" * 30 + "]   0%  0B/4M\x1b[K"
+    assert out.getvalue().endswith(f"\r{line}\nn2 waiting - 0.0s\x1b[K")
+    progress.update("done", row="n2", ended=True)  # redrawn from the first line
+    assert out.getvalue().endswith(f"\r\x1b[1A{line}\nn2 done\x1b[K")
+    progress.close()
+    assert out.getvalue().endswith("\r\x1b[1A\x1b[J")
+
+
 @pytest.mark.parametrize("width", [1, 2, 5, 20, 33, 57, 80, 200])
 def test_no_line_is_wider_than_the_terminal(width):
     for total in (None, 0, 10 * MIB):
@@ -212,3 +231,28 @@ def test_env_create_and_commit_piped_print_no_progress_at_all(dcluster, big_root
     assert committed.stderr == b""
     assert re.fullmatch(rb"env big version [0-9a-f]{12} \([\d.]+M, sha256 [0-9a-f]{16}\) "
                         rb"published\n", committed.stdout), committed.stdout
+
+
+SYNC_ROW = re.compile(r"(n[12]) (\w[\w ]*?)(?: \[[#-]+\] +(\d+)%  ([\d.]+[BKMG])/([\d.]+[BKMG])"
+                      r"| [|/\\-] [\d.]+[sm])")
+
+
+@pytest.mark.docker
+def test_env_sync_shows_a_line_per_node_then_what_each_has(dcluster, big_rootfs):
+    cluster = dcluster({"n1": {"cores": 2}, "n2": {"cores": 2}})
+    created = piped(cluster, "env", "create", "big", "--from-tar", str(big_rootfs))
+    version = created.stdout.split(b"; version ")[1].split()[0].decode()
+    text = through_pty(cluster, "env", "sync", "big")
+    rows = SYNC_ROW.findall(text)
+    assert {node for node, *_ in rows} == {"n1", "n2"}, repr(text)
+    downloads = [(node, total) for node, phase, _, _, total in rows if phase == "downloading"]
+    assert downloads and {total for _, total in downloads} == {"41.9M"}, repr(text)
+    assert "\r\x1b[1A\x1b[J" in text  # both lines cleared
+    last = text.rindex("\x1b[J")
+    assert text[last + 3:] == (f"n1: has env big version {version}\r\n"
+                               f"n2: has env big version {version}\r\n")
+    for node in ("n1", "n2"):
+        assert list(cluster.runners[node].backends["docker"].envsync.loaded) == [
+            ("big", version, "host")]
+    again = piped(cluster, "env", "sync", "big", "--node", "n2")
+    assert again.stderr == b"" and again.stdout == f"n2: has env big version {version}\n".encode()

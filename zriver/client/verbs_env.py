@@ -1,4 +1,4 @@
-"""Environment verbs: env create, env build, env shell, env commit, env list, env rm.
+"""Environment verbs: env create, env build, env shell, env commit, env sync, env list, env rm.
 
 An env lives on the host's Docker (see docs/environments.md). Files a verb needs on the host (a
 root filesystem tarball, a build context) are uploaded in chunks (``env.upload``), so these
@@ -10,12 +10,14 @@ the host machine: it asks the host for the env container and replaces itself wit
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from zriver.client.progress import Progress, watching
@@ -28,6 +30,10 @@ NO_COMMIT = arg("--no-commit", action="store_true",
                 help="do not publish a first version now (`zriver env commit` does it later)")
 UPLOAD_CHUNK = 4 << 20
 LONG = 3600.0
+SYNC_POLL = 0.25
+"""Seconds between two looks at where an ``env sync`` stands."""
+SYNC_SILENCE = 60.0
+"""A node asked to sync that says nothing for this long counts as failed (an older runner)."""
 SHELL = ["/bin/sh", "-c",
          "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
 
@@ -206,6 +212,57 @@ def commit(ctx: Context, args) -> int:
     if reply.get("pruned"):
         ctx.print(f"pruned old versions: {', '.join(reply['pruned'])}")
     return 0
+
+
+@command(
+    "env sync", "load an env version on nodes now, so that tasks need not wait for it",
+    ENV_NAME,
+    arg("--version", help="this version (default: the newest)"),
+    arg("--node", action="append", dest="nodes", metavar="NODE",
+        help="only this node (repeatable; default: every online node with Docker)"),
+    JSON,
+)
+def sync(ctx: Context, args) -> int:
+    """Ask the nodes to load the version and wait until each has it or failed; on a
+    terminal, one progress line per node meanwhile. Exit 1 when a node failed."""
+    body = {"name": args.name, "version": args.version, "nodes": args.nodes or []}
+    reply = ctx.client.call("env.sync", {**body, "start": True}, timeout=max(ctx.timeout, 30))
+    deadline = time.monotonic() + max(ctx.timeout, LONG)
+    with Progress(ctx.err) as progress:
+        while not _sync_over(reply["nodes"]) and time.monotonic() < deadline:
+            for node, state in reply["nodes"].items():
+                phase = state["phase"]
+                if state.get("total"):  # the bar says it: "downloading", not "downloading 40%"
+                    phase = re.sub(r" \d+%$", "", phase)
+                progress.update(phase, state.get("done"), state.get("total"), row=node,
+                                ended=state["state"] in ("done", "failed"))
+            time.sleep(SYNC_POLL)
+            reply = ctx.client.call("env.sync", {**body, "version": reply["version"],
+                                                 "start": False})
+    if args.json:
+        ctx.print(as_json(reply))
+    else:
+        for node, state in sorted(reply["nodes"].items()):
+            ctx.print(f"{node}: {_sync_outcome(reply, state)}")
+    return 0 if all(s["state"] == "done" for s in reply["nodes"].values()) else 1
+
+
+def _sync_over(nodes: dict) -> bool:
+    return all(s["state"] in ("done", "failed")
+               or (s["state"] == "waiting" and (s.get("seconds") or 0) > SYNC_SILENCE)
+               for s in nodes.values())
+
+
+def _sync_outcome(reply: dict, state: dict) -> str:
+    what = f"env {reply['name']} version {reply['version']}"
+    if state["state"] == "done":
+        return f"has {what}"
+    if state["state"] == "failed":
+        return f"{what} {state['phase']}"
+    if state["state"] == "waiting":
+        return (f"{what}: no answer for {int(state.get('seconds') or 0)}s (an older runner "
+                f"cannot sync without a task)")
+    return f"{what} still {state['phase']} (gave up waiting)"
 
 
 @command(

@@ -17,9 +17,10 @@ a pending or running task needs is never pruned or removed. Slow Docker work run
 thread (``zriver.host.envdocker``); handlers touching the database do so on the loop thread,
 inside the tick's transaction (``host.begin()``).
 
-Ops: ``env.create``, ``env.upload``, ``env.commit``, ``env.list``, ``env.rm``, ``env.shell``
-(clients); ``env.version``, ``env.fetch`` (runners syncing; a client is refused);
-``env.syncing`` (runners: progress shown as the detail of the tasks that wait for it).
+Ops: ``env.create``, ``env.upload``, ``env.commit``, ``env.list``, ``env.rm``, ``env.shell``,
+``env.sync`` (clients); ``env.version``, ``env.fetch`` (runners syncing; a client is refused);
+``env.syncing`` (runners: progress shown as the detail of the tasks that wait for it, and
+kept per node for ``env.sync``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ FETCH_MAX = 1 << 20
 UPLOAD_MAX = 4 << 20
 PUSH_EVERY = 0.1
 """Seconds between two ``env.progress`` pushes of one phase."""
+SYNC_REPORTS = 4096
+"""The most (node, env, version) sync reports kept (the oldest go first)."""
 
 
 class Reporter:
@@ -105,6 +108,9 @@ class Environments:
         self.locks: dict[str, asyncio.Lock] = {}
         self.busy: set[str] = set()
         self.newest: dict[str, str | None] = {}
+        self.sync_reports: dict[tuple[str, str, str], dict[str, Any]] = {}
+        """(node, env, version) -> the last ``env.syncing`` of that sync, or ``asked`` by
+        ``env.sync``: ``{"phase", "done", "total", "at"}`` (monotonic ``at``)."""
 
     # ---- the extension protocol ----------------------------------------------------------
     def register(self, ops: OpTable) -> None:
@@ -113,7 +119,7 @@ class Environments:
             ("env.commit", self.commit, PEOPLE_ONLY), ("env.list", self.list_envs, PEOPLE_ONLY),
             ("env.rm", self.remove, PEOPLE_ONLY), ("env.shell", self.shell, PEOPLE_ONLY),
             ("env.version", self.version_info, RUNNERS), ("env.fetch", self.fetch, RUNNERS),
-            ("env.syncing", self.syncing, RUNNERS),
+            ("env.syncing", self.syncing, RUNNERS), ("env.sync", self.sync, PEOPLE_ONLY),
         ):
             ops.add(name, _as_service_op(method), roles, SERVICE)
 
@@ -465,10 +471,13 @@ class Environments:
         return {"data": data, "offset": offset, "size": row["size"], "sha256": row["sha256"]}
 
     def syncing(self, request: Request, body: dict) -> dict:
-        """A runner says tasks wait for an env sync: show it as their detail."""
+        """A runner says where a sync stands (``done``/``total``: bytes of a download, when
+        sent): kept for ``env.sync``, and shown as the detail of the tasks that wait."""
         node = request.principal.name
         name, version = arg(body, "name", str), arg(body, "version", str)
         phase = arg(body, "phase", str)
+        self._report(node, name, version, phase, arg(body, "done", int, None),
+                     arg(body, "total", int, None))
         detail = f"syncing env {name} {version} on {node}: {phase}"
         self.service.begin()
         for task_id in arg_list(body, "tasks", int, []):
@@ -476,6 +485,81 @@ class Environments:
             if task is not None and task.node == node and task.state == lc.ASSIGNED:
                 self.service.store.update_task(task_id, detail=detail)
         return {}
+
+    def _report(self, node: str, name: str, version: str, phase: str,
+                done: int | None = None, total: int | None = None) -> None:
+        key = (node, name, version)
+        self.sync_reports.pop(key, None)  # (re-inserted last: the oldest go first)
+        self.sync_reports[key] = {"phase": phase[:200], "done": done, "total": total,
+                                  "at": time.monotonic()}
+        while len(self.sync_reports) > SYNC_REPORTS:
+            self.sync_reports.pop(next(iter(self.sync_reports)))
+
+    def sync(self, request: Request, body: dict) -> dict:
+        """``env sync``: have nodes load a version of env ``name`` now (the newest unless
+        ``version``; every online node with Docker unless ``nodes``), so tasks need not wait
+        for it; with ``start`` false, only say where each stands. Replies ``{name, version,
+        nodes: {node: {state, phase, done, total, seconds}}}``, ``state`` one of ``done``,
+        ``syncing``, ``failed`` (``phase`` says why) or ``waiting`` (asked, nothing heard yet:
+        ``seconds`` since)."""
+        name = arg(body, "name", str)
+        self._env(name)
+        version = arg(body, "version", str, None) or self._newest(name)
+        self._version(name, version)
+        nodes = self._sync_targets(arg_list(body, "nodes", str, []))
+        if arg(body, "start", bool, True):
+            for node in nodes:
+                if version in self._has(node, name):
+                    self._report(node, name, version, "done")
+                else:
+                    self._report(node, name, version, "asked")
+                    self.service.command(node, "env.sync", {"name": name, "version": version})
+        return {"name": name, "version": version,
+                "nodes": {node: self._sync_state(node, name, version) for node in nodes}}
+
+    def _newest(self, name: str) -> str:
+        versions = self.records.versions(name)
+        if not versions:
+            raise InvalidArgument(f"env {name} has no committed version yet: "
+                                  f"run `zriver env commit {name}` first")
+        return versions[0]["version"]
+
+    def _sync_targets(self, asked: list[str]) -> list[str]:
+        """The nodes named (each must be online with Docker), else every such node."""
+        nodes = self.service.core.nodes
+        able = sorted(n.name for n in nodes.values()
+                      if n.registered and n.state == "online"
+                      and "docker" in (n.info.get("backends") or []))
+        if not asked:
+            if not able:
+                raise InvalidArgument("no online node has Docker: nothing to sync to")
+            return able
+        for node in asked:
+            if node not in nodes:
+                raise NotFound(f"unknown node {node!r}; known: {', '.join(sorted(nodes))}")
+            if node not in able:
+                raise InvalidArgument(f"node {node} is not online with Docker")
+        return sorted(set(asked))
+
+    def _has(self, node: str, name: str) -> list[str]:
+        record = self.service.core.nodes.get(node)
+        status = (record.heartbeat.get("docker") or {}) if record is not None else {}
+        return (status.get("images") or {}).get(name, [])
+
+    def _sync_state(self, node: str, name: str, version: str) -> dict[str, Any]:
+        report = self.sync_reports.get((node, name, version))
+        seconds = round(time.monotonic() - report["at"], 1) if report else None
+        phase = report["phase"] if report else ""
+        if phase == "done" or (version in self._has(node, name) and phase != "asked"):
+            state = "done"
+        elif phase.startswith("failed"):
+            state = "failed"
+        elif phase in ("asked", ""):
+            state, phase = "waiting", "waiting"
+        else:
+            state = "syncing"
+        return {"state": state, "phase": phase, "done": report and report["done"],
+                "total": report and report["total"], "seconds": seconds}
 
 
 def _as_service_op(method: Callable) -> Callable:

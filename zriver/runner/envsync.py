@@ -18,7 +18,10 @@ task starts and returns the local image tag ``<image_prefix>/<name>:<version>``:
 
 Single flight: concurrent ``ensure`` calls for the same version share one sync; later callers
 wait for the first one's result. Progress (``downloading 40%``, ``verifying``, ``loading``) is
-reported through ``progress(name, version, phase, task_ids)`` and in ``status()`` (heartbeats).
+reported through ``progress(name, version, phase, task_ids, done, total)`` (``done``/``total``:
+bytes of the download, ``None`` in other phases; at each phase and at most every
+``BYTES_EVERY`` seconds within a download) and in ``syncing()`` (heartbeats).
+``ensure(name, version, None)`` syncs for no task (``env sync``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ log = structlog.get_logger("zriver.runner")
 CHUNK = 1 << 20
 HASH_BLOCK = 4 << 20
 FETCH_TRIES = 3
+BYTES_EVERY = 0.5
+"""Seconds between two reports of a download's bytes."""
 
 
 class EnvSyncError(Exception):
@@ -50,6 +55,8 @@ class _Sync:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     tasks: set[int] = field(default_factory=set)
     phase: str = "starting"
+    done: int | None = None
+    total: int | None = None
 
 
 class EnvSync:
@@ -81,8 +88,9 @@ class EnvSync:
         return f"{self.prefix}/{name}:{version}"
 
     # ---- the one entry point -----------------------------------------------------------
-    def ensure(self, name: str, version: str, task_id: int) -> str:
-        """The local tag of ``name`` at ``version``, loading it first if needed (blocking)."""
+    def ensure(self, name: str, version: str, task_id: int | None) -> str:
+        """The local tag of ``name`` at ``version``, loading it first if needed (blocking);
+        ``task_id`` None: no task waits for it."""
         tag = self.tag(name, version)
         if tag in self._present:
             return tag
@@ -92,9 +100,11 @@ class EnvSync:
             owner = sync is None
             if owner:
                 sync = self._syncs[key] = _Sync()
-            sync.tasks.add(task_id)
+            if task_id is not None:
+                sync.tasks.add(task_id)
         if not owner:
-            self._progress(name, version, sync.phase, [task_id])
+            if task_id is not None:
+                self._progress(name, version, sync.phase, [task_id], sync.done, sync.total)
             return sync.future.result()
         try:
             self._sync(name, version, sync)
@@ -111,17 +121,21 @@ class EnvSync:
         """The image behind ``tag`` vanished (removed by hand): check Docker next time."""
         self._present.discard(tag)
 
-    def syncing(self) -> dict[str, dict[str, str]]:
+    def syncing(self) -> dict[str, dict[str, Any]]:
+        """Env name -> ``{"version", "phase"}`` of the syncs running now, plus ``done`` and
+        ``total`` (bytes) while one downloads."""
         with self._lock:
             return {name: {"version": version, "phase": s.phase}
+                    | ({"done": s.done, "total": s.total} if s.total is not None else {})
                     for (name, version), s in self._syncs.items()}
 
     # ---- the work ----------------------------------------------------------------------
-    def _phase(self, sync: _Sync, name: str, version: str, phase: str) -> None:
-        sync.phase = phase
+    def _phase(self, sync: _Sync, name: str, version: str, phase: str,
+               done: int | None = None, total: int | None = None) -> None:
+        sync.phase, sync.done, sync.total = phase, done, total
         with self._lock:
             tasks = sorted(sync.tasks)
-        self._progress(name, version, phase, tasks)
+        self._progress(name, version, phase, tasks, done, total)
 
     def _sync(self, name: str, version: str, sync: _Sync) -> None:
         client = self._client()
@@ -178,14 +192,16 @@ class EnvSync:
             offset = 0
         if offset:
             log.info("env.download_resumed", env=name, version=version, offset=offset)
-        shown = -1
+        shown, reported = -1, float("-inf")
         try:
             with open(part, "ab") as handle:
                 while offset < total:
                     percent = offset * 100 // max(total, 1)
-                    if percent // 20 != shown:
-                        shown = percent // 20
-                        self._phase(sync, name, version, f"downloading {percent}%")
+                    now = time.monotonic()
+                    if percent // 20 != shown or now - reported >= BYTES_EVERY:
+                        shown, reported = percent // 20, now
+                        self._phase(sync, name, version, f"downloading {percent}%", offset,
+                                    total)
                     reply = self._fetch(name, version, offset)
                     if reply["sha256"] != meta["sha256"]:
                         raise EnvSyncError(f"the host's archive of env {name} version {version} "

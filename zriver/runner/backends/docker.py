@@ -556,9 +556,13 @@ class DockerBackend:
             future.cancel()
             raise TimeoutError(f"no answer from the host to {op}") from None
 
-    def _progress(self, name: str, version: str, phase: str, tasks: list[int]) -> None:
+    def _progress(self, name: str, version: str, phase: str, tasks: list[int],
+                  done: int | None = None, total: int | None = None) -> None:
         body = {"name": name, "version": version, "phase": phase, "tasks": tasks}
-        log.info("env.sync", env=name, version=version, phase=phase, tasks=tasks)
+        if total is not None:  # bytes of a download (extra fields: older hosts ignore them)
+            body |= {"done": done, "total": total}
+        else:
+            log.info("env.sync", env=name, version=version, phase=phase, tasks=tasks)
 
         def send() -> None:
             future = asyncio.ensure_future(self.link.request("env.syncing", body))
@@ -613,6 +617,27 @@ class DockerBackend:
                 continue
             found.append((item["Id"], labels, item.get("State", "")))
         return found
+
+    def sync_env(self, body: dict) -> None:
+        """Host command ``env.sync``: load an env version now, for no task; the end is
+        reported as phase ``done`` or ``failed: <reason>`` (``env.syncing``)."""
+        name, version = body.get("name"), body.get("version")
+        if not isinstance(name, str) or not isinstance(version, str):
+            return
+        if not self.available:
+            self._progress(name, version, f"failed: Docker is not available on this node "
+                                          f"({self.error or 'no answer'})", [])
+            return
+
+        def load() -> None:
+            try:
+                self.envsync.ensure(name, version, None)
+            except Exception as exc:
+                self._progress(name, version, f"failed: {short_reason(exc)}", [])
+            else:
+                self._progress(name, version, "done", [])
+
+        self._submit(load)
 
     def forget_env(self, body: dict) -> None:
         """Host command ``env.forget``: drop local copies of an env (or one version)."""

@@ -2,7 +2,7 @@
 
 ``make_backend(runner)`` builds the ``RunnerLink`` of a ``zriver.runner.agent.Runner`` (node name,
 runner id, log paths, start/exit callbacks, host requests), registers the backend's
-``env.forget`` command and the ``commit`` stream target of VPS containers
+``env.forget`` and ``env.sync`` commands and the ``commit`` stream target of VPS containers
 (``zriver.runner.backends.vps.commit_target``); a change of Docker's availability re-registers the runner so that the
 host's view of its ``docker`` feature follows.
 """
@@ -60,6 +60,7 @@ def make_backend(runner) -> DockerBackend:
         request_timeout=runner.settings.request_timeout, on_availability=availability)
     backend = DockerBackend(runner.settings, link)
     runner.handlers["env.forget"] = backend.forget_env
+    runner.handlers["env.sync"] = backend.sync_env
     streams = getattr(runner, "streams", None)
     if streams is not None:
         streams.targets["commit"] = functools.partial(commit_target, backend=backend)
