@@ -1,11 +1,14 @@
-"""The generated references (``docs/cli.md``, ``docs/config.md``) match the code.
+"""The generated references (``docs/cli.md``, ``docs/config.md``, the roles table of
+``docs/security.md``) match the code, and the docs index and links hold.
 
-Adding a verb, a flag or a setting without running ``python -m zriver.reference`` fails here.
+Adding a verb, a flag, a setting or an op without running ``python -m zriver.reference`` fails
+here; so does a doc that ``docs/README.md`` does not list, or a relative link to nothing.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +29,7 @@ DOCS = ROOT / "docs"
 @pytest.mark.parametrize("name", sorted(reference.OUTPUTS))
 def test_committed_file_is_what_the_code_generates(name):
     committed = (DOCS / name).read_text()
-    assert committed == reference.OUTPUTS[name](), (
+    assert committed == reference.OUTPUTS[name](committed), (
         f"docs/{name} is out of date: run python -m zriver.reference and commit it")
 
 
@@ -118,3 +121,67 @@ def test_choices_are_enforced_from_the_same_table():
             cfg.from_mapping({key: word}, cfg.HostSettings)
         with pytest.raises(cfg.InvalidArgument, match=f"{key} must be "):
             cfg.from_mapping({key: "neither"}, cfg.HostSettings)
+
+
+def test_the_roles_table_is_every_op_with_its_roles():
+    text = (DOCS / "security.md").read_text()
+    table = text.split(reference.ROLES_BEGIN, 1)[1].split(reference.ROLES_END, 1)[0]
+    rows = {}
+    for line in table.strip().splitlines()[2:]:
+        names, *marks = [part.strip() for part in line.strip("|").split("|")]
+        for name in re.findall(r"`([^`]+)`", names):
+            rows[name] = {role for role, mark in zip(("runner", "user", "admin"), marks)
+                          if mark == "yes"}
+    ops = {op.name: set(op.roles) for op in reference.op_table()}
+    assert rows == ops
+    assert rows["node.drain"] == {"admin"} and rows["task.update"] == {"runner"}
+    with pytest.raises(LookupError, match="roles table"):
+        reference.render_security(text.replace(reference.ROLES_END, ""))
+
+
+# ---- the docs index and links ----------------------------------------------------------------
+
+HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub makes for the headings of ``path`` (a repeated one gets -1, -2...)."""
+    seen: dict[str, int] = {}
+    found = set()
+    for title in HEADING.findall(FENCE.sub("", path.read_text())):
+        title = re.sub(r"`|\*\*|\[([^\]]*)\]\([^)]*\)", r"\1", title)
+        slug = reference.anchor(title)
+        found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def test_every_doc_is_listed_in_the_index():
+    index = (DOCS / "README.md").read_text()
+    linked = {target.split("#")[0] for target in LINK.findall(index)}
+    missing = [path.name for path in sorted(DOCS.glob("*.md"))
+               if path.name != "README.md" and path.name not in linked]
+    assert not missing, f"add a line for each to docs/README.md: {missing}"
+    if (DOCS / "examples").is_dir():
+        assert "examples/" in linked or "examples/README.md" in linked
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.name)
+def test_relative_links_point_at_files_and_headings_that_exist(path):
+    broken = []
+    for target in LINK.findall(FENCE.sub("", path.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...
+            continue
+        file, _, fragment = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            broken.append(target)
+        elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
+            broken.append(target)
+    assert not broken, f"{path.relative_to(ROOT)}: links to nothing: {broken}"

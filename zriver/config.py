@@ -152,7 +152,7 @@ class RunnerSettings:
     """NUMA zones as core lists (``0-3;4-7`` declares two); empty: detected."""
     gpus: int = -1
     """-1: detect GPUs (NVML); a number declares that many GPUs instead (reported as
-    ``fake``, given to tasks through ``CUDA_VISIBLE_DEVICES``; for tests and dev machines)."""
+    ``declared``, given to tasks through ``CUDA_VISIBLE_DEVICES``; for tests and dev machines)."""
     kill_grace: float = 10.0
     """Seconds between SIGTERM and SIGKILL when a task is killed."""
     log_poll_interval: float = 0.005
@@ -431,7 +431,7 @@ xsub_port = {DEFAULT_XSUB_PORT}
 
 # Override detected resources (0 / "" / -1 = detect). Useful on shared or oversubscribed
 # machines, and for tests: numa_zones = "0-3;4-7" declares two zones; gpus = 2 declares two
-# GPUs (reported as "fake", given to tasks through CUDA_VISIBLE_DEVICES).
+# GPUs (reported as "declared", given to tasks through CUDA_VISIBLE_DEVICES).
 cores = 0
 memory = ""
 numa_zones = ""
