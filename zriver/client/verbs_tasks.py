@@ -182,7 +182,7 @@ ALL_PAGE = 1000
     arg("--state", action="append", choices=lc.ALL_STATES, help="only this state (repeatable)"),
     arg("--batch", type=int, help="only this batch (sweep) id"),
     arg("--user", help="only tasks of this owner"),
-    arg("--node", help="only tasks placed on this node"),
+    arg("--node", complete="node", help="only tasks placed on this node"),
     arg("--name", help="only tasks whose name contains this"),
     arg("--limit", type=int, default=50, help="rows in the page (default 50, at most 1000)"),
     arg("--before", type=int, metavar="ID", help="only ids below ID (the next page)"),
