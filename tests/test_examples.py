@@ -6,13 +6,15 @@ up by its file name. Every example must also be referenced from a doc page.
 
 An example whose header has a line ``# needs: docker`` gets the local busybox image (made
 with ``docker import``) in ``ZRIVER_EXAMPLE_IMAGE``, and is skipped where no Docker daemon
-answers (failed under ``CI=true``).
+answers (failed under ``CI=true``). ``# needs: PROGRAM`` (``curl``...) skips it where that
+program is not on PATH.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,8 +138,11 @@ def test_example_runs_and_checks_itself(script, user_cluster, request, tmp_path)
     assert text.startswith("#!/usr/bin/env bash\n"), f"{script.name}: no bash shebang"
     assert "\nset -euo pipefail\n" in text, f"{script.name}: no `set -euo pipefail`"
     extra = {}
-    if "docker" in needs(script):
-        extra["ZRIVER_EXAMPLE_IMAGE"] = request.getfixturevalue("example_image")
+    for wanted in sorted(needs(script)):
+        if wanted == "docker":
+            extra["ZRIVER_EXAMPLE_IMAGE"] = request.getfixturevalue("example_image")
+        elif shutil.which(wanted) is None:
+            pytest.skip(f"{script.name} needs {wanted}, which is not on PATH")
     ran = user_cluster.run(script, tmp_path, extra)
     assert ran.returncode == 0, (f"{script.name} exited {ran.returncode}\n--- stdout\n"
                                  f"{ran.stdout}\n--- stderr\n{ran.stderr}")
