@@ -45,6 +45,7 @@ from zriver import keys as keyfiles
 from zriver.config import HostSettings
 from zriver.errors import (Forbidden, Internal, NotFound, Unavailable, ZriverError,
                            error_from_reply)
+from zriver.host.backup import Backups
 from zriver.host.bus import EventBus
 from zriver.host.core import HostCore
 from zriver.host.effects import (ArmTimer, CallService, CancelTimer, Command, Now, Publish,
@@ -103,7 +104,7 @@ class Host:
         """Old finished tasks pruned, their usage rolled up (``zriver.host.retention``):
         ``usage.report``."""
         self.extensions = [self.keys, self.ssh_keys, self.tokens, self.vps,
-                           self.history, self.retention] + (
+                           self.history, self.retention, Backups()] + (
             extensions if extensions is not None else [Environments(self.settings)])
         self.ops = OpTable()
         register_core_ops(self.ops)
