@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import threading
 
 import pexpect
 import pytest
@@ -163,15 +164,42 @@ def big_rootfs(docker_client, busybox, tmp_path):
     return path
 
 
-def through_pty(cluster, *args: str) -> str:
+def through_pty(cluster, *args: str, expect: str | None = None,
+                then=lambda: None) -> str:
+    """What ``zriver ARGS`` wrote to its terminal; with ``expect``, ``then()`` runs once that
+    pattern was seen (a held-up phase is released)."""
     child = pexpect.spawn(sys.executable, ["-m", "zriver", *cluster.cli_flags(), *args],
                           env=ENV, timeout=60, dimensions=(24, 100), encoding="utf-8")
+    text = ""
     try:
+        if expect is not None:
+            try:
+                child.expect(expect)
+            finally:
+                then()
+            text = child.before + child.after
         child.expect(pexpect.EOF)
     finally:
         child.close()
-    assert child.exitstatus == 0, child.before
-    return child.before
+    text += child.before
+    assert child.exitstatus == 0, text
+    return text
+
+
+class Gate:
+    """Holds a generator (a Docker save, a download) after its first item until opened."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+
+    def hold(self, items):
+        for i, item in enumerate(items):
+            yield item
+            if i == 0:
+                assert self.opened.wait(30), "the gate was never opened"
+
+    def open(self) -> None:
+        self.opened.set()
 
 
 def piped(cluster, *args: str) -> subprocess.CompletedProcess:
@@ -191,11 +219,25 @@ def bars(text: str) -> dict[str, list[tuple[int, str, str]]]:
     return found
 
 
+def hold_saves(cluster, gate: Gate) -> None:
+    """The host's ``docker save`` stops after its first chunk until ``gate`` opens."""
+    [envs] = [e for e in cluster.host.extensions if getattr(e, "name", "") == "envs"]
+    api = envs.docker().client.api
+    real = api.get_image
+    api.get_image = lambda *a, **k: gate.hold(real(*a, **k))
+
+
+SAVING = r"saving \[[#-]+\] +\d+%  [\d.]+[BKM]/[\d.]+M"
+
+
 @pytest.mark.docker
 def test_env_create_and_commit_on_a_terminal_show_bars_and_clear_the_line(
         dcluster, docker_client, big_rootfs):
     cluster = dcluster()
-    text = through_pty(cluster, "env", "create", "big", "--from-tar", str(big_rootfs))
+    gate = Gate()
+    hold_saves(cluster, gate)
+    text = through_pty(cluster, "env", "create", "big", "--from-tar", str(big_rootfs),
+                       expect=SAVING, then=gate.open)
     drawn = bars(text)
     assert "uploading" in drawn, text[-2000:]
     assert {total for _, _, total in drawn["uploading"]} == {
@@ -205,17 +247,15 @@ def test_env_create_and_commit_on_a_terminal_show_bars_and_clear_the_line(
     assert text[last + len(CLEAR):].startswith("env big created from tarball"), text[-500:]
     assert "\x1b" not in text[last + len(CLEAR):]
 
-    piped(cluster, "env", "shell", "big", "--", "/bin/sh", "-c",
-          "cp /noise.bin /noise2.bin")
-    text = through_pty(cluster, "env", "commit", "big", "-m", "again")
-    drawn = bars(text)
-    saved = drawn.get("saving", []) + drawn.get("writing to disk", [])
-    assert any(percent > 0 and done.endswith("M") and total.endswith("M")
-               for percent, done, total in saved), repr(text)
+    gate = Gate()
+    hold_saves(cluster, gate)
+    text = through_pty(cluster, "env", "commit", "big", "-m", "again", expect=SAVING,
+                       then=gate.open)
     assert re.search(r"\rcommitting [|/\\-] \d", text), text[:500]
+    assert re.search(r"saving \[[#-]+\] +\d+%  [\d.]+[BKM]/41.9M", text), repr(text)
     last = text.rindex(CLEAR)
-    assert re.match(r"env big version [0-9a-f]{12} \([\d.]+M, sha256 [0-9a-f]{16}\) published",
-                    text[last + len(CLEAR):]), text[-500:]
+    assert re.fullmatch(r"env big version [0-9a-f]{12} \([\d.]+M, sha256 [0-9a-f]{16}\) "
+                        r"published\r\n", text[last + len(CLEAR):]), text[-500:]
 
 
 @pytest.mark.docker
@@ -242,7 +282,16 @@ def test_env_sync_shows_a_line_per_node_then_what_each_has(dcluster, big_rootfs)
     cluster = dcluster({"n1": {"cores": 2}, "n2": {"cores": 2}})
     created = piped(cluster, "env", "create", "big", "--from-tar", str(big_rootfs))
     version = created.stdout.split(b"; version ")[1].split()[0].decode()
-    text = through_pty(cluster, "env", "sync", "big")
+    envsync = cluster.runners["n1"].backends["docker"].envsync
+    gate, real_fetch = Gate(), envsync._fetch
+
+    def held_fetch(*args):  # n1's download waits until its bar was seen
+        assert gate.opened.wait(30)
+        return real_fetch(*args)
+
+    envsync._fetch = held_fetch
+    text = through_pty(cluster, "env", "sync", "big", expect=r"n1 downloading \[[#-]+\] +\d+%",
+                       then=gate.open)
     rows = SYNC_ROW.findall(text)
     assert {node for node, *_ in rows} == {"n1", "n2"}, repr(text)
     downloads = [(node, total) for node, phase, _, _, total in rows if phase == "downloading"]
