@@ -99,8 +99,8 @@ def keys_host(ctx: Context, args) -> int:
     arg("name", help="the person's name; for a runner key, the node's name"),
     # dest public_key, not key: the global --key (your key file) is dest "key" too
     arg("public_key", nargs="?", metavar="KEY",
-        help="the z85 public key `zriver keys new` printed (quote it: it may hold shell "
-             "characters; after --, as it may start with -, so options go first)"),
+        help="the z85 public key `zriver keys new` printed: quote it (it may hold shell "
+             "characters) and put it last, after -- (it may start with -)"),
     arg("--role", required=True, choices=list(ROLES), help="what the key may do"),
     arg("--file", help="read the public key from this .key file instead"),
     arg("--ssh-key", metavar="FILE", help="also register this SSH public key (.pub) to them"),
