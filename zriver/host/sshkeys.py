@@ -6,7 +6,8 @@ is registered to. A key is stored once, under its SHA256 fingerprint, for one pr
 Ops (kind ``service``):
 
 * ``ssh_key.add {public_key, name?}``: people register their own keys; an admin may name
-  another principal (``zriver keys add NAME --ssh-key FILE``);
+  another principal (``zriver ssh-key add FILE --name NAME``; ``keys add --ssh-key FILE``
+  registers one with a new key);
 * ``ssh_key.list {name?}``: one's own keys; an admin may list anyone's, or all;
 * ``ssh_key.remove {fingerprint}``: one's own; an admin any.
 """
