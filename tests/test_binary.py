@@ -4,25 +4,41 @@ The binary is built once per session and then run by itself: from a scratch work
 with no Python variables in its environment, ``ZRIVER_HOME`` and ``HOME`` in a temporary
 directory, so nothing of the checkout or of the developer's ~/.zriver can leak in. Outside CI
 the tests skip when PyInstaller is missing; under CI=true they fail instead.
+
+One background cluster (``zriver up -d`` on ephemeral ports, with a host.toml/runner.toml of
+the test's own: Docker image prefixes unique to this run) lives through the module's story, in
+order: a native task, a Docker task, ``zriver shell`` and ``zriver top`` in a real terminal
+(tmux), a VPS reached with ``zriver ssh``, the dashboard fetched over HTTP with the sign-in
+link of ``zriver web --print``, then ``zriver down``. Tasks and the VPS print their environment:
+none of the bundle's library directory or bootloader variables may reach them.
 """
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import re
+import secrets
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 import zriver
+from zriver import dirlock
+from docker_images import docker_available, ensure_busybox_image, ensure_sshd_image
+from procs import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -30,17 +46,26 @@ REPO = Path(__file__).resolve().parent.parent
 BINARY = REPO / "dist" / "zriver"
 BUILD_SCRIPT = REPO / "pyinstaller" / "build.sh"
 BUILD_TIMEOUT = 600
-COMMAND_TIMEOUT = 60
-READY_TIMEOUT = 90
+COMMAND_TIMEOUT = 90  # `up -d` waits up to 60 s for its node
 STOP_TIMEOUT = 30
+SCREEN_TIMEOUT = 30
+TMUX = shutil.which("tmux")
 
 # Variables that would let the binary find the checkout or this interpreter's packages.
 _HIDDEN_PREFIXES = ("PYTHON", "ZRIVER_")
 _HIDDEN = {"VIRTUAL_ENV", "CONDA_PREFIX", "PYINSTALLER_CONFIG_DIR"}
+# What the onefile bootloader sets, and must stay in zriver (bundle.child_environment).
+_BUNDLE_VARIABLE = re.compile(r"^(_PYI_\w*|_MEIPASS2|LD_LIBRARY_PATH_ORIG)=", re.M)
 
 
 def _under_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+def _skip_or_fail(message: str) -> None:
+    if _under_ci():
+        pytest.fail(f"{message}; CI must run the binary's smoke test")
+    pytest.skip(message)
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -53,9 +78,7 @@ def zriver_binary() -> Path:
     try:
         import PyInstaller  # noqa: F401
     except ImportError:
-        if _under_ci():
-            pytest.fail("PyInstaller is not installed (pip install -e '.[build]'); CI must build the binary")
-        pytest.skip("PyInstaller is not installed (pip install -e '.[build]')")
+        _skip_or_fail("PyInstaller is not installed (pip install -e '.[build]')")
     env = dict(os.environ, PYTHON=sys.executable)
     try:
         result = subprocess.run(
@@ -85,6 +108,10 @@ class Sandbox:
     def zriver_home(self) -> Path:
         return Path(self.env["ZRIVER_HOME"])
 
+    @property
+    def home(self) -> Path:
+        return Path(self.env["HOME"])
+
     def run(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(
@@ -94,17 +121,25 @@ class Sandbox:
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"`zriver {' '.join(args)}` did not finish within {timeout}s: {exc.stderr!r}")
 
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``run`` that must exit 0."""
+        result = self.run(*args)
+        assert result.returncode == 0, (
+            f"`zriver {' '.join(args)}` exited {result.returncode}\n"
+            f"stdout={result.stdout!r}\nstderr={result.stderr!r}")
+        return result
+
 
 def _sandbox(root: Path) -> Sandbox:
     env = {
         k: v for k, v in os.environ.items()
         if not k.startswith(_HIDDEN_PREFIXES) and k not in _HIDDEN
     }
-    (root / "home").mkdir()
-    (root / "zriver").mkdir()
-    (root / "cwd").mkdir()
+    for name in ("home", "zriver", "cwd"):
+        (root / name).mkdir()
     env["HOME"] = str(root / "home")
     env["ZRIVER_HOME"] = str(root / "zriver")
+    env["TERM"] = "xterm"
     return Sandbox(root=root / "cwd", env=env)
 
 
@@ -115,91 +150,6 @@ def sandbox(zriver_binary: Path) -> Iterator[Sandbox]:
         yield _sandbox(Path(tmp))
 
 
-@dataclass
-class UpProcess:
-    sandbox: Sandbox
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> bool:
-    """SIGTERM, then SIGKILL (to its whole group) after STOP_TIMEOUT. True when it stopped by itself."""
-    if process.poll() is not None:
-        return True
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-        return True
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=STOP_TIMEOUT)
-        return False
-
-
-def _wait_until_ready(up: UpProcess) -> None:
-    """Poll `zriver nodes --json` until the one node of `up` is online (bounded)."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if up.process.poll() is not None:
-            pytest.fail(
-                f"`zriver up` exited with {up.process.returncode} before it was ready:\n"
-                f"{_tail(up.output())}"
-            )
-        result = up.sandbox.run("nodes", "--json", timeout=COMMAND_TIMEOUT)
-        if result.returncode == 0:
-            try:
-                nodes = json.loads(result.stdout)
-            except json.JSONDecodeError:
-                last = f"not JSON: {result.stdout!r}"
-            else:
-                if (
-                    isinstance(nodes, list) and len(nodes) == 1
-                    and isinstance(nodes[0], dict) and nodes[0].get("state") == "online"
-                ):
-                    return
-                last = f"nodes: {nodes!r}"
-        else:
-            last = f"exit {result.returncode}: {result.stderr.strip()}"
-        time.sleep(0.5)
-    pytest.fail(
-        f"`zriver up` had no online node within {READY_TIMEOUT}s (last: {last})\n"
-        f"--- zriver up output ---\n{_tail(up.output())}"
-    )
-
-
-@pytest.fixture(scope="module")
-def up_cluster(zriver_binary: Path) -> Iterator[UpProcess]:
-    """`dist/zriver up` (host + runner in one process on loopback), ready to take tasks."""
-    with tempfile.TemporaryDirectory(prefix="zriver-bin-") as tmp:
-        box = _sandbox(Path(tmp))
-        log = Path(tmp) / "up.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                # --port 0: any free ports (clients find them in $ZRIVER_HOME/endpoints.json).
-                [str(BINARY), "up", "--port", "0"], cwd=box.root, env=box.env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        up = UpProcess(sandbox=box, process=process, log=log)
-        try:
-            _wait_until_ready(up)
-            assert (box.zriver_home / "endpoints.json").is_file(), "no endpoints.json under ZRIVER_HOME"
-            yield up
-        finally:
-            stopped = _stop(process)
-        if not stopped:
-            pytest.fail(
-                f"`zriver up` did not stop within {STOP_TIMEOUT}s of SIGTERM and was killed\n"
-                f"{_tail(up.output())}"
-            )
-
-
 def test_version(sandbox: Sandbox):
     result = sandbox.run("--version")
     assert result.returncode == 0, result.stderr
@@ -207,29 +157,305 @@ def test_version(sandbox: Sandbox):
     assert zriver.__version__ in result.stdout
 
 
-def _submit_wait(up: UpProcess, script: str) -> subprocess.CompletedProcess[str]:
-    return up.sandbox.run("submit", "--wait", "--user", "root", "--", "sh", "-c", script)
+# ---- the background cluster ----------------------------------------------------------------
+@dataclass
+class Story:
+    """The module's ``zriver up -d`` cluster and what its tests learn along the way."""
+
+    box: Sandbox
+    prefix: str
+    up_stdout: str = ""
+    native_task: str = ""
+    ids: dict[str, int] = field(default_factory=dict)
+
+    def host_pid(self) -> int | None:
+        """The pid holding the data dir's host lock (the background `up`), if any."""
+        holder = dirlock.held(self.box.zriver_home, "host")
+        return holder.get("pid") if holder else None
 
 
-def test_task_output_and_clean_environment(up_cluster: UpProcess):
-    up = up_cluster
-    result = _submit_wait(up, "echo hello; echo LD=${LD_LIBRARY_PATH:-unset}")
+def _make_ssh_key(home: Path) -> None:
+    """``~/.ssh/id_ed25519`` (what `zriver up` registers and `zriver ssh` uses by default)."""
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "binary@test",
+                    "-f", str(ssh / "id_ed25519")], check=True, capture_output=True, timeout=30)
+
+
+def _zriver_processes(box: Sandbox) -> list[psutil.Process]:
+    """Live processes of the binary whose command line names this sandbox (keepers), or that
+    run with its ZRIVER_HOME (the background `up`)."""
+    found = []
+    for proc in psutil.process_iter(["exe", "cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["exe"] != str(BINARY):
+                continue
+            named = any(str(box.zriver_home) in arg for arg in proc.info["cmdline"] or [])
+            if named or proc.environ().get("ZRIVER_HOME") == str(box.zriver_home):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _clean_up(story: Story) -> None:
+    """`zriver down`, then SIGKILL whatever of this sandbox runs on (and the keeper's task
+    groups), then every container and image this run made."""
+    if story.host_pid():
+        story.box.run("down")
+    for proc in _zriver_processes(story.box):
+        try:
+            for child in proc.children():
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            proc.kill()
+        except psutil.Error:
+            pass
+    if not docker_available():
+        return
+    import docker
+
+    client = docker.from_env(timeout=120)
+    try:
+        ids = {p.read_text().strip() for p in story.box.zriver_home.rglob("runner-id")}
+        for item in client.api.containers(all=True):
+            labels = item.get("Labels") or {}
+            names = [n.lstrip("/") for n in item.get("Names") or []]
+            if labels.get("zriver.runner") in ids or any(n.startswith(story.prefix) for n in names):
+                client.api.remove_container(item["Id"], force=True)
+        for image in client.api.images():
+            for tag in image.get("RepoTags") or []:
+                if tag.startswith(story.prefix):
+                    client.api.remove_image(tag, force=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def story(zriver_binary: Path) -> Iterator[Story]:
+    """`dist/zriver up -d --port 0` (host with relay and web + runner), ready to take tasks."""
+    if not docker_available():
+        _skip_or_fail("no Docker daemon answers (tests/run.sh installs and starts one)")
+    with tempfile.TemporaryDirectory(prefix="zriver-bin-") as tmp:
+        box = _sandbox(Path(tmp))
+        made = Story(box=box, prefix=f"zb{os.getpid()}{secrets.token_hex(3)}")
+        _make_ssh_key(box.home)
+        # Docker image prefixes of this run only (several sessions may share one daemon).
+        write_config(box.zriver_home / "host.toml", {"env_image_prefix": f"{made.prefix}-host"})
+        write_config(box.zriver_home / "runner.toml", {"image_prefix": f"{made.prefix}-n1",
+                                                        "docker_probe_interval": 0.5})
+        try:
+            made.up_stdout = box.ok("up", "-d", "--port", "0", "--cores", "2",
+                                    "--memory", "2G").stdout
+            yield made
+        finally:
+            log = box.zriver_home / "up.log"
+            if log.is_file():
+                print(f"--- up.log ---\n{_tail(log.read_text(errors='replace'), 60)}")
+            _clean_up(made)
+
+
+def _environment_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if _BUNDLE_VARIABLE.match(line)
+            or line.startswith("LD_LIBRARY_PATH=") or "_MEI" in line]
+
+
+def test_up_detached_answers_from_the_binary(story: Story):
+    box = story.box
+    assert "up in the background" in story.up_stdout, story.up_stdout
+    endpoints = json.loads((box.zriver_home / "endpoints.json").read_text())
+    for name in ("router", "relay", "web"):
+        assert endpoints.get(name), f"no {name} in endpoints.json: {endpoints}"
+    assert ":8620" not in endpoints["router"], endpoints  # ephemeral, not the default ports
+    pid = story.host_pid()
+    assert pid and f"pid {pid}" in story.up_stdout, (pid, story.up_stdout)
+    assert psutil.Process(pid).exe() == str(BINARY)
+    nodes = json.loads(box.ok("nodes", "--json").stdout)
+    assert [n["state"] for n in nodes] == ["online"], nodes
+    assert "docker" in nodes[0].get("backends", []), nodes
+
+
+def _submit_wait(box: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    return box.run("submit", "--wait", *args)
+
+
+def test_native_task_output_exit_code_and_clean_environment(story: Story):
+    box = story.box
+    result = _submit_wait(box, "--name", "bin-native", "--user", "root", "--",
+                          "sh", "-c", "echo hello; env")
     assert result.returncode == 0, f"stdout={result.stdout!r} stderr={result.stderr!r}"
-    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    assert lines, f"submit printed no task id; stderr={result.stderr!r}"
-    task_id = lines[0]
-    assert task_id and not re.search(r"\s", task_id), f"first stdout line is not a task id: {task_id!r}"
-
-    logs = up.sandbox.run("logs", task_id)
-    assert logs.returncode == 0, logs.stderr
-    out = logs.stdout.splitlines()
-    assert "hello" in out, logs.stdout
-    # The bootloader's bundle directory must not leak into tasks: they see what we had.
-    expected = up.sandbox.env.get("LD_LIBRARY_PATH") or "unset"
-    assert f"LD={expected}" in out, logs.stdout
+    task_id = result.stdout.split()[0]
+    assert task_id.isdigit(), f"first stdout word is not a task id: {result.stdout!r}"
+    story.native_task = task_id
+    out = box.ok("logs", task_id).stdout
+    assert "hello" in out.splitlines(), out
+    # The bootloader's bundle directory and variables must not leak into tasks.
+    expected = [f"LD_LIBRARY_PATH={box.env['LD_LIBRARY_PATH']}"] if "LD_LIBRARY_PATH" in box.env else []
+    assert _environment_lines(out) == expected, out
+    failed = _submit_wait(box, "--user", "root", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3, f"stdout={failed.stdout!r} stderr={failed.stderr!r}"
 
 
-def test_task_exit_code_is_submit_exit_code(up_cluster: UpProcess):
-    up = up_cluster
-    result = _submit_wait(up, "exit 3")
-    assert result.returncode == 3, f"stdout={result.stdout!r} stderr={result.stderr!r}"
+def test_docker_task_runs_in_its_environment(story: Story):
+    box = story.box
+    box.ok("env", "create", "tiny", "--image", ensure_busybox_image())
+    result = _submit_wait(box, "--name", "bin-docker", "--container", "tiny", "--",
+                          "sh", "-c", "echo in-docker; env")
+    assert result.returncode == 0, f"stdout={result.stdout!r} stderr={result.stderr!r}"
+    task_id = result.stdout.split()[0]
+    out = box.ok("logs", task_id).stdout
+    assert "in-docker" in out.splitlines(), out
+    assert _environment_lines(out) == [], out
+
+
+# ---- a real terminal -------------------------------------------------------------------------
+class Terminal:
+    """The binary run in a ``120x32`` window of a private tmux server (no user config)."""
+
+    def __init__(self, box: Sandbox, *args: str) -> None:
+        if TMUX is None:
+            _skip_or_fail("needs tmux (a real terminal emulator)")
+        self.dir = Path(tempfile.mkdtemp(prefix="zrbin"))  # short: a socket path has a limit
+        self.sock = str(self.dir / "s")
+        conf = self.dir / "tmux.conf"
+        conf.write_text("set -g remain-on-exit on\nset -g status off\n")
+        script = self.dir / "run.sh"
+        script.write_text(f"#!/bin/sh\n{shlex.join([str(BINARY), *args])}\n"
+                          f"echo \"[exited $?]\"\n")
+        script.chmod(0o755)
+        subprocess.run([TMUX, "-S", self.sock, "-f", str(conf), "new-session", "-d", "-x", "120",
+                        "-y", "32", "-c", str(box.root), str(script)], env=box.env, check=True,
+                       timeout=30)
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run([TMUX, "-S", self.sock, *args], capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+
+    def text(self) -> str:
+        return self.tmux("capture-pane", "-p", "-S", "-")
+
+    def wait(self, check: Callable[[str], bool], what: str, timeout: float = SCREEN_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.text()
+            if check(screen):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the screen never showed {what}; it shows:\n{screen}")
+            time.sleep(0.05)
+
+    def exit_status(self) -> int:
+        found = re.search(r"^\[exited (\d+)\]", self.wait(
+            lambda s: re.search(r"^\[exited \d+\]", s, re.M) is not None, "the command's end"), re.M)
+        return int(found.group(1))
+
+    def close(self) -> None:
+        subprocess.run([TMUX, "-S", self.sock, "kill-server"], capture_output=True, timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def terminal(story: Story) -> Iterator[Callable[..., Terminal]]:
+    opened: list[Terminal] = []
+
+    def open_(*args: str) -> Terminal:
+        opened.append(Terminal(story.box, *args))
+        return opened[-1]
+
+    yield open_
+    for term in opened:
+        term.close()
+
+
+def test_shell_answers_a_command(story: Story, terminal):
+    assert story.native_task, "needs the native task of the test before"
+    term = terminal("shell")
+    term.wait(lambda s: "1/1 nodes online" in s, "the toolbar with the node online")
+    term.tmux("send-keys", "-l", "--", "tasks --all")
+    term.tmux("send-keys", "Enter")
+    term.wait(lambda s: re.search(rf"^\s*{story.native_task}\b.*bin-native", s, re.M) is not None,
+              f"task {story.native_task} (bin-native) listed")
+    term.tmux("send-keys", "-l", "--", "exit")
+    term.tmux("send-keys", "Enter")
+    assert term.exit_status() == 0, term.text()
+
+
+def test_top_shows_the_cluster(story: Story, terminal):
+    box = story.box
+    [node] = json.loads(box.ok("nodes", "--json").stdout)
+    sleeper = box.ok("submit", "--name", "bin-sleeper", "--user", "root", "--", "sleep", "600")
+    sleeper_id = sleeper.stdout.split()[0]
+    try:
+        term = terminal("top")
+        term.wait(lambda s: re.search(rf"^\s*{re.escape(node['name'])}\b.*online", s, re.M)
+                  is not None, f"node {node['name']} online (the nodes view)")
+        term.tmux("send-keys", "2")  # the tasks view
+        term.wait(lambda s: re.search(rf"^\s*{sleeper_id}\b.*bin-sleeper", s, re.M) is not None,
+                  f"task {sleeper_id} (bin-sleeper) in the tasks view")
+        term.tmux("send-keys", "q")
+        assert term.exit_status() == 0, term.text()
+    finally:
+        box.ok("kill", sleeper_id)
+
+
+# ---- a VPS over zriver ssh -------------------------------------------------------------------
+def test_vps_reached_with_zriver_ssh(story: Story):
+    box = story.box
+    box.ok("env", "create", "dev", "--image", ensure_sshd_image())
+    made = box.ok("vps", "create", "--container", "dev", "--name", "box", "--cores", "1",
+                  "--memory", "256M", "--wait")
+    vps = re.search(r"\b(\d+)\b", made.stdout).group(1)
+    story.ids["vps"] = int(vps)
+    deadline = time.monotonic() + COMMAND_TIMEOUT
+    while True:  # running, with the host key its sshd made (what `zriver ssh` pins)
+        rows = json.loads(box.ok("vps", "list", "--json").stdout)
+        rows = rows["vps"] if isinstance(rows, dict) else rows
+        row = next(r for r in rows if str(r["id"]) == vps)
+        if row["state"] == "running" and row.get("host_key"):
+            break
+        assert time.monotonic() < deadline, f"VPS {vps} not running with a host key: {row}"
+        time.sleep(0.2)
+    run = box.run("ssh", vps, "--", "sh", "-c", "id -u; env; exit 5")
+    assert run.returncode == 5, f"stdout={run.stdout!r} stderr={run.stderr!r}"
+    assert run.stdout.splitlines()[0] == "0", run.stdout
+    assert _environment_lines(run.stdout) == [], run.stdout
+
+
+# ---- the dashboard ---------------------------------------------------------------------------
+def test_dashboard_served_with_the_sign_in_link(story: Story):
+    box = story.box
+    web = json.loads((box.zriver_home / "endpoints.json").read_text())["web"]
+    up_log = (box.zriver_home / "up.log").read_text(errors="replace")
+    assert re.search(rf"sign in once with {re.escape(web)}/login\?code=\S+", up_log), up_log
+    printed = box.ok("web", "--print").stdout
+    link = re.search(rf"{re.escape(web)}/login\?code=\S+", printed)
+    assert link, printed
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    with opener.open(link.group(0), timeout=30) as page:  # sets the cookie, then redirects to /
+        assert page.status == 200 and page.url.rstrip("/") == web
+        html = page.read().decode()
+    assert "<title>zriver</title>" in html, html[:500]
+    scripts = re.findall(r'src="(/static/[^"]+)"', html)
+    assert scripts, html[:500]
+    for path in scripts:  # the page's own files come out of the bundle
+        with opener.open(f"{web}{path}", timeout=30) as script:
+            assert script.status == 200 and script.read(), path
+    with opener.open(f"{web}/api/v1/nodes", timeout=30) as reply:  # signed in
+        nodes = json.loads(reply.read())
+    nodes = nodes.get("nodes", nodes) if isinstance(nodes, dict) else nodes
+    assert [n["state"] for n in nodes] == ["online"], nodes
+
+
+# ---- down --------------------------------------------------------------------------------------
+def test_down_stops_it(story: Story):
+    box = story.box
+    pid = story.host_pid()
+    assert pid, "no zriver up holds the data dir"
+    down = box.ok("down")
+    assert f"pid {pid}" in down.stdout, down.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not (box.zriver_home / "endpoints.json").exists()
+    assert "nothing to stop" in box.ok("down").stderr

@@ -27,6 +27,11 @@ CASES = [
      {"LD_LIBRARY_PATH": ""}),
     ("frozen-orig-only", True, {"LD_LIBRARY_PATH_ORIG": "/opt/lib"}, {"LD_LIBRARY_PATH": "/opt/lib"}),
     ("frozen-neither", True, {"HOME": "/root"}, {"HOME": "/root"}),
+    ("frozen-drops-bootloader-vars", True,
+     {"PATH": "/bin", "_PYI_APPLICATION_HOME_DIR": BUNDLE_DIR, "_PYI_ARCHIVE_FILE": "/bin/zriver",
+      "_PYI_PARENT_PROCESS_LEVEL": "0", "_MEIPASS2": BUNDLE_DIR, "LD_LIBRARY_PATH": BUNDLE_DIR},
+     {"PATH": "/bin"}),
+    ("plain-keeps-bootloader-vars", False, {"_PYI_ARCHIVE_FILE": "/x"}, {"_PYI_ARCHIVE_FILE": "/x"}),
 ]
 
 

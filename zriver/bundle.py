@@ -5,7 +5,10 @@ The onefile bootloader unpacks the bundle into a temporary directory and prepend
 in ``LD_LIBRARY_PATH_ORIG`` (absent when there was none). Every child process zriver starts
 (tasks, docker, numactl, ssh, ...) would otherwise inherit the bundle's library directory and
 load the bundle's libraries instead of the system's, so each spawn takes its environment from
-:func:`child_environment`.
+:func:`child_environment`. The bootloader also sets variables of its own (``_PYI_*``, and
+``_MEIPASS2`` in older releases) that tell a zriver binary started with them to reuse this
+process's unpacked directory, which is deleted when this process ends: children never get them
+either, so a task that runs ``zriver`` runs a fresh one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ __all__ = ["child_environment", "is_frozen"]
 
 _LD = "LD_LIBRARY_PATH"
 _LD_ORIG = "LD_LIBRARY_PATH_ORIG"
+_BOOTLOADER_PREFIX = "_PYI_"
+_BOOTLOADER_NAMES = frozenset({"_MEIPASS2"})
 
 
 def is_frozen() -> bool:
@@ -30,11 +35,14 @@ def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
     Inside a bundle, ``LD_LIBRARY_PATH`` gets back the value it had before the bootloader ran
     (from ``LD_LIBRARY_PATH_ORIG``), or is removed when it had none, and
-    ``LD_LIBRARY_PATH_ORIG`` itself is dropped. Outside a bundle the copy is returned as is.
+    ``LD_LIBRARY_PATH_ORIG`` itself is dropped, and so are the bootloader's own variables
+    (``_PYI_*``, ``_MEIPASS2``). Outside a bundle the copy is returned as is.
     """
     env = dict(os.environ if base is None else base)
     if not is_frozen():
         return env
+    for name in [k for k in env if k.startswith(_BOOTLOADER_PREFIX) or k in _BOOTLOADER_NAMES]:
+        del env[name]
     original = env.pop(_LD_ORIG, None)
     if original is None:
         env.pop(_LD, None)

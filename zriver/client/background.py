@@ -3,8 +3,8 @@
 ``start`` runs ``zriver up`` (the same arguments, less ``-d``) as a detached process: its own
 session (no terminal: a closed shell or Ctrl-C never reaches it), stdin from /dev/null, its
 output appended to ``<data dir>/up.log``. It returns once that process answers through the
-normal client (its endpoints file carries its pid, ``cluster.hello`` answers and its node is
-online), within ``START_TIMEOUT``; a process that exits first, or does not answer in time,
+normal client (its endpoints file carries its pid, or from the single binary the pid of the
+bootloader's child that runs Python, ``cluster.hello`` answers and its node is online), within ``START_TIMEOUT``; a process that exits first, or does not answer in time,
 raises ``StartFailed`` with the log's last lines (a process still starting is stopped).
 
 ``stop`` sends SIGTERM to the process holding the data dir's host lock (``zriver.dirlock``:
@@ -100,7 +100,7 @@ def _wait_answering(proc: subprocess.Popen, data_dir: Path, log: Path, offset: i
         if proc.poll() is not None:
             raise StartFailed(f"zriver up exited with status {proc.returncode} before it "
                               f"answered; the end of {log}:\n{tail(log, offset)}")
-        router = _router_of(data_dir, proc.pid)
+        router, pid = _router_of(data_dir, proc.pid)
         if router:
             try:
                 with Client(router, 2.0, key=key, host_key=host_key) as client:
@@ -108,7 +108,7 @@ def _wait_answering(proc: subprocess.Popen, data_dir: Path, log: Path, offset: i
                     online = [n["name"] for n in client.call("node.list")["nodes"]
                               if n["state"] == "online"]
                 if online:
-                    return Started(proc.pid, router, online[0], log)
+                    return Started(pid, router, online[0], log)
             except Unavailable:
                 pass
         time.sleep(POLL)
@@ -116,15 +116,29 @@ def _wait_answering(proc: subprocess.Popen, data_dir: Path, log: Path, offset: i
                       f"{START_TIMEOUT:g} s; stopped it. The end of {log}:\n{tail(log, offset)}")
 
 
-def _router_of(data_dir: Path, pid: int) -> str:
-    """The router address in ``data_dir``'s endpoints file once process ``pid`` wrote it."""
+def _router_of(data_dir: Path, pid: int) -> tuple[str, int]:
+    """The router address in ``data_dir``'s endpoints file and the pid that wrote it, once
+    process ``pid`` or a child of it wrote it (``("", 0)`` before). A child: the single
+    binary's bootloader runs Python in a child process, which is the one that writes it."""
     try:
         data = json.loads((data_dir / "endpoints.json").read_text())
     except (OSError, ValueError):
-        return ""
-    if isinstance(data, dict) and data.get("pid") == pid and isinstance(data.get("router"), str):
-        return data["router"]
-    return ""
+        return "", 0
+    if not (isinstance(data, dict) and isinstance(data.get("router"), str)):
+        return "", 0
+    writer = data.get("pid")
+    if isinstance(writer, int) and (writer == pid or _parent_of(writer) == pid):
+        return data["router"], writer
+    return "", 0
+
+
+def _parent_of(pid: int) -> int:
+    """Process ``pid``'s parent pid (0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def tail(path: Path, offset: int = 0, lines: int = TAIL_LINES) -> str:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from zriver.bundle import child_environment
 from zriver.client.progress import Progress, watching
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, size, table
@@ -165,7 +166,7 @@ def shell(ctx: Context, args) -> int:
     if docker is None:
         raise Unavailable(f"env shell needs the docker CLI of the host machine: run "
                           f"`zriver env shell {args.name}` on {where}")
-    env = dict(os.environ)
+    env = child_environment()
     if reply.get("docker_host"):
         env["DOCKER_HOST"] = reply["docker_host"]
     container = reply["container"]

@@ -7,6 +7,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from zriver.bundle import child_environment
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import as_json, table
 from zriver.errors import InvalidArgument
@@ -86,7 +87,7 @@ def span(ctx: Context, args) -> int:
 
 def _run(words: list[str], capture: bool) -> tuple[int, str]:
     try:
-        done = subprocess.run(words, capture_output=capture, text=True)
+        done = subprocess.run(words, capture_output=capture, text=True, env=child_environment())
     except FileNotFoundError:
         return 127, f"command not found: {words[0]}\n"
     return done.returncode, (done.stdout + done.stderr) if capture else ""
