@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -145,6 +146,18 @@ def test_wait_and_kill_verbs(cli, cluster):
     assert "kill requested" in cli("kill", str(task_id), check=True).stdout
     result = cli("wait", str(task_id))
     assert result.returncode == 143 and "killed" in result.stdout
+
+
+def test_wait_and_status_of_a_task_that_never_ran(cli, cluster):
+    """A task failed by its dependency has no exit code: ``wait`` says none (not "None"), and
+    every line of ``status`` keeps its key and value apart, the longest key's too."""
+    failed = cluster.submit(["false"])
+    never = cluster.submit(["true"], after=[failed])
+    waited = cli("wait", str(never))
+    assert waited.returncode == 1 and waited.stdout == f"{never}: failed\n", waited.stdout
+    lines = cli("status", str(never), check=True).stdout.split("history:")[0].splitlines()
+    assert lines and all(re.match(r"^[a-z_]+: +\S", line) for line in lines), lines
+    assert any(line.startswith("allocated_cores: ") for line in lines)
 
 
 def test_init_config_writes_a_loadable_commented_file(tmp_path):

@@ -272,6 +272,7 @@ def status(ctx: Context, args) -> int:
         ctx.print(as_json({**reply["task"], "events": reply["events"]}))
         return 0
     task = reply["task"]
+    width = max(map(len, task)) + 2  # the longest "key:" and one space
     for key, value in task.items():
         if key.endswith("_at"):
             value = when(value)
@@ -279,7 +280,7 @@ def status(ctx: Context, args) -> int:
             value = size(value)
         elif key == "command":
             value = " ".join(value)
-        ctx.print(f"{key + ':':16}{'-' if value in (None, '', [], {}) else value}")
+        ctx.print(f"{key + ':':{width}}{'-' if value in (None, '', [], {}) else value}")
     ctx.print("history:")
     for event in reply["events"]:
         ctx.print(f"  {when(event['at'])}  {event['state']:<10} {event['detail']}")
@@ -371,7 +372,8 @@ def wait(ctx: Context, args) -> int:
     if args.json:
         ctx.print(as_json(summaries))
     else:
-        for s in summaries:
-            ctx.print(f"{s['id']}: {s['state']} (exit {s['exit_code']})")
+        for s in summaries:  # a task that never ran (a failed dependency) has no exit code
+            code = "" if s["exit_code"] is None else f" (exit {s['exit_code']})"
+            ctx.print(f"{s['id']}: {s['state']}{code}")
     failures = [exit_status(s) for s in summaries if exit_status(s)]
     return failures[0] if failures else 0
