@@ -311,3 +311,20 @@ def test_docker_daemon_going_away(dcluster, tmp_path):
         assert cluster.wait(again)[0]["state"] == "completed"
     finally:
         proxy.stop()
+
+
+def test_a_container_numbers_its_gpus_from_zero():
+    """Docker passes the allocated GPUs in as devices 0..n-1: CUDA_VISIBLE_DEVICES with the
+    node's indices (``node::2,3``) would name none of them inside."""
+    from zriver.runner.backends import Job
+    from zriver.runner.backends.docker import container_environment
+    from zriver.spec import TaskSpec
+
+    spec = TaskSpec(command=["true"])
+    given = {"CUDA_VISIBLE_DEVICES": "2,3", "ZRIVER_TASK_ID": "7"}
+    job = Job(7, spec, (0,), 0, "out", "err", given, gpus=(2, 3))
+    env = container_environment(job)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["ZRIVER_GPUS"] == "2,3"
+    assert env["ZRIVER_TASK_ID"] == "7" and given["CUDA_VISIBLE_DEVICES"] == "2,3"
+    no_gpus = Job(8, spec, (0,), 0, "out", "err", {"CUDA_VISIBLE_DEVICES": ""})
+    assert container_environment(no_gpus) == {"CUDA_VISIBLE_DEVICES": ""}  # still hidden

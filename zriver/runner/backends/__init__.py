@@ -21,7 +21,8 @@ from zriver.spec import TaskSpec
 class Job:
     """Everything a backend needs to run one task. ``env`` is what the task sets and zriver
     adds (``ZRIVER_*``, ``CUDA_VISIBLE_DEVICES``): a native task gets it on top of the runner's
-    own environment, a container on top of its image's."""
+    own environment, a container on top of its image's (``docker.container_environment``:
+    there the GPUs are numbered from 0)."""
 
     task_id: int
     spec: TaskSpec

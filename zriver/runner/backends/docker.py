@@ -395,7 +395,8 @@ class DockerBackend:
                   "zriver.node": self.link.node, "zriver.runner": self.link.runner_id,
                   "zriver.env": task.env, "zriver.env_version": task.version}
         name = f"zriver-{self.link.runner_id[:12]}-{task.task_id}-{task.attempt}"
-        kwargs = dict(command=spec.command, environment=job.env, labels=labels, name=name,
+        kwargs = dict(command=spec.command, environment=container_environment(job),
+                      labels=labels, name=name,
                       working_dir=spec.workdir or None, host_config=host_config, detach=True)
         if spec.kind == VPS:
             labels["zriver.kind"] = VPS
@@ -653,6 +654,18 @@ class DockerBackend:
                 log.warning("env.forget_failed", env=name, error=short_reason(exc))
 
         self._submit(remove)
+
+
+def container_environment(job: Job) -> dict[str, str]:
+    """The task's variables inside its container. Docker passes the allocated GPUs in
+    numbered from 0, so ``CUDA_VISIBLE_DEVICES`` counts them from 0 there (the node's
+    indices, which it holds for a native task, would name no device: ``node::2,3`` saw
+    ``2,3`` and CUDA found nothing); the node's indices stay in ``ZRIVER_GPUS``."""
+    env = dict(job.env)
+    if job.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(job.gpus)))
+        env["ZRIVER_GPUS"] = ",".join(map(str, job.gpus))
+    return env
 
 
 def _real_zone(zone: int | None) -> bool:
