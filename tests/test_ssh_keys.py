@@ -64,6 +64,9 @@ def test_the_cli_registers_lists_and_removes(cluster, tmp_path):
     assert added.returncode == 0 and "registered SHA256:" in added.stdout, added.stderr
     listed = json.loads(zriver("ssh-key", "list", "--json").stdout)
     assert [k["comment"] for k in listed] == ["me@lab"]
+    shown = zriver("ssh-key", "list").stdout.splitlines()
+    assert shown[0].split() == ["FINGERPRINT", "NAME", "COMMENT", "ADDED"]
+    assert shown[1].endswith(" ago") and "me@lab" in shown[1]  # an age, as every listing says it
     removed = zriver("ssh-key", "rm", listed[0]["fingerprint"])
     assert removed.returncode == 0 and "removed" in removed.stdout
     missing = zriver("ssh-key", "add", str(tmp_path / "nope.pub"))

@@ -48,7 +48,7 @@ def ssh_key_list(ctx: Context, args) -> int:
         ctx.print(as_json(keys))
         return 0
     ctx.print(table(["FINGERPRINT", "NAME", "COMMENT", "ADDED"],
-                    [[k["fingerprint"], k["name"], k["comment"], age(k["added_at"])]
+                    [[k["fingerprint"], k["name"], k["comment"], age(k["added_at"]) + " ago"]
                      for k in keys]))
     return 0
 
