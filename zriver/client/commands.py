@@ -8,7 +8,7 @@ from zriver.client import verbs_sshkeys  # noqa: F401  (ssh-key add/list/rm)
 from zriver.client import verbs_tokens  # noqa: F401  (token create/list/revoke, web)
 from zriver.client import verbs_vps, verbs_ssh  # noqa: F401  (vps *, ssh, connect, forward)
 from zriver.client import verbs_completion  # noqa: F401  (completion; __complete for its scripts)
-from zriver.client import verbs_ops  # noqa: F401  (backup)
+from zriver.client import verbs_ops  # noqa: F401  (backup, init service)
 from zriver.client.registry import REGISTRY, build_parser
 
 __all__ = ["REGISTRY", "build_parser"]

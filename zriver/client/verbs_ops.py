@@ -1,19 +1,25 @@
-"""Verbs for whoever runs the cluster: ``zriver backup FILE``.
+"""Verbs for whoever runs the cluster: ``zriver backup FILE`` and ``zriver init service``.
 
 ``backup``: the host makes a consistent copy of its store while it runs (``backup.start``,
 ``zriver.host.backup``), the client fetches it in chunks into a temporary file beside FILE,
 checks its size, SHA-256 and ``PRAGMA integrity_check``, and only then renames it to FILE.
 An existing FILE is kept unless ``--force``; a failed backup leaves nothing behind.
+
+``init service --host|--runner``: a systemd unit for that role (``zriver.units``), printed or
+written to ``--output`` (an existing file only with ``--force``).
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 from pathlib import Path
 
 import apsw
 
+from zriver import config as cfg
+from zriver import units
 from zriver.client.registry import Context, arg, command
 from zriver.errors import Conflict, InvalidArgument, Unavailable
 
@@ -90,3 +96,47 @@ def sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@command(
+    "init service", "print (or write) a systemd unit for a host or a runner",
+    arg("--host", dest="role", action="store_const", const="host", help="zriver-host.service"),
+    arg("--runner", dest="role", action="store_const", const="runner",
+        help="zriver-runner.service (stop and restart leave its tasks running)"),
+    arg("--config", help="the role's config file (default: $ZRIVER_HOME/<role>.toml)"),
+    arg("--user", help="the account the role runs as (default: yours; a runner needs root to "
+                       "run tasks as their owners' accounts)"),
+    arg("--output", "-o", help="write the unit there (default: print it)"),
+    arg("--force", action="store_true", help="overwrite an existing --output file"),
+    description="Print a systemd unit that runs this zriver (the binary or interpreter this "
+                "command runs with) as a host or a runner. A runner's unit has KillMode=process: "
+                "systemctl stop and restart end the runner only, never its tasks. "
+                "See docs/deploy.md.",
+    needs_cluster=False,
+)
+def init_service(ctx: Context, args) -> int:
+    if args.role is None:
+        raise InvalidArgument("say which unit: --host or --runner")
+    home = cfg.zriver_home().absolute()
+    config = Path(args.config).absolute() if args.config else home / f"{args.role}.toml"
+    command = units.zriver_command()
+    spec = units.UnitSpec(args.role, command, str(config), args.user or getpass.getuser(),
+                          str(home), units.package_root() if "-m" in command else None)
+    text = units.render(spec)
+    if not config.exists():
+        print(f"zriver: note: {config} does not exist yet (zriver init config --{args.role} "
+              f"writes one)", file=ctx.err)
+    if not args.output or args.output == "-":
+        ctx.out.write(text)
+        return 0
+    path = Path(args.output)
+    if path.is_dir():
+        raise InvalidArgument(f"{path} is a directory")
+    if path.exists() and not args.force:
+        raise Conflict(f"{path} exists; use --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.part-{os.getpid()}"
+    temporary.write_text(text)
+    os.replace(temporary, path)
+    ctx.print(str(path))
+    return 0
