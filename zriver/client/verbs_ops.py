@@ -21,7 +21,7 @@ import apsw
 from zriver import config as cfg
 from zriver import units
 from zriver.client.registry import Context, arg, command
-from zriver.errors import Conflict, InvalidArgument, Unavailable
+from zriver.errors import Conflict, InvalidArgument, Unavailable, ZriverError
 
 BACKUP_TIMEOUT = 3600.0
 """Seconds the client waits for the host to make the copy (a large store takes a while)."""
@@ -44,11 +44,22 @@ def backup(ctx: Context, args) -> int:
         check_copy(temporary)
         os.replace(temporary, target)
         sync_folder(target.parent)
-    finally:
+    except BaseException:
         temporary.unlink(missing_ok=True)
-        client.call("backup.done", {"name": made["name"]})
+        forget(client, made["name"])  # best effort: the error that stopped us is the news
+        raise
+    client.call("backup.done", {"name": made["name"]})
     ctx.print(f"{target}: {made['size']:,} bytes, tasks up to {made['last_task_id']}")
     return 0
+
+
+def forget(client, name: str) -> None:
+    """Ask the host to remove its copy, saying nothing if it cannot be reached (it removes an
+    unfetched copy after an hour anyway)."""
+    try:
+        client.call("backup.done", {"name": name})
+    except ZriverError:
+        pass
 
 
 def check_target(target: Path, force: bool) -> None:
