@@ -185,3 +185,51 @@ def test_relative_links_point_at_files_and_headings_that_exist(path):
         elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
             broken.append(target)
     assert not broken, f"{path.relative_to(ROOT)}: links to nothing: {broken}"
+
+
+SHELL_FENCE = re.compile(r"^```(?:sh|bash|shell|console)[ \t]*\n(.*?)^```", re.M | re.S)
+CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+GLOBAL_WITH_VALUE = {"--host", "--key", "--host-key", "--timeout"}
+
+
+def zriver_commands(text: str):
+    """Each ``zriver ...`` command in ``text``'s shell blocks (a line, or each part of a line
+    joined by ``;``, ``&&``, ``|``) and in its inline code spans."""
+    for block in SHELL_FENCE.findall(text):
+        for line in block.splitlines():
+            for part in re.split(r"\s*(?:;|&&|\|\||\|)\s*", line.strip()):
+                part = part.removeprefix("$ ").strip()
+                if part.startswith("zriver "):
+                    yield part
+    for span in CODE.findall(FENCE.sub("", text)):
+        if span.startswith("zriver "):
+            yield span
+
+
+def verb_of(command: str) -> tuple[str, str]:
+    """The two words after ``zriver`` and its global flags (``zriver --host H tasks`` ->
+    ``("tasks", "")``)."""
+    words = command.split()[1:]
+    while words and words[0].startswith("-"):
+        words = words[2:] if words[0] in GLOBAL_WITH_VALUE else words[1:]
+    words = [w.rstrip(":,.") for w in words]
+    return (words[0] if words else "", words[1] if len(words) > 1 else "")
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.name)
+def test_commands_the_docs_show_are_verbs(path):
+    """A ``zriver WORD`` the docs show is a registered verb (or ``WORD SUBWORD`` a two-word
+    one): a verb renamed or removed fails here. Placeholders (``VERB``, ``<verb>``), bare
+    global flags and internal names (``_keeper``, ``__complete``) are let through."""
+    groups = {name.split()[0] for name in REGISTRY if " " in name}
+    unknown = []
+    for command in zriver_commands(path.read_text()):
+        first, second = verb_of(command)
+        if not first or first.startswith(("_", "<")) or first.isupper():
+            continue
+        if first in groups and f"{first} {second}" not in REGISTRY and first not in REGISTRY:
+            if second and not second.startswith("-") and not second.isupper():
+                unknown.append(command)
+        elif first not in REGISTRY and first not in groups:
+            unknown.append(command)
+    assert not unknown, f"{path.relative_to(ROOT)} shows commands that are no verbs: {unknown}"
