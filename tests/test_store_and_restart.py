@@ -44,6 +44,39 @@ def test_reopening_keeps_everything(tmp_path):
     again.close()
 
 
+def test_ids_are_not_given_again_after_an_older_backup_is_restored(tmp_path):
+    """Replacing host.db by an older copy (a restore) keeps the ids given since: a new task
+    would otherwise take an id, and the log files, of a task that ran after the backup."""
+    import shutil
+
+    def add(store: Store, count: int) -> int:
+        with store.batch():
+            store.insert_tasks(store.last_task_id() + 1, [({"command": ["true"]}, "t", "o",
+                                                           None)] * count, 1.0, None)
+        return store.last_task_id()
+
+    store = Store(tmp_path / "host.db")
+    assert add(store, 3) == 3
+    store.close()
+    shutil.copy(tmp_path / "host.db", tmp_path / "backup.db")  # taken with three tasks
+    store = Store(tmp_path / "host.db")
+    assert add(store, 4) == 7
+    with store.batch():
+        single = store.insert_task({"name": "b", "owner": "o", "state": "pending",
+                                    "spec": {"command": ["true"]}, "submitted_at": 1.0})
+    assert single == 8
+    store.close()
+    (tmp_path / "host.db").unlink()
+    shutil.copy(tmp_path / "backup.db", tmp_path / "host.db")  # restored
+    restored = Store(tmp_path / "host.db")
+    assert len(restored.list_tasks(limit=100)) == 3 and restored.last_task_id() == 8
+    restored.close()
+    (tmp_path / "host.db.ids").write_text("torn\x00")  # a mark a crash left unreadable
+    floor = Store(tmp_path / "host.db")
+    assert floor.last_task_id() == 3  # the database is the floor
+    floor.close()
+
+
 def test_host_restart_keeps_history_and_continues_ids(make_cluster):
     cluster = make_cluster({"n1": {"cores": 2}})
     first = cluster.submit(["true"])

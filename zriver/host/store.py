@@ -22,6 +22,7 @@ import msgpack
 from zriver import lifecycle as lc
 from zriver.errors import Internal
 from zriver.host.effects import WRITE_METHODS
+from zriver.host.idmark import IdMark
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -206,6 +207,7 @@ class Store:
         self._updates: dict[int, dict[str, Any]] = {}
         self._events: list[tuple[int, str, float, str]] = []
         self.conn = apsw.Connection(str(path))
+        self.ids = IdMark(Path(f"{path}.ids"))
         self.conn.setbusytimeout(5000)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -216,6 +218,7 @@ class Store:
             with self.batch():
                 self.write_pending()
         self.conn.close()
+        self.ids.close()
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]
@@ -253,7 +256,9 @@ class Store:
             (row.get("id"), row["name"], row["owner"], row["state"], pack(row["spec"]),
              row["submitted_at"], row.get("batch_id"), row.get("detail", "")),
         )
-        return self.conn.last_insert_rowid()
+        task_id = self.conn.last_insert_rowid()
+        self.ids.note(task_id)
+        return task_id
 
     def insert_tasks(self, first_id: int, groups: Sequence[TaskGroup], at: float,
                      batch_id: int | None) -> None:
@@ -277,13 +282,15 @@ class Store:
             "INSERT INTO task_events(task_id, state, at, detail)"
             " VALUES (?, 'pending', ?, 'submitted')",
             ((task_id, at) for task_id in range(first_id, first_id + count)))
+        self.ids.note(first_id + count - 1)
 
     def last_task_id(self) -> int:
-        """The highest task id ever given (ids are never reused)."""
+        """The highest task id ever given (ids are never reused, also after the database was
+        replaced by an older backup: ``host/idmark.py``)."""
         self.write_pending()
         rows = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='tasks'").fetchall()
         top = self.conn.execute("SELECT max(id) FROM tasks").fetchall()[0][0] or 0
-        return max(top, rows[0][0] if rows else 0)
+        return max(top, rows[0][0] if rows else 0, self.ids.value)
 
     def apply(self, method: str, args: tuple, fields: dict | None) -> None:
         """Carry out one ``Write`` effect of the core (a write method named in
