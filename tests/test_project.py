@@ -30,3 +30,20 @@ def test_the_test_command_runs_the_whole_suite():
     assert " -k " not in pytest_line
     assert " -m " not in pytest_line.replace(" -m pytest", "")  # no marker filter
     assert "testpaths = [\"tests\"]" in (REPO / "pyproject.toml").read_text()
+
+
+def test_every_module_is_in_the_architecture_module_map():
+    """docs/architecture.md names every module of the package: by its path (under zriver/ or
+    with it), or by its file name on a line that names its package directory."""
+    text = (REPO / "docs/architecture.md").read_text()
+    lines = text.splitlines()
+    missing = []
+    for path in sorted((REPO / "zriver").rglob("*.py")):
+        relative = path.relative_to(REPO / "zriver").as_posix()
+        if (path.name in ("__init__.py", "__main__.py") or f"`{relative}`" in text
+                or f"`zriver/{relative}`" in text):
+            continue
+        folder = f"`{path.parent.relative_to(REPO / 'zriver').as_posix()}/`"
+        if not any(folder in line and f"`{path.name}`" in line for line in lines):
+            missing.append(relative)
+    assert not missing, f"add these to the module map of docs/architecture.md: {missing}"
