@@ -157,6 +157,102 @@ def test_version(sandbox: Sandbox):
     assert zriver.__version__ in result.stdout
 
 
+# ---- the one-time unpacking (pyinstaller/stub.sh) --------------------------------------------
+def _archive_sha256() -> str:
+    with BINARY.open("rb") as f:
+        head = f.read(16384).decode(errors="replace")
+    return re.search(r"^ZRIVER_SHA256=([0-9a-f]{64})$", head, re.M).group(1)
+
+
+def _cache_entries(base: Path) -> tuple[list[str], list[str]]:
+    """(published links, unpacked directories) under the cache base ``base``."""
+    if not base.is_dir():
+        return [], []
+    links = sorted(p.name for p in base.iterdir() if p.is_symlink())
+    dirs = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.is_symlink())
+    return links, dirs
+
+
+def test_first_start_unpacks_once_and_later_starts_exec_the_cache(sandbox: Sandbox):
+    sha = _archive_sha256()
+    cache = sandbox.home / ".cache" / "zriver"
+    assert sandbox.run("--version").returncode == 0
+    links, dirs = _cache_entries(cache)
+    assert links == [sha] and len(dirs) == 1 and dirs[0].startswith(f".{sha}."), (links, dirs)
+    unpacked = cache / dirs[0]
+    assert (unpacked / ".zriver-sha256").read_text().strip() == sha
+    program = unpacked / "zriver" / "zriver"
+    before = program.stat().st_mtime_ns
+    again = sandbox.run("--version")
+    assert again.returncode == 0 and zriver.__version__ in again.stdout, again.stderr
+    assert _cache_entries(cache) == (links, dirs)  # nothing unpacked again
+    assert program.stat().st_mtime_ns == before
+
+
+def test_concurrent_first_starts_publish_one_copy(sandbox: Sandbox):
+    starts = [subprocess.Popen([str(BINARY), "--version"], cwd=sandbox.root, env=sandbox.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(4)]
+    for start in starts:
+        out, err = start.communicate(timeout=COMMAND_TIMEOUT)
+        assert start.returncode == 0 and zriver.__version__ in out, err
+    links, dirs = _cache_entries(sandbox.home / ".cache" / "zriver")
+    assert links == [_archive_sha256()] and len(dirs) == 1, (links, dirs)  # the losers cleaned up
+    assert os.readlink(sandbox.home / ".cache" / "zriver" / links[0]) == dirs[0]
+
+
+def test_an_unusable_cache_dir_falls_back_to_tmpdir_then_says_why(sandbox: Sandbox):
+    blocker = sandbox.root / "a-file"
+    blocker.write_text("")
+    tmpdir = sandbox.root / "tmp"
+    tmpdir.mkdir()
+    env = dict(sandbox.env, ZRIVER_CACHE_DIR=str(blocker / "cache"), TMPDIR=str(tmpdir))
+    ran = subprocess.run([str(BINARY), "--version"], env=env, capture_output=True, text=True,
+                         timeout=COMMAND_TIMEOUT)
+    assert ran.returncode == 0 and zriver.__version__ in ran.stdout, ran.stderr
+    links, _ = _cache_entries(tmpdir / f"zriver-{os.getuid()}")
+    assert links == [_archive_sha256()]
+    env["TMPDIR"] = str(blocker / "tmp")
+    refused = subprocess.run([str(BINARY), "--version"], env=env, capture_output=True, text=True,
+                             timeout=COMMAND_TIMEOUT)
+    assert refused.returncode == 1 and "cannot unpack itself" in refused.stderr, refused
+
+
+def test_a_noexec_cache_dir_falls_back_to_tmpdir(sandbox: Sandbox):
+    mountpoint = sandbox.root / "noexec"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=300m", "tmpfs",
+                              str(mountpoint)], capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a noexec tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        tmpdir = sandbox.root / "tmp"
+        tmpdir.mkdir()
+        env = dict(sandbox.env, ZRIVER_CACHE_DIR=str(mountpoint / "cache"), TMPDIR=str(tmpdir))
+        ran = subprocess.run([str(BINARY), "--version"], env=env, capture_output=True,
+                             text=True, timeout=COMMAND_TIMEOUT)
+        assert ran.returncode == 0 and zriver.__version__ in ran.stdout, ran.stderr
+        assert _cache_entries(mountpoint / "cache") == ([], [])  # tried, then removed
+        assert _cache_entries(tmpdir / f"zriver-{os.getuid()}")[0] == [_archive_sha256()]
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+
+
+def test_a_damaged_file_is_refused(sandbox: Sandbox):
+    damaged = sandbox.root / "zriver"
+    shutil.copyfile(BINARY, damaged)
+    damaged.chmod(0o755)
+    with damaged.open("r+b") as f:  # one byte of the archive, well past the stub
+        f.seek(-100, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-100, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    ran = subprocess.run([str(damaged), "--version"], env=sandbox.env, capture_output=True,
+                         text=True, timeout=COMMAND_TIMEOUT)
+    assert ran.returncode == 1 and "damaged" in ran.stderr, ran
+    assert _cache_entries(sandbox.home / ".cache" / "zriver")[0] == []
+
+
 # ---- the background cluster ----------------------------------------------------------------
 @dataclass
 class Story:
@@ -183,12 +279,14 @@ def _make_ssh_key(home: Path) -> None:
 
 
 def _zriver_processes(box: Sandbox) -> list[psutil.Process]:
-    """Live processes of the binary whose command line names this sandbox (keepers), or that
-    run with its ZRIVER_HOME (the background `up`)."""
+    """Live processes of the binary (or of its unpacked copy under the sandbox's HOME) whose
+    command line names this sandbox (keepers), or that run with its ZRIVER_HOME."""
     found = []
     for proc in psutil.process_iter(["exe", "cmdline", "status"]):
         try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["exe"] != str(BINARY):
+            exe = proc.info["exe"] or ""
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or not (
+                    exe == str(BINARY) or exe.startswith(str(box.home))):
                 continue
             named = any(str(box.zriver_home) in arg for arg in proc.info["cmdline"] or [])
             if named or proc.environ().get("ZRIVER_HOME") == str(box.zriver_home):
@@ -271,7 +369,8 @@ def test_up_detached_answers_from_the_binary(story: Story):
     assert ":8620" not in endpoints["router"], endpoints  # ephemeral, not the default ports
     pid = story.host_pid()
     assert pid and f"pid {pid}" in story.up_stdout, (pid, story.up_stdout)
-    assert psutil.Process(pid).exe() == str(BINARY)
+    # It runs from the unpacked copy in the user's cache (HOME is the sandbox's).
+    assert Path(psutil.Process(pid).exe()).is_relative_to(box.home / ".cache" / "zriver")
     nodes = json.loads(box.ok("nodes", "--json").stdout)
     assert [n["state"] for n in nodes] == ["online"], nodes
     assert "docker" in nodes[0].get("backends", []), nodes
@@ -450,8 +549,19 @@ def test_dashboard_served_with_the_sign_in_link(story: Story):
 
 
 # ---- down --------------------------------------------------------------------------------------
-def test_down_stops_it(story: Story):
+def _state(box: Sandbox, task_id: str) -> str:
+    status = json.loads(box.ok("status", task_id, "--json").stdout)
+    return (status.get("task") or status)["state"]
+
+
+def test_down_stops_it_and_the_next_up_takes_back_a_running_task(story: Story):
     box = story.box
+    sleeper = box.ok("submit", "--name", "bin-survivor", "--user", "root", "--", "sleep", "600")
+    task_id = sleeper.stdout.split()[0]
+    deadline = time.monotonic() + COMMAND_TIMEOUT
+    while _state(box, task_id) != "running":
+        assert time.monotonic() < deadline, f"task {task_id} never ran"
+        time.sleep(0.1)
     pid = story.host_pid()
     assert pid, "no zriver up holds the data dir"
     down = box.ok("down")
@@ -459,3 +569,10 @@ def test_down_stops_it(story: Story):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not (box.zriver_home / "endpoints.json").exists()
     assert "nothing to stop" in box.ok("down").stderr
+    # The task ran on under the node's keeper (the binary's `_keeper`, from the cache)...
+    assert any("_keeper" in p.cmdline() for p in _zriver_processes(box)), "no keeper runs on"
+    box.ok("up", "-d", "--port", "0", "--cores", "2", "--memory", "2G")
+    assert _state(box, task_id) == "running"  # ...and the next start took it back
+    box.ok("kill", task_id)
+    box.ok("down")
+    assert story.host_pid() is None

@@ -9,12 +9,6 @@ from __future__ import annotations
 
 import sys
 
-from zriver import logsetup
-from zriver.client.commands import build_parser
-from zriver.client.registry import Context
-from zriver.dirlock import DirectoryInUse
-from zriver.errors import ZriverError
-
 SERVER_VERBS = {"up", "host", "runner"}
 
 
@@ -28,6 +22,18 @@ def main(argv: list[str] | None = None) -> int:
         from zriver.client.verbs_completion import hidden_complete
 
         return hidden_complete(argv[1:])
+    if argv == ["--version"]:  # what the parser's version action prints, without building it
+        from zriver import __version__
+
+        print(f"zriver {__version__}")
+        return 0
+    # Imported here, not at the top: the keeper and `--version` need none of it.
+    from zriver import logsetup
+    from zriver.client.commands import build_parser
+    from zriver.client.registry import Context
+    from zriver.dirlock import DirectoryInUse
+    from zriver.errors import ZriverError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     command = getattr(args, "_command", None)

@@ -24,17 +24,19 @@ import contextlib
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
-
-from zriver.client import forward as fwd
-from zriver.client import sshclient as sc
 from zriver.client.registry import Context, arg, command
-from zriver.client.terminal import LOST, remote_command, run_session, want_tty
 from zriver.client.verbs_vps import RUNNING, find_vps, refresh_known_hosts, vps_rows
 from zriver.config import zriver_home
 from zriver.eventloop import run
 from zriver.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from zriver.client import sshclient as sc
+
+# asyncssh and the modules built on it are imported by the verbs that use them, not when the
+# CLI starts (every other verb would pay their import time).
 
 TASK_REF = arg("id", metavar="ID", complete="task",
                help="the task's id (or its name, unique among your live tasks)")
@@ -81,6 +83,10 @@ def run_remote(ctx: Context, session) -> int:
     """Run ``session`` (a coroutine giving an exit status) on a fresh loop; a connection
     that breaks on the way (the host restarting, the network) is said on stderr and gives
     255, as OpenSSH does."""
+    import asyncssh
+
+    from zriver.client.terminal import LOST
+
     try:
         return run(session)  # uvloop, as the roles
     except (asyncssh.Error, ConnectionError) as exc:
@@ -109,6 +115,9 @@ def ssh_target(ctx: Context, ref: str) -> dict:
          TASK_REF, IDENTITY, *TTY, NO_STDIN, COMMAND)
 def ssh(ctx: Context, args) -> int:
     """SSH into VPS ID as root (asyncssh: no OpenSSH needed); the exit status is the remote's."""
+    from zriver.client import sshclient as sc
+    from zriver.client.terminal import remote_command, want_tty
+
     flags_after_id(args, IDENTITY, *TTY, NO_STDIN)
     keys = sc.client_keys(args.identity)  # a missing key is said before any network
     vps = ssh_target(ctx, args.id)
@@ -120,6 +129,9 @@ def ssh(ctx: Context, args) -> int:
 
 async def _ssh(relay: sc.Relay, vps: dict, keys: list, command_line: str | None,
                tty: bool, stdin: bool) -> int:
+    from zriver.client import sshclient as sc
+    from zriver.client.terminal import run_session
+
     async with await sc.connect_relay(relay, sc.JUMP_USER, keys) as jump:
         async with await sc.connect_vps(jump, vps["id"], vps["host_key"], keys) as conn:
             return await run_session(conn, command_line, tty, stdin=stdin)
@@ -129,6 +141,9 @@ async def _ssh(relay: sc.Relay, vps: dict, keys: list, command_line: str | None,
          TASK_REF, IDENTITY, *TTY, NO_STDIN, IDE, COMMAND)
 def connect(ctx: Context, args) -> int:
     """A shell in task ID's container through the relay (no sshd needed in the image)."""
+    from zriver.client import sshclient as sc
+    from zriver.client.terminal import remote_command, want_tty
+
     flags_after_id(args, IDENTITY, *TTY, NO_STDIN, IDE)
     keys = sc.client_keys(args.identity)
     relay = sc.relay_of(ctx.client)
@@ -143,6 +158,9 @@ def connect(ctx: Context, args) -> int:
 
 async def _connect(relay: sc.Relay, ref: str, keys: list, command_line: str | None,
                    tty: bool, stdin: bool) -> int:
+    from zriver.client import sshclient as sc
+    from zriver.client.terminal import run_session
+
     async with await sc.connect_relay(relay, ref, keys) as conn:
         return await run_session(conn, command_line, tty, stdin=stdin)
 
@@ -155,6 +173,8 @@ async def _connect(relay: sc.Relay, ref: str, keys: list, command_line: str | No
          IDENTITY)
 def forward(ctx: Context, args) -> int:
     """Listen on 127.0.0.1 and forward every connection (or datagram) until Ctrl-C."""
+    from zriver.client import sshclient as sc
+
     for port in (args.port, args.local):
         if port is not None and not 0 <= port <= 65535:
             raise InvalidArgument(f"bad port {port}: 1-65535 (0: any free local one)")
@@ -166,6 +186,9 @@ def forward(ctx: Context, args) -> int:
 
 async def _forward(ctx: Context, relay: sc.Relay, keys: list, ref: str, port: int,
                    local: int, udp: bool) -> int:
+    from zriver.client import forward as fwd
+    from zriver.client import sshclient as sc
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -195,6 +218,8 @@ def known_hosts_file() -> Path:
 
 def write_known_hosts(ctx: Context, rows: list[dict] | None = None) -> Path:
     """(Re)write ``known_hosts_file()``: the relay's key and every VPS key ``vps.list`` shows."""
+    from zriver.client import sshclient as sc
+
     relay = sc.relay_of(ctx.client)
     text = sc.known_hosts_text(relay, vps_rows(ctx) if rows is None else rows)
     path = known_hosts_file()
@@ -207,6 +232,8 @@ def write_known_hosts(ctx: Context, rows: list[dict] | None = None) -> Path:
 
 def config_text(relay: sc.Relay, known_hosts: Path, identity: str | None) -> str:
     """The ``Host zriver-relay`` and ``Host vps-*`` blocks (see the module docstring)."""
+    from zriver.client import sshclient as sc
+
     pinned = [f"    UserKnownHostsFile {known_hosts}", "    StrictHostKeyChecking yes"]
     if identity:
         pinned += [f"    IdentityFile {Path(identity).expanduser().resolve()}",
@@ -225,6 +252,8 @@ def config_text(relay: sc.Relay, known_hosts: Path, identity: str | None) -> str
 def ssh_config(ctx: Context, args) -> int:
     """Print a `Host vps-*` block (append it to ~/.ssh/config) and write the known_hosts file
     it points at, with the relay's and every VPS's host key pinned: no prompt, ever."""
+    from zriver.client import sshclient as sc
+
     relay = sc.relay_of(ctx.client)
     ctx.print(config_text(relay, write_known_hosts(ctx), args.identity))
     return 0

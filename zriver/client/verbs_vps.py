@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 
-import asyncssh
-
 from zriver.client.progress import Progress, watching
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, size, table
@@ -40,6 +38,8 @@ def check_public_key(text: str) -> str:
     """One public key line in OpenSSH form; ``InvalidArgument`` for anything else."""
     if "PRIVATE KEY" in text:
         raise InvalidArgument("that is a private key: give the .pub file (or line)")
+    import asyncssh  # here, not at start-up: only this needs it
+
     try:
         key = asyncssh.import_public_key(text.strip())
     except (asyncssh.KeyImportError, ValueError) as exc:
