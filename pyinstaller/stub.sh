@@ -15,6 +15,13 @@ ZRIVER_OFFSET=@OFFSET@
 ZRIVER_MARK=.zriver-sha256
 
 zriver_self=$0
+case $zriver_self in
+    /*) ;;
+    *) zriver_self=$PWD/$zriver_self ;;
+esac
+# The file the user ran (zriver.bundle.binary_path: what `zriver init service` writes).
+_ZRIVER_BINARY=$zriver_self
+export _ZRIVER_BINARY
 
 # $1: a cache base, then zriver's arguments; exec the cached build from that base (unpacking
 # it first when needed), or return 1 when it cannot be used.

@@ -189,6 +189,12 @@ def test_first_start_unpacks_once_and_later_starts_exec_the_cache(sandbox: Sandb
     assert program.stat().st_mtime_ns == before
 
 
+def test_a_service_unit_runs_the_binary_not_its_cached_copy(sandbox: Sandbox):
+    unit = sandbox.ok("init", "service", "--runner").stdout
+    exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M)
+    assert exec_start and exec_start.group(1) == str(BINARY), unit
+
+
 def test_concurrent_first_starts_publish_one_copy(sandbox: Sandbox):
     starts = [subprocess.Popen([str(BINARY), "--version"], cwd=sandbox.root, env=sandbox.env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

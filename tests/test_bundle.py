@@ -29,7 +29,8 @@ CASES = [
     ("frozen-neither", True, {"HOME": "/root"}, {"HOME": "/root"}),
     ("frozen-drops-bootloader-vars", True,
      {"PATH": "/bin", "_PYI_APPLICATION_HOME_DIR": BUNDLE_DIR, "_PYI_ARCHIVE_FILE": "/bin/zriver",
-      "_PYI_PARENT_PROCESS_LEVEL": "0", "_MEIPASS2": BUNDLE_DIR, "LD_LIBRARY_PATH": BUNDLE_DIR},
+      "_PYI_PARENT_PROCESS_LEVEL": "0", "_MEIPASS2": BUNDLE_DIR, "LD_LIBRARY_PATH": BUNDLE_DIR,
+      "_ZRIVER_BINARY": "/usr/local/bin/zriver"},
      {"PATH": "/bin"}),
     ("plain-keeps-bootloader-vars", False, {"_PYI_ARCHIVE_FILE": "/x"}, {"_PYI_ARCHIVE_FILE": "/x"}),
 ]
@@ -80,3 +81,14 @@ def test_is_frozen(monkeypatch, value, expected):
 def test_is_frozen_without_attribute(monkeypatch):
     monkeypatch.delattr(sys, "frozen", raising=False)
     assert bundle.is_frozen() is False
+
+
+def test_binary_path_is_the_file_the_stub_names(monkeypatch, tmp_path):
+    binary = tmp_path / "zriver"
+    binary.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("_ZRIVER_BINARY", str(binary))
+    assert bundle.binary_path() == str(binary)
+    monkeypatch.setenv("_ZRIVER_BINARY", str(tmp_path / "gone"))  # not a file: the program
+    assert bundle.binary_path() == sys.executable
+    monkeypatch.delenv("_ZRIVER_BINARY")
+    assert bundle.binary_path() == sys.executable

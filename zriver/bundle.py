@@ -17,17 +17,27 @@ import os
 import sys
 from collections.abc import Mapping
 
-__all__ = ["child_environment", "is_frozen"]
+__all__ = ["binary_path", "child_environment", "is_frozen"]
 
 _LD = "LD_LIBRARY_PATH"
 _LD_ORIG = "LD_LIBRARY_PATH_ORIG"
 _BOOTLOADER_PREFIX = "_PYI_"
 _BOOTLOADER_NAMES = frozenset({"_MEIPASS2"})
+_BINARY = "_ZRIVER_BINARY"
+"""Set by ``pyinstaller/stub.sh``: the absolute path of the file the user ran (the binary's
+program itself runs from its unpacked copy in the cache, which ``sys.executable`` names)."""
 
 
 def is_frozen() -> bool:
     """True when this interpreter runs inside a PyInstaller bundle."""
     return bool(getattr(sys, "frozen", False))
+
+
+def binary_path() -> str:
+    """The single binary as the user has it (what a service unit should run): the stub's
+    ``_ZRIVER_BINARY`` when that names an existing file, else ``sys.executable``."""
+    path = os.environ.get(_BINARY, "")
+    return path if path and os.path.isfile(path) else sys.executable
 
 
 def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -36,12 +46,14 @@ def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     Inside a bundle, ``LD_LIBRARY_PATH`` gets back the value it had before the bootloader ran
     (from ``LD_LIBRARY_PATH_ORIG``), or is removed when it had none, and
     ``LD_LIBRARY_PATH_ORIG`` itself is dropped, and so are the bootloader's own variables
-    (``_PYI_*``, ``_MEIPASS2``). Outside a bundle the copy is returned as is.
+    (``_PYI_*``, ``_MEIPASS2``) and the stub's ``_ZRIVER_BINARY``. Outside a bundle the copy
+    is returned as is.
     """
     env = dict(os.environ if base is None else base)
     if not is_frozen():
         return env
-    for name in [k for k in env if k.startswith(_BOOTLOADER_PREFIX) or k in _BOOTLOADER_NAMES]:
+    for name in [k for k in env if k.startswith(_BOOTLOADER_PREFIX) or k in _BOOTLOADER_NAMES
+                 or k == _BINARY]:
         del env[name]
     original = env.pop(_LD_ORIG, None)
     if original is None:

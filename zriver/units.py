@@ -40,10 +40,14 @@ class UnitSpec:
 def zriver_command(argv0: str | None = None, executable: str | None = None,
                    frozen: bool | None = None) -> tuple[str, ...]:
     """How this zriver was started, as an absolute command: the single-file binary
-    (``sys.executable`` when frozen), an installed ``zriver`` script (``sys.argv[0]``), else
-    this interpreter with ``-m zriver``."""
+    (``bundle.binary_path()`` when frozen: the file the user ran, not its unpacked copy in the
+    cache), an installed ``zriver`` script (``sys.argv[0]``), else this interpreter with
+    ``-m zriver``."""
+    from zriver.bundle import binary_path
+
     argv0 = sys.argv[0] if argv0 is None else argv0
-    executable = sys.executable if executable is None else executable
+    frozen_ = bool(getattr(sys, "frozen", False)) if frozen is None else frozen
+    executable = (binary_path() if frozen_ else sys.executable) if executable is None else executable
     frozen = bool(getattr(sys, "frozen", False)) if frozen is None else frozen
     if frozen:
         return (str(Path(executable).absolute()),)
