@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,6 +102,8 @@ def health(ctx: Context, args) -> int:
 )
 def up(ctx: Context, args) -> int:
     """Start a host and a runner in one process on 127.0.0.1, data under $ZRIVER_HOME."""
+    import asyncio
+
     from zriver.eventloop import run
     from zriver.roles import serve_both
 

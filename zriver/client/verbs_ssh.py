@@ -19,7 +19,6 @@ half must be registered to you (``zriver ssh-key add``; ``zriver up`` does it fo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
@@ -29,14 +28,13 @@ from typing import TYPE_CHECKING
 from zriver.client.registry import Context, arg, command
 from zriver.client.verbs_vps import RUNNING, find_vps, refresh_known_hosts, vps_rows
 from zriver.config import zriver_home
-from zriver.eventloop import run
 from zriver.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from zriver.client import sshclient as sc
 
-# asyncssh and the modules built on it are imported by the verbs that use them, not when the
-# CLI starts (every other verb would pay their import time).
+# asyncio, asyncssh and the modules built on them are imported by the verbs that use them, not
+# when the CLI starts (every other verb would pay their import time).
 
 TASK_REF = arg("id", metavar="ID", complete="task",
                help="the task's id (or its name, unique among your live tasks)")
@@ -86,6 +84,7 @@ def run_remote(ctx: Context, session) -> int:
     import asyncssh
 
     from zriver.client.terminal import LOST
+    from zriver.eventloop import run
 
     try:
         return run(session)  # uvloop, as the roles
@@ -186,6 +185,8 @@ def forward(ctx: Context, args) -> int:
 
 async def _forward(ctx: Context, relay: sc.Relay, keys: list, ref: str, port: int,
                    local: int, udp: bool) -> int:
+    import asyncio
+
     from zriver.client import forward as fwd
     from zriver.client import sshclient as sc
 
