@@ -12,9 +12,16 @@ host with one simulated node; an admin client of each runs on the same loop. In 
 
 1. **idle, no nodes**: host CPU over ``--idle-seconds`` (the host's fixed cost: its timers);
 2. **idle, 20 nodes** and **idle, N nodes** (plus the probe node of 4): host CPU %, and host CPU per
-   heartbeat (above the no-node cost; each heartbeat interval an idle node sends one
-   ``hb.<node>`` and one ``runner.ping``): flat means one heartbeat costs no more with more
-   nodes;
+   heartbeat (above the no-node cost; each heartbeat interval an idle node publishes one
+   ``hb.<node>``, or, every other interval, sends it as a ``runner.heartbeat`` request whose
+   reply renews its lease; with ``--protocol ping`` it publishes every one and pings):
+   flat means one heartbeat costs no more with more nodes;
+   With ``--compare-protocols PAIRS``, then the idle N-node
+   CPU with the nodes speaking the protocol the host offers (``runner.heartbeat`` requests
+   when the lease is due) and as earlier runners do (every ``hb.<node>`` published, plus a
+   ``runner.ping`` and its reply), interleaved, windows of ``--idle-seconds``
+   each: host CPU seconds per window (CPU time, robust on a shared machine), medians and the
+   median of the per-pair ratios. ``--idle-only`` stops after this phase;
 3. **submit p50, 1 node vs N nodes**: ``--rounds`` interleaved rounds of ``--samples``
    single-task submits one after another (reply time at the client; the tasks run for 0 s,
    so with 1 node as with N each is placed and started at once), on the baseline host then
@@ -211,6 +218,31 @@ async def idle(host: HostProcess, fleet: Fleet, seconds: float) -> dict[str, flo
             "pings": fleet.counts["pings"] - pings0, "nodes": len(fleet.nodes)}
 
 
+async def compare_protocols(host: HostProcess, fleet: Fleet, seconds: float, pairs: int,
+                            interval: float) -> dict[str, Any]:
+    """Idle host CPU with heartbeats as requests and as publications + pings, ``pairs``
+    interleaved windows of each (one interval of settling before each window)."""
+    rounds = []
+    try:
+        for _ in range(pairs):
+            pair = {}
+            for mode, requests in (("request", True), ("ping", False)):
+                for node in fleet.nodes.values():
+                    node.heartbeat_request = requests
+                await asyncio.sleep(interval)
+                pair[mode] = await idle(host, fleet, seconds)
+            rounds.append(pair)
+    finally:
+        for node in fleet.nodes.values():
+            node.heartbeat_request = fleet.heartbeat_requests
+    pct = {mode: statistics.median(r[mode]["cpu_percent"] for r in rounds)
+           for mode in ("request", "ping")}
+    return {"rounds": rounds, "cpu_percent_request": pct["request"],
+            "cpu_percent_ping": pct["ping"],
+            "ratio": statistics.median(r["request"]["cpu_seconds"] / r["ping"]["cpu_seconds"]
+                                       for r in rounds)}
+
+
 def per_heartbeat(window: dict[str, float], empty: dict[str, float]) -> float:
     """Host CPU microseconds per heartbeat above the no-node cost of ``empty``."""
     extra = window["cpu_seconds"] - empty["cpu_percent"] / 100 * window["seconds"]
@@ -306,7 +338,8 @@ class Side:
     def __init__(self, host: HostProcess, args: argparse.Namespace) -> None:
         self.host = host
         self.fleet = Fleet(host.local("router"), host.local("xsub"), cores=args.cores,
-                           task_seconds=args.duration)
+                           task_seconds=args.duration,
+                           heartbeat_requests=args.protocol == "request")
         self.caller = Caller(self.fleet, host.local("router"), host.admin_keys())
 
     async def keys_for(self, names: list[str]) -> None:
@@ -336,7 +369,8 @@ async def phases(args: argparse.Namespace, main: Side, base: Side, names: list[s
                  deadline: Deadline) -> dict:
     host, fleet, caller = main.host, main.fleet, main.caller
     result: dict[str, Any] = {"nodes": args.nodes, "tasks": args.tasks, "cores": args.cores,
-                              "duration": args.duration, "security": args.security}
+                              "duration": args.duration, "security": args.security,
+                              "protocol": args.protocol}
     hello = await caller.call("cluster.hello")
     result["heartbeat_interval"] = interval = hello["heartbeat_interval"]
     window = max(args.idle_seconds, 2 * interval)
@@ -353,6 +387,13 @@ async def phases(args: argparse.Namespace, main: Side, base: Side, names: list[s
     await caller.call("node.drain", {"name": PROBE, "reason": "the registration probe"})
     await asyncio.sleep(interval)
     result["idle_all"] = await idle(host, fleet, window)
+    if args.compare_protocols:
+        result["protocols"] = await compare_protocols(host, fleet, window,
+                                                      args.compare_protocols, interval)
+    if args.idle_only:
+        result["fleet"] = dict(fleet.counts)
+        result["problems"] = dict(fleet.problems)
+        return result
     result["submit"] = await submit_rounds(base, main, args.samples, args.rounds)
     result["register_empty"] = await registrations(host, fleet, args.samples)
     await live_tasks(args, host, fleet, caller, result, window, deadline)
@@ -400,6 +441,18 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "idle_cpu_percent_0": empty["cpu_percent"],
         "heartbeat_us_small": per_heartbeat(result["idle_small"], empty),
         "heartbeat_us_all": per_heartbeat(result["idle_all"], empty),
+    }
+    if "protocols" in result:
+        s.update({f"idle_cpu_percent_{mode}": result["protocols"][f"cpu_percent_{mode}"]
+                  for mode in ("request", "ping")})
+        s["idle_cpu_ratio_request_ping"] = result["protocols"]["ratio"]
+    if "submit" not in result:  # --idle-only
+        s["heartbeat_ratio"] = s["heartbeat_us_all"] / max(1e-9, s["heartbeat_us_small"])
+        failures = [f"errors in the host log: {result['host_errors'][:5]}"] \
+            if result["host_errors"] else []
+        s["failures"] = failures
+        return s
+    s.update({
         "heartbeat_us_live": per_heartbeat(result["idle_live"], empty),
         "submit_p50_ms_1": result["submit"]["p50_ms_1"],
         "submit_p50_ms_n": result["submit"]["p50_ms_n"],
@@ -408,7 +461,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "register_cpu_us_live": result["register_live"]["cpu_us"],
         "rss_mib_per_10k_live": result["live"]["rss_per_10k"] / (1 << 20),
         "throughput_per_second": result["throughput"]["per_second"],
-    }
+    })
     s["heartbeat_ratio"] = s["heartbeat_us_all"] / max(1e-9, s["heartbeat_us_small"])
     s["register_ratio"] = s["register_cpu_us_live"] / max(1e-9, s["register_cpu_us_empty"])
     states = result["throughput"]["states"]
@@ -427,14 +480,27 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     s = result["summary"]
-    n, live = result["nodes"], result["live"]
+    n = result["nodes"]
     rows = [
         f"{n} nodes ({result['cores']} cores each), {result['tasks']} tasks of "
         f"{result['duration']} s, heartbeat every {result['heartbeat_interval']} s, "
-        f"security {result['security']}",
+        f"security {result['security']}, heartbeats as {result['protocol']}s",
         f"host CPU idle: {s['idle_cpu_percent_0']:.2f}% with no node, "
         f"{s['idle_cpu_percent_all']:.2f}% with {n} nodes",
-        f"host CPU per heartbeat (and its ping): {s['heartbeat_us_small']:.0f} us at "
+    ]
+    if "protocols" in result:
+        p = result["protocols"]
+        rows.append(
+            f"host CPU idle with {n} nodes, {len(p['rounds'])} interleaved pairs of windows: "
+            f"{p['cpu_percent_request']:.2f}% with heartbeat requests, "
+            f"{p['cpu_percent_ping']:.2f}% with published heartbeats and pings "
+            f"(CPU time ratio, median of pairs: {p['ratio']:.2f})")
+    if "submit" not in result:
+        rows += [f"FAILED: {failure}" for failure in s["failures"]] or ["all checks passed"]
+        return "\n".join(rows)
+    live = result["live"]
+    rows += [
+        f"host CPU per heartbeat: {s['heartbeat_us_small']:.0f} us at "
         f"{result['idle_small']['nodes']} nodes, {s['heartbeat_us_all']:.0f} us at {n + 1}, "
         f"{s['heartbeat_us_live']:.0f} us with {live['tasks']} live tasks "
         f"(ratio {n + 1}/{result['idle_small']['nodes']}: {s['heartbeat_ratio']:.2f})",
@@ -494,14 +560,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-interval", type=float, default=None,
                         help="the host's heartbeat_interval (default: the host's default)")
     parser.add_argument("--security", choices=("none", "curve"), default="none")
+    parser.add_argument("--protocol", choices=("request", "ping"), default="request",
+                        help="the nodes' heartbeats: runner.heartbeat requests when the lease "
+                             "is due, where the host offers them (default), or all published "
+                             "with runner.ping (as runners before them)")
+    parser.add_argument("--compare-protocols", type=int, default=0, metavar="PAIRS",
+                        help="after the idle phases, this many interleaved pairs of idle "
+                             "windows with heartbeat requests and with publications + pings")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="stop after the idle phases (and --compare-protocols)")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="overall time bound")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args(argv)
     if not (1 <= args.nodes <= 1000 and 1 <= args.tasks <= 200_000 and 1 <= args.cores <= 256
             and 0 <= args.duration <= 3600 and 1 <= args.samples <= 10_000
-            and 0 < args.idle_seconds <= 600 and 1 <= args.rounds <= 20):
+            and 0 < args.idle_seconds <= 600 and 1 <= args.rounds <= 20
+            and 0 <= args.compare_protocols <= 20):
         parser.error("--nodes 1..1000, --tasks 1..200000, --cores 1..256, --duration 0..3600, "
-                     "--samples 1..10000, --idle-seconds up to 600, --rounds 1..20")
+                     "--samples 1..10000, --idle-seconds up to 600, --rounds 1..20, "
+                     "--compare-protocols 0..20")
     return args
 
 

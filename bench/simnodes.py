@@ -7,10 +7,15 @@ real sockets, each as the host sees a real runner:
   ROUTER, driven by a ``zriver.wire.Channel``; ``runner.register`` with the node's ``info``,
   the tasks it holds and its usage, then ``task.update`` batches (one in flight per node; the
   next leaves when its acknowledgement arrives, the same one again after ``request_timeout``)
-  and a ``runner.ping`` whenever the host has not answered for a heartbeat interval (the
-  lease);
-* a PUB to the host's XSUB, on which it publishes ``hb.<node>`` every heartbeat interval (the
-  interval the register reply names), with the body shape of a real heartbeat;
+  and, where the register reply offers ``heartbeat_request`` (and ``Fleet.heartbeat_requests``
+  is set, the default), a ``runner.heartbeat`` request carrying the body of a real heartbeat
+  whenever the lease is due for renewal (no reply for ``lease - 1.5`` heartbeat intervals, as
+  the agent: every other interval with the default 3 misses), whose reply renews it;
+* a PUB to the host's XSUB, on which the other heartbeats are published (``hb.<node>``, every
+  heartbeat interval, the interval the register reply names); with a host that does not offer
+  heartbeat requests (or ``heartbeat_requests=False``: the protocol of earlier runners), every
+  heartbeat is published and a ``runner.ping`` is sent whenever the host has not answered for
+  an interval;
 * commands as the agent takes them: alone, inside ``runner.batch``, or in the ``commands`` of
   any reply; ``task.start`` makes a task "run" for ``Fleet.task_seconds`` (reported
   ``running``, then ``completed``, exit code 0), or until ``Fleet.release`` while
@@ -50,8 +55,10 @@ class Fleet:
 
     def __init__(self, router: str, xsub: str, *, cores: int = 4, memory: int = 16 * GiB,
                  task_seconds: float = 0.0, request_timeout: float = 5.0,
-                 keys: dict[str, ClientKeys] | None = None) -> None:
+                 keys: dict[str, ClientKeys] | None = None,
+                 heartbeat_requests: bool = True) -> None:
         self.router, self.xsub = router, xsub
+        self.heartbeat_requests = heartbeat_requests
         self.cores, self.memory = cores, memory
         self.task_seconds = task_seconds
         self.request_timeout = request_timeout
@@ -63,7 +70,7 @@ class Fleet:
         """While set, started tasks run until ``release`` instead of ``task_seconds``."""
         self.counts: collections.Counter[str] = collections.Counter()
         """``started``, ``completed``, ``killed``, ``acked`` (updates the host acknowledged),
-        ``heartbeats``, ``pings``, ``registrations``, ``commands``."""
+        ``heartbeats`` (published or requested), ``pings``, ``registrations``, ``commands``."""
         self.problems: collections.Counter[str] = collections.Counter()
 
     def socket(self, kind: int, keys: ClientKeys | None) -> zmq.Socket:
@@ -132,6 +139,8 @@ class SimNode:
                      "backends": backends, "task_user": "", "can_switch_accounts": False,
                      "allowed_mounts": []}
         self.heartbeat_interval = 2.0
+        self.heartbeat_request = False  # heartbeats as requests (settled at registration)
+        self.lease = 6.0  # the host's, from the register reply
         self.lease_start: float | None = None  # when the request behind the last reply left
         self.running: dict[int, tuple[int, asyncio.TimerHandle | None]] = {}
         self.chained: dict[int, dict[str, Any]] = {}  # running id -> start staged behind it
@@ -140,7 +149,7 @@ class SimNode:
         self.inflight: tuple[int, list[dict[str, Any]], float] | None = None
         self.resend: asyncio.TimerHandle | None = None
         self.calls: dict[int, tuple[asyncio.Future, float]] = {}
-        self.sent_at: dict[int, float] = {}  # pings in flight
+        self.sent_at: dict[int, float] = {}  # pings and heartbeat requests in flight
         self.next_rid = 1
         self.beat: asyncio.TimerHandle | None = None
         self.flush_scheduled = False
@@ -171,6 +180,9 @@ class SimNode:
             self.calls.pop(rid, None)
         took = time.monotonic() - started
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 2.0))
+        self.lease = float(reply.get("lease") or 3 * self.heartbeat_interval)
+        self.heartbeat_request = (self.fleet.heartbeat_requests
+                                  and reply.get("heartbeat_request") is True)
         for task_id in reply.get("stop") or []:
             self._forget(task_id)
         self.fleet.counts["registrations"] += 1
@@ -191,20 +203,37 @@ class SimNode:
                 "docker": {"available": False, "error": "simulated node"}}
 
     def _heartbeat(self) -> None:
-        """Publish ``hb.<node>``; ping when the host has said nothing for an interval."""
+        """Publish ``hb.<node>``, or, when the lease is due for renewal (as the agent's
+        ``_renewal_due``), a ``runner.heartbeat`` request; with ``heartbeat_requests`` off
+        (the earlier protocol), publish and ping when the host has said nothing for an
+        interval."""
         self.beat = self.loop.call_later(self.heartbeat_interval, self._heartbeat)
+        self.fleet.counts["heartbeats"] += 1
+        now = time.monotonic()
+        if self.heartbeat_request and (
+                self.lease_start is None
+                or now - self.lease_start >= self.lease - 1.5 * self.heartbeat_interval):
+            usage = self._usage()
+            del usage["instance"]
+            self._request("runner.heartbeat", {"name": self.name, "usage": usage})
+            self.fleet.counts["heartbeat_requests"] += 1
+            return
         try:
             send_frames(self.pub, [f"hb.{self.name}".encode(), encode("hb", 0, self._usage())])
         except zmq.ZMQError:
             self.fleet.problems["heartbeat_dropped"] += 1
-        self.fleet.counts["heartbeats"] += 1
-        now = time.monotonic()
-        if self.lease_start is None or now - self.lease_start >= self.heartbeat_interval:
-            rid = self._rid()
-            self.sent_at = {r: t for r, t in self.sent_at.items() if now - t < 60}
-            self.sent_at[rid] = now
-            self.channel.send([encode("runner.ping", rid, {"name": self.name})])
+        if not self.heartbeat_request and (
+                self.lease_start is None or now - self.lease_start >= self.heartbeat_interval):
+            self._request("runner.ping", {"name": self.name})
             self.fleet.counts["pings"] += 1
+
+    def _request(self, op: str, body: dict[str, Any]) -> None:
+        """Send ``op``; its reply renews the lease (``_reply``)."""
+        now = time.monotonic()
+        rid = self._rid()
+        self.sent_at = {r: t for r, t in self.sent_at.items() if now - t < 60}
+        self.sent_at[rid] = now
+        self.channel.send([encode(op, rid, body)])
 
     # ---- receiving -----------------------------------------------------------------------
     def _on_message(self, frames: list[bytes]) -> None:

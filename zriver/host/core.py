@@ -77,6 +77,10 @@ class HostCore:
         self.event_seq = 0
         """The last sequence number given to a task or batch event (``next_event_seq``)."""
         self._last_judged: float | None = None
+        self.heartbeat_requests = True
+        """Offer runners to send their heartbeats as ``runner.heartbeat`` requests (the
+        register reply's ``heartbeat_request``); False answers as a host from before it, whose
+        runners publish ``hb.<node>`` and ping (tests of old and new peers)."""
 
     # ---- effects -----------------------------------------------------------------------
     def take(self) -> list:
@@ -159,6 +163,12 @@ class HostCore:
                     node.reregister_asked = node.sent = now.mono
             return self.take()
         self.touch(name, link, now)
+        self.take_heartbeat(node, body)
+        return self.take()
+
+    def take_heartbeat(self, node: NodeRecord, body: dict[str, Any]) -> None:
+        """The usage a heartbeat of ``node``'s registered runner carries (``hb.<node>`` on
+        the XSUB, or a ``runner.heartbeat`` request): kept, and its GPU set checked."""
         node.heartbeat = body
         changed = gpu_change(node.info, body)
         if changed and node.state != DEGRADED:
@@ -167,7 +177,6 @@ class HostCore:
         elif not changed and node.state == DEGRADED:
             node.degraded = ""
             self.set_node_state(node, ONLINE, "GPU set back to normal")
-        return self.take()
 
     def timer(self, key: tuple, now: Now) -> list:
         """Timer ``key`` fired: ``("limit", id, attempt)`` or ``("wait", number)``."""

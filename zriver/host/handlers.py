@@ -21,7 +21,7 @@ from zriver.host.dispatch import apply_update, move, signal, start_body
 from zriver.host.effects import ReadLog, Request
 from zriver.host.model import LiveTask, NodeRecord, gpu_change, node_spec
 from zriver.host.ops import ADMINS, DEFERRED, EVERYONE, PEOPLE_ONLY, RUNNERS, OpTable
-from zriver.host.scheduler import DEGRADED, ONLINE
+from zriver.host.scheduler import DEGRADED, OFFLINE, ONLINE, UNREACHABLE
 from zriver.host.submit import submit
 from zriver.logfiles import SUFFIX as STREAMS, log_path
 from zriver.principal import Principal
@@ -284,10 +284,13 @@ def register(core: "HostCore", request: Request, body: dict) -> dict:
     changed = gpu_change(info, node.heartbeat)
     node.degraded = changed
     core.set_node_state(node, DEGRADED if changed else ONLINE, changed or "registered")
-    return {"heartbeat_interval": core.settings.heartbeat_interval, "stop": stop,
-            "lease": core.lease, "grace": core.settings.unreachable_grace,
-            "incarnation": core.incarnation, "shared_dir": core.settings.shared_dir,
-            "stream_port": _stream_port(core)}
+    reply = {"heartbeat_interval": core.settings.heartbeat_interval, "stop": stop,
+             "lease": core.lease, "grace": core.settings.unreachable_grace,
+             "incarnation": core.incarnation, "shared_dir": core.settings.shared_dir,
+             "stream_port": _stream_port(core)}
+    if core.heartbeat_requests:
+        reply["heartbeat_request"] = True  # this host takes ``runner.heartbeat``
+    return reply
 
 
 def _stream_port(core: "HostCore") -> int | None:
@@ -349,6 +352,27 @@ def ping(core: "HostCore", request: Request, body: dict) -> dict:
         raise Conflict(f"this runner is not the registered runner of node {name!r}")
     return {"registered": bool(node is not None and node.registered
                                and node.link == request.link)}
+
+
+def heartbeat(core: "HostCore", request: Request, body: dict) -> dict:
+    """A runner's heartbeat as a request, for runners whose registration reply said
+    ``heartbeat_request``: sent when the runner's lease is due for renewal, instead of a
+    ``hb.<node>`` publication and a ``runner.ping``. ``usage`` is what ``hb.<node>`` carries; it
+    is kept and published as ``hb.<node>`` to subscribers (without the runner's instance), and
+    the reply renews the runner's lease as a ping's does. ``registered`` false (a host that
+    does not know this runner, or holds its node unreachable or offline) asks it to register."""
+    name = _runner_name(request, body)
+    usage = {k: v for k, v in arg(body, "usage", dict).items() if k != "instance"}
+    node = core.nodes.get(name)
+    if node is not None and node.link not in (None, request.link):
+        core.foreign_heartbeats += 1
+        raise Conflict(f"this runner is not the registered runner of node {name!r}")
+    if (node is None or not node.registered
+            or node.state in (UNREACHABLE, OFFLINE)):
+        return {"registered": False}
+    core.publish(f"hb.{name}", "hb", usage)
+    core.take_heartbeat(node, usage)
+    return {"registered": True}
 
 
 def task_update(core: "HostCore", request: Request, body: dict) -> dict:
@@ -498,6 +522,7 @@ def register_core_ops(ops: OpTable) -> None:
         ("node.undrain", undrain, ADMINS),
         ("runner.register", register, RUNNERS),
         ("runner.ping", ping, RUNNERS),
+        ("runner.heartbeat", heartbeat, RUNNERS),
         ("task.update", task_update, RUNNERS),
     ):
         ops.add(name, handler, roles)

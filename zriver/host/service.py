@@ -76,6 +76,8 @@ log = structlog.get_logger("zriver.host")
 
 TRUSTED = Principal("anyone", ADMIN)
 """Every client's principal with ``security = "none"``."""
+LIGHT_OPS = frozenset({"runner.heartbeat", "runner.ping"})
+"""Ops run outside a savepoint, in no transaction unless they write (``Host._handle_light``)."""
 
 
 def now() -> Now:
@@ -117,6 +119,8 @@ class Host:
         """Request and dispatch latency histograms (``zriver.host.latency``), for metrics."""
         self.bus = EventBus()
         self.followers = Followers()
+        self._heartbeat_prefixes: set[bytes] = set()
+        """XPUB subscriptions that cover heartbeat topics (``_heartbeat_wanted``)."""
         self.core: HostCore | None = None
         self.runner_calls: dict[int, asyncio.Future] = {}
         self.endpoints: dict[str, str] = {}
@@ -329,7 +333,11 @@ class Host:
 
     def _handle(self, request: Request, op: str, body: dict[str, Any],
                 current: Now | None = None) -> None:
-        """Run one request inside its own SAVEPOINT of the tick's transaction."""
+        """Run one request inside its own SAVEPOINT of the tick's transaction (``LIGHT_OPS``:
+        outside any, as a published heartbeat is)."""
+        if op in LIGHT_OPS:
+            self._handle_light(request, op, body, current or now())
+            return
         self.latency.begin(request, op)
         self.begin()
         self.store.write_pending()  # what is pending now belongs to earlier, successful requests
@@ -349,6 +357,23 @@ class Host:
             self.store.discard_pending()
             log.exception("host.handler_crashed", op=op)
             self.reply_error(request, Internal.code, f"internal error in {op}: {exc!r}")
+
+    def _handle_light(self, request: Request, op: str, body: dict[str, Any],
+                      current: Now) -> None:
+        """A runner's heartbeat or ping: 200 nodes send one every interval, and most store
+        nothing, so the tick's transaction is opened only for effects that write (a node's
+        state changed), and there is no savepoint (the core drops a refused call's effects
+        itself)."""
+        self.latency.begin(request, op)
+        try:
+            effects = self.core.handle(request, op, body, current)
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("host.handler_crashed", op=op)
+            self.reply_error(request, Internal.code, f"internal error in {op}: {exc!r}")
+            return
+        if any(type(effect) is Write for effect in effects):
+            self.begin()
+        self._execute(effects)
 
     async def call(self, principal: Principal, op: str, body: dict[str, Any]) -> dict:
         """Run ``op`` as ``principal`` from this process (the relay, the web API): the same
@@ -387,10 +412,11 @@ class Host:
         except ZriverError:
             return
         body = env.body
-        if "instance" in body:  # the secret of the runner's identity: for the host only
-            body = {k: v for k, v in body.items() if k != "instance"}
-            frames = [topic, encode(env.op, 0, body)]
-        self._forward(frames)
+        if self._heartbeat_wanted(topic):
+            if "instance" in body:  # the secret of the runner's identity: for the host only
+                body = {k: v for k, v in body.items() if k != "instance"}
+                frames = [topic, encode(env.op, 0, body)]
+            self._forward(frames)
         effects = self.core.heartbeat(topic[3:].decode(errors="replace"), env.body, now())
         if any(type(effect) is Write for effect in effects):
             self.begin()  # (most heartbeats store nothing: no transaction for them)
@@ -417,9 +443,24 @@ class Host:
             return self.core.task_node(task_id) == principal.name
         return False
 
+    def _heartbeat_wanted(self, topic: bytes) -> bool:
+        """Whether anyone would get heartbeat ``topic``: an XPUB subscriber or a listener of
+        the in-process bus (200 idle nodes send 100 heartbeats a second; nobody may care)."""
+        return bool(self.bus) or any(topic.startswith(p) for p in self._heartbeat_prefixes)
+
     def _on_subscription(self, frames: list[bytes]) -> None:
-        """An XPUB (un)subscription. Security off, log chunks go out on the XPUB, so its
-        ``log.`` subscribers are followers too; with CURVE they get no chunks there."""
+        """An XPUB (un)subscription: those covering heartbeats are kept (the XPUB tells the
+        first subscription of a prefix and its last unsubscription). Security off, log
+        chunks go out on the XPUB, so its ``log.`` subscribers are followers too; with
+        CURVE they get no chunks there."""
+        message = frames[0]
+        if message[:1] in (b"\x00", b"\x01"):
+            prefix = message[1:]
+            if prefix.startswith(b"hb.") or b"hb.".startswith(prefix):
+                if message[0] == 1:
+                    self._heartbeat_prefixes.add(prefix)
+                else:
+                    self._heartbeat_prefixes.discard(prefix)
         if not self.secure:
             self.followers.subscription(frames[0])
             self.tail_followed()
@@ -584,6 +625,8 @@ class Host:
         self.schedule_flush()
 
     def publish(self, topic: str, op: str, body: dict[str, Any]) -> None:
+        if topic.startswith("hb.") and not self._heartbeat_wanted(topic.encode()):
+            return
         self._outgoing.append((self.xpub, [topic.encode(), encode(op, 0, body)]))
         self.schedule_flush()
 

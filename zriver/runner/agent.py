@@ -104,7 +104,12 @@ class Runner:
         self.lease = Lease(self.settings.kill_grace)
         self._needs_register = False
         self._lapsed = False  # the lease ran out and nothing renewed it since
-        self._pings: dict[int, float] = {}  # rid of a runner.ping in flight -> when it left
+        self._pings: dict[int, float] = {}  # rid of a ping or heartbeat in flight -> sent at
+        self.heartbeat_requests = True
+        """Send heartbeats as ``runner.heartbeat`` requests where the host offers them (its
+        register reply's ``heartbeat_request``); False publishes ``hb.<node>`` and pings, as a
+        runner from before it (tests of old and new peers)."""
+        self._heartbeat_request = False  # what the last registration settled
         self._call_sent: dict[int, float] = {}  # rid of a request in flight -> when it left
         self.shared_dir = self.settings.shared_dir
         self._calls: dict[int, asyncio.Future] = {}
@@ -391,6 +396,7 @@ class Runner:
                                                       "tasks": known,
                                                       "usage": self._usage()})
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 2.0))
+        self._heartbeat_request = self.heartbeat_requests and reply.get("heartbeat_request") is True
         if self.lease.length <= 0:  # a host that sent no lease: the default heartbeat rule
             self.lease.configure(self.heartbeat_interval * 3, 600.0)
         self._tell_keeper_lease()
@@ -433,15 +439,43 @@ class Runner:
         return [gpu["uuid"] for gpu in live if "uuid" in gpu]
 
     def _heartbeat(self) -> None:
-        self.publish(f"hb.{self.name}", self._usage())
+        """Once a heartbeat interval: published (``hb.<node>``), or, when the lease is due
+        for renewal (``_renewal_due``), sent so that the host answers: as a
+        ``runner.heartbeat`` request where the host takes them (one message each way),
+        else published beside a ``runner.ping``."""
+        usage = self._usage()
+        due = self._renewal_due(time.monotonic())
+        if due and self._heartbeat_request:
+            del usage["instance"]  # (the host knows the request's identity)
+            self._request_reply("runner.heartbeat", {"name": self.name, "usage": usage})
+        else:
+            self.publish(f"hb.{self.name}", usage)
         if self.streams.channel is not None:
             self.streams.hello()
-        self._keep_lease()
+        self._keep_lease(ping=due and not self._heartbeat_request)
 
-    def _keep_lease(self) -> None:
-        """Once a heartbeat interval: ask the host for a reply when none came for that long
-        (a ``runner.ping``: it renews the lease), notice a lease that ran out, and fence the
-        tasks the keeper does not own (containers) once ``fence_at`` has passed."""
+    def _renewal_due(self, now: float) -> bool:
+        """Whether this heartbeat should fetch a reply: none came for ``lease - 1.5
+        intervals``, so the next renewal still lands an interval before the lease runs out
+        (with the default 3 misses: every other heartbeat; with 2 or 1: every one). Fewer
+        replies never make a lost host noticed later: the lease counts from the last reply."""
+        if self.lease.start is None or self.lease.length <= 0:
+            return True
+        return now - self.lease.start >= self.lease.length - 1.5 * self.heartbeat_interval
+
+    def _request_reply(self, op: str, body: dict) -> None:
+        """Send ``op``, whose reply renews the lease (``_on_reply``); none is awaited."""
+        now = time.monotonic()
+        rid = self._next_rid
+        self._next_rid += 1
+        self._pings = {r: t for r, t in self._pings.items() if now - t < 60}
+        self._pings[rid] = now
+        self.uplink.send(Envelope(op, rid, body))
+
+    def _keep_lease(self, ping: bool) -> None:
+        """Once a heartbeat interval: notice a lease that ran out, fence the tasks the keeper
+        does not own (containers) once ``fence_at`` has passed, and (``ping``) ask the host
+        for a reply (a ``runner.ping``: it renews the lease)."""
         now = time.monotonic()
         if self.lease.start is not None and self.lease.length > 0 and now >= self.lease.fence_at:
             self._fence_others()
@@ -450,12 +484,8 @@ class Runner:
             log.warning("runner.lease_expired", staged=len(self._chained))
             self._drop_staged()  # the host requeues them once this lease has surely passed
             self._needs_register = True
-        if self.lease.start is None or now - self.lease.start >= self.heartbeat_interval:
-            rid = self._next_rid
-            self._next_rid += 1
-            self._pings = {r: t for r, t in self._pings.items() if now - t < 60}
-            self._pings[rid] = now
-            self.uplink.send(Envelope("runner.ping", rid, {"name": self.name}))
+        if ping:
+            self._request_reply("runner.ping", {"name": self.name})
 
     def _fence_others(self) -> None:
         """Self-fencing of container tasks (the keeper fences native ones by itself): kill
