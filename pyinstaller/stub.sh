@@ -33,7 +33,10 @@ zriver_run_from() {
         && [ "$zriver_got" = "$ZRIVER_SHA256" ] && "$zriver_dir/probe" 2>/dev/null; then
         exec "$zriver_dir/zriver/zriver" "$@"
     fi
-    zriver_unpack "$zriver_base" || return 1
+    zriver_unpack "$zriver_base"
+    zriver_unpacked=$?
+    trap - INT TERM HUP
+    [ "$zriver_unpacked" = 0 ] || return 1
     exec "$zriver_dir/zriver/zriver" "$@"
 }
 
@@ -43,6 +46,7 @@ zriver_unpack() {
     zriver_tmp="$1/.$ZRIVER_SHA256.$$"
     rm -rf "$zriver_tmp"
     mkdir -m 700 "$zriver_tmp" 2>/dev/null || return 1
+    trap 'rm -rf "$zriver_tmp"; exit 130' INT TERM HUP  # interrupted: leave nothing behind
     if command -v sha256sum >/dev/null 2>&1; then
         zriver_sum=$(tail -c +"$ZRIVER_OFFSET" "$zriver_self" | sha256sum) || zriver_sum=
         if [ "${zriver_sum%% *}" != "$ZRIVER_SHA256" ]; then
@@ -66,6 +70,12 @@ zriver_unpack() {
         rm -f "$1/$ZRIVER_SHA256"
     fi
     if ln -sn ".$ZRIVER_SHA256.$$" "$1/$ZRIVER_SHA256" 2>/dev/null; then
+        # Copies of this version left by starts that died while unpacking (their pid is gone);
+        # one whose start still runs is unpacking now, and removes itself when it loses.
+        for zriver_old in "$1/.$ZRIVER_SHA256".*; do
+            [ -d "$zriver_old" ] && [ "$zriver_old" != "$zriver_tmp" ] || continue
+            kill -0 "${zriver_old##*.}" 2>/dev/null || rm -rf "$zriver_old"
+        done
         return 0
     fi
     rm -rf "$zriver_tmp"  # another start published first: use its directory

@@ -14,6 +14,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 PACKAGES=(docker.io busybox-static openssh-server numactl binutils tmux iproute2 procps chromium zsh fish)
+# PyInstaller (tests/test_binary.py builds the single binary) needs a shared libpython: Debian's
+# own python3 has it in a package of its own (libpython3.X), other interpreters carry it.
+if [ "$(command -v python3 || true)" = /usr/bin/python3 ]; then
+    PACKAGES+=("libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')")
+fi
 DOCKER_WAIT_SECONDS="${ZRIVER_DOCKER_WAIT_SECONDS:-60}"
 
 say() { printf '[tests/run.sh] %s\n' "$*" >&2; }

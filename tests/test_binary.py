@@ -176,6 +176,8 @@ def _cache_entries(base: Path) -> tuple[list[str], list[str]]:
 def test_first_start_unpacks_once_and_later_starts_exec_the_cache(sandbox: Sandbox):
     sha = _archive_sha256()
     cache = sandbox.home / ".cache" / "zriver"
+    left = cache / f".{sha}.4194305"  # by a start that died unpacking (no such pid)
+    (left / "zriver").mkdir(parents=True)
     assert sandbox.run("--version").returncode == 0
     links, dirs = _cache_entries(cache)
     assert links == [sha] and len(dirs) == 1 and dirs[0].startswith(f".{sha}."), (links, dirs)
@@ -193,6 +195,19 @@ def test_a_service_unit_runs_the_binary_not_its_cached_copy(sandbox: Sandbox):
     unit = sandbox.ok("init", "service", "--runner").stdout
     exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M)
     assert exec_start and exec_start.group(1) == str(BINARY), unit
+
+
+def test_a_first_start_stopped_while_unpacking_leaves_nothing(sandbox: Sandbox):
+    cache = sandbox.home / ".cache" / "zriver"
+    start = subprocess.Popen([str(BINARY), "--version"], cwd=sandbox.root, env=sandbox.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + COMMAND_TIMEOUT
+    while not _cache_entries(cache)[1]:  # its own directory exists: it is unpacking
+        assert start.poll() is None and time.monotonic() < deadline, "it never began unpacking"
+        time.sleep(0.01)
+    start.send_signal(signal.SIGTERM)
+    assert start.wait(COMMAND_TIMEOUT) != 0
+    assert _cache_entries(cache) == ([], [])
 
 
 def test_concurrent_first_starts_publish_one_copy(sandbox: Sandbox):
