@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         parser.print_help()
         return 2
-    logsetup.configure(args.log_json, "info" if command.name in SERVER_VERBS else "warning")
+    if command.name in SERVER_VERBS:
+        logsetup.configure(args.log_json, "info")
+    else:  # most client verbs never log: structlog is imported only by those that do
+        logsetup.configure_when_imported(args.log_json, "warning")
     ctx = Context(host=args.host, timeout=args.timeout, log_json=args.log_json, key=args.key,
                   host_key=args.host_key)
     try:
