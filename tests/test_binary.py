@@ -53,7 +53,8 @@ TMUX = shutil.which("tmux")
 
 # Variables that would let the binary find the checkout or this interpreter's packages.
 _HIDDEN_PREFIXES = ("PYTHON", "ZRIVER_")
-_HIDDEN = {"VIRTUAL_ENV", "CONDA_PREFIX", "PYINSTALLER_CONFIG_DIR"}
+# XDG_CACHE_HOME too: the binary unpacks into $HOME/.cache/zriver, the sandbox's.
+_HIDDEN = {"VIRTUAL_ENV", "CONDA_PREFIX", "PYINSTALLER_CONFIG_DIR", "XDG_CACHE_HOME"}
 # What the onefile bootloader sets, and must stay in zriver (bundle.child_environment).
 _BUNDLE_VARIABLE = re.compile(r"^(_PYI_\w*|_MEIPASS2|LD_LIBRARY_PATH_ORIG)=", re.M)
 
