@@ -137,7 +137,7 @@ def test_a_big_sweep_is_checked_once_and_announced_by_one_batch_event(h):
     assert event.topic == f"evt.batch.{ids[0]}" and event.op == "batch.state"
     assert event.body == {"batch_id": ids[0], "count": 5000, "first_id": ids[0],
                           "last_id": ids[-1], "state": "pending", "owner": "alice",
-                          "name": "big"}
+                          "name": "big", "seq": h.core.event_seq}  # numbered like task events
     assert len({id(h.core.tasks[i].spec) for i in ids}) == 1  # one spec shared by all
     starts = [e for e in h.scheduled() if isinstance(e, Command) and e.op == "task.start"]
     assert [s.body["spec"]["command"] for s in starts[:2]] == [["x", "1"], ["x", "2"]]

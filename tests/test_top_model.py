@@ -261,7 +261,7 @@ class FakeSource:
     ("submit --target=cp", {"cpu1", "cpu1:0"}),
     ("submit --container ", {"torch", "jax"}),
     ("submit --cores 2 -- pyth", set()),
-    ("init ", {"config", "keys"}),
+    ("init ", {"config", "keys", "service"}),
     ("shell ", set()),
 ])
 def test_completion(line, expected):
