@@ -25,6 +25,7 @@ import pytest
 from procs import Cluster, keepers_of, pid_alive, role_environment
 
 from zriver import PROTOCOL_VERSION, __version__, units
+from zriver.errors import Unavailable
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -257,9 +258,19 @@ def test_a_runner_unit_stop_and_start_keeps_a_running_task(tmp_path: Path, group
         else:  # SIGTERM reached the task from its keeper (killed) or directly (failed),
             # or the keeper went before it could record the end (lost): never completed
             assert final["state"] in ("killed", "failed", "lost"), final
-            log = cluster.call("task.logs", {"id": task_id, "stream": "stdout"})["data"]
+            cluster.wait_node_state("n1", "online")
+            log = cluster.wait_for(lambda: read_log(cluster, task_id), 20, "the task's log")
             assert log == b"started\n", log
         cluster.runners["n1"].terminate()
+
+
+def read_log(cluster: Cluster, task_id: int) -> bytes | None:
+    """The task's stdout, or None while its restarted runner does not answer yet (it may be
+    starting a new keeper after the old one was ended with the cgroup)."""
+    try:
+        return cluster.call("task.logs", {"id": task_id, "stream": "stdout"})["data"]
+    except Unavailable:
+        return None
 
 
 # ---- upgrading one node at a time ---------------------------------------------------------
