@@ -45,8 +45,10 @@ zriver_unpack() {
     mkdir -p -m 700 "$1" 2>/dev/null && [ -d "$1" ] && [ -O "$1" ] && [ -w "$1" ] || return 1
     zriver_tmp="$1/.$ZRIVER_SHA256.$$"
     rm -rf "$zriver_tmp"
+    # Interrupted: leave nothing behind (set before the directory exists: a signal between
+    # the two would leave it).
+    trap 'rm -rf "$zriver_tmp"; exit 130' INT TERM HUP
     mkdir -m 700 "$zriver_tmp" 2>/dev/null || return 1
-    trap 'rm -rf "$zriver_tmp"; exit 130' INT TERM HUP  # interrupted: leave nothing behind
     if command -v sha256sum >/dev/null 2>&1; then
         zriver_sum=$(tail -c +"$ZRIVER_OFFSET" "$zriver_self" | sha256sum) || zriver_sum=
         if [ "${zriver_sum%% *}" != "$ZRIVER_SHA256" ]; then

@@ -114,6 +114,8 @@ REPLY_WITHIN = {name: 0.05 for name in BOMBS} | {"inside a valid envelope": 0.1}
 #: The reply's wall time may be this many times the bound on a machine whose cores other
 #: processes share; the host's own CPU time for the frame must stay within the bound.
 LOADED_MACHINE_FACTOR = 4
+#: CPU times are counted in clock ticks (10 ms), and the host serves its other work meanwhile.
+CPU_SLACK_S = 0.02
 
 
 @pytest.mark.parametrize("name", list(BOMBS))
@@ -145,7 +147,7 @@ def test_decode_bomb_is_answered_at_once_with_little_memory(tmp_path, name):
             print(f"{name}: reply after {elapsed * 1000:.1f} ms, host CPU {cpu * 1000:.0f} ms, "
                   f"RSS +{grown / 2**20:.1f} MiB")
             bound = REPLY_WITHIN[name]
-            assert cpu <= bound, f"the host spent {cpu * 1000:.0f} ms of CPU on it"
+            assert cpu <= bound + CPU_SLACK_S, f"the host spent {cpu * 1000:.0f} ms of CPU on it"
             assert elapsed < bound * LOADED_MACHINE_FACTOR, f"{elapsed * 1000:.1f} ms"
             assert grown < 2 * DEFAULT_MAX_MESSAGE_BYTES, f"RSS grew by {grown >> 20} MiB"
             sock.send(envelope(op="task.list", rid=9))

@@ -42,9 +42,18 @@ def test_exit_status_becomes_the_task_state(cluster, command, state, code):
 
 
 def test_env_workdir_and_pinned_cores(cluster, tmp_path):
+    """The task runs in its workdir with its variables, pinned to its cores. (The mask is
+    read after the task was reported running: a keeper that is not on one of the task's
+    cores pins the new process right after the spawn, see docs/architecture.md.)"""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     task_id = cluster.submit(
-        ["sh", "-c", "echo $SEED $ZRIVER_TASK_ID; pwd; grep Cpus_allowed_list /proc/self/status"],
+        ["sh", "-c", "echo $SEED $ZRIVER_TASK_ID; pwd; read go < gate; "
+                     "grep Cpus_allowed_list /proc/self/status"],
         env={"SEED": "3"}, workdir=str(tmp_path), cores=1)
+    cluster.wait_state(task_id, {"running"})
+    with open(gate, "w") as opened:  # (blocks until the task opens it to read)
+        opened.write("go\n")
     cluster.wait(task_id)
     seed, cwd, cpus = cluster.log(task_id).decode().splitlines()
     assert seed == f"3 {task_id}"
