@@ -202,7 +202,10 @@ def stop(mode: str, main_pid: int, group: Path | None) -> None:
         return
     assert mode == "control-group" and group is not None
     for pid in members(group):
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:  # ended since it was listed (the task's `sleep`, say)
+            continue
 
 
 @pytest.fixture
