@@ -25,6 +25,7 @@ from typing import Any, Callable
 import pytest
 
 from docker_images import docker_available, ensure_busybox_image
+from procs import missing
 
 __all__ = ["docker_client", "busybox", "dcluster", "wait_docker_event", "SocketProxy",
            "submit_docker", "eventually", "udp_echo_in"]
@@ -34,10 +35,7 @@ __all__ = ["docker_client", "busybox", "dcluster", "wait_docker_event", "SocketP
 def docker_client():
     """A connected ``docker.DockerClient``; fail under CI=true when none answers, else skip."""
     if not docker_available():
-        message = "no Docker daemon answers (tests/run.sh installs and starts one)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("no Docker daemon answers (tests/run.sh installs and starts one)")
     import docker
 
     client = docker.from_env(timeout=120)

@@ -36,6 +36,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from zriver.client.probe import process_alive
+
 PREFIX = "zrt-"
 #: Root-side veth names are ``zr<pid>h<n>`` (at most 15 characters), the inner end ``zr<pid>r<n>``.
 _LINK = re.compile(r"^zr(\d+)[hr](\d+)$")
@@ -64,14 +66,6 @@ def sh(*args: str, check: bool = True, timeout: float = _TIMEOUT) -> subprocess.
     return result
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _namespaces() -> list[str]:
@@ -94,12 +88,12 @@ def cleanup_stale() -> list[str]:
     removed = []
     for link in _root_links():
         match = _LINK.match(link)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             sh("ip", "link", "del", link, check=False)
             removed.append(link)
     for name in _namespaces():
         match = _NS.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             sh("ip", "netns", "del", name, check=False)
             removed.append(name)
     return removed

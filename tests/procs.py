@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import psutil
+import pytest
 
 import zriver
 from zriver import keys as keyfiles
@@ -101,6 +102,14 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in settings.items()))
     return path
+
+
+def missing(message: str) -> None:
+    """A prerequisite this machine lacks: skip the test, but fail it under ``CI=true``
+    (tests/run.sh installs every prerequisite, so CI must not pass by skipping)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def pid_alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-PACKAGES=(docker.io busybox-static openssh-server numactl binutils tmux iproute2 procps chromium zsh fish)
+PACKAGES=(docker.io busybox-static openssh-server numactl binutils tmux iproute2 procps chromium zsh fish curl)
 # PyInstaller (tests/test_binary.py builds the single binary) needs a shared libpython: Debian's
 # own python3 has it in a package of its own (libpython3.X), other interpreters carry it.
 if [ "$(command -v python3 || true)" = /usr/bin/python3 ]; then

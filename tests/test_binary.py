@@ -38,7 +38,7 @@ import pytest
 import zriver
 from zriver import dirlock
 from docker_images import docker_available, ensure_busybox_image, ensure_sshd_image
-from procs import write_config
+from procs import missing, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -59,16 +59,6 @@ _HIDDEN = {"VIRTUAL_ENV", "CONDA_PREFIX", "PYINSTALLER_CONFIG_DIR", "XDG_CACHE_H
 _BUNDLE_VARIABLE = re.compile(r"^(_PYI_\w*|_MEIPASS2|LD_LIBRARY_PATH_ORIG)=", re.M)
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def _skip_or_fail(message: str) -> None:
-    if _under_ci():
-        pytest.fail(f"{message}; CI must run the binary's smoke test")
-    pytest.skip(message)
-
-
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -79,7 +69,7 @@ def zriver_binary() -> Path:
     try:
         import PyInstaller  # noqa: F401
     except ImportError:
-        _skip_or_fail("PyInstaller is not installed (pip install -e '.[build]')")
+        missing("PyInstaller is not installed (pip install -e '.[build]')")
     env = dict(os.environ, PYTHON=sys.executable)
     try:
         result = subprocess.run(
@@ -357,7 +347,7 @@ def _clean_up(story: Story) -> None:
 def story(zriver_binary: Path) -> Iterator[Story]:
     """`dist/zriver up -d --port 0` (host with relay and web + runner), ready to take tasks."""
     if not docker_available():
-        _skip_or_fail("no Docker daemon answers (tests/run.sh installs and starts one)")
+        missing("no Docker daemon answers (tests/run.sh installs and starts one)")
     with tempfile.TemporaryDirectory(prefix="zriver-bin-") as tmp:
         box = _sandbox(Path(tmp))
         made = Story(box=box, prefix=f"zb{os.getpid()}{secrets.token_hex(3)}")
@@ -437,7 +427,7 @@ class Terminal:
 
     def __init__(self, box: Sandbox, *args: str) -> None:
         if TMUX is None:
-            _skip_or_fail("needs tmux (a real terminal emulator)")
+            missing("needs tmux (a real terminal emulator)")
         self.dir = Path(tempfile.mkdtemp(prefix="zrbin"))  # short: a socket path has a limit
         self.sock = str(self.dir / "s")
         conf = self.dir / "tmux.conf"

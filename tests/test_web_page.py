@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from docker_fixtures import *  # noqa: F401,F403  (fixtures)
-from procs import ADMIN
+from procs import ADMIN, missing
 
 from fakerunners import FakeRunners, keep_online
 
@@ -27,21 +27,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 WAIT_MS = 20_000
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture
 def chromium_path() -> str:
     path = shutil.which("chromium")
     if path is None:
-        _missing("no chromium on PATH (tests/run.sh installs Debian's chromium)")
+        missing("no chromium on PATH (tests/run.sh installs Debian's chromium)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        _missing("no playwright (pip install -e '.[test]')")
+        missing("no playwright (pip install -e '.[test]')")
     return path
 
 

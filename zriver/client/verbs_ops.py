@@ -21,6 +21,7 @@ import apsw
 from zriver import config as cfg
 from zriver import units
 from zriver.client.registry import Context, arg, command
+from zriver.durable import sync_dir
 from zriver.errors import Conflict, InvalidArgument, Unavailable, ZriverError
 
 BACKUP_TIMEOUT = 3600.0
@@ -43,7 +44,7 @@ def backup(ctx: Context, args) -> int:
         fetch(client, made, temporary)
         check_copy(temporary)
         os.replace(temporary, target)
-        sync_folder(target.parent)
+        sync_dir(target.parent)
     except BaseException:
         temporary.unlink(missing_ok=True)
         forget(client, made["name"])  # best effort: the error that stopped us is the news
@@ -98,15 +99,6 @@ def check_copy(path: Path) -> None:
         connection.close()
     if result != ["ok"]:
         raise Unavailable(f"the backup failed its integrity check: {'; '.join(result[:5])}")
-
-
-def sync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @command(

@@ -31,6 +31,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from zriver.durable import sync_dir
 from zriver.errors import InvalidArgument, NotFound, Unavailable
 
 Report = Callable[..., None]
@@ -294,7 +295,7 @@ class EnvDocker:
                 tmp.unlink()  # the very same content was committed before
             else:
                 tmp.replace(final)
-                _fsync_dir(folder)
+                sync_dir(folder)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -357,11 +358,3 @@ class _Counting:
 def _explain(exc: BaseException) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
     return str(text).strip()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
