@@ -239,9 +239,9 @@ def roundtrip(dealer: zmq.Socket, payload: bytes) -> bytes:
     return dealer.recv()
 
 
-def handshake_failure(wire: Wire, dealer: zmq.Socket) -> str:
-    """Wait for the DEALER's handshake to fail; the event's name."""
-    monitor = wire.monitor(dealer, FAILED)
+def handshake_failure(wire: Wire, dealer: zmq.Socket, events: int = FAILED) -> str:
+    """Wait for the DEALER's handshake to fail (or another of ``events``); the event's name."""
+    monitor = wire.monitor(dealer, events)
     assert monitor.poll(WAIT_MS), "the handshake neither failed nor was reported"
     return zmq.Event(recv_monitor_message(monitor)["event"]).name
 
@@ -257,9 +257,10 @@ def test_curve_router_answers_known_keys_only(server, peers):
     plain_wire = peers(None)
     plain = plain_wire.dealer(server.endpoint)
     plain.send(b"plain")
-    # a mechanism mismatch: seen by the DEALER, or the ROUTER hangs up first
-    assert handshake_failure(plain_wire, plain) in ("HANDSHAKE_FAILED_PROTOCOL",
-                                                    "HANDSHAKE_FAILED_NO_DETAIL")
+    # a mechanism mismatch: seen by the DEALER, or the ROUTER hangs up first (then the
+    # DEALER sees only the disconnect, at every attempt: once in a CI run)
+    assert handshake_failure(plain_wire, plain, FAILED | zmq.EVENT_DISCONNECTED) in (
+        "HANDSHAKE_FAILED_PROTOCOL", "HANDSHAKE_FAILED_NO_DETAIL", "DISCONNECTED")
 
     stranger_public, stranger_secret = pair()
     stranger_wire = peers(ClientKeys(stranger_public, stranger_secret, server.public))
