@@ -125,6 +125,30 @@ def test_submit_owner_is_the_principal_and_placement_follows(h):
     assert effects[0].body["state"] == "assigned" and effects[0].body["owner"] == "alice"
 
 
+def test_a_list_of_identical_specs_is_checked_once_and_stored_as_each_was_sent(h):
+    h.register()
+    same = {"command": ["echo", "x"], "cores": 1, "env": {"A": "1"}}
+    other = {"command": ["echo", "y"], "cores": 2}
+    answer, effects = h.reply(ALICE, "task.submit", {"tasks": [same, dict(same), other, same]})
+    assert answer.body["ids"] == [1, 2, 3, 4]
+    rows = [h.store.get_task(i) for i in (1, 2, 3, 4)]
+    assert [r["spec"]["command"] for r in rows] == [["echo", "x"], ["echo", "x"], ["echo", "y"],
+                                                    ["echo", "x"]]
+    assert [r["spec"]["cores"] for r in rows] == [1, 1, 2, 1]
+    assert all(r["spec"]["env"] == {"A": "1"} for r in rows if r["spec"]["cores"] == 1)
+    assert all(r["owner"] == "alice" for r in rows)
+    assert [h.core.tasks[i].spec.command for i in (1, 2, 3, 4)] == [r["spec"]["command"]
+                                                                   for r in rows]
+    # ``==`` would take True for 1 and 1.0 for 1: each item is still checked for its types
+    for bad in ({**same, "retries": True}, {**same, "cores": 1.0}):
+        refused, effects = h.reply(ALICE, "task.submit", {"tasks": [{**same, "retries": 1}
+                                                                    if "retries" in bad else same,
+                                                                    bad]})
+        assert isinstance(refused, Refuse) and refused.code == "bad_request", refused
+        assert effects == [refused]
+    assert h.store.get_task(5) is None  # nothing of the refused submits was stored
+
+
 def test_security_off_keeps_the_owner_the_client_names(h):
     anyone = Principal("anyone", ADMIN)  # no key: security = "none"
     answer, _ = h.reply(anyone, "task.submit", {"tasks": [{"command": ["true"], "owner": "eve"}]})

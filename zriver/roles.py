@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 
 import structlog
 
-from zriver import dirlock
+from zriver import dirlock, gctune
 from zriver import keys as keyfiles
 from zriver.config import HostSettings, RunnerSettings
 from zriver.errors import BadVersion, error_from_reply
@@ -49,12 +49,14 @@ def runner_for(host: Host, settings: RunnerSettings, embedded: bool = False) -> 
 async def _until_signalled(started: Callable[[], Awaitable[None]],
                            stopping: Callable[[], Awaitable[None]],
                            failed: Callable[[], asyncio.Event] | None = None) -> None:
-    """Start, then run until SIGINT/SIGTERM or until ``failed()`` is set; always stop."""
+    """Start, then settle the collector (``gctune``), then run until SIGINT/SIGTERM or until
+    ``failed()`` is set; always stop."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await started()
+    gctune.settle()
     waits = [asyncio.ensure_future(stop.wait())]
     if failed is not None:
         waits.append(asyncio.ensure_future(failed().wait()))

@@ -103,7 +103,33 @@ def _list_groups(body: dict) -> list[Group]:
             f"{len(raw)} tasks in one submit; at most {MAX_LIST} in a list: send a sweep "
             f"instead (one spec whose command has span:{{a..b}} or span:[x,y] words, which "
             f"the host expands: `zriver submit -- cmd span:{{1..{len(raw)}}}`), or split it")
-    return [Group(TaskSpec.from_wire(item)) for item in raw]
+    groups: list[Group] = []
+    previous = None
+    for item in raw:
+        if previous is not None and same_wire(item, previous):
+            group = groups[-1]  # the same spec again: checked once, one task more
+            if group.commands is None:
+                group.commands = [group.spec.command]
+            group.commands.append(group.spec.command)
+            continue
+        groups.append(Group(TaskSpec.from_wire(item)))
+        previous = item
+    return groups
+
+
+def same_wire(one: object, other: object) -> bool:
+    """Whether two decoded values are the same, types included all the way down (``==``
+    alone takes ``True`` for ``1`` and ``1.0`` for ``1``, which ``TaskSpec.from_wire`` tells
+    apart). A run of identical specs in a ``tasks`` list is checked once and becomes one
+    group, as a sweep's tasks are."""
+    if type(one) is not type(other):
+        return False
+    if type(one) is dict:
+        return len(one) == len(other) and all(
+            key in other and same_wire(value, other[key]) for key, value in one.items())
+    if type(one) is list:
+        return len(one) == len(other) and all(map(same_wire, one, other))
+    return one == other
 
 
 def _sweep_groups(body: dict) -> list[Group]:

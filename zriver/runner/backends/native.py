@@ -72,6 +72,7 @@ class NativeBackend:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
+        self._reader = keeper_protocol.PacketReader()
         self._backlog: collections.deque[bytes] = collections.deque()
         self._pids: dict[int, int] = {}  # task id -> pid, for every task the keeper runs
         self._attempts: dict[int, int] = {}
@@ -317,7 +318,7 @@ class NativeBackend:
     def _on_readable(self) -> None:
         while self._sock is not None:
             try:
-                data = self._sock.recv(keeper_protocol.MAX_PACKET)
+                data = self._reader.receive(self._sock)
             except BlockingIOError:
                 return
             except OSError:
