@@ -26,7 +26,12 @@ each beside a baseline measured in the same run and on the same machine:
 * bare throughput: the same command spawned with ``os.posix_spawn`` (stdin from /dev/null,
   stdout/stderr to a new log file per task, own process group), two at a time, reaped with
   ``waitpid`` when its pidfd becomes readable;
-* bare latency: one such spawn + wait at a time.
+* bare latency: one such spawn + wait at a time;
+* the log files alone: the CPU it takes to create a task's two log files on the file system
+  the logs are on (``TMPDIR``'s), once per round. Both sides pay it (bare in its children,
+  zriver in the node's keeper), and it varies more than anything else here: from ~5 us on
+  tmpfs to several hundred on an ext4 without a journal that scans recently deleted inodes.
+  ``TMPDIR=/dev/shm`` puts the logs (and the stores) on tmpfs.
 
 The owner ``bench`` has no account on the machine, so a runner running as root runs the
 tasks as its ``task_user`` (``nobody``): the account switch is in what zriver is measured
@@ -443,6 +448,22 @@ class Bare:
                 "other_load": load.other_share()}
 
 
+def log_files_cost(parent: Path, count: int = 200) -> float:
+    """CPU microseconds to create (and close) the two log files of one task, in a new folder
+    on the file system of the tasks' logs: a cost bare and zriver both pay, which on some
+    file systems is much of a trivial task's (ext4 without a journal scans recently deleted
+    inodes for every new one)."""
+    folder = Path(tempfile.mkdtemp(dir=parent))
+    try:
+        start = time.process_time()
+        for index in range(count):
+            for suffix in (".out", ".err"):
+                os.close(os.open(folder / f"{index}{suffix}", OUT_FLAGS, 0o644))
+        return (time.process_time() - start) / count * 1e6
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # ---- zriver -------------------------------------------------------------------------------
 class Zriver:
     def __init__(self, cluster: Cluster, workdir: str) -> None:
@@ -639,6 +660,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             number += 1
             row: dict[str, Any] = {"round": number}
             row["bare_throughput"] = bare.throughput(args.tasks, 2, deadline)
+            row["log_files_us"] = log_files_cost(root)
             loads = [row["bare_throughput"]["other_load"]]
             for key, zr in zrs.items():
                 clusters[key].spy_start(f"-r{number}")
@@ -737,6 +759,7 @@ def summary(all_rounds: list[dict[str, Any]], names: list[str]) -> dict[str, Any
             "total_cpu_us_per_task": med(
                 lambda r: r["bare_throughput"]["total_cpu_us_per_task"]),
             "other_load": med(lambda r: r["bare_throughput"]["other_load"]),
+            "log_files_us": med(lambda r: r.get("log_files_us", float("nan"))),
         },
         "clusters": {},
         "versus": {},
@@ -838,6 +861,8 @@ def table(result: dict[str, Any]) -> str:
         row("   the tasks themselves (true)",
             f"{b['total_cpu_us_per_task'] - b['cpu_us_per_task']:.0f}",
             [f"{v:.0f}" for v in tasks_cpu]),
+        row("   of which their 2 log files (us)", f"{b['log_files_us']:.0f}", [],
+            "created in the bare launcher's children, in zriver's keeper"),
         row("the task.submit call of the batch (ms)", "", each(".1f", "submit_call_ms")),
         row("other load (throughput runs)", f"{b['other_load']:.0%}", each(".0%", "other_load")),
     ]
