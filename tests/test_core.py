@@ -172,6 +172,36 @@ def test_a_runner_update_completes_the_task_and_answers_its_waiter(h):
     assert h.store.get_task(1)["exit_code"] == 0 and not h.core.tasks
 
 
+def test_live_counts_follow_every_move_without_a_walk(h):
+    """``task.counts`` answers unfinished states from the table's counts per state (kept by
+    ``set_state``): placed, started, retried, requeued, ended and killed tasks, each one
+    checked against a scan (``Harness.apply`` runs ``TaskTable.check``) and against the op."""
+    h.register()
+    h.reply(ALICE, "task.submit", {"tasks": [{"command": ["true"], "retries": 1}] * 3
+                                   + [{"command": ["true"], "cores": 4}]})  # waits for all 4
+    h.scheduled()
+
+    def counts() -> dict:
+        answer, _ = h.reply(ALICE, "task.counts", {"states": ["pending", "assigned", "running"]})
+        return answer.body["counts"]
+
+    assert counts() == {"pending": 1, "assigned": 3, "running": 0}
+    update = {"attempt": 1, "at": 1001.0}
+    h.reply(N1, "task.update", {"name": "n1", "updates": [
+        {**update, "id": 1, "state": "running"}, {**update, "id": 2, "state": "running"}]})
+    assert counts() == {"pending": 1, "assigned": 1, "running": 2}
+    h.reply(N1, "task.update", {"name": "n1", "updates": [  # a retry: back to pending
+        {**update, "id": 1, "state": "failed", "exit_code": 1}]})
+    h.reply(N1, "task.update", {"name": "n1", "updates": [  # never started: requeued
+        {**update, "id": 3, "state": "pending", "detail": "not started"}]})
+    assert counts() == {"pending": 3, "assigned": 0, "running": 1}
+    h.reply(ALICE, "task.kill", {"id": 4})
+    h.reply(N1, "task.update", {"name": "n1", "updates": [
+        {**update, "id": 2, "state": "completed", "exit_code": 0}]})
+    assert counts() == {"pending": 2, "assigned": 0, "running": 0}
+    assert h.core.tasks.state_counts() == {"pending": 2}
+
+
 def test_a_wait_times_out_through_its_timer(h):
     h.reply(ALICE, "task.submit", {"tasks": [{"command": ["true"]}]})
     request, _ = h.call(ALICE, "task.wait", {"ids": [1], "timeout": 2})

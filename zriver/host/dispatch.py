@@ -43,7 +43,7 @@ def move(core: "HostCore", task: "LiveTask", state: str, *, at: float | None = N
         fields.update(finished_at=at, exit_code=exit_code)
     core.rows.update_task(task.id, **fields)
     core.rows.add_event(task.id, state, at, detail)
-    task.state = state
+    core.tasks.set_state(task, state)
     if lc.is_final(state):
         _finish(core, task, state, exit_code)
     publish_task(core, task, state, detail, exit_code)
@@ -93,7 +93,7 @@ def retry(core: "HostCore", task: "LiveTask", failure: str, at: float, detail: s
     core.rows.update_task(task.id, state=lc.PENDING, node=None, alloc=None, started_at=None,
                           attempt=task.attempt, detail=reason)
     core.rows.add_event(task.id, lc.PENDING, at, reason)
-    task.state = lc.PENDING
+    core.tasks.set_state(task, lc.PENDING)
     core.scheduler.submit(task.request())
     core.needs_schedule = True
     publish_task(core, task, lc.PENDING, reason, None)

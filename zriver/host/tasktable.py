@@ -8,16 +8,20 @@ env:
   given up, its unstarted starts requeued): O(tasks on that node);
 * ``of_env(name)``: the live docker tasks that run in env ``name`` (an env removed or pruned,
   the task counts ``env list`` shows);
-* ``vps()``: the live VPS tasks (the idle check that runs every heartbeat interval).
+* ``vps()``: the live VPS tasks (the idle check that runs every heartbeat interval);
+* ``state_counts()``: how many live tasks are in each state (``task.counts``, which ``top``,
+  ``shell`` and the web page re-read while tasks move): O(states), not O(tasks).
 
 Contract: a task enters with ``table[id] = task`` and leaves with ``del table[id]``; its node
 changes only through ``place(task, node)`` (``dispatch`` does it, in the places a task is
-placed, retried or requeued). A task's spec does not change once it is in the table, so the
+placed, retried or requeued), and its state only through ``set_state(task, state)``
+(``dispatch.move`` and ``dispatch.retry``). A task's spec does not change once it is in the table, so the
 env and kind indexes are fixed at entry. ``check()`` recomputes every index by a scan (tests).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
@@ -34,11 +38,13 @@ class TaskTable(dict):
         self._by_node: dict[str, set[int]] = {}
         self._by_env: dict[str, set[int]] = {}
         self._vps: set[int] = set()
+        self._states: Counter[str] = Counter()
 
     def __setitem__(self, task_id: int, task: "LiveTask") -> None:
         if task_id in self:
             self.__delitem__(task_id)
         super().__setitem__(task_id, task)
+        self._states[task.state] += 1
         spec = task.spec
         if task.node is not None:
             self._by_node.setdefault(task.node, set()).add(task_id)
@@ -50,6 +56,7 @@ class TaskTable(dict):
     def __delitem__(self, task_id: int) -> None:
         task = self[task_id]
         super().__delitem__(task_id)
+        self._states[task.state] -= 1
         _discard(self._by_node, task.node, task_id)
         _discard(self._by_env, task.spec.container, task_id)
         self._vps.discard(task_id)
@@ -68,6 +75,7 @@ class TaskTable(dict):
         self._by_node.clear()
         self._by_env.clear()
         self._vps.clear()
+        self._states.clear()
 
     def update(self, *args, **kwargs) -> None:  # through __setitem__, keeping the indexes
         for task_id, task in dict(*args, **kwargs).items():
@@ -85,6 +93,17 @@ class TaskTable(dict):
             if node is not None:
                 self._by_node.setdefault(node, set()).add(task.id)
         task.node = node
+
+    def set_state(self, task: "LiveTask", state: str) -> None:
+        """Set ``task.state``, keeping the counts per state."""
+        if task.id in self:
+            self._states[task.state] -= 1
+            self._states[state] += 1
+        task.state = state
+
+    def state_counts(self) -> dict[str, int]:
+        """Live tasks per state (states with none left out)."""
+        return {state: n for state, n in self._states.items() if n}
 
     def on(self, node: str) -> list["LiveTask"]:
         """The live tasks placed on ``node``, by id (a list: callers may move them)."""
@@ -115,6 +134,7 @@ class TaskTable(dict):
         assert by_node == self._by_node, (by_node, self._by_node)
         assert by_env == self._by_env, (by_env, self._by_env)
         assert self._vps == {i for i, t in self.items() if t.spec.kind == _VPS}
+        assert self.state_counts() == dict(Counter(t.state for t in self.values()))
 
 
 def _discard(index: dict[str, set[int]], key: str | None, task_id: int) -> None:
