@@ -9,6 +9,7 @@ second agent is refused, and that it exits by itself once it has nothing left to
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -197,6 +198,26 @@ def test_a_missing_workdir_and_a_missing_command_are_told_apart(data_dir: Path,
         end = agent.next("exit")
         assert (end["exit_code"], end["detail"].split(" ")[0]) == (
             expected[0], expected[1].split(" ")[0]), end
+
+
+def test_a_task_naming_no_workdir_starts_in_its_accounts_home(data_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Not in the keeper's own directory: the account's home, or ``/`` for an account whose
+    home does not exist (``nobody``: ``/nonexistent``)."""
+    agent = connect(data_dir)
+    agent.hello()
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    for task_id, user, expected in ((1, "root", pwd.getpwnam("root").pw_dir), (2, "nobody", "/")):
+        if user == "nobody" and os.path.isdir(pwd.getpwnam("nobody").pw_dir):
+            expected = pwd.getpwnam("nobody").pw_dir
+        agent.send(op="spawn", id=task_id, attempt=1, argv=["pwd"], env={},
+                   stdout=str(out / f"{task_id}.out"), stderr=os.devnull, cores=[], memory=0,
+                   fence=True, user=user)
+        end = agent.next("exit")
+        assert end["state"] == "completed", end
+        assert (out / f"{task_id}.out").read_text().strip() == expected
 
 
 # ---- the lease (pure) ----------------------------------------------------------------------

@@ -24,7 +24,8 @@ data directory), only from the keeper's own uid. Requests:
   owner?, behind?}`` -> ``started {id, pid, started}``, or an ``exit`` when it could not
   start. The task runs as ``user`` when given, else as ``owner``'s own account when one
   exists here and is not root, else as ``task_user`` (``zriver.runner.accounts``), with
-  ``HOME``, ``USER`` and ``LOGNAME`` set for it unless its ``env`` sets them; an account that
+  ``HOME``, ``USER`` and ``LOGNAME`` set for it unless its ``env`` sets them, in ``workdir``
+  or, without one, the account's home directory (``/`` when it has none); an account that
   does not exist fails the start (126). A keeper not running as root runs every task as
   itself. With ``behind``
   (a task this keeper runs or holds staged) it is staged: spawned the moment that one ends,
@@ -142,6 +143,15 @@ def unpack(data: bytes | memoryview) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ValueError("a keeper message is a map")
     return message
+
+
+def home_of(account: accounts.Account | None, env: dict[str, str]) -> str:
+    """Where a task that names no working directory starts: its account's home directory,
+    as a login or cron would; ``/`` when that does not exist (``nobody``'s
+    ``/nonexistent``). Never the keeper's own directory (the runner's data dir or wherever
+    it was started). ``env``: the task's, whose ``HOME`` counts when it runs as the keeper."""
+    home = account.home if account is not None else env.get("HOME", "")
+    return home if home and os.path.isdir(home) else "/"
 
 
 def signal_name(sig: int) -> str:
@@ -375,7 +385,8 @@ class Keeper:
             env = {**self.env_base, **account.environment(), **message["env"]} if (
                 account is not None) else {**self.env_base, **message["env"]}
             pid = self.spawner.spawn(list(message["argv"]), env,
-                                     message.get("workdir") or None, message["stdout"],
+                                     message.get("workdir") or home_of(account, env),
+                                     message["stdout"],
                                      message["stderr"], list(message.get("cores") or []),
                                      account)
         except SpawnError as exc:
