@@ -140,10 +140,9 @@ def test_a_list_of_identical_specs_is_checked_once_and_stored_as_each_was_sent(h
     assert [h.core.tasks[i].spec.command for i in (1, 2, 3, 4)] == [r["spec"]["command"]
                                                                    for r in rows]
     # ``==`` would take True for 1 and 1.0 for 1: each item is still checked for its types
-    for bad in ({**same, "retries": True}, {**same, "cores": 1.0}):
-        refused, effects = h.reply(ALICE, "task.submit", {"tasks": [{**same, "retries": 1}
-                                                                    if "retries" in bad else same,
-                                                                    bad]})
+    for good, bad in (({**same, "retries": 1}, {**same, "retries": True}),
+                      (same, {**same, "cores": 1.0})):
+        refused, effects = h.reply(ALICE, "task.submit", {"tasks": [good, bad]})
         assert isinstance(refused, Refuse) and refused.code == "bad_request", refused
         assert effects == [refused]
     assert h.store.get_task(5) is None  # nothing of the refused submits was stored

@@ -14,6 +14,6 @@ def test_settle_freezes_start_up_and_raises_the_young_threshold(tmp_path):
               "gctune.settle(); after = gc.get_threshold(); "
               "print(gc.get_freeze_count() > 1000, after[0] == gctune.YOUNG_THRESHOLD, "
               "after[1:] == before[1:])")
-    out = subprocess.run([sys.executable, "-c", script], env=role_environment(tmp_path), capture_output=True,
-                         text=True, timeout=60, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", script], env=role_environment(tmp_path),
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert out == ["True", "True", "True"]

@@ -8,8 +8,8 @@ start (some 50,000 objects under ``zriver up``), which a full collection walks a
 generation (``gc.freeze``: never walked again, still freed when their last reference goes)
 and the young generation collects every ``YOUNG_THRESHOLD`` allocations: on a 1,000-task
 batch under ``zriver up``, the collector's share falls from ~27 to ~10 us of CPU per task
-(docs/performance.md, "The garbage collector"). Reference cycles made later are still found,
-only a little later.
+(docs/performance.md, "The two dispatch targets, measured again"). Reference cycles made
+later are still found, only a little later.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ env:
 Contract: a task enters with ``table[id] = task`` and leaves with ``del table[id]``; its node
 changes only through ``place(task, node)`` (``dispatch`` does it, in the places a task is
 placed, retried or requeued), and its state only through ``set_state(task, state)``
-(``dispatch.move`` and ``dispatch.retry``). A task's spec does not change once it is in the table, so the
-env and kind indexes are fixed at entry. ``check()`` recomputes every index by a scan (tests).
+(``dispatch.move`` and ``dispatch.retry``). A task's spec does not change once it is in the
+table, so the env and kind indexes are fixed at entry. ``check()`` recomputes every index
+and count by a scan (tests).
 """
 
 from __future__ import annotations
