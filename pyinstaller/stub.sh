@@ -9,6 +9,8 @@
 # (a symlink to a fully unpacked, checked directory), so concurrent first starts are safe: each
 # unpacks into its own directory, the first to publish wins and the others remove theirs.
 # Removing the cache directory is always safe while no zriver runs; the next start unpacks again.
+# A version that publishes itself removes the other versions no process runs from (an upgrade
+# leaves no ~100 MB copy behind; one still running, e.g. an old task keeper, is kept).
 # Needs: sh, tail, tar, gzip (and sha256sum to check the archive, when present).
 ZRIVER_SHA256=@SHA256@
 ZRIVER_OFFSET=@OFFSET@
@@ -78,10 +80,30 @@ zriver_unpack() {
             [ -d "$zriver_old" ] && [ "$zriver_old" != "$zriver_tmp" ] || continue
             kill -0 "${zriver_old##*.}" 2>/dev/null || rm -rf "$zriver_old"
         done
+        zriver_prune_others "$1"
         return 0
     fi
     rm -rf "$zriver_tmp"  # another start published first: use its directory
     [ -r "$1/$ZRIVER_SHA256/$ZRIVER_MARK" ]
+}
+
+# $1: a cache base where this version was just published; remove every other published
+# version no process of this machine runs from (its program is no process's executable).
+zriver_prune_others() {
+    zriver_real=$(cd "$1" 2>/dev/null && pwd -P) || return 0
+    zriver_running=$(for zriver_exe in /proc/[0-9]*/exe; do
+        readlink "$zriver_exe" 2>/dev/null; done)
+    for zriver_link in "$1"/*; do
+        [ -L "$zriver_link" ] && [ "${zriver_link##*/}" != "$ZRIVER_SHA256" ] || continue
+        zriver_target=$(readlink "$zriver_link") || continue
+        case $zriver_target in
+            */* | [!.]*) continue ;;  # not a link this stub made (a .<sha256>.<pid> sibling)
+        esac
+        case $zriver_running in
+            *"$zriver_real/$zriver_target/"*) continue ;;  # a process runs from it
+        esac
+        rm -f "$zriver_link" && rm -rf "${zriver_real:?}/$zriver_target"
+    done
 }
 
 zriver_cache=${ZRIVER_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/zriver}

@@ -38,7 +38,7 @@ import pytest
 import zriver
 from zriver import dirlock
 from docker_images import docker_available, ensure_busybox_image, ensure_sshd_image
-from procs import missing, write_config
+from procs import missing, wait_until, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -180,6 +180,45 @@ def test_first_start_unpacks_once_and_later_starts_exec_the_cache(sandbox: Sandb
     assert again.returncode == 0 and zriver.__version__ in again.stdout, again.stderr
     assert _cache_entries(cache) == (links, dirs)  # nothing unpacked again
     assert program.stat().st_mtime_ns == before
+
+
+def _old_version(cache: Path, sha: str, pid: int) -> Path:
+    """A published earlier version in ``cache`` as the stub makes one (a link named after its
+    sha256 to ``.<sha256>.<pid>``), its program a copy of ``sleep``; returns the program."""
+    unpacked = cache / f".{sha}.{pid}"
+    (unpacked / "zriver").mkdir(parents=True)
+    program = unpacked / "zriver" / "zriver"
+    shutil.copy2(shutil.which("sleep"), program)
+    (unpacked / ".zriver-sha256").write_text(sha + "\n")
+    (cache / sha).symlink_to(unpacked.name)
+    return program
+
+
+def test_a_new_version_removes_the_old_ones_no_process_runs_from(sandbox: Sandbox):
+    cache = sandbox.home / ".cache" / "zriver"
+    cache.mkdir(parents=True)
+    unused = _old_version(cache, "a" * 64, 11)
+    running = _old_version(cache, "b" * 64, 12)
+    keeper = subprocess.Popen([str(running), "60"])  # e.g. an old version's task keeper
+    try:
+        wait_until(lambda: Path(f"/proc/{keeper.pid}/exe").resolve() == running.resolve(), 10,
+                   "the old version's process to run")
+        (cache / "notes").write_text("not the stub's\n")
+        (cache / "elsewhere").symlink_to("/tmp")  # not a link the stub makes: left alone
+        assert sandbox.run("--version").returncode == 0
+        links, dirs = _cache_entries(cache)
+        sha = _archive_sha256()
+        assert links == sorted([sha, "b" * 64, "elsewhere"]), links
+        assert not unused.exists() and running.exists(), dirs
+        assert (cache / "notes").exists()
+        assert sandbox.run("--version").returncode == 0  # nothing more to do: no error
+    finally:
+        keeper.kill()
+        keeper.wait()
+    shutil.rmtree(cache / os.readlink(cache / sha))  # so the next start unpacks again,
+    (cache / sha).unlink()  # and prunes again: nothing runs from the old version now
+    assert sandbox.run("--version").returncode == 0
+    assert not running.exists() and (cache / "elsewhere").is_symlink()
 
 
 def test_a_service_unit_runs_the_binary_not_its_cached_copy(sandbox: Sandbox):
