@@ -1,14 +1,15 @@
-"""Running from the single-file binary (PyInstaller ``--onefile``).
+"""Running from the single binary (``pyinstaller/``: a ``sh`` stub and a PyInstaller
+one-folder build, unpacked once into the user's cache and run from there).
 
-The onefile bootloader unpacks the bundle into a temporary directory and prepends it to
-``LD_LIBRARY_PATH`` so the bundled shared libraries load. It keeps the caller's original value
-in ``LD_LIBRARY_PATH_ORIG`` (absent when there was none). Every child process zriver starts
-(tasks, docker, numactl, ssh, ...) would otherwise inherit the bundle's library directory and
-load the bundle's libraries instead of the system's, so each spawn takes its environment from
-:func:`child_environment`. The bootloader also sets variables of its own (``_PYI_*``, and
-``_MEIPASS2`` in older releases) that tell a zriver binary started with them to reuse this
-process's unpacked directory, which is deleted when this process ends: children never get them
-either, so a task that runs ``zriver`` runs a fresh one.
+PyInstaller's bootloader prepends the build's directory to ``LD_LIBRARY_PATH`` so the bundled
+shared libraries load, keeping the caller's original value in ``LD_LIBRARY_PATH_ORIG`` (absent
+when there was none). Every child process zriver starts (tasks, docker, numactl, ssh, ...)
+would otherwise inherit the bundle's library directory and load the bundle's libraries instead
+of the system's, so each spawn takes its environment from :func:`child_environment`. The
+bootloader also sets variables of its own (``_PYI_*``, and ``_MEIPASS2`` in older releases)
+that tell a zriver binary started with them that it is this process's child, and the stub sets
+``_ZRIVER_BINARY``: children never get them either, so a task that runs ``zriver`` runs a
+fresh one.
 """
 
 from __future__ import annotations
