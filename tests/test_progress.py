@@ -305,3 +305,32 @@ def test_env_sync_shows_a_line_per_node_then_what_each_has(dcluster, big_rootfs)
             ("big", version, "host")]
     again = piped(cluster, "env", "sync", "big", "--node", "n2")
     assert again.stderr == b"" and again.stdout == f"n2: has env big version {version}\n".encode()
+
+
+SUBMIT_SYNC = r"env big \S+ on n1: downloading \[[#-]+\] +\d+%  [\d.]+[BKM]/41\.9M"
+
+
+@pytest.mark.docker
+def test_submit_wait_draws_the_env_sync_its_task_waits_for(dcluster, big_rootfs):
+    """A lone container task whose env is not on its node yet: ``submit --wait`` on a
+    terminal draws that node's download, clears it, and ends with the task's status; piped,
+    stderr stays empty."""
+    cluster = dcluster({"n1": {"cores": 2}})
+    piped(cluster, "env", "create", "big", "--from-tar", str(big_rootfs))
+    envsync = cluster.runners["n1"].backends["docker"].envsync
+    gate, real_fetch = Gate(), envsync._fetch
+
+    def held_fetch(*args):  # the download waits until its bar was seen
+        assert gate.opened.wait(30)
+        return real_fetch(*args)
+
+    envsync._fetch = held_fetch
+    text = through_pty(cluster, "submit", "--wait", "--container", "big", "--", "sh", "-c",
+                       "test -f /noise.bin && echo ran", expect=SUBMIT_SYNC, then=gate.open)
+    assert re.search(SUBMIT_SYNC, text), repr(text)
+    assert text.rstrip().splitlines()[0].strip().isdigit(), repr(text)  # the id, as piped
+    assert CLEAR in text[text.rindex("downloading"):], repr(text)  # the line was cleared
+    [task_id] = [int(line) for line in text.split() if line.strip().isdigit()][:1]
+    assert cluster.client().call("task.get", {"id": task_id})["task"]["state"] == "completed"
+    again = piped(cluster, "submit", "--wait", "--container", "big", "--", "true")
+    assert again.stderr == b"" and again.stdout.strip().isdigit()

@@ -10,6 +10,7 @@ import sys
 from zriver.client.follow import follow
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, shorten, size, table, when
+from zriver.client.syncwait import wait_showing_sync
 from zriver.errors import InvalidArgument
 from zriver import lifecycle as lc
 from zriver.sizes import parse_duration, parse_size
@@ -142,7 +143,9 @@ def submit(ctx: Context, args) -> int:
         if args.follow:
             follow(ctx.client, ids[0], {"stdout": sys.stdout.buffer,
                                         "stderr": sys.stderr.buffer})
-        summaries = ctx.client.wait(ids)
+            summaries = ctx.client.wait(ids)
+        else:  # on a terminal, a lone container task's env sync is drawn meanwhile
+            summaries = wait_showing_sync(ctx.client, ids, ctx.err)
     except KeyboardInterrupt:
         return interrupted(ctx, ids, reply["batch_id"])
     if args.json:
