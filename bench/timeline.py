@@ -5,13 +5,14 @@
 
 Starts one cluster as ``bench/dispatch.py`` does (same configs, ephemeral ports, the trivial
 command ``true``), with a ``sitecustomize`` module on the roles' ``PYTHONPATH`` (the node's
-keeper inherits it) that records ``time.perf_counter`` (CLOCK_MONOTONIC: one clock for every
-process of the machine) at the entry or the return of the functions on a task's path (``POINTS``)
-and writes them when the process exits. The client records when it sends each submit and when
-the reply and the final event arrive. For each sample, each step is the first record of its
-point after the step before; the table shows, per step, the median time since the submit was
-sent and the median of the gaps from the step before. Recording costs ~1 us a point (about
-25 a task), which the figures include.
+keeper inherits it) that wraps the functions on a task's path (``POINTS``) as their modules are
+imported (``zriver.importhooks``), records ``time.perf_counter`` (CLOCK_MONOTONIC: one clock
+for every process of the machine) at their entry or return, and writes the records when the
+process exits. The client records when it sends each submit and when the reply and the final
+event arrive. For each sample, each step is the first record of its point after the step
+before; the table shows, per step, the median time since the submit was sent and the median of
+the gaps from the step before. Recording costs ~1 us a point (about 25 a task), which the
+figures include.
 
 ``TMPDIR=/dev/shm`` puts the logs and stores on tmpfs (see ``bench/dispatch.py``). Bounded:
 every wait has a timeout, the roles are stopped and the temporary directory removed.
@@ -69,7 +70,7 @@ SITECUSTOMIZE = '''
 import os, sys
 _DIR = os.environ.get("ZRIVER_TIMELINE")
 if _DIR:
-    import atexit, functools, importlib.abc, importlib.util, time
+    import atexit, functools, time
     _records, _clock = [], time.perf_counter
     _points = {points!r}
 
@@ -102,30 +103,10 @@ if _DIR:
                     owner = getattr(owner, parent)
                 _wrap(owner, name, when, f"{{module_name}}:{{path}}:{{when}}")
 
-    class _Finder(importlib.abc.MetaPathFinder):
-        wanted = {{m for m, _, _ in _points}}
+    from zriver.importhooks import when_imported
 
-        def find_spec(self, fullname, path, target=None):
-            if fullname not in self.wanted:
-                return None
-            sys.meta_path.remove(self)
-            try:
-                spec = importlib.util.find_spec(fullname)
-            finally:
-                sys.meta_path.insert(0, self)
-            run = spec.loader.exec_module
-
-            def exec_module(module):
-                run(module)
-                _patch(module)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    for _name in ("os", "selectors"):
-        if _name in sys.modules:
-            _patch(sys.modules[_name])
-    sys.meta_path.insert(0, _Finder())
+    for _name in sorted({{m for m, _, _ in _points}}):
+        when_imported(_name, _patch)
 '''
 
 

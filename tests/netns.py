@@ -66,8 +66,6 @@ def sh(*args: str, check: bool = True, timeout: float = _TIMEOUT) -> subprocess.
     return result
 
 
-
-
 def _namespaces() -> list[str]:
     out = sh("ip", "netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]

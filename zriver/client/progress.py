@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -66,6 +67,12 @@ def format_line(phase: str, done: int | None, total: int | None, elapsed: float,
     if done:
         line += f"  {format_size(done)}"
     return line[:room]
+
+
+def bar_phase(phase: str, total: int | None) -> str:
+    """A reported phase as its line shows it: with a known total the bar says how far, so a
+    trailing percentage goes ("downloading 40%" -> "downloading")."""
+    return re.sub(r" \d+%$", "", phase) if total else phase
 
 
 def is_terminal(stream: TextIO) -> bool:

@@ -11,10 +11,9 @@ or the host cannot say) it goes back to the plain wait.
 
 from __future__ import annotations
 
-import re
 from typing import Any, TextIO
 
-from zriver.client.progress import Progress, is_terminal
+from zriver.client.progress import Progress, bar_phase, is_terminal
 from zriver.errors import ZriverError
 
 POLL = 0.5
@@ -22,7 +21,7 @@ POLL = 0.5
 PENDING_POLL = 5.0
 """... and while it waits in the queue (a queue can be long: a wait is two calls a look)."""
 ASSIGNED = "assigned"
-PENDING = ("pending",)
+PENDING = object()
 """What ``_sync_line`` says while the task is queued."""
 
 
@@ -39,13 +38,16 @@ def wait_showing_sync(client: Any, ids: list[int], err: TextIO) -> list[dict[str
             line = _sync_line(client, ids[0])
             if line is None:
                 break
-            poll = PENDING_POLL if line == PENDING else POLL
-            if line and line != PENDING:
-                progress.update(*line)
+            if line is PENDING:
+                poll = PENDING_POLL
+            else:
+                poll = POLL
+                if line:
+                    progress.update(*line)
     return client.wait(ids)
 
 
-def _sync_line(client: Any, task_id: int) -> tuple | None:
+def _sync_line(client: Any, task_id: int) -> tuple | object | None:
     """``(phase, done, total)`` of the task's env sync on its node; ``PENDING`` while it is
     queued; ``()`` when there is nothing to draw now (its node has the env, or says nothing
     yet); ``None`` once there is nothing more to watch (it runs, it is not a docker task, the
@@ -69,8 +71,6 @@ def _sync_line(client: Any, task_id: int) -> tuple | None:
     state = reply["nodes"].get(task["node"]) or {}
     if state.get("state") != "syncing":
         return ()
-    phase = state.get("phase") or "syncing"
-    if state.get("total"):  # the bar says how far: "downloading", not "downloading 40%"
-        phase = re.sub(r" \d+%$", "", phase)
+    phase = bar_phase(state.get("phase") or "syncing", state.get("total"))
     return (f"env {reply['name']} {reply['version']} on {task['node']}: {phase}",
             state.get("done"), state.get("total"))

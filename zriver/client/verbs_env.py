@@ -10,7 +10,6 @@ the host machine: it asks the host for the env container and replaces itself wit
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from zriver.bundle import child_environment
-from zriver.client.progress import Progress, watching
+from zriver.client.progress import Progress, bar_phase, watching
 from zriver.client.registry import JSON, Context, arg, command
 from zriver.client.render import age, as_json, size, table
 from zriver.errors import InvalidArgument, Unavailable
@@ -232,10 +231,8 @@ def sync(ctx: Context, args) -> int:
     with Progress(ctx.err) as progress:
         while not _sync_over(reply["nodes"]) and time.monotonic() < deadline:
             for node, state in reply["nodes"].items():
-                phase = state["phase"]
-                if state.get("total"):  # the bar says it: "downloading", not "downloading 40%"
-                    phase = re.sub(r" \d+%$", "", phase)
-                progress.update(phase, state.get("done"), state.get("total"), row=node,
+                progress.update(bar_phase(state["phase"], state.get("total")),
+                                state.get("done"), state.get("total"), row=node,
                                 ended=state["state"] in ("done", "failed"))
             time.sleep(SYNC_POLL)
             reply = ctx.client.call("env.sync", {**body, "version": reply["version"],
